@@ -1,0 +1,193 @@
+//! EfficientNet-Lite (Tan & Le, 2019; the "Lite" variants of the TensorFlow release): MBConv
+//! blocks without squeeze-and-excitation, ReLU6, a fixed 32-channel stem and 1280-channel head,
+//! and TensorFlow "same" padding (asymmetric on strided convolutions).
+//!
+//! Field names follow the published PyTorch weights once their leading underscores are removed
+//! (`_blocks.3._expand_conv.weight` → `blocks.3.expand_conv.weight`), so the weight-key remap in
+//! the registry is a single rule.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu6;
+
+/// Width, depth and resolution of one EfficientNet-Lite variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LiteScale {
+    /// Channel multiplier.
+    pub width: f64,
+    /// Repeat multiplier (first and last stages are not scaled in the Lite variants).
+    pub depth: f64,
+}
+
+/// Stage definitions of EfficientNet-B0: (kernel, stride, expansion, out channels, repeats).
+const STAGES: [(usize, usize, usize, usize, usize); 7] = [
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+];
+
+/// Channels of the stem (fixed in the Lite variants).
+const STEM: usize = 32;
+/// Channels of the head, i.e. the feature dimension (fixed in the Lite variants).
+pub const HEAD: usize = 1280;
+/// Batch-norm epsilon of the TensorFlow weights.
+const BN_EPS: f64 = 1e-3;
+
+fn round_channels(ch: usize, mult: f64) -> usize {
+    let divisor = 8.0;
+    let scaled = ch as f64 * mult;
+    let mut new = ((scaled + divisor / 2.0) / divisor).floor() * divisor;
+    new = new.max(divisor);
+    if new < 0.9 * scaled {
+        new += divisor;
+    }
+    new as usize
+}
+
+fn bn(ch: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(ch).with_epsilon(BN_EPS).init(device)
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, groups: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_groups(groups)
+        .with_padding(PaddingConfig2d::Same)
+        .with_bias(false)
+        .init(device)
+}
+
+/// One inverted-residual (MBConv) block.
+#[derive(Module, Debug)]
+pub struct MbConv {
+    /// 1x1 expansion (absent when the expansion ratio is 1).
+    pub expand_conv: Option<Conv2d>,
+    /// Batch norm after the expansion.
+    pub bn0: Option<BatchNorm>,
+    /// Depthwise convolution.
+    pub depthwise_conv: Conv2d,
+    /// Batch norm after the depthwise convolution.
+    pub bn1: BatchNorm,
+    /// 1x1 projection.
+    pub project_conv: Conv2d,
+    /// Batch norm after the projection.
+    pub bn2: BatchNorm,
+    /// Whether the block adds its input to its output.
+    pub residual: bool,
+}
+
+impl MbConv {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, expand: usize, device: &Device) -> Self {
+        let mid = cin * expand;
+        let (expand_conv, bn0) = if expand != 1 {
+            (Some(conv(cin, mid, 1, 1, 1, device)), Some(bn(mid, device)))
+        } else {
+            (None, None)
+        };
+        Self {
+            expand_conv,
+            bn0,
+            depthwise_conv: conv(mid, mid, k, stride, mid, device),
+            bn1: bn(mid, device),
+            project_conv: conv(mid, cout, 1, 1, 1, device),
+            bn2: bn(cout, device),
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let mut x = input.clone();
+        if let (Some(c), Some(b)) = (&self.expand_conv, &self.bn0) {
+            x = relu6(b.forward(c.forward(x)));
+        }
+        x = relu6(self.bn1.forward(self.depthwise_conv.forward(x)));
+        x = self.bn2.forward(self.project_conv.forward(x));
+        if self.residual { x + input } else { x }
+    }
+}
+
+/// An EfficientNet-Lite backbone, with its ImageNet classifier when the weights carry one.
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    /// Stem convolution (3x3, stride 2).
+    pub conv_stem: Conv2d,
+    /// Stem batch norm.
+    pub bn0: BatchNorm,
+    /// The MBConv blocks, all stages in order.
+    pub blocks: Vec<MbConv>,
+    /// 1x1 head convolution to 1280 channels.
+    pub conv_head: Conv2d,
+    /// Head batch norm.
+    pub bn1: BatchNorm,
+    /// ImageNet classifier (1280 → 1000), kept only to check a port against the reference.
+    pub fc: Option<Linear>,
+}
+
+impl EfficientNetLite {
+    /// Builds a randomly initialised backbone of the given scale, with an ImageNet classifier
+    /// when `imagenet_head` is true.
+    pub fn new(scale: LiteScale, imagenet_head: bool, device: &Device) -> Self {
+        let mut blocks = Vec::new();
+        let mut cin = STEM;
+        let last = STAGES.len() - 1;
+        for (i, &(k, s, e, c, r)) in STAGES.iter().enumerate() {
+            let cout = round_channels(c, scale.width);
+            let repeats = if i == 0 || i == last { r } else { (r as f64 * scale.depth).ceil() as usize };
+            for j in 0..repeats {
+                let stride = if j == 0 { s } else { 1 };
+                blocks.push(MbConv::new(cin, cout, k, stride, e, device));
+                cin = cout;
+            }
+        }
+        Self {
+            conv_stem: conv(3, STEM, 3, 2, 1, device),
+            bn0: bn(STEM, device),
+            blocks,
+            conv_head: conv(cin, HEAD, 1, 1, 1, device),
+            bn1: bn(HEAD, device),
+            fc: imagenet_head.then(|| LinearConfig::new(HEAD, 1000).init(device)),
+        }
+    }
+
+    /// The Grad-CAM target: the output of the last convolutional block (head conv + BN + ReLU6),
+    /// `[batch, 1280, h/32, w/32]`.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = relu6(self.bn0.forward(self.conv_stem.forward(x)));
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        relu6(self.bn1.forward(self.conv_head.forward(x)))
+    }
+
+    /// ImageNet logits, when the backbone has its classifier.
+    pub fn imagenet_logits(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        self.fc.as_ref().map(|fc| fc.forward(pooled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_rounding_matches_reference() {
+        assert_eq!(round_channels(32, 1.0), 32);
+        assert_eq!(round_channels(24, 1.1), 24);
+        assert_eq!(round_channels(40, 1.1), 48);
+        assert_eq!(round_channels(320, 1.1), 352);
+    }
+
+    #[test]
+    fn lite0_has_sixteen_blocks_and_expected_shape() {
+        let device = Device::flex();
+        let m = EfficientNetLite::new(LiteScale { width: 1.0, depth: 1.0 }, false, &device);
+        assert_eq!(m.blocks.len(), 16);
+        let y = m.feature_map(Tensor::zeros([1, 3, 64, 64], &device));
+        assert_eq!(y.dims(), [1, HEAD, 2, 2]);
+    }
+}

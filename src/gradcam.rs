@@ -1,0 +1,91 @@
+//! Grad-CAM (Selvaraju et al., 2017) on the architecture's target layer.
+//!
+//! The backbone is frozen (and may be entirely without gradients), so the gradient is taken with
+//! respect to the *activation itself*: the target activation is computed without autodiff, turned
+//! into a fresh autodiff leaf, and the rest of the network (pooling and head) runs from that
+//! leaf. Channel weights are the spatial means of the gradient of the class score; the map is
+//! `ReLU(Σ_c w_c A_c)`, normalised to [0, 1].
+
+use crate::arch::global_avg_pool;
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+use burn::prelude::*;
+use image::imageops::FilterType;
+use image::{ImageBuffer, Luma};
+
+/// A Grad-CAM map at the resolution of the target layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CamMap {
+    /// Width of the map (columns).
+    pub width: usize,
+    /// Height of the map (rows).
+    pub height: usize,
+    /// Row-major values in [0, 1] (all zero when no location contributes positively).
+    pub values: Vec<f32>,
+    /// The class the map explains (index in model-output order).
+    pub class: usize,
+    /// The class logit.
+    pub score: f32,
+}
+
+impl CamMap {
+    /// The map resized (bilinear) to `size`x`size`, e.g. the network's input crop.
+    pub fn upsample(&self, size: usize) -> Vec<f32> {
+        let img: ImageBuffer<Luma<f32>, Vec<f32>> =
+            ImageBuffer::from_raw(self.width as u32, self.height as u32, self.values.clone())
+                .expect("map dimensions match its values");
+        let up = image::imageops::resize(&img, size as u32, size as u32, FilterType::Triangle);
+        up.into_raw()
+    }
+}
+
+/// Raw Grad-CAM tensors before normalisation: the activation `[C, h, w]`, the gradient of the
+/// class logit with respect to it, and the logit.
+pub struct CamParts {
+    /// Target activation of image 0, `[1, C, h, w]`.
+    pub activation: Tensor<4>,
+    /// Gradient of the class logit with respect to the activation, `[1, C, h, w]`.
+    pub gradient: Tensor<4>,
+    /// The class logit.
+    pub score: Tensor<1>,
+}
+
+/// Forward and backward for one image `[1, 3, s, s]` (on a device without autodiff) and one
+/// class.
+pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamParts> {
+    if class >= crate::NUM_CLASSES {
+        return Err(Error::Invalid(format!("class index {class} is out of range 0..4")));
+    }
+    let [b, _, _, _] = input.dims();
+    if b != 1 {
+        return Err(Error::Invalid(format!("Grad-CAM takes one image, got a batch of {b}")));
+    }
+    let activation = model.feature_map(input.without_autodiff()).detach();
+    let leaf = activation.clone().autodiff().require_grad();
+    let logits = model.head.forward(global_avg_pool(leaf.clone()));
+    let score = logits.slice([0..1, class..class + 1]).flatten::<1>(0, 1);
+    let grads = score.backward();
+    let gradient = leaf
+        .grad(&grads)
+        .ok_or_else(|| Error::Invalid("no gradient reached the Grad-CAM layer".into()))?;
+    Ok(CamParts { activation, gradient, score: score.without_autodiff() })
+}
+
+/// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
+pub fn combine(parts: CamParts, class: usize) -> CamMap {
+    let [_, _, h, w] = parts.activation.dims();
+    let weights = parts.gradient.mean_dim(3).mean_dim(2); // [1, C, 1, 1]
+    let cam = (parts.activation * weights).sum_dim(1).clamp_min(0.0); // [1, 1, h, w]
+    let mut values: Vec<f32> = cam.into_data().try_to_vec().expect("f32 map");
+    let max = values.iter().cloned().fold(0.0f32, f32::max);
+    if max > 0.0 {
+        values.iter_mut().for_each(|v| *v /= max);
+    }
+    let score: Vec<f32> = parts.score.into_data().try_to_vec().expect("f32 score");
+    CamMap { width: w, height: h, values, class, score: score[0] }
+}
+
+/// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.
+pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
+    Ok(combine(cam_parts(model, input, class)?, class))
+}

@@ -1,0 +1,111 @@
+//! Loading a model file and running it: classification and Grad-CAM from image bytes.
+
+use crate::classes::{Class, NUM_CLASSES};
+use crate::error::{Error, Result};
+use crate::gradcam::{self, CamMap};
+use crate::model::Classifier;
+use crate::model_file::{ModelFile, ModelHeader};
+use crate::preprocess;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::Serialize;
+
+/// The answer for one image.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Softmax probabilities in class order.
+    pub probabilities: [f32; NUM_CLASSES],
+    /// The most probable class.
+    pub top: Class,
+}
+
+impl Prediction {
+    /// Builds a prediction from one row of logits.
+    pub fn from_logits(logits: &[f32]) -> Self {
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        let mut probabilities = [0f32; NUM_CLASSES];
+        for (p, e) in probabilities.iter_mut().zip(&exp) {
+            *p = e / sum;
+        }
+        Self::from_probabilities(probabilities)
+    }
+
+    /// Builds a prediction from probabilities.
+    pub fn from_probabilities(probabilities: [f32; NUM_CLASSES]) -> Self {
+        let top = (0..NUM_CLASSES)
+            .max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]))
+            .and_then(Class::from_index)
+            .expect("four classes");
+        Self { probabilities, top }
+    }
+}
+
+/// A loaded model ready to classify and explain images.
+pub struct Engine {
+    /// What the model file says about itself.
+    pub header: ModelHeader,
+    /// The network.
+    pub model: Classifier,
+    /// Where it runs.
+    pub device: Device,
+}
+
+impl Engine {
+    /// Parses, verifies and loads a model file.
+    pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
+        let file = ModelFile::from_bytes(bytes)?;
+        let model = file.load_classifier(&device)?;
+        Ok(Self { header: file.header, model, device })
+    }
+
+    /// Side of the square input.
+    pub fn input_size(&self) -> usize {
+        self.header.input.crop
+    }
+
+    /// Decodes and preprocesses image bytes into a `[3, s, s]` vector.
+    pub fn preprocess(&self, image: &[u8]) -> Result<Vec<f32>> {
+        preprocess::preprocess(image, &self.header.input)
+    }
+
+    /// Stacks preprocessed images into a `[n, 3, s, s]` tensor.
+    pub fn batch(&self, images: &[Vec<f32>]) -> Tensor<4> {
+        let s = self.input_size();
+        let flat: Vec<f32> = images.iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [images.len(), 3, s, s]), &self.device)
+    }
+
+    /// Class probabilities of a batch of preprocessed images.
+    pub fn classify_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let probs = softmax(self.model.forward(self.batch(images)), 1);
+        let data: Vec<f32> = probs
+            .into_data()
+            .try_to_vec()
+            .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+        Ok(data
+            .chunks(NUM_CLASSES)
+            .map(|c| Prediction::from_probabilities([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// Classifies one image given as encoded bytes (PNG or JPEG).
+    pub fn classify(&self, image: &[u8]) -> Result<Prediction> {
+        let x = self.preprocess(image)?;
+        Ok(self.classify_batch(&[x])?.remove(0))
+    }
+
+    /// Grad-CAM of one image for `class` (the predicted class when `None`), with the
+    /// prediction.
+    pub fn explain(&self, image: &[u8], class: Option<Class>) -> Result<(Prediction, CamMap)> {
+        let x = self.preprocess(image)?;
+        let prediction = self.classify_batch(std::slice::from_ref(&x))?.remove(0);
+        let class = class.unwrap_or(prediction.top);
+        let cam = gradcam::grad_cam(&self.model, self.batch(&[x]), class.index())?;
+        Ok((prediction, cam))
+    }
+}

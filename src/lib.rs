@@ -1,0 +1,27 @@
+//! # Pneumoscope core
+//!
+//! The platform-neutral half of Pneumoscope, compiled both natively (for the trainer and the CLI)
+//! and for `wasm32-unknown-unknown` (for the browser):
+//!
+//! - [`classes`]: the four classes and their fixed order;
+//! - [`arch`]: the registry of architectures (builder, weight-key remap, Grad-CAM layer, input
+//!   configuration) and their Burn implementations;
+//! - [`model`]: a backbone with the paper's classification head;
+//! - [`preprocess`]: image decoding and the evaluation transform, shared by every caller;
+//! - [`gradcam`]: Grad-CAM on the architecture's target layer;
+//! - [`model_file`]: the self-describing model file written by `pneumoscope export`;
+//! - [`inference`]: load a model file, classify an image, explain it.
+//!
+//! This is a research and teaching tool, not a medical device.
+
+pub mod arch;
+pub mod classes;
+pub mod error;
+pub mod gradcam;
+pub mod inference;
+pub mod model;
+pub mod model_file;
+pub mod preprocess;
+
+pub use classes::{Class, NUM_CLASSES};
+pub use error::{Error, Result};

@@ -1,0 +1,90 @@
+//! Loading published ImageNet weights (`.pth`, zip or legacy, and `.safetensors`) into a
+//! backbone through `burn-store`, with the registry's key remap.
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::store::{ApplyResult, ModuleSnapshot, PytorchStore, SafetensorsStore};
+use pneumoscope::arch::{ArchSpec, Backbone};
+use pneumoscope::model_file::sha256_hex;
+use std::path::Path;
+
+/// A backbone with ImageNet weights, and a line saying where they came from.
+pub struct LoadedBackbone {
+    /// The backbone.
+    pub backbone: Backbone,
+    /// `imagenet:<file> sha256:<hex>`.
+    pub source: String,
+}
+
+/// Builds `spec`'s backbone and loads the weights file at `path` into it. With
+/// `imagenet_head` the ImageNet classifier is kept (and must be in the file).
+pub fn load_backbone(
+    spec: &ArchSpec,
+    path: &Path,
+    imagenet_head: bool,
+    device: &Device,
+) -> Result<LoadedBackbone> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read weights file {}", path.display()))?;
+    let sha = sha256_hex(&bytes);
+    drop(bytes);
+    let mut backbone = spec.build_backbone(imagenet_head, device);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let result: ApplyResult = match ext.as_str() {
+        "safetensors" => {
+            let mut store = SafetensorsStore::from_file(path)
+                .allow_partial(true)
+                .skip_enum_variants(true);
+            for (from, to) in spec.key_remap {
+                store = store.with_key_remapping(*from, *to);
+            }
+            backbone
+                .load_from(&mut store)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot load safetensors weights {}", path.display()))?
+        }
+        "pth" | "pt" | "bin" => {
+            let mut store = PytorchStore::from_file(path)
+                .allow_partial(true)
+                .skip_enum_variants(true);
+            for (from, to) in spec.key_remap {
+                store = store.with_key_remapping(*from, *to);
+            }
+            backbone
+                .load_from(&mut store)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot load PyTorch weights {}", path.display()))?
+        }
+        other => bail!(
+            "{}: unsupported weights extension '{other}' (expected .pth, .pt or .safetensors)",
+            path.display()
+        ),
+    };
+    if !result.errors.is_empty() {
+        bail!(
+            "{}: {} tensors do not fit {} (first: {:?})",
+            path.display(),
+            result.errors.len(),
+            spec.name,
+            result.errors[0]
+        );
+    }
+    if !result.missing.is_empty() {
+        let names: Vec<_> = result.missing.iter().take(5).map(|(p, _)| p.as_str()).collect();
+        bail!(
+            "{}: {} parameters of {} are missing from the file (first: {}); is this the right \
+             architecture?",
+            path.display(),
+            result.missing.len(),
+            spec.name,
+            names.join(", ")
+        );
+    }
+    tracing::debug!(
+        applied = result.applied.len(),
+        unused = result.unused.len(),
+        "weights loaded"
+    );
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    Ok(LoadedBackbone { backbone, source: format!("imagenet:{name} sha256:{sha}") })
+}
