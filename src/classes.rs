@@ -24,7 +24,12 @@ pub const NUM_CLASSES: usize = 4;
 
 impl Class {
     /// All classes, in model-output order.
-    pub const ALL: [Class; NUM_CLASSES] = [Class::Normal, Class::Bacterial, Class::Viral, Class::Covid19];
+    pub const ALL: [Class; NUM_CLASSES] = [
+        Class::Normal,
+        Class::Bacterial,
+        Class::Viral,
+        Class::Covid19,
+    ];
 
     /// The class name used in manifests, model files and JSON output.
     pub fn name(self) -> &'static str {
@@ -80,6 +85,9 @@ mod tests {
             assert_eq!(Class::from_index(i), Some(*c));
         }
         assert!("pneumonia".parse::<Class>().is_err());
-        assert_eq!(serde_json::to_string(&Class::Covid19).unwrap(), "\"covid19\"");
+        assert_eq!(
+            serde_json::to_string(&Class::Covid19).unwrap(),
+            "\"covid19\""
+        );
     }
 }

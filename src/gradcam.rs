@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::Classifier;
 use burn::prelude::*;
 use image::imageops::FilterType;
-use image::{ImageBuffer, Luma};
+use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage};
 
 /// A Grad-CAM map at the resolution of the target layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,11 +54,15 @@ pub struct CamParts {
 /// class.
 pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamParts> {
     if class >= crate::NUM_CLASSES {
-        return Err(Error::Invalid(format!("class index {class} is out of range 0..4")));
+        return Err(Error::Invalid(format!(
+            "class index {class} is out of range 0..4"
+        )));
     }
     let [b, _, _, _] = input.dims();
     if b != 1 {
-        return Err(Error::Invalid(format!("Grad-CAM takes one image, got a batch of {b}")));
+        return Err(Error::Invalid(format!(
+            "Grad-CAM takes one image, got a batch of {b}"
+        )));
     }
     let activation = model.feature_map(input.without_autodiff()).detach();
     let leaf = activation.clone().autodiff().require_grad();
@@ -68,7 +72,11 @@ pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: usize) -> Result<C
     let gradient = leaf
         .grad(&grads)
         .ok_or_else(|| Error::Invalid("no gradient reached the Grad-CAM layer".into()))?;
-    Ok(CamParts { activation, gradient, score: score.without_autodiff() })
+    Ok(CamParts {
+        activation,
+        gradient,
+        score: score.without_autodiff(),
+    })
 }
 
 /// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
@@ -82,10 +90,38 @@ pub fn combine(parts: CamParts, class: usize) -> CamMap {
         values.iter_mut().for_each(|v| *v /= max);
     }
     let score: Vec<f32> = parts.score.into_data().try_to_vec().expect("f32 score");
-    CamMap { width: w, height: h, values, class, score: score[0] }
+    CamMap {
+        width: w,
+        height: h,
+        values,
+        class,
+        score: score[0],
+    }
 }
 
 /// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.
 pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
     Ok(combine(cam_parts(model, input, class)?, class))
+}
+
+/// The "jet" colour map: 0 → dark blue, 0.5 → green, 1 → dark red.
+pub fn jet(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let f = |x: f32| (1.5 - (4.0 * v - x).abs()).clamp(0.0, 1.0);
+    [
+        (f(3.0) * 255.0) as u8,
+        (f(2.0) * 255.0) as u8,
+        (f(1.0) * 255.0) as u8,
+    ]
+}
+
+/// Blends a heatmap (values in [0, 1], same size as `view`) over a grey view with opacity
+/// `alpha`.
+pub fn overlay(view: &GrayImage, heat: &[f32], alpha: f32) -> RgbImage {
+    let (w, h) = view.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let g = view.get_pixel(x, y).0[0] as f32;
+        let c = jet(heat[(y * w + x) as usize]);
+        Rgb([0, 1, 2].map(|k| ((1.0 - alpha) * g + alpha * c[k] as f32).round() as u8))
+    })
 }

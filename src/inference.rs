@@ -57,7 +57,11 @@ impl Engine {
     pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
         let file = ModelFile::from_bytes(bytes)?;
         let model = file.load_classifier(&device)?;
-        Ok(Self { header: file.header, model, device })
+        Ok(Self {
+            header: file.header,
+            model,
+            device,
+        })
     }
 
     /// Side of the square input.

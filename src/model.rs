@@ -35,7 +35,8 @@ impl Head {
 
     /// Logits `[batch, 4]` from pooled features `[batch, n]`.
     pub fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
-        self.fc2.forward(self.dropout.forward(relu(self.fc1.forward(pooled))))
+        self.fc2
+            .forward(self.dropout.forward(relu(self.fc1.forward(pooled))))
     }
 }
 

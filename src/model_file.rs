@@ -159,7 +159,10 @@ impl ModelFile {
                 header.classes
             )));
         }
-        Ok(Self { header, payload: payload.to_vec() })
+        Ok(Self {
+            header,
+            payload: payload.to_vec(),
+        })
     }
 
     /// Builds the classifier the file describes and loads its weights on `device`.

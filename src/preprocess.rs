@@ -33,6 +33,11 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
             "not a supported image format (expected PNG or JPEG)".into(),
         ));
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
+        return Err(Error::Image(
+            "corrupt or truncated image data (the JPEG has no end-of-image marker)".into(),
+        ));
+    }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -52,6 +57,13 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     Ok(img)
 }
 
+/// Whether a JPEG ends with its end-of-image marker (allowing a little trailing padding). The
+/// decoder itself fills a truncated scan with grey instead of failing.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
 fn image_err(e: image::ImageError) -> Error {
     use image::ImageError as E;
     Error::Image(match e {
@@ -60,6 +72,9 @@ fn image_err(e: image::ImageError) -> Error {
         ),
         E::Decoding(d) => format!("corrupt or truncated image data ({d})"),
         E::Unsupported(u) => format!("unsupported image ({u})"),
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "corrupt or truncated image data (unexpected end of file)".into()
+        }
         other => other.to_string(),
     })
 }
@@ -70,9 +85,15 @@ pub fn to_square_gray(img: &DynamicImage, side: usize) -> GrayImage {
     let (w, h) = gray.dimensions();
     let side32 = side as u32;
     let (nw, nh) = if w <= h {
-        (side32, ((h as f64 * side as f64 / w as f64).round() as u32).max(side32))
+        (
+            side32,
+            ((h as f64 * side as f64 / w as f64).round() as u32).max(side32),
+        )
     } else {
-        (((w as f64 * side as f64 / h as f64).round() as u32).max(side32), side32)
+        (
+            ((w as f64 * side as f64 / h as f64).round() as u32).max(side32),
+            side32,
+        )
     };
     let resized = image::imageops::resize(&gray, nw, nh, FilterType::Triangle);
     let x = (nw - side32) / 2;
@@ -101,6 +122,15 @@ pub fn normalize_gray(square: &GrayImage, input: &InputConfig) -> Vec<f32> {
     out
 }
 
+/// The grey `crop`x`crop` view the network sees (before normalisation), for display.
+pub fn eval_view(img: &DynamicImage, input: &InputConfig) -> GrayImage {
+    let sq = to_square_gray(img, input.resize);
+    let c = input.crop as u32;
+    let x0 = (sq.width().saturating_sub(c)) / 2;
+    let y0 = (sq.height().saturating_sub(c)) / 2;
+    image::imageops::crop_imm(&sq, x0, y0, c, c).to_image()
+}
+
 /// Decodes and applies the evaluation transform: `[3, crop, crop]` floats.
 pub fn preprocess(bytes: &[u8], input: &InputConfig) -> Result<Vec<f32>> {
     let img = decode(bytes)?;
@@ -109,7 +139,12 @@ pub fn preprocess(bytes: &[u8], input: &InputConfig) -> Result<Vec<f32>> {
 
 /// The ImageNet reference transform of the published weights: RGB, resize to `size`x`size`
 /// (bicubic), scale to [0, 1], normalise. Used only to check a port on photographs.
-pub fn preprocess_imagenet(img: &DynamicImage, size: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+pub fn preprocess_imagenet(
+    img: &DynamicImage,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Vec<f32> {
     let rgb = img.to_rgb8();
     let s = size as u32;
     let resized = image::imageops::resize(&rgb, s, s, FilterType::CatmullRom);
@@ -139,7 +174,12 @@ mod tests {
 
     #[test]
     fn square_and_crop_have_the_configured_sizes() {
-        let input = InputConfig { resize: 256, crop: 224, mean: [0.5; 3], std: [0.5; 3] };
+        let input = InputConfig {
+            resize: 256,
+            crop: 224,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
         let img = decode(&png(300, 500)).unwrap();
         let sq = to_square_gray(&img, 256);
         assert_eq!(sq.dimensions(), (256, 256));
@@ -151,10 +191,29 @@ mod tests {
     #[test]
     fn bad_inputs_get_clear_errors() {
         assert!(decode(&[]).unwrap_err().to_string().contains("empty"));
-        assert!(decode(b"hello, I am text").unwrap_err().to_string().contains("not a supported"));
+        assert!(
+            decode(b"hello, I am text")
+                .unwrap_err()
+                .to_string()
+                .contains("not a supported")
+        );
         let full = png(64, 64);
         let err = decode(&full[..full.len() / 2]).unwrap_err().to_string();
         assert!(err.contains("cannot read image"), "{err}");
-        assert!(decode(&png(8, 8)).unwrap_err().to_string().contains("at least"));
+        assert!(
+            decode(&png(8, 8))
+                .unwrap_err()
+                .to_string()
+                .contains("at least")
+        );
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageLuma8(GrayImage::from_fn(300, 300, |x, y| {
+            image::Luma([(x ^ y) as u8])
+        }))
+        .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+        assert!(decode(&jpeg).is_ok());
+        let err = decode(&jpeg[..jpeg.len() / 2]).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
     }
 }

@@ -53,7 +53,14 @@ fn bn(ch: usize, device: &Device) -> BatchNorm {
     BatchNormConfig::new(ch).with_epsilon(BN_EPS).init(device)
 }
 
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, groups: usize, device: &Device) -> Conv2d {
+fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    device: &Device,
+) -> Conv2d {
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
         .with_groups(groups)
@@ -82,7 +89,14 @@ pub struct MbConv {
 }
 
 impl MbConv {
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, expand: usize, device: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        expand: usize,
+        device: &Device,
+    ) -> Self {
         let mid = cin * expand;
         let (expand_conv, bn0) = if expand != 1 {
             (Some(conv(cin, mid, 1, 1, 1, device)), Some(bn(mid, device)))
@@ -137,7 +151,11 @@ impl EfficientNetLite {
         let last = STAGES.len() - 1;
         for (i, &(k, s, e, c, r)) in STAGES.iter().enumerate() {
             let cout = round_channels(c, scale.width);
-            let repeats = if i == 0 || i == last { r } else { (r as f64 * scale.depth).ceil() as usize };
+            let repeats = if i == 0 || i == last {
+                r
+            } else {
+                (r as f64 * scale.depth).ceil() as usize
+            };
             for j in 0..repeats {
                 let stride = if j == 0 { s } else { 1 };
                 blocks.push(MbConv::new(cin, cout, k, stride, e, device));
@@ -185,7 +203,14 @@ mod tests {
     #[test]
     fn lite0_has_sixteen_blocks_and_expected_shape() {
         let device = Device::flex();
-        let m = EfficientNetLite::new(LiteScale { width: 1.0, depth: 1.0 }, false, &device);
+        let m = EfficientNetLite::new(
+            LiteScale {
+                width: 1.0,
+                depth: 1.0,
+            },
+            false,
+            &device,
+        );
         assert_eq!(m.blocks.len(), 16);
         let y = m.feature_map(Tensor::zeros([1, 3, 64, 64], &device));
         assert_eq!(y.dims(), [1, HEAD, 2, 2]);

@@ -69,18 +69,39 @@ pub fn registry() -> Vec<ArchSpec> {
         weights_file,
     };
     vec![
-        lite("efficientnet_lite0", 1.0, 1.0, 224, "efficientnet-lite0-57934424.pth"),
-        lite("efficientnet_lite1", 1.0, 1.1, 240, "efficientnet-lite1.pth"),
-        lite("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet-lite2.pth"),
+        lite(
+            "efficientnet_lite0",
+            1.0,
+            1.0,
+            224,
+            "efficientnet-lite0-57934424.pth",
+        ),
+        lite(
+            "efficientnet_lite1",
+            1.0,
+            1.1,
+            240,
+            "efficientnet-lite1.pth",
+        ),
+        lite(
+            "efficientnet_lite2",
+            1.1,
+            1.2,
+            260,
+            "efficientnet-lite2.pth",
+        ),
     ]
 }
 
 /// Looks an architecture up by name.
 pub fn find(name: &str) -> Result<ArchSpec> {
-    registry().into_iter().find(|a| a.name == name).ok_or_else(|| {
-        let known: Vec<_> = registry().iter().map(|a| a.name).collect();
-        Error::UnknownArch(name.to_string(), known.join(", "))
-    })
+    registry()
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| {
+            let known: Vec<_> = registry().iter().map(|a| a.name).collect();
+            Error::UnknownArch(name.to_string(), known.join(", "))
+        })
 }
 
 /// A backbone of any registered architecture.

@@ -1,12 +1,319 @@
+//! `pneumoscope`: the native command line of Pneumoscope — dataset building, training,
+//! evaluation, reports, prediction, Grad-CAM, export and benchmarks.
+
+mod augment;
+mod cli;
+mod data;
+mod device;
+mod evaluate;
+mod export;
 mod forward;
+mod fsutil;
+mod metrics;
 mod npy;
+mod progress;
+mod report;
+mod train;
 mod weights;
+
+use anyhow::Result;
 use burn::prelude::*;
-fn main() -> anyhow::Result<()> {
-    let device = Device::flex();
-    let args: Vec<String> = std::env::args().collect();
-    let t = std::time::Instant::now();
-    forward::run("efficientnet_lite0", args[1].as_ref(), args[2].as_ref(), args[3].as_ref(), &device)?;
-    println!("{:?}", t.elapsed());
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Chest X-ray pneumonia classification by transfer learning (research and teaching tool, not
+/// a medical device).
+#[derive(Parser)]
+#[command(name = "pneumoscope", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dataset tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Train a classifier (frozen backbone or full fine-tuning).
+    Train(Box<TrainArgs>),
+    /// Evaluate a model file on a split of a manifest: metrics, confusion matrix, reports.
+    Evaluate {
+        /// Model file written by `export`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Manifest.
+        #[arg(long)]
+        data: PathBuf,
+        /// Split to evaluate.
+        #[arg(long, default_value = "test")]
+        split: data::Split,
+        /// Folder for confusion_matrix.png, report.md, report.html, metrics.json, gradcam/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Class probabilities of images: one JSON line per image.
+    Predict {
+        /// Model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images (PNG or JPEG).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Grad-CAM heatmap of an image over the view the network sees (PNG; the raw map beside
+    /// it as .npy).
+    Gradcam {
+        /// Model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Image.
+        image: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Class to explain (default: the predicted class).
+        #[arg(long)]
+        class: Option<pneumoscope::Class>,
+    },
+    /// Pack a finished run into one self-describing model file.
+    Export {
+        /// Run folder.
+        #[arg(long)]
+        run: PathBuf,
+        /// Output model file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Store weights in half precision (batch-norm and biases stay f32).
+        #[arg(long)]
+        f16: bool,
+    },
+    /// Raw logits of a preprocessed NCHW float32 `.npy` tensor (parity checks against PyTorch).
+    Forward {
+        /// Architecture name (see the registry).
+        #[arg(long)]
+        arch: String,
+        /// Weights file (`.pth` or `.safetensors`).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input: a `.npy` (N x 3 x H x W, float32), or an image put through the ImageNet
+        /// reference transform of the weights (RGB, bicubic resize, mean/std).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output `.npy` of logits (or pooled features when the weights have no classifier).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Options of `train`.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The manifest written by `data build`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Architecture.
+    #[arg(long, default_value = "efficientnet_lite0")]
+    arch: String,
+    /// ImageNet weights (`.pth` or `.safetensors`).
+    #[arg(long)]
+    weights: PathBuf,
+    /// `frozen` (the paper's protocol) or `finetune` (all layers).
+    #[arg(long, value_enum, default_value = "frozen")]
+    mode: train::Mode,
+    /// Epochs.
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: train::Schedule,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Class-imbalance handling.
+    #[arg(long, value_enum, default_value = "weighted")]
+    imbalance: train::Imbalance,
+    /// Disable the paper's augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Frozen mode: feature views cached per training image (1 = no augmentation).
+    #[arg(long, default_value_t = 1)]
+    views: usize,
+    /// Run folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in `--out` from its last verified checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, vulkan or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Build the 4-class manifest from source collections, split by patient.
+    Build {
+        /// A folder in the Kermany layout (NORMAL/PNEUMONIA at any depth). Repeatable.
+        #[arg(long)]
+        kermany: Vec<PathBuf>,
+        /// A COVID-19 image data collection folder (metadata.csv + images). Repeatable.
+        #[arg(long)]
+        covid: Vec<PathBuf>,
+        /// A folder with one subfolder per class (normal, bacterial, viral, covid19). Repeatable.
+        #[arg(long)]
+        folder: Vec<PathBuf>,
+        /// Also map the collection's bacterial, viral and "No Finding" rows.
+        #[arg(long)]
+        covid_all_findings: bool,
+        /// Fraction of images (by patient) for validation.
+        #[arg(long, default_value_t = 0.15)]
+        val: f64,
+        /// Fraction of images (by patient) for test.
+        #[arg(long, default_value_t = 0.15)]
+        test: f64,
+        /// Seed of the split.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Near-duplicate threshold: differing bits of the 256-bit perceptual hash.
+        #[arg(long, default_value_t = data::build::DEFAULT_PHASH_THRESHOLD)]
+        phash_threshold: u32,
+        /// Output folder (manifest.csv, summary.json, rejected.csv, excluded.csv, duplicates.csv).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Data { command } => match command {
+            DataCommand::Build {
+                kermany,
+                covid,
+                folder,
+                covid_all_findings,
+                val,
+                test,
+                seed,
+                phash_threshold,
+                out,
+            } => {
+                let opts = data::build::BuildOptions {
+                    kermany,
+                    covid,
+                    folder,
+                    covid_all_findings,
+                    val,
+                    test,
+                    seed,
+                    phash_threshold,
+                    out,
+                };
+                let summary = data::build::run(&opts)?;
+                print!("{}", data::build::table(&summary));
+                println!("wrote {}", opts.out.join("manifest.csv").display());
+            }
+        },
+        Command::Train(a) => {
+            let cfg = train::TrainConfig {
+                data: a.data,
+                arch: a.arch,
+                weights: a.weights,
+                mode: a.mode,
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                lr: a.lr,
+                schedule: a.schedule,
+                seed: a.seed,
+                imbalance: a.imbalance,
+                augment: (!a.no_augment).then(augment::Augment::default),
+                views: a.views,
+                device: a.device,
+            };
+            train::run(cfg, &a.out, a.resume)?;
+        }
+        Command::Evaluate {
+            model,
+            data,
+            split,
+            out,
+            json,
+        } => {
+            let (m, sources) =
+                evaluate::run(&model, &data, split, out.as_deref(), &Device::flex())?;
+            if json {
+                let mut v = serde_json::to_value(&m)?;
+                v["split"] = serde_json::json!(split);
+                v["by_source"] = serde_json::json!(sources);
+                println!("{v}");
+            } else {
+                evaluate::print_table(&m);
+                if let Some(o) = out {
+                    println!("wrote {}", o.join("report.html").display());
+                }
+            }
+        }
+        Command::Predict { model, images } => {
+            let failures = cli::predict(&model, &images, &Device::flex())?;
+            if failures > 0 {
+                anyhow::bail!(
+                    "{failures} of {} images could not be classified",
+                    images.len()
+                );
+            }
+        }
+        Command::Gradcam {
+            model,
+            image,
+            out,
+            class,
+        } => {
+            cli::gradcam(&model, &image, &out, class, &Device::flex())?;
+        }
+        Command::Export { run, out, f16 } => {
+            let h = export::run(&run, &out, f16)?;
+            println!(
+                "wrote {} ({}, {} weights, payload sha256 {})",
+                out.display(),
+                h.arch,
+                h.weights_dtype,
+                h.payload_sha256
+            );
+        }
+        Command::Forward {
+            arch,
+            weights,
+            input,
+            out,
+        } => {
+            let dims = forward::run(&arch, &weights, &input, &out, &Device::flex())?;
+            println!("wrote {} {:?}", out.display(), dims);
+        }
+    }
     Ok(())
 }

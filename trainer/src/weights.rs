@@ -29,7 +29,11 @@ pub fn load_backbone(
     let sha = sha256_hex(&bytes);
     drop(bytes);
     let mut backbone = spec.build_backbone(imagenet_head, device);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let result: ApplyResult = match ext.as_str() {
         "safetensors" => {
             let mut store = SafetensorsStore::from_file(path)
@@ -70,7 +74,12 @@ pub fn load_backbone(
         );
     }
     if !result.missing.is_empty() {
-        let names: Vec<_> = result.missing.iter().take(5).map(|(p, _)| p.as_str()).collect();
+        let names: Vec<_> = result
+            .missing
+            .iter()
+            .take(5)
+            .map(|(p, _)| p.as_str())
+            .collect();
         bail!(
             "{}: {} parameters of {} are missing from the file (first: {}); is this the right \
              architecture?",
@@ -85,6 +94,12 @@ pub fn load_backbone(
         unused = result.unused.len(),
         "weights loaded"
     );
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    Ok(LoadedBackbone { backbone, source: format!("imagenet:{name} sha256:{sha}") })
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    Ok(LoadedBackbone {
+        backbone,
+        source: format!("imagenet:{name} sha256:{sha}"),
+    })
 }

@@ -1,1 +1,148 @@
-fn main(){}
+//! Project tasks: `cargo xtask test` (set up a fresh machine and run every test) and
+//! `cargo xtask serve` (the main job).
+//!
+//! Builds share one target directory that survives between runs:
+//! `$CARGO_TARGET_DIR`, or `$HOME/.cache/pneumoscope/target` when it is not set.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp"));
+            home.join(".cache/pneumoscope/target")
+        })
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root()).env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Debian packages the tests need, with a file that proves each is installed.
+const APT: [(&str, &str); 1] = [(
+    "fonts-dejavu-core",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+)];
+
+fn ensure_system() -> Result<()> {
+    let missing: Vec<&str> = APT
+        .iter()
+        .filter(|(_, f)| !Path::new(f).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    if !missing.is_empty() {
+        if !have("apt-get") {
+            bail!("missing system packages {missing:?} and no apt-get to install them");
+        }
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing))?;
+    }
+    for comp in ["rustfmt", "clippy"] {
+        let probe = if comp == "rustfmt" {
+            "cargo fmt --version"
+        } else {
+            "cargo clippy --version"
+        };
+        if !Command::new("sh")
+            .arg("-c")
+            .arg(format!("{probe} >/dev/null 2>&1"))
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            run(Command::new("rustup").args(["component", "add", comp]))?;
+        }
+    }
+    Ok(())
+}
+
+fn shared() -> Result<PathBuf> {
+    let s = root().join("../shared");
+    if !s.join("data").is_dir() {
+        bail!(
+            "{} not found: the tests read real data, weights and fixtures from ../shared",
+            s.display()
+        );
+    }
+    Ok(s.canonicalize()?)
+}
+
+fn test() -> Result<()> {
+    ensure_system()?;
+    let shared = shared()?;
+    std::fs::create_dir_all(target_dir())?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["test", "--workspace", "--release"])
+        .env("PNEUMOSCOPE_SHARED", &shared))?;
+    eprintln!("all tests passed");
+    Ok(())
+}
+
+fn serve(args: &[String]) -> Result<()> {
+    let _ = args;
+    ensure_system()?;
+    run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
+    let bin = target_dir().join("release/pneumoscope");
+    println!(
+        "The browser page is not part of this build yet. The trainer is ready:\n  {} --help\n\
+         and the shipped default model is web/models/ (see README.md for a walkthrough).",
+        bin.display()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("serve") => serve(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask test | cargo xtask serve [--port N]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `predict` and `gradcam`: a model file applied to image files.
+
+use anyhow::{Context, Result, anyhow};
+use burn::prelude::*;
+use pneumoscope::Class;
+use pneumoscope::gradcam;
+use pneumoscope::inference::Engine;
+use std::path::Path;
+
+/// Loads a model file with a message naming it on failure.
+pub fn load_engine(path: &Path, device: &Device) -> Result<Engine> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read model file {}", path.display()))?;
+    Engine::load(&bytes, device.clone()).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// One JSON line per image on stdout; unreadable images are reported on stderr. Returns the
+/// number of failures.
+pub fn predict(model: &Path, images: &[std::path::PathBuf], device: &Device) -> Result<usize> {
+    let engine = load_engine(model, device)?;
+    let mut failures = 0;
+    for img in images {
+        let res = std::fs::read(img)
+            .map_err(|e| anyhow!("cannot read: {e}"))
+            .and_then(|b| engine.classify(&b).map_err(|e| anyhow!("{e}")));
+        match res {
+            Ok(p) => {
+                let probs: serde_json::Map<String, serde_json::Value> = Class::ALL
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name().to_string(),
+                            serde_json::json!(p.probabilities[c.index()]),
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": img.display().to_string(), "probabilities": probs, "top": p.top })
+                );
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", img.display());
+                failures += 1;
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// Writes the Grad-CAM overlay of `image` to `out` (PNG) and, beside it, the raw map as
+/// `.npy`. Prints one JSON line.
+pub fn gradcam(
+    model: &Path,
+    image: &Path,
+    out: &Path,
+    class: Option<Class>,
+    device: &Device,
+) -> Result<()> {
+    let engine = load_engine(model, device)?;
+    let bytes = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+    let (pred, cam) = engine
+        .explain(&bytes, class)
+        .map_err(|e| anyhow!("{}: {e}", image.display()))?;
+    let img =
+        pneumoscope::preprocess::decode(&bytes).map_err(|e| anyhow!("{}: {e}", image.display()))?;
+    let view = pneumoscope::preprocess::eval_view(&img, &engine.header.input);
+    let heat = cam.upsample(engine.input_size());
+    gradcam::overlay(&view, &heat, 0.45)
+        .save(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let npy = out.with_extension("npy");
+    crate::npy::write_f32(&npy, &[cam.height, cam.width], &cam.values)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "file": image.display().to_string(),
+            "class": Class::ALL[cam.class],
+            "top": pred.top,
+            "score": cam.score,
+            "map": { "width": cam.width, "height": cam.height, "npy": npy.display().to_string() },
+            "overlay": out.display().to_string(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,483 @@
+//! `pneumoscope data build`: sources → decoded, hashed, de-duplicated, patient-level split
+//! manifest.
+
+use super::sources::{self, Candidate, Rejected, SourceOutput};
+use super::{Manifest, Record, Split};
+use anyhow::{Context, Result, bail};
+use image_hasher::{HashAlg, HasherConfig, ImageHash};
+use pneumoscope::Class;
+use pneumoscope::model_file::sha256_hex;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Options of `data build`.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Kermany-layout folders.
+    pub kermany: Vec<PathBuf>,
+    /// COVID-19 image data collection folders.
+    pub covid: Vec<PathBuf>,
+    /// Class-folder layouts.
+    pub folder: Vec<PathBuf>,
+    /// Map the collection's non-COVID findings too.
+    pub covid_all_findings: bool,
+    /// Validation fraction.
+    pub val: f64,
+    /// Test fraction.
+    pub test: f64,
+    /// Seed of the split.
+    pub seed: u64,
+    /// Largest Hamming distance (out of [`PHASH_BITS`]) at which two images count as
+    /// near-duplicates.
+    pub phash_threshold: u32,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// Bits of the perceptual hash (16x16 gradient hash).
+pub const PHASH_BITS: u32 = 256;
+/// Default near-duplicate threshold: at most this many of the 256 hash bits differ. Chosen on
+/// the shared data: distinct patients' radiographs differ in 40 or more bits, resized or
+/// re-encoded copies of one image in fewer than 10.
+pub const DEFAULT_PHASH_THRESHOLD: u32 = 12;
+
+struct Decoded {
+    cand: Candidate,
+    sha256: String,
+    pixel_sha: String,
+    width: u32,
+    height: u32,
+    phash: ImageHash,
+}
+
+/// Counts per split x class.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    /// Images per split, then per class.
+    pub images: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Patients per split, then per class (a patient counts under each class it has images of).
+    pub patients: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+/// What `summary.json` holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Totals.
+    pub total_images: usize,
+    /// Distinct patients.
+    pub total_patients: usize,
+    /// Per split x class.
+    pub counts: Counts,
+    /// Images per source.
+    pub sources: BTreeMap<String, usize>,
+    /// Duplicate groups found (exact pixels or perceptual hash).
+    pub duplicate_groups: usize,
+    /// Images that belong to a duplicate group.
+    pub duplicate_images: usize,
+    /// Duplicate groups whose members carry different labels.
+    pub conflicting_duplicate_groups: usize,
+    /// Groups that span more than one patient id (kept together in one split).
+    pub cross_patient_duplicate_groups: usize,
+    /// Rejected files or rows (broken).
+    pub rejected: usize,
+    /// Excluded rows or files (deliberately not used), by reason.
+    pub excluded: BTreeMap<String, usize>,
+    /// The options used.
+    pub options: serde_json::Value,
+}
+
+fn decode(c: Candidate, hasher: &image_hasher::Hasher) -> std::result::Result<Decoded, Rejected> {
+    let reject = |reason: String| Rejected {
+        path: c.path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(&c.path).map_err(|e| reject(format!("cannot read: {e}")))?;
+    let img = pneumoscope::preprocess::decode(&bytes).map_err(|e| reject(e.to_string()))?;
+    let gray = img.to_luma8();
+    let mut px = Vec::with_capacity(8 + gray.as_raw().len());
+    px.extend_from_slice(&gray.width().to_le_bytes());
+    px.extend_from_slice(&gray.height().to_le_bytes());
+    px.extend_from_slice(gray.as_raw());
+    let phash = hasher.hash_image(&gray);
+    Ok(Decoded {
+        sha256: sha256_hex(&bytes),
+        pixel_sha: sha256_hex(&px),
+        width: img.width(),
+        height: img.height(),
+        phash,
+        cand: c,
+    })
+}
+
+struct UnionFind(Vec<usize>);
+impl UnionFind {
+    fn new(n: usize) -> Self {
+        Self((0..n).collect())
+    }
+    fn find(&mut self, i: usize) -> usize {
+        let mut r = i;
+        while self.0[r] != r {
+            r = self.0[r];
+        }
+        let mut j = i;
+        while self.0[j] != r {
+            let next = self.0[j];
+            self.0[j] = r;
+            j = next;
+        }
+        r
+    }
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            self.0[ra.max(rb)] = ra.min(rb);
+        }
+    }
+}
+
+/// Runs the builder and writes its outputs into `opts.out`.
+pub fn run(opts: &BuildOptions) -> Result<Summary> {
+    if opts.kermany.is_empty() && opts.covid.is_empty() && opts.folder.is_empty() {
+        bail!("no source given: use --kermany DIR, --covid DIR and/or --folder DIR");
+    }
+    if !(0.0..=1.0).contains(&opts.val)
+        || !(0.0..=1.0).contains(&opts.test)
+        || opts.val + opts.test > 1.0
+    {
+        bail!("--val and --test must be fractions in [0, 1] with val + test <= 1");
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
+
+    let mut all = SourceOutput::default();
+    let mut absorb = |o: SourceOutput| {
+        all.candidates.extend(o.candidates);
+        all.rejected.extend(o.rejected);
+        all.excluded.extend(o.excluded);
+    };
+    for d in &opts.kermany {
+        absorb(sources::kermany(d));
+    }
+    for d in &opts.covid {
+        absorb(sources::covid(d, opts.covid_all_findings));
+    }
+    for d in &opts.folder {
+        absorb(sources::folder(d));
+    }
+    // The same file proposed twice (listed twice in metadata, or two overlapping sources).
+    let mut seen = HashMap::new();
+    let mut unique = Vec::new();
+    for mut c in all.candidates.drain(..) {
+        let canon = std::fs::canonicalize(&c.path).unwrap_or_else(|_| c.path.clone());
+        if seen.insert(canon.clone(), ()).is_some() {
+            all.excluded.push(Rejected {
+                path: c.path.display().to_string(),
+                reason: "the same file is listed more than once".into(),
+            });
+            continue;
+        }
+        c.path = canon;
+        unique.push(c);
+    }
+
+    let hasher = HasherConfig::new()
+        .hash_size(16, 16)
+        .hash_alg(HashAlg::Gradient)
+        .to_hasher();
+    let pb = crate::progress::bar(unique.len() as u64, "decoding");
+    let results: Vec<_> = unique
+        .into_par_iter()
+        .map(|c| {
+            let r = decode(c, &hasher);
+            pb.inc(1);
+            r
+        })
+        .collect();
+    pb.finish_and_clear();
+    let mut items = Vec::new();
+    for r in results {
+        match r {
+            Ok(d) => items.push(d),
+            Err(rej) => all.rejected.push(rej),
+        }
+    }
+    if items.is_empty() {
+        write_rejected(&opts.out, &all.rejected, &all.excluded)?;
+        bail!(
+            "no usable image remains ({} rejected, {} excluded; see {})",
+            all.rejected.len(),
+            all.excluded.len(),
+            opts.out.join("rejected.csv").display()
+        );
+    }
+
+    // Duplicate groups: identical pixels, or near-identical perceptual hashes.
+    let n = items.len();
+    let mut dup = UnionFind::new(n);
+    let mut by_pixels: HashMap<&str, usize> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        if let Some(&j) = by_pixels.get(it.pixel_sha.as_str()) {
+            dup.union(i, j);
+        } else {
+            by_pixels.insert(&it.pixel_sha, i);
+        }
+    }
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let items = &items;
+            ((i + 1)..n)
+                .filter(move |&j| items[i].phash.dist(&items[j].phash) <= opts.phash_threshold)
+                .map(move |j| (i, j))
+        })
+        .collect();
+    for (i, j) in pairs {
+        dup.union(i, j);
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..n {
+        let r = dup.find(i);
+        groups.entry(r).or_default().push(i);
+    }
+    let dup_groups: Vec<Vec<usize>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    let mut dup_id = vec![String::new(); n];
+    let mut conflicting = 0;
+    let mut cross_patient = 0;
+    for (g, members) in dup_groups.iter().enumerate() {
+        for &m in members {
+            dup_id[m] = format!("dup{g:04}");
+        }
+        let l0 = items[members[0]].cand.label;
+        if members.iter().any(|&m| items[m].cand.label != l0) {
+            conflicting += 1;
+        }
+        let p0 = &items[members[0]].cand.patient;
+        if members.iter().any(|&m| &items[m].cand.patient != p0) {
+            cross_patient += 1;
+        }
+    }
+
+    // Split units: patients joined through duplicate groups.
+    let mut units = UnionFind::new(n);
+    let mut by_patient: HashMap<&str, usize> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        if let Some(&j) = by_patient.get(it.cand.patient.as_str()) {
+            units.union(i, j);
+        } else {
+            by_patient.insert(&it.cand.patient, i);
+        }
+    }
+    for members in &dup_groups {
+        for w in members.windows(2) {
+            units.union(w[0], w[1]);
+        }
+    }
+    let mut unit_members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..n {
+        let r = units.find(i);
+        unit_members.entry(r).or_default().push(i);
+    }
+    // Stratify: a unit's class is its most frequent label (ties: the rarer class overall).
+    let mut class_total = [0usize; 4];
+    for it in &items {
+        class_total[it.cand.label.index()] += 1;
+    }
+    let mut by_class: [Vec<Vec<usize>>; 4] = Default::default();
+    for members in unit_members.into_values() {
+        let mut cnt = [0usize; 4];
+        for &m in &members {
+            cnt[items[m].cand.label.index()] += 1;
+        }
+        let c = (0..4)
+            .max_by(|&a, &b| {
+                cnt[a]
+                    .cmp(&cnt[b])
+                    .then(class_total[b].cmp(&class_total[a]))
+            })
+            .unwrap();
+        by_class[c].push(members);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut split_of = vec![Split::Train; n];
+    for units in by_class.iter_mut() {
+        units.shuffle(&mut rng);
+        let total: usize = units.iter().map(Vec::len).sum();
+        let test_target = (opts.test * total as f64).round() as usize;
+        let val_target = (opts.val * total as f64).round() as usize;
+        let (mut n_test, mut n_val) = (0, 0);
+        for u in units.iter() {
+            let s = if n_test < test_target {
+                n_test += u.len();
+                Split::Test
+            } else if n_val < val_target {
+                n_val += u.len();
+                Split::Val
+            } else {
+                Split::Train
+            };
+            for &m in u {
+                split_of[m] = s;
+            }
+        }
+    }
+
+    let mut records: Vec<Record> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| Record {
+            path: it.cand.path.display().to_string(),
+            label: it.cand.label,
+            patient: it.cand.patient.clone(),
+            source: it.cand.source.to_string(),
+            split: split_of[i],
+            sha256: it.sha256.clone(),
+            width: it.width,
+            height: it.height,
+            dup_group: dup_id[i].clone(),
+            age: it.cand.age.clone(),
+            view: it.cand.view.clone(),
+        })
+        .collect();
+    records.sort_by(|a, b| (a.split, a.label, &a.path).cmp(&(b.split, b.label, &b.path)));
+    Manifest::write(&opts.out.join("manifest.csv"), &records)?;
+    write_rejected(&opts.out, &all.rejected, &all.excluded)?;
+    write_duplicates(&opts.out, &records)?;
+
+    let mut excluded = BTreeMap::new();
+    for e in &all.excluded {
+        let key = e.reason.split(" (").next().unwrap_or(&e.reason).to_string();
+        *excluded.entry(key).or_insert(0) += 1;
+    }
+    let mut sources = BTreeMap::new();
+    for r in &records {
+        *sources.entry(r.source.clone()).or_insert(0) += 1;
+    }
+    let summary = Summary {
+        total_images: records.len(),
+        total_patients: records
+            .iter()
+            .map(|r| &r.patient)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        counts: counts(&records),
+        sources,
+        duplicate_groups: dup_groups.len(),
+        duplicate_images: dup_groups.iter().map(Vec::len).sum(),
+        conflicting_duplicate_groups: conflicting,
+        cross_patient_duplicate_groups: cross_patient,
+        rejected: all.rejected.len(),
+        excluded,
+        options: serde_json::json!({
+            "kermany": opts.kermany, "covid": opts.covid, "folder": opts.folder,
+            "covid_all_findings": opts.covid_all_findings, "val": opts.val, "test": opts.test,
+            "seed": opts.seed, "phash_threshold": opts.phash_threshold, "phash_bits": PHASH_BITS,
+        }),
+    };
+    std::fs::write(
+        opts.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+/// Images and patients per split x class.
+pub fn counts(records: &[Record]) -> Counts {
+    let mut c = Counts::default();
+    let mut pats: BTreeMap<(String, String), std::collections::HashSet<&str>> = BTreeMap::new();
+    for r in records {
+        *c.images
+            .entry(r.split.to_string())
+            .or_default()
+            .entry(r.label.to_string())
+            .or_insert(0) += 1;
+        pats.entry((r.split.to_string(), r.label.to_string()))
+            .or_default()
+            .insert(&r.patient);
+    }
+    for ((s, l), p) in pats {
+        c.patients.entry(s).or_default().insert(l, p.len());
+    }
+    c
+}
+
+/// The printed table: images (patients) per split x class.
+pub fn table(summary: &Summary) -> String {
+    let mut out = format!("{:<8}", "split");
+    for c in Class::ALL {
+        out += &format!("{:>18}", c.name());
+    }
+    out += &format!("{:>18}\n", "total");
+    for s in Split::ALL {
+        let s = s.to_string();
+        out += &format!("{s:<8}");
+        let (mut ti, mut tp) = (0, 0);
+        for c in Class::ALL {
+            let i = summary
+                .counts
+                .images
+                .get(&s)
+                .and_then(|m| m.get(c.name()))
+                .copied()
+                .unwrap_or(0);
+            let p = summary
+                .counts
+                .patients
+                .get(&s)
+                .and_then(|m| m.get(c.name()))
+                .copied()
+                .unwrap_or(0);
+            ti += i;
+            tp += p;
+            out += &format!("{:>18}", format!("{i} ({p} pat.)"));
+        }
+        out += &format!("{:>18}\n", format!("{ti} ({tp} pat.)"));
+    }
+    out += &format!(
+        "{} images of {} patients; {} duplicate groups ({} images, {} across patients, {} with \
+         conflicting labels); {} rejected; {} excluded\n",
+        summary.total_images,
+        summary.total_patients,
+        summary.duplicate_groups,
+        summary.duplicate_images,
+        summary.cross_patient_duplicate_groups,
+        summary.conflicting_duplicate_groups,
+        summary.rejected,
+        summary.excluded.values().sum::<usize>()
+    );
+    out
+}
+
+fn write_rejected(out: &Path, rejected: &[Rejected], excluded: &[Rejected]) -> Result<()> {
+    for (name, rows) in [("rejected.csv", rejected), ("excluded.csv", excluded)] {
+        let mut w = csv::Writer::from_path(out.join(name))?;
+        w.write_record(["path", "reason"])?;
+        for r in rows {
+            w.write_record([&r.path, &r.reason])?;
+        }
+        w.flush()?;
+    }
+    Ok(())
+}
+
+fn write_duplicates(out: &Path, records: &[Record]) -> Result<()> {
+    let mut w = csv::Writer::from_path(out.join("duplicates.csv"))?;
+    w.write_record(["dup_group", "path", "patient", "label", "split"])?;
+    let mut rows: Vec<&Record> = records.iter().filter(|r| !r.dup_group.is_empty()).collect();
+    rows.sort_by(|a, b| (&a.dup_group, &a.path).cmp(&(&b.dup_group, &b.path)));
+    for r in rows {
+        w.write_record([
+            &r.dup_group,
+            &r.path,
+            &r.patient,
+            r.label.name(),
+            r.split.name(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `pneumoscope evaluate`: a model file on one split of a manifest → metrics, figures and
+//! reports.
+
+use crate::cli::load_engine;
+use crate::data::{Manifest, Split};
+use crate::metrics::{self, Metrics};
+use crate::report::{self, CamEntry, SourceBreakdown};
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use pneumoscope::{Class, NUM_CLASSES};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Grad-CAM examples per class in the report.
+const CAMS_PER_CLASS: usize = 3;
+
+/// Evaluates `model` on `split` of `data`; writes reports into `out` when given.
+pub fn run(
+    model: &Path,
+    data: &Path,
+    split: Split,
+    out: Option<&Path>,
+    device: &Device,
+) -> Result<(Metrics, SourceBreakdown)> {
+    let engine = load_engine(model, device)?;
+    let manifest = Manifest::read(data)?;
+    let rows = manifest.split_indices(split);
+    if rows.is_empty() {
+        bail!("{}: no rows in split '{split}'", data.display());
+    }
+    let pb = crate::progress::bar(rows.len() as u64, "evaluating");
+    let mut probs: Vec<[f32; NUM_CLASSES]> = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(32) {
+        let imgs: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|&i| {
+                let p = manifest.resolve(&manifest.records[i]);
+                let b =
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                engine
+                    .preprocess(&b)
+                    .with_context(|| format!("{}", p.display()))
+            })
+            .collect::<Result<_>>()?;
+        probs.extend(
+            engine
+                .classify_batch(&imgs)?
+                .into_iter()
+                .map(|p| p.probabilities),
+        );
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    let labels: Vec<usize> = rows
+        .iter()
+        .map(|&i| manifest.records[i].label.index())
+        .collect();
+    let pats: Vec<String> = rows
+        .iter()
+        .map(|&i| manifest.records[i].patient.clone())
+        .collect();
+    let m = metrics::compute(&probs, &labels, &pats);
+
+    let mut by_source: BTreeMap<String, (usize, usize, [usize; NUM_CLASSES])> = BTreeMap::new();
+    for (k, &i) in rows.iter().enumerate() {
+        let e = by_source
+            .entry(manifest.records[i].source.clone())
+            .or_insert((0, 0, [0; NUM_CLASSES]));
+        let pred = pneumoscope::inference::Prediction::from_probabilities(probs[k])
+            .top
+            .index();
+        e.0 += 1;
+        e.1 += (pred == labels[k]) as usize;
+        e.2[pred] += 1;
+    }
+    let sources: SourceBreakdown = by_source
+        .into_iter()
+        .map(|(s, (n, ok, pred))| (s, n, ok as f64 / n as f64, pred))
+        .collect();
+
+    if let Some(out) = out {
+        std::fs::create_dir_all(out.join("gradcam"))
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        let title = format!(
+            "Pneumoscope evaluation: {} on the {split} split",
+            engine.header.arch
+        );
+        report::confusion_png(&out.join("confusion_matrix.png"), &m.confusion, &title)?;
+        let mut cams = Vec::new();
+        for c in Class::ALL {
+            let picked = rows
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| labels[*k] == c.index())
+                .take(CAMS_PER_CLASS);
+            for (j, (_, &i)) in picked.enumerate() {
+                let p = manifest.resolve(&manifest.records[i]);
+                let bytes = std::fs::read(&p)?;
+                let (pred, cam) = engine.explain(&bytes, None)?;
+                let img = pneumoscope::preprocess::decode(&bytes)?;
+                let view = pneumoscope::preprocess::eval_view(&img, &engine.header.input);
+                let name = format!("gradcam/{}-{j}.png", c.name());
+                pneumoscope::gradcam::overlay(&view, &cam.upsample(engine.input_size()), 0.45)
+                    .save(out.join(&name))?;
+                cams.push(CamEntry {
+                    file: p.display().to_string(),
+                    truth: c,
+                    predicted: pred.top,
+                    confidence: pred.probabilities[pred.top.index()],
+                    overlay: name,
+                });
+            }
+        }
+        let desc = format!(
+            "Model: {} ({}), weights {}; data: {}, split '{split}'.",
+            engine.header.arch,
+            engine.header.weights_dtype,
+            engine.header.weight_source,
+            data.display()
+        );
+        std::fs::write(
+            out.join("report.md"),
+            report::markdown(&title, &desc, &m, &sources, &cams),
+        )?;
+        std::fs::write(
+            out.join("report.html"),
+            report::html(&title, &desc, &m, &sources, &cams),
+        )?;
+        std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
+    }
+    Ok((m, sources))
+}
+
+/// Human-readable summary.
+pub fn print_table(m: &Metrics) {
+    println!(
+        "n = {} images of {} patients\naccuracy  {:.4}  [{:.4}, {:.4}]\nmacro-F1  {:.4}  [{:.4}, {:.4}]\nweighted F1 {:.4}   macro AUC {:.4}   ECE {:.4}",
+        m.n,
+        m.patients,
+        m.accuracy,
+        m.accuracy_ci.low,
+        m.accuracy_ci.high,
+        m.macro_f1,
+        m.macro_f1_ci.low,
+        m.macro_f1_ci.high,
+        m.weighted_f1,
+        m.macro_auc,
+        m.ece
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>8}",
+        "class", "precision", "recall", "F1", "specificity", "AUC", "support"
+    );
+    for c in Class::ALL {
+        let p = &m.per_class[c.name()];
+        println!(
+            "{:<10} {:>9.4} {:>9.4} {:>9.4} {:>11.4} {:>8.4} {:>8}",
+            c.name(),
+            p.precision,
+            p.recall,
+            p.f1,
+            p.specificity,
+            p.auc,
+            p.support
+        );
+    }
+}

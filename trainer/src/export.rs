@@ -1,0 +1,99 @@
+//! `pneumoscope export`: a finished run → one self-describing model file.
+
+use crate::data::Manifest;
+use crate::train::TrainConfig;
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, DType};
+use pneumoscope::Class;
+use pneumoscope::arch;
+use pneumoscope::model::Classifier;
+use pneumoscope::model_file::{FORMAT_VERSION, ModelFile, ModelHeader};
+use std::path::Path;
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&b).with_context(|| format!("{}: malformed JSON", path.display()))
+}
+
+/// Packs `RUN/model.bpk` with its description into a model file at `out`.
+pub fn run(run: &Path, out: &Path, f16: bool) -> Result<ModelHeader> {
+    let cfg: TrainConfig = serde_json::from_value(read_json(&run.join("config.json"))?)
+        .with_context(|| format!("{}: not a training run", run.display()))?;
+    let model_path = run.join("model.bpk");
+    if !model_path.is_file() {
+        bail!(
+            "{}: the run has not finished (no model.bpk); finish it with `pneumoscope train --resume`",
+            run.display()
+        );
+    }
+    let spec = arch::find(&cfg.arch)?;
+    let device = Device::flex();
+    let bytes = std::fs::read(&model_path)?;
+    let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e:?}", model_path.display()))?;
+    let mut model = Classifier::new(&spec, &device)
+        .try_load_record(rec)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", model_path.display()))?;
+    if f16 {
+        model = to_f16(model);
+    }
+    let metrics = read_json(&run.join("metrics.json")).unwrap_or(serde_json::Value::Null);
+    let data = match Manifest::read(&cfg.data) {
+        Ok(m) => {
+            let summary = crate::data::build::counts(&m.records);
+            let sources: std::collections::BTreeSet<_> =
+                m.records.iter().map(|r| r.source.clone()).collect();
+            serde_json::json!({ "manifest": cfg.data, "counts": summary, "sources": sources })
+        }
+        Err(_) => serde_json::json!({ "manifest": cfg.data }),
+    };
+    let history = std::fs::read_to_string(run.join("state.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    let header = ModelHeader {
+        format_version: FORMAT_VERSION,
+        arch: cfg.arch.clone(),
+        classes: Class::ALL.to_vec(),
+        input: spec.input.clone(),
+        gradcam_layer: spec.gradcam_layer.to_string(),
+        weights_dtype: if f16 { "f16".into() } else { "f32".into() },
+        weight_source: std::fs::read_to_string(run.join("weight_source.txt"))
+            .unwrap_or_else(|_| "unknown".into()),
+        training: serde_json::json!({
+            "config": cfg,
+            "best_epoch": history.as_ref().and_then(|h| h.get("best_epoch").cloned()),
+            "best_val_macro_f1": history.as_ref().and_then(|h| h.get("best_val_macro_f1").cloned()),
+        }),
+        data,
+        metrics,
+        extra: serde_json::Value::Null,
+        created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
+        payload_len: 0,
+        payload_sha256: String::new(),
+    };
+    let file = ModelFile::from_classifier(header, model)?;
+    crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    Ok(file.header)
+}
+
+/// Casts every float parameter to f16 except batch-norm statistics and affine terms, which
+/// stay in f32 (their ranges and precision matter more than their size).
+fn to_f16(model: Classifier) -> Classifier {
+    struct Half;
+    impl burn::module::ModuleMapper for Half {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            if D >= 2 {
+                param.map(|t| t.cast(DType::F16))
+            } else {
+                param
+            }
+        }
+    }
+    model.map(&mut Half)
+}

@@ -1,0 +1,332 @@
+//! Evaluation reports: the confusion-matrix figure, `report.md`, `report.html` with a Grad-CAM
+//! panel, and the per-source breakdown that exposes the paediatric-vs-adult shortcut.
+
+use crate::metrics::Metrics;
+use anyhow::{Context, Result, anyhow};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use pneumoscope::{Class, NUM_CLASSES};
+use std::path::Path;
+use std::sync::Once;
+
+/// Fonts tried, in order, for text in figures.
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+static FONT: Once = Once::new();
+
+fn ensure_font() -> Result<()> {
+    FONT.call_once(|| {
+        for p in FONT_PATHS {
+            if let Ok(bytes) = std::fs::read(p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return;
+                }
+            }
+        }
+    });
+    let probe = plotters::style::FontDesc::new(FontFamily::SansSerif, 12.0, FontStyle::Normal);
+    probe.box_size("x").map(|_| ()).map_err(|_| {
+        anyhow!("no font for figures: install DejaVu Sans (Debian: fonts-dejavu-core)")
+    })
+}
+
+/// Draws the confusion matrix twice, as counts and row-normalised, into a PNG.
+pub fn confusion_png(
+    path: &Path,
+    m: &[[usize; NUM_CLASSES]; NUM_CLASSES],
+    title: &str,
+) -> Result<()> {
+    ensure_font()?;
+    let (w, h) = (1000u32, 520u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+        let root = root
+            .titled(title, ("sans-serif", 22))
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let panels = root.split_evenly((1, 2));
+        for (pi, panel) in panels.iter().enumerate() {
+            let normalised = pi == 1;
+            let cell = 80i32;
+            let (x0, y0) = (120i32, 60i32);
+            panel
+                .draw(&Text::new(
+                    if normalised {
+                        "row-normalised (recall on the diagonal)"
+                    } else {
+                        "counts"
+                    },
+                    (x0, 20),
+                    ("sans-serif", 16),
+                ))
+                .map_err(|e| anyhow!("{e:?}"))?;
+            for (r, row) in m.iter().enumerate() {
+                let total: usize = row.iter().sum();
+                for (c, &v) in row.iter().enumerate() {
+                    let frac = if total == 0 {
+                        0.0
+                    } else {
+                        v as f64 / total as f64
+                    };
+                    let shade = if normalised {
+                        frac
+                    } else {
+                        v as f64 / m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64
+                    };
+                    let color = RGBColor(
+                        (255.0 - 200.0 * shade) as u8,
+                        (255.0 - 150.0 * shade) as u8,
+                        255,
+                    );
+                    let (x, y) = (x0 + c as i32 * cell, y0 + r as i32 * cell);
+                    panel
+                        .draw(&Rectangle::new(
+                            [(x, y), (x + cell, y + cell)],
+                            color.filled(),
+                        ))
+                        .map_err(|e| anyhow!("{e:?}"))?;
+                    panel
+                        .draw(&Rectangle::new(
+                            [(x, y), (x + cell, y + cell)],
+                            BLACK.stroke_width(1),
+                        ))
+                        .map_err(|e| anyhow!("{e:?}"))?;
+                    let label = if normalised {
+                        format!("{:.2}", frac)
+                    } else {
+                        v.to_string()
+                    };
+                    let fg = if shade > 0.6 { WHITE } else { BLACK };
+                    panel
+                        .draw(&Text::new(
+                            label,
+                            (x + 22, y + 30),
+                            ("sans-serif", 18).into_font().color(&fg),
+                        ))
+                        .map_err(|e| anyhow!("{e:?}"))?;
+                }
+                panel
+                    .draw(&Text::new(
+                        Class::ALL[r].name(),
+                        (20, y0 + r as i32 * cell + 30),
+                        ("sans-serif", 15),
+                    ))
+                    .map_err(|e| anyhow!("{e:?}"))?;
+            }
+            for c in 0..NUM_CLASSES {
+                panel
+                    .draw(&Text::new(
+                        Class::ALL[c].name(),
+                        (x0 + c as i32 * cell + 8, y0 + 4 * cell + 10),
+                        ("sans-serif", 15),
+                    ))
+                    .map_err(|e| anyhow!("{e:?}"))?;
+            }
+            panel
+                .draw(&Text::new(
+                    "true ↓  predicted →",
+                    (x0, y0 + 4 * cell + 35),
+                    ("sans-serif", 14),
+                ))
+                .map_err(|e| anyhow!("{e:?}"))?;
+        }
+        root.present().map_err(|e| anyhow!("{e:?}"))?;
+    }
+    image::RgbImage::from_raw(w, h, buf)
+        .expect("buffer size")
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// One Grad-CAM panel entry.
+pub struct CamEntry {
+    /// Image file.
+    pub file: String,
+    /// True class.
+    pub truth: Class,
+    /// Predicted class.
+    pub predicted: Class,
+    /// Probability of the predicted class.
+    pub confidence: f32,
+    /// Overlay PNG, relative to the report.
+    pub overlay: String,
+}
+
+/// Per-source rows: source → (n, accuracy, predicted-class counts).
+pub type SourceBreakdown = Vec<(String, usize, f64, [usize; NUM_CLASSES])>;
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", 100.0 * v)
+}
+
+/// The Markdown report.
+pub fn markdown(
+    title: &str,
+    model_desc: &str,
+    m: &Metrics,
+    sources: &SourceBreakdown,
+    cams: &[CamEntry],
+) -> String {
+    let mut s = format!("# {title}\n\n{model_desc}\n\n");
+    s += "> Research and teaching tool, not a medical device. Not for diagnosis.\n\n";
+    s += &format!(
+        "## Summary\n\n| metric | value |\n|---|---|\n| images | {} |\n| patients | {} |\n| accuracy | {} % (95% CI {}–{}) |\n| macro-F1 | {} % (95% CI {}–{}) |\n| weighted F1 | {} % |\n| weighted precision | {} % |\n| weighted recall | {} % |\n| macro ROC-AUC | {:.4} |\n| expected calibration error | {:.4} |\n\nConfidence intervals: 1000 bootstrap resamples of patients.\n\n",
+        m.n,
+        m.patients,
+        pct(m.accuracy),
+        pct(m.accuracy_ci.low),
+        pct(m.accuracy_ci.high),
+        pct(m.macro_f1),
+        pct(m.macro_f1_ci.low),
+        pct(m.macro_f1_ci.high),
+        pct(m.weighted_f1),
+        pct(m.weighted_precision),
+        pct(m.weighted_recall),
+        m.macro_auc,
+        m.ece
+    );
+    s += "## Per class\n\n| class | precision | recall | F1 | specificity | ROC-AUC | support |\n|---|---|---|---|---|---|---|\n";
+    for c in Class::ALL {
+        let pc = &m.per_class[c.name()];
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {:.4} | {} |\n",
+            c.name(),
+            pct(pc.precision),
+            pct(pc.recall),
+            pct(pc.f1),
+            pct(pc.specificity),
+            pc.auc,
+            pc.support
+        );
+    }
+    s += "\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n\n| true \\ predicted |";
+    for c in Class::ALL {
+        s += &format!(" {} |", c.name());
+    }
+    s += "\n|---|---|---|---|---|\n";
+    for (r, row) in m.confusion.iter().enumerate() {
+        s += &format!("| {} |", Class::ALL[r].name());
+        for v in row {
+            s += &format!(" {v} |");
+        }
+        s += "\n";
+    }
+    s += "\n## By source (shortcut check)\n\nIn the public collections every COVID-19 image comes from adults (often figures cut from papers) and the Kermany images from children aged 1–5, so a model can tell the classes apart by age or image source instead of by disease. The table shows what the model predicts per source; a source whose images are all predicted as one class is a warning sign, and results on a single-source external set are the honest test.\n\n| source | images | accuracy | predicted normal | bacterial | viral | covid19 |\n|---|---|---|---|---|---|---|\n";
+    for (src, n, acc, pred) in sources {
+        s += &format!(
+            "| {src} | {n} | {} % | {} | {} | {} | {} |\n",
+            pct(*acc),
+            pred[0],
+            pred[1],
+            pred[2],
+            pred[3]
+        );
+    }
+    if !cams.is_empty() {
+        s += "\n## Grad-CAM\n\nMaps of the predicted class at the last convolutional block, over the image the network sees.\n\n| image | true | predicted | map |\n|---|---|---|---|\n";
+        for e in cams {
+            s += &format!(
+                "| {} | {} | {} ({:.2}) | ![]({}) |\n",
+                Path::new(&e.file)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                e.truth,
+                e.predicted,
+                e.confidence,
+                e.overlay
+            );
+        }
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The HTML report (self-contained apart from the PNGs beside it).
+pub fn html(
+    title: &str,
+    model_desc: &str,
+    m: &Metrics,
+    sources: &SourceBreakdown,
+    cams: &[CamEntry],
+) -> String {
+    let mut s = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}}table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}th:first-child,td:first-child{{text-align:left}}.note{{background:#fff4d6;padding:.6rem 1rem;border-left:4px solid #e0a800}}.cams{{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:1rem}}figure{{margin:0}}figcaption{{font-size:.85rem}}img{{max-width:100%}}</style></head><body><h1>{t}</h1><p>{d}</p><p class=\"note\">Research and teaching tool, not a medical device. Not for diagnosis.</p>",
+        t = esc(title),
+        d = esc(model_desc)
+    );
+    s += &format!(
+        "<h2>Summary</h2><table><tr><th>metric</th><th>value</th></tr><tr><td>images / patients</td><td>{} / {}</td></tr><tr><td>accuracy</td><td>{} % (95% CI {}–{})</td></tr><tr><td>macro-F1</td><td>{} % (95% CI {}–{})</td></tr><tr><td>weighted F1</td><td>{} %</td></tr><tr><td>macro ROC-AUC</td><td>{:.4}</td></tr><tr><td>expected calibration error</td><td>{:.4}</td></tr></table>",
+        m.n,
+        m.patients,
+        pct(m.accuracy),
+        pct(m.accuracy_ci.low),
+        pct(m.accuracy_ci.high),
+        pct(m.macro_f1),
+        pct(m.macro_f1_ci.low),
+        pct(m.macro_f1_ci.high),
+        pct(m.weighted_f1),
+        m.macro_auc,
+        m.ece
+    );
+    s += "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>specificity</th><th>ROC-AUC</th><th>support</th></tr>";
+    for c in Class::ALL {
+        let pc = &m.per_class[c.name()];
+        s += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td></tr>",
+            c.name(),
+            pct(pc.precision),
+            pct(pc.recall),
+            pct(pc.f1),
+            pct(pc.specificity),
+            pc.auc,
+            pc.support
+        );
+    }
+    s += "</table><h2>Confusion matrix</h2><img src=\"confusion_matrix.png\" alt=\"confusion matrix, counts and row-normalised\">";
+    s += "<h2>By source (shortcut check)</h2><p>Every COVID-19 image of the public collections comes from adults, the Kermany images from children aged 1–5: a model can separate the classes by age or source. A source predicted as a single class is a warning sign.</p><table><tr><th>source</th><th>images</th><th>accuracy</th><th>normal</th><th>bacterial</th><th>viral</th><th>covid19</th></tr>";
+    for (src, n, acc, pred) in sources {
+        s += &format!(
+            "<tr><td>{}</td><td>{n}</td><td>{} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(src),
+            pct(*acc),
+            pred[0],
+            pred[1],
+            pred[2],
+            pred[3]
+        );
+    }
+    s += "</table>";
+    if !cams.is_empty() {
+        s += "<h2>Grad-CAM</h2><p>Maps of the predicted class at the last convolutional block.</p><div class=\"cams\">";
+        for e in cams {
+            let name = Path::new(&e.file)
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default();
+            s += &format!(
+                "<figure><img src=\"{}\" alt=\"Grad-CAM of {}\"><figcaption>{}<br>true <b>{}</b>, predicted <b>{}</b> ({:.2})</figcaption></figure>",
+                esc(&e.overlay),
+                esc(&name),
+                esc(&name),
+                e.truth,
+                e.predicted,
+                e.confidence
+            );
+        }
+        s += "</div>";
+    }
+    s += "</body></html>\n";
+    s
+}

@@ -1,0 +1,711 @@
+//! `pneumoscope train`: the paper's transfer-learning protocol (`frozen`: backbone frozen, its
+//! features computed once and cached, only the head trained) and full fine-tuning
+//! (`finetune`), with class-imbalance handling, best epoch by validation macro-F1, a verified
+//! checkpoint every epoch and `--resume`.
+
+use crate::augment::Augment;
+use crate::data::cache::{self, SquareCache};
+use crate::data::{Manifest, Split};
+use crate::fsutil::write_atomic;
+use crate::metrics;
+use crate::weights;
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use burn::tensor::activation::softmax;
+use pneumoscope::NUM_CLASSES;
+use pneumoscope::arch::{self, ArchSpec, global_avg_pool};
+use pneumoscope::model::{Classifier, Head};
+use pneumoscope::model_file::sha256_hex;
+use rand::Rng;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Training mode.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The paper's protocol: frozen backbone, cached features, head trained.
+    Frozen,
+    /// All layers trained.
+    Finetune,
+}
+
+/// How class imbalance is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Imbalance {
+    /// Cross-entropy weighted by inverse class frequency.
+    Weighted,
+    /// Each epoch samples every class equally often (with replacement).
+    Balanced,
+    /// Nothing.
+    None,
+}
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The same rate throughout (the paper).
+    Constant,
+    /// Cosine decay from the rate to zero over all steps.
+    Cosine,
+}
+
+impl Schedule {
+    /// Rate at `step` of `total` steps.
+    pub fn lr(self, base: f64, step: usize, total: usize) -> f64 {
+        match self {
+            Schedule::Constant => base,
+            Schedule::Cosine => {
+                base * 0.5
+                    * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+            }
+        }
+    }
+}
+
+/// Everything that defines a run; saved as `RUN/config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The manifest.
+    pub data: PathBuf,
+    /// Architecture.
+    pub arch: String,
+    /// ImageNet weights file.
+    pub weights: PathBuf,
+    /// Mode.
+    pub mode: Mode,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rate (Adam).
+    pub lr: f64,
+    /// Learning-rate schedule.
+    #[serde(default = "constant")]
+    pub schedule: Schedule,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Imbalance handling.
+    pub imbalance: Imbalance,
+    /// Augmentation (None: the evaluation transform only).
+    pub augment: Option<Augment>,
+    /// Frozen mode: number of cached feature views of each training image (view 0 is the
+    /// evaluation transform, the others random augmentations drawn once).
+    pub views: usize,
+    /// Device name.
+    pub device: String,
+}
+
+/// One line of `epochs.csv`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// Validation macro-F1.
+    pub val_macro_f1: f64,
+    /// Wall time of the epoch, seconds.
+    pub seconds: f64,
+}
+
+/// Progress saved after each epoch (`RUN/state.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    epochs_done: usize,
+    best_epoch: usize,
+    best_val_macro_f1: f64,
+    history: Vec<EpochLog>,
+    /// Checksums of `checkpoint.bpk` and `optimizer.bpk` as written after `epochs_done`.
+    checkpoint_sha256: String,
+    optimizer_sha256: String,
+}
+
+fn constant() -> Schedule {
+    Schedule::Constant
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed JSON", path.display()))
+}
+
+/// Stacks normalised images into a tensor.
+pub fn stack(images: &[Vec<f32>], size: usize, device: &Device) -> Tensor<4> {
+    let flat: Vec<f32> = images.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [images.len(), 3, size, size]), device)
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec().expect("f32 tensor")
+}
+
+fn probs_rows(v: Vec<f32>) -> Vec<[f32; NUM_CLASSES]> {
+    v.chunks(NUM_CLASSES)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect()
+}
+
+/// Pooled backbone features of the given manifest rows (one view each), `[n, feature_dim]`
+/// row-major, computed in batches on `device`.
+pub fn extract_features(
+    backbone: &arch::Backbone,
+    spec: &ArchSpec,
+    squares: &SquareCache,
+    rows: &[usize],
+    augment: Option<(&Augment, u64)>,
+    device: &Device,
+    label: &str,
+) -> Vec<f32> {
+    let pb = crate::progress::bar(rows.len() as u64, label);
+    let mut out = Vec::with_capacity(rows.len() * spec.feature_dim);
+    for chunk in rows.chunks(32) {
+        let imgs: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|&i| {
+                let sq = squares.image(i);
+                match augment {
+                    Some((a, seed)) => {
+                        let mut rng =
+                            ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
+                        a.apply(&sq, &spec.input, &mut rng)
+                    }
+                    None => pneumoscope::preprocess::normalize_gray(&sq, &spec.input),
+                }
+            })
+            .collect();
+        let x = stack(&imgs, spec.input.crop, device);
+        out.extend(to_vec(global_avg_pool(backbone.feature_map(x))));
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    out
+}
+
+fn features_cached(
+    run: &Path,
+    name: &str,
+    n: usize,
+    dim: usize,
+    compute: impl FnOnce() -> Vec<f32>,
+) -> Result<(Vec<f32>, bool)> {
+    let path = run.join("features").join(format!("{name}.f32"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.len() == n * dim * 4 {
+            return Ok((
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                true,
+            ));
+        }
+    }
+    let v = compute();
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+    write_atomic(&path, &bytes)?;
+    Ok((v, false))
+}
+
+/// Class weights `N / (4 n_c)` of the training labels.
+pub fn class_weights(labels: &[usize]) -> Vec<f32> {
+    let mut cnt = [0usize; NUM_CLASSES];
+    for &l in labels {
+        cnt[l] += 1;
+    }
+    let n = labels.len() as f32;
+    cnt.iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                n / (NUM_CLASSES as f32 * c as f32)
+            }
+        })
+        .collect()
+}
+
+/// The order of training rows for one epoch.
+fn epoch_order(labels: &[usize], imbalance: Imbalance, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    match imbalance {
+        Imbalance::Balanced => {
+            let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); NUM_CLASSES];
+            for (i, &l) in labels.iter().enumerate() {
+                by_class[l].push(i);
+            }
+            let present: Vec<&Vec<usize>> = by_class.iter().filter(|v| !v.is_empty()).collect();
+            let mut order: Vec<usize> = (0..labels.len())
+                .map(|k| {
+                    let c = present[k % present.len()];
+                    c[rng.random_range(0..c.len())]
+                })
+                .collect();
+            order.shuffle(rng);
+            order
+        }
+        _ => {
+            let mut order: Vec<usize> = (0..labels.len()).collect();
+            order.shuffle(rng);
+            order
+        }
+    }
+}
+
+/// Runs (or resumes) a training run in `run`.
+pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
+    let cfg_path = run.join("config.json");
+    let cfg = if resume {
+        let saved: TrainConfig = read_json(&cfg_path)
+            .with_context(|| format!("--resume: {} is not a run folder", run.display()))?;
+        if saved.epochs != cfg.epochs {
+            eprintln!("resuming with {} epochs (was {})", cfg.epochs, saved.epochs);
+        }
+        TrainConfig {
+            epochs: cfg.epochs,
+            ..saved
+        }
+    } else {
+        if run.join("state.json").exists() {
+            bail!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                run.display()
+            );
+        }
+        cfg
+    };
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+
+    let manifest = Manifest::read(&cfg.data)?;
+    let spec = arch::find(&cfg.arch)?;
+    let device = crate::device::parse(&cfg.device)?;
+    let ad = device.clone().autodiff();
+    let loaded = weights::load_backbone(&spec, &cfg.weights, false, &device)?;
+    let train_rows = manifest.split_indices(Split::Train);
+    let val_rows = manifest.split_indices(Split::Val);
+    if train_rows.is_empty() || val_rows.is_empty() {
+        bail!(
+            "{}: the manifest needs train and val rows (build it with --val > 0)",
+            cfg.data.display()
+        );
+    }
+    let label_of = |rows: &[usize]| -> Vec<usize> {
+        rows.iter()
+            .map(|&i| manifest.records[i].label.index())
+            .collect()
+    };
+    let train_labels = label_of(&train_rows);
+    let val_labels = label_of(&val_rows);
+    let squares = cache::load_or_build(&manifest, spec.input.resize)?;
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_weights((cfg.imbalance == Imbalance::Weighted).then(|| class_weights(&train_labels)))
+        .init(&ad);
+    let mut optim = AdamConfig::new().init();
+    ad.seed(cfg.seed);
+    let mut timing = serde_json::Map::new();
+    let backbone = loaded.backbone;
+
+    match cfg.mode {
+        Mode::Frozen => {
+            let dim = spec.feature_dim;
+            let t0 = Instant::now();
+            let mut fresh = 0.0;
+            let mut train_views = Vec::new();
+            for v in 0..cfg.views.max(1) {
+                let aug = cfg
+                    .augment
+                    .as_ref()
+                    .filter(|_| v > 0)
+                    .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
+                let t = Instant::now();
+                let (f, hit) =
+                    features_cached(run, &format!("train-v{v}"), train_rows.len(), dim, || {
+                        extract_features(
+                            &backbone,
+                            &spec,
+                            &squares,
+                            &train_rows,
+                            aug,
+                            &device,
+                            &format!("train v{v}"),
+                        )
+                    })?;
+                if !hit {
+                    fresh += t.elapsed().as_secs_f64();
+                }
+                train_views.push(f);
+            }
+            let t = Instant::now();
+            let (val_feats, hit) = features_cached(run, "val", val_rows.len(), dim, || {
+                extract_features(&backbone, &spec, &squares, &val_rows, None, &device, "val")
+            })?;
+            if !hit {
+                fresh += t.elapsed().as_secs_f64();
+            }
+            timing.insert("feature_extraction_seconds".into(), fresh.into());
+            timing.insert(
+                "feature_extraction_wall_seconds".into(),
+                t0.elapsed().as_secs_f64().into(),
+            );
+            let head = Head::new(dim, &ad);
+            let val_x =
+                Tensor::<2>::from_data(TensorData::new(val_feats, [val_rows.len(), dim]), &device);
+            let head = train_loop(
+                &cfg,
+                run,
+                head,
+                &mut optim,
+                &train_labels,
+                &val_labels,
+                &mut timing,
+                |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng| {
+                    let mut x = Vec::with_capacity(batch.len() * dim);
+                    for &i in batch {
+                        let v = if train_views.len() > 1 {
+                            rng.random_range(0..train_views.len())
+                        } else {
+                            0
+                        };
+                        x.extend_from_slice(&train_views[v][i * dim..(i + 1) * dim]);
+                    }
+                    let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &ad);
+                    let y = Tensor::<1, Int>::from_data(
+                        TensorData::new(
+                            batch
+                                .iter()
+                                .map(|&i| train_labels[i] as i64)
+                                .collect::<Vec<_>>(),
+                            [batch.len()],
+                        ),
+                        &ad,
+                    );
+                    loss_fn.forward(m.forward(x), y)
+                },
+                |m: &Head| probs_rows(to_vec(softmax(m.valid().forward(val_x.clone()), 1))),
+            )?;
+            let model = Classifier {
+                backbone,
+                head: head.valid().fork(&device),
+            };
+            finish(
+                run,
+                &spec,
+                model,
+                &manifest,
+                &squares,
+                &device,
+                timing,
+                &loaded.source,
+            )
+        }
+        Mode::Finetune => {
+            let model = Classifier {
+                backbone,
+                head: Head::new(spec.feature_dim, &ad),
+            }
+            .fork(&ad)
+            .train();
+            let aug = cfg.augment.unwrap_or(Augment {
+                min_scale: 1.0,
+                max_rotation: 0.0,
+                hflip: false,
+            });
+            let val_imgs: Vec<Vec<f32>> = val_rows
+                .par_iter()
+                .map(|&i| pneumoscope::preprocess::normalize_gray(&squares.image(i), &spec.input))
+                .collect();
+            let model = train_loop(
+                &cfg,
+                run,
+                model,
+                &mut optim,
+                &train_labels,
+                &val_labels,
+                &mut timing,
+                |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng| {
+                    let seeds: Vec<u64> = batch.iter().map(|_| rng.random()).collect();
+                    let imgs: Vec<Vec<f32>> = batch
+                        .par_iter()
+                        .zip(seeds)
+                        .map(|(&i, s)| {
+                            aug.apply(
+                                &squares.image(train_rows[i]),
+                                &spec.input,
+                                &mut ChaCha8Rng::seed_from_u64(s),
+                            )
+                        })
+                        .collect();
+                    let x = stack(&imgs, spec.input.crop, &ad);
+                    let y = Tensor::<1, Int>::from_data(
+                        TensorData::new(
+                            batch
+                                .iter()
+                                .map(|&i| train_labels[i] as i64)
+                                .collect::<Vec<_>>(),
+                            [batch.len()],
+                        ),
+                        &ad,
+                    );
+                    loss_fn.forward(m.forward(x), y)
+                },
+                |m: &Classifier| {
+                    let v = m.valid().fork(&device);
+                    let mut out = Vec::new();
+                    for chunk in val_imgs.chunks(32) {
+                        out.extend(probs_rows(to_vec(softmax(
+                            v.forward(stack(chunk, spec.input.crop, &device)),
+                            1,
+                        ))));
+                    }
+                    out
+                },
+            )?;
+            let model = model.valid().fork(&device);
+            finish(
+                run,
+                &spec,
+                model,
+                &manifest,
+                &squares,
+                &device,
+                timing,
+                &loaded.source,
+            )
+        }
+    }
+}
+
+/// The epoch loop shared by both modes. `loss` runs one training batch (indices into the
+/// training rows); `val_probs` gives validation probabilities. Returns the best module.
+#[allow(clippy::too_many_arguments)]
+fn train_loop<M: Module>(
+    cfg: &TrainConfig,
+    run: &Path,
+    mut module: M,
+    optim: &mut burn::optim::ModuleOptimizer,
+    train_labels: &[usize],
+    val_labels: &[usize],
+    timing: &mut serde_json::Map<String, serde_json::Value>,
+    loss: impl Fn(&M, &[usize], &mut ChaCha8Rng) -> Tensor<1>,
+    val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
+) -> Result<M> {
+    let ckpt = run.join("checkpoint.bpk");
+    let opt_path = run.join("optimizer.bpk");
+    let best_path = run.join("best-module.bpk");
+    let state_path = run.join("state.json");
+    let mut state = State {
+        epochs_done: 0,
+        best_epoch: 0,
+        best_val_macro_f1: -1.0,
+        history: Vec::new(),
+        checkpoint_sha256: String::new(),
+        optimizer_sha256: String::new(),
+    };
+    if let Ok(saved) = read_json::<State>(&state_path) {
+        let m = std::fs::read(&ckpt).unwrap_or_default();
+        let o = std::fs::read(&opt_path).unwrap_or_default();
+        if sha256_hex(&m) != saved.checkpoint_sha256 || sha256_hex(&o) != saved.optimizer_sha256 {
+            bail!(
+                "{}: the checkpoint does not match its recorded checksum (corrupt or half-written); \
+                 delete the run folder or restore the files",
+                ckpt.display()
+            );
+        }
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m))
+            .map_err(|e| anyhow::anyhow!("{}: unreadable checkpoint: {e:?}", ckpt.display()))?;
+        module = module
+            .try_load_record(rec)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", ckpt.display()))?;
+        *optim = std::mem::replace(optim, AdamConfig::new().init())
+            .from_bytes(Bytes::from_bytes_vec(o))
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", opt_path.display()))?;
+        eprintln!(
+            "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
+            saved.epochs_done, saved.best_epoch, saved.best_val_macro_f1
+        );
+        state = saved;
+    }
+    let n = train_labels.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let remaining = cfg.epochs.saturating_sub(state.epochs_done);
+    let pb = crate::progress::bar((remaining * steps_per_epoch) as u64, "training");
+    let t_train = Instant::now();
+    for epoch in state.epochs_done + 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let epoch_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
+        // The backend's generator (dropout masks) restarts each epoch too, so a resumed run
+        // draws exactly what an uninterrupted one would.
+        for d in module.devices() {
+            d.seed(epoch_seed);
+        }
+        let order = epoch_order(train_labels, cfg.imbalance, &mut rng);
+        let mut total = 0.0;
+        for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
+            let step = (epoch - 1) * steps_per_epoch + b;
+            let lr = cfg.schedule.lr(cfg.lr, step, cfg.epochs * steps_per_epoch);
+            let l = loss(&module, batch, &mut rng);
+            let lv: f32 = l.clone().into_scalar::<f32>();
+            total += lv as f64 * batch.len() as f64;
+            let grads = GradientsParams::from_grads(l.backward(), &module);
+            module = optim.step(lr, module, grads);
+            pb.inc(1);
+        }
+        let probs = val_probs(&module);
+        let (acc, f1) = metrics::acc_f1(&metrics::confusion(&probs, val_labels));
+        let log = EpochLog {
+            epoch,
+            train_loss: total / n as f64,
+            val_accuracy: acc,
+            val_macro_f1: f1,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        crate::progress::println(
+            &pb,
+            format!(
+                "epoch {epoch:>3}/{}: loss {:.4}  val acc {:.4}  val macro-F1 {:.4}  ({:.1}s)",
+                cfg.epochs, log.train_loss, acc, f1, log.seconds
+            ),
+        );
+        state.history.push(log);
+        if f1 > state.best_val_macro_f1 {
+            state.best_val_macro_f1 = f1;
+            state.best_epoch = epoch;
+            let b = module
+                .clone()
+                .into_record()
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            write_atomic(&best_path, &b)?;
+        }
+        let m = module
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let o = optim.into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        write_atomic(&ckpt, &m)?;
+        write_atomic(&opt_path, &o)?;
+        state.epochs_done = epoch;
+        state.checkpoint_sha256 = sha256_hex(&m);
+        state.optimizer_sha256 = sha256_hex(&o);
+        write_epochs_csv(&run.join("epochs.csv"), &state.history)?;
+        write_atomic(
+            &state_path,
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+        )?;
+    }
+    pb.finish_and_clear();
+    timing.insert(
+        "training_seconds_this_session".into(),
+        t_train.elapsed().as_secs_f64().into(),
+    );
+    timing.insert(
+        "epoch_seconds".into(),
+        serde_json::to_value(state.history.iter().map(|h| h.seconds).collect::<Vec<_>>())?,
+    );
+    timing.insert("best_epoch".into(), state.best_epoch.into());
+    let best = std::fs::read(&best_path)
+        .with_context(|| format!("cannot read {}", best_path.display()))?;
+    let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(best))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    module
+        .try_load_record(rec)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", best_path.display()))
+}
+
+fn write_epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for h in history {
+        w.serialize(h)?;
+    }
+    write_atomic(path, &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+}
+
+/// Probabilities of the given rows under the evaluation transform.
+pub fn predict_rows(
+    model: &Classifier,
+    spec: &ArchSpec,
+    squares: &SquareCache,
+    rows: &[usize],
+    device: &Device,
+) -> Vec<[f32; NUM_CLASSES]> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(32) {
+        let imgs: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|&i| pneumoscope::preprocess::normalize_gray(&squares.image(i), &spec.input))
+            .collect();
+        out.extend(probs_rows(to_vec(softmax(
+            model.forward(stack(&imgs, spec.input.crop, device)),
+            1,
+        ))));
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    run: &Path,
+    spec: &ArchSpec,
+    model: Classifier,
+    manifest: &Manifest,
+    squares: &SquareCache,
+    device: &Device,
+    timing: serde_json::Map<String, serde_json::Value>,
+    weight_source: &str,
+) -> Result<()> {
+    let mut report = serde_json::Map::new();
+    for split in [Split::Val, Split::Test] {
+        let rows = manifest.split_indices(split);
+        if rows.is_empty() {
+            continue;
+        }
+        let probs = predict_rows(&model, spec, squares, &rows, device);
+        let labels: Vec<usize> = rows
+            .iter()
+            .map(|&i| manifest.records[i].label.index())
+            .collect();
+        let pats: Vec<String> = rows
+            .iter()
+            .map(|&i| manifest.records[i].patient.clone())
+            .collect();
+        let m = metrics::compute(&probs, &labels, &pats);
+        println!(
+            "{split}: accuracy {:.4}  macro-F1 {:.4} [{:.4}, {:.4}]  (n = {})",
+            m.accuracy, m.macro_f1, m.macro_f1_ci.low, m.macro_f1_ci.high, m.n
+        );
+        report.insert(split.to_string(), serde_json::to_value(&m)?);
+    }
+    write_atomic(
+        &run.join("metrics.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    write_atomic(
+        &run.join("timing.json"),
+        serde_json::to_string_pretty(&timing)?.as_bytes(),
+    )?;
+    write_atomic(&run.join("weight_source.txt"), weight_source.as_bytes())?;
+    let bytes = model
+        .into_record()
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    write_atomic(&run.join("model.bpk"), &bytes)?;
+    println!("wrote {}", run.join("model.bpk").display());
+    Ok(())
+}

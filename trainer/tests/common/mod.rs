@@ -1,0 +1,116 @@
+//! Helpers shared by the CLI tests: where `../shared` is, running the binary, small manifests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The shared material (real data, weights, fixtures). Tests fail loudly when it is missing
+/// under `cargo xtask test` (which sets `PNEUMOSCOPE_SHARED`), and skip with a message otherwise.
+pub fn shared() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PNEUMOSCOPE_SHARED") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.join("data").is_dir(),
+            "PNEUMOSCOPE_SHARED={} has no data/",
+            p.display()
+        );
+        return Some(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    if p.join("data").is_dir() {
+        Some(p.canonicalize().unwrap())
+    } else {
+        eprintln!("SKIPPED: ../shared not found (run `cargo xtask test` beside a shared/ folder)");
+        None
+    }
+}
+
+/// The `pneumoscope` binary.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pneumoscope"))
+}
+
+/// Runs the binary and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    let out = bin().args(args).output().expect("binary runs");
+    eprintln!(
+        "$ pneumoscope {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs the binary and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "pneumoscope {} failed",
+        args.join(" ")
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Builds the full manifest of the shared data into `dir`.
+pub fn build_full(shared: &Path, dir: &Path) -> PathBuf {
+    let k = shared.join("data/kermany");
+    let c = shared.join("data/covid-chestxray-dataset");
+    ok(&[
+        "data",
+        "build",
+        "--kermany",
+        k.to_str().unwrap(),
+        "--covid",
+        c.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    dir.join("manifest.csv")
+}
+
+/// Reads a manifest as rows of column name → value.
+pub fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            headers
+                .iter()
+                .zip(rec.unwrap().iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes a small manifest: the first `per_class` rows of each class in each split of `full`.
+pub fn subset(full: &Path, out: &Path, per_class: [usize; 3]) -> PathBuf {
+    let mut r = csv::Reader::from_path(full).unwrap();
+    let headers = r.headers().unwrap().clone();
+    let split_col = headers.iter().position(|h| h == "split").unwrap();
+    let label_col = headers.iter().position(|h| h == "label").unwrap();
+    let mut counts = std::collections::HashMap::new();
+    std::fs::create_dir_all(out).unwrap();
+    let path = out.join("manifest.csv");
+    let mut w = csv::Writer::from_path(&path).unwrap();
+    w.write_record(&headers).unwrap();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let limit = match &rec[split_col] {
+            "train" => per_class[0],
+            "val" => per_class[1],
+            _ => per_class[2],
+        };
+        let c = counts
+            .entry((rec[split_col].to_string(), rec[label_col].to_string()))
+            .or_insert(0);
+        if *c < limit {
+            *c += 1;
+            w.write_record(&rec).unwrap();
+        }
+    }
+    w.flush().unwrap();
+    path
+}

@@ -1,0 +1,107 @@
+//! The EfficientNet-Lite0 port against PyTorch: logits of the shared ImageNet fixtures, and
+//! top-1 classes through the project's own preprocessing.
+
+mod common;
+use common::*;
+
+fn read_npy(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    npyz::NpyFile::new(&bytes[..])
+        .unwrap()
+        .into_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn logits_match_pytorch_fixtures() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
+    for name in ["chelsea", "coffee"] {
+        let input = shared.join(format!("fixtures/imagenet/{name}_input.npy"));
+        let out = dir.path().join(format!("{name}.npy"));
+        ok(&[
+            "forward",
+            "--arch",
+            "efficientnet_lite0",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let got = read_npy(&out);
+        let want = read_npy(&shared.join(format!("fixtures/imagenet/{name}_logits.npy")));
+        assert_eq!(got.len(), 1000);
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: max |Δlogit| = {max_diff:e}");
+        assert!(max_diff <= 1e-3, "{name}: max |Δlogit| = {max_diff}");
+    }
+}
+
+#[test]
+fn own_preprocessing_gives_reference_top1() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
+    for (name, class) in [("chelsea", 285usize), ("coffee", 967)] {
+        let input = shared.join(format!("fixtures/imagenet/{name}.png"));
+        let out = dir.path().join(format!("{name}.npy"));
+        ok(&[
+            "forward",
+            "--arch",
+            "efficientnet_lite0",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let got = read_npy(&out);
+        let top = (0..got.len())
+            .max_by(|&a, &b| got[a].total_cmp(&got[b]))
+            .unwrap();
+        assert_eq!(top, class, "{name}");
+    }
+}
+
+#[test]
+fn wrong_weights_get_clear_errors() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.pth");
+    std::fs::write(&bogus, b"this is not a checkpoint").unwrap();
+    let input = shared.join("fixtures/imagenet/chelsea_input.npy");
+    let out = dir.path().join("o.npy");
+    let r = run(&[
+        "forward",
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        bogus.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("bogus.pth"));
+    let r = run(&[
+        "forward",
+        "--arch",
+        "resnet9000",
+        "--weights",
+        bogus.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unknown architecture"));
+}

@@ -1,0 +1,280 @@
+//! Training, resuming, export, evaluation, prediction and Grad-CAM on a small real subset.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// A small manifest (20/8/6 images per class in train/val/test) in its own folder.
+fn small_manifest(shared: &Path, dir: &Path) -> PathBuf {
+    let full = build_full(shared, &dir.join("full"));
+    subset(&full, &dir.join("small"), [20, 8, 6])
+}
+
+fn train(shared: &Path, manifest: &Path, out: &Path, epochs: &str, extra: &[&str]) -> String {
+    let w = shared.join("weights/efficientnet-lite0-57934424.pth");
+    let mut args = vec![
+        "train",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--mode",
+        "frozen",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "16",
+        "--views",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+#[test]
+fn train_export_evaluate_predict_gradcam() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(&shared, dir.path());
+    let run_dir = dir.path().join("run");
+    train(&shared, &manifest, &run_dir, "6", &[]);
+    for f in [
+        "config.json",
+        "epochs.csv",
+        "state.json",
+        "metrics.json",
+        "model.bpk",
+        "checkpoint.bpk",
+    ] {
+        assert!(run_dir.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(read_csv(&run_dir.join("epochs.csv")).len(), 6);
+
+    let model = dir.path().join("m.pneumoscope");
+    ok(&[
+        "export",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    let model_s = model.to_str().unwrap();
+
+    // evaluate --json
+    let js = ok(&[
+        "evaluate",
+        "--model",
+        model_s,
+        "--data",
+        manifest.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
+    assert_eq!(v["n"], 24);
+    for k in [
+        "macro_f1",
+        "accuracy",
+        "per_class",
+        "macro_f1_ci",
+        "ece",
+        "confusion",
+    ] {
+        assert!(!v[k].is_null(), "{k} missing");
+    }
+    assert_eq!(v["per_class"]["covid19"]["support"], 6);
+    // The model learned something real: far above chance on held-out patients.
+    assert!(v["accuracy"].as_f64().unwrap() > 0.4, "{v}");
+
+    // evaluate --out writes the reports.
+    let rep = dir.path().join("report");
+    ok(&[
+        "evaluate",
+        "--model",
+        model_s,
+        "--data",
+        manifest.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    for f in [
+        "confusion_matrix.png",
+        "report.md",
+        "report.html",
+        "metrics.json",
+        "gradcam/covid19-0.png",
+    ] {
+        assert!(rep.join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains("not a medical device") && md.contains("By source"));
+
+    // predict: good files answered, a missing one reported, non-zero exit.
+    let rows = read_csv(&manifest);
+    let test_rows: Vec<_> = rows.iter().filter(|r| r["split"] == "test").collect();
+    let a = &test_rows[0]["path"];
+    let b = &test_rows.last().unwrap()["path"];
+    let r = run(&["predict", "--model", model_s, a, "/nonexistent/x.png", b]);
+    assert!(!r.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let probs = &lines[0]["probabilities"];
+    let sum: f64 = ["normal", "bacterial", "viral", "covid19"]
+        .iter()
+        .map(|c| probs[c].as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("/nonexistent/x.png"));
+
+    // gradcam
+    let png = dir.path().join("cam.png");
+    let js = ok(&[
+        "gradcam",
+        "--model",
+        model_s,
+        a,
+        "--out",
+        png.to_str().unwrap(),
+        "--class",
+        "viral",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
+    assert_eq!(v["class"], "viral");
+    assert_eq!(v["map"]["width"], 7);
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (224, 224));
+
+    // f16 export gives the same answers within half-precision error, in a smaller file.
+    let m16 = dir.path().join("m16.pneumoscope");
+    ok(&[
+        "export",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--out",
+        m16.to_str().unwrap(),
+        "--f16",
+    ]);
+    assert!(
+        std::fs::metadata(&m16).unwrap().len() < std::fs::metadata(&model).unwrap().len() * 6 / 10
+    );
+    let p32: serde_json::Value =
+        serde_json::from_str(ok(&["predict", "--model", model_s, a]).trim()).unwrap();
+    let p16: serde_json::Value =
+        serde_json::from_str(ok(&["predict", "--model", m16.to_str().unwrap(), a]).trim()).unwrap();
+    for c in ["normal", "bacterial", "viral", "covid19"] {
+        let d = (p32["probabilities"][c].as_f64().unwrap()
+            - p16["probabilities"][c].as_f64().unwrap())
+        .abs();
+        assert!(d < 1e-2, "{c}: {d}");
+    }
+
+    // Corrupt, truncated and foreign model files: clear errors.
+    let bytes = std::fs::read(&model).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "truncated"),
+        (
+            "flipped",
+            {
+                let mut b = bytes.clone();
+                let n = b.len() - 100;
+                b[n] ^= 0xff;
+                b
+            },
+            "checksum mismatch",
+        ),
+        (
+            "foreign",
+            std::fs::read(shared.join("weights/efficientnet-lite0-57934424.pth")).unwrap(),
+            "not a Pneumoscope model file",
+        ),
+        (
+            "version",
+            {
+                let mut b = bytes.clone();
+                b[12] = 99;
+                b
+            },
+            "version 99",
+        ),
+        ("empty", Vec::new(), "not a Pneumoscope model file"),
+    ];
+    for (name, content, needle) in cases {
+        let p = dir.path().join(format!("{name}.pneumoscope"));
+        std::fs::write(&p, content).unwrap();
+        let r = run(&["predict", "--model", p.to_str().unwrap(), a]);
+        assert!(!r.status.success(), "{name}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.contains(needle) && err.contains(&format!("{name}.pneumoscope")),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn resume_continues_to_the_same_result() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(&shared, dir.path());
+    let straight = dir.path().join("straight");
+    train(&shared, &manifest, &straight, "5", &[]);
+    let split = dir.path().join("split");
+    train(&shared, &manifest, &split, "2", &[]);
+    // A second plain start refuses to overwrite the run.
+    let w = shared.join("weights/efficientnet-lite0-57934424.pth");
+    let r = run(&[
+        "train",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        split.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--resume"));
+    let out = train(&shared, &manifest, &split, "5", &["--resume"]);
+    let _ = out;
+    let a = std::fs::read_to_string(straight.join("epochs.csv")).unwrap();
+    let b = std::fs::read_to_string(split.join("epochs.csv")).unwrap();
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&a),
+        strip(&b),
+        "per-epoch losses and validation metrics differ"
+    );
+    let ma: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(straight.join("metrics.json")).unwrap()).unwrap();
+    let mb: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(split.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(ma["test"]["macro_f1"], mb["test"]["macro_f1"]);
+    assert_eq!(ma["test"]["confusion"], mb["test"]["confusion"]);
+
+    // A corrupt checkpoint is refused with a clear message.
+    let ck = split.join("checkpoint.bpk");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x55;
+    std::fs::write(&ck, bytes).unwrap();
+    let r = run(&[
+        "train",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        split.to_str().unwrap(),
+        "--epochs",
+        "6",
+        "--resume",
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("checksum"));
+}
