@@ -178,6 +178,59 @@ impl ModelFile {
                     self.header.arch
                 ))
             })?;
-        Ok(model)
+        // Inference state: dropout off, batch norm on running statistics, whatever the input.
+        Ok(model.valid())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch;
+
+    fn header() -> ModelHeader {
+        let spec = arch::find("efficientnet_lite0").unwrap();
+        ModelHeader {
+            format_version: FORMAT_VERSION,
+            arch: spec.name.into(),
+            classes: Class::ALL.to_vec(),
+            input: spec.input.clone(),
+            gradcam_layer: spec.gradcam_layer.into(),
+            weights_dtype: "f32".into(),
+            weight_source: "random-init".into(),
+            training: serde_json::Value::Null,
+            data: serde_json::Value::Null,
+            metrics: serde_json::Value::Null,
+            extra: serde_json::Value::Null,
+            created_by: "test".into(),
+            payload_len: 0,
+            payload_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn round_trip_gives_identical_outputs_and_damage_is_caught() {
+        let device = Device::flex();
+        let spec = arch::find("efficientnet_lite0").unwrap();
+        let model = Classifier::new(&spec, &device);
+        let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Default, &device);
+        let before: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
+        let bytes = ModelFile::from_classifier(header(), model).unwrap().to_bytes();
+        let loaded = ModelFile::from_bytes(&bytes).unwrap().load_classifier(&device).unwrap();
+        let after: Vec<f32> = loaded.forward(x).into_data().try_to_vec().unwrap();
+        assert_eq!(before, after);
+
+        let mut flipped = bytes.clone();
+        let n = flipped.len() - 10;
+        flipped[n] ^= 1;
+        assert!(ModelFile::from_bytes(&flipped).unwrap_err().to_string().contains("checksum"));
+        assert!(ModelFile::from_bytes(&bytes[..bytes.len() - 1]).unwrap_err().to_string().contains("truncated"));
+        assert!(ModelFile::from_bytes(b"PK\x03\x04 zip").unwrap_err().to_string().contains("magic"));
+        let mut other = header();
+        other.arch = "resnet9000".into();
+        let foreign = ModelFile { header: other, payload: vec![] };
+        let mut f = foreign.clone();
+        f.header.payload_sha256 = sha256_hex(&[]);
+        assert!(ModelFile::from_bytes(&f.to_bytes()).unwrap_err().to_string().contains("unknown architecture"));
     }
 }

@@ -565,6 +565,13 @@ fn train_loop<M: Module>(
             let grads = GradientsParams::from_grads(l.backward(), &module);
             module = optim.step(lr, module, grads);
             pb.inc(1);
+            if pb.is_hidden() && (b + 1) % 20 == 0 {
+                eprintln!(
+                    "epoch {epoch} step {}/{steps_per_epoch}: loss {lv:.4} ({:.1} img/s)",
+                    b + 1,
+                    ((b + 1) * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64()
+                );
+            }
         }
         let probs = val_probs(&module);
         let (acc, f1) = metrics::acc_f1(&metrics::confusion(&probs, val_labels));

@@ -1,0 +1,108 @@
+//! Grad-CAM of the shipped default model against an independent computation: the channel
+//! weights from central finite differences of the class logit with respect to the pooled
+//! features (for a global-average-pooled head, ∂y/∂A[c,i,j] = (1/HW)·∂y/∂p[c]).
+
+mod common;
+use burn::prelude::*;
+use pneumoscope::arch::global_avg_pool;
+use pneumoscope::inference::Engine;
+use pneumoscope::preprocess;
+
+fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+#[test]
+fn gradcam_matches_finite_differences() {
+    let Some(shared) = common::shared() else { return };
+    let device = Device::flex();
+    let engine = Engine::load(&std::fs::read(common::default_model()).unwrap(), device.clone()).unwrap();
+    let mut checked = 0;
+    for path in common::sample_images(&shared) {
+        let bytes = std::fs::read(&path).unwrap();
+        let x = engine.batch(&[engine.preprocess(&bytes).unwrap()]);
+        let act = engine.model.feature_map(x); // [1, C, h, w]
+        let [_, c, h, w] = act.dims();
+        let pooled: Vec<f32> = global_avg_pool(act.clone()).into_data().try_to_vec().unwrap();
+        let a: Vec<f32> = act.into_data().try_to_vec().unwrap();
+        // The head, re-implemented in f64 from its weights: Linear → ReLU → Linear.
+        let f64s = |t: Tensor<2>| -> Vec<f64> { t.into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect() };
+        let f64s1 = |t: Tensor<1>| -> Vec<f64> { t.into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect() };
+        let head = &engine.model.head;
+        let (w1, b1) = (f64s(head.fc1.weight.val()), f64s1(head.fc1.bias.as_ref().unwrap().val()));
+        let (w2, b2) = (f64s(head.fc2.weight.val()), f64s1(head.fc2.bias.as_ref().unwrap().val()));
+        let hidden = b1.len();
+        let logits = |p: &[f64]| -> [f64; 4] {
+            let mut y = [b2[0], b2[1], b2[2], b2[3]];
+            for j in 0..hidden {
+                let mut z = b1[j];
+                for (k, pk) in p.iter().enumerate() {
+                    z += pk * w1[k * hidden + j];
+                }
+                for (class, yc) in y.iter_mut().enumerate() {
+                    *yc += z.max(0.0) * w2[j * 4 + class];
+                }
+            }
+            y
+        };
+        let p0: Vec<f64> = pooled.iter().map(|&v| v as f64).collect();
+        let eps = 1e-6;
+        let grads: Vec<[f64; 4]> = (0..c)
+            .map(|k| {
+                let (mut up, mut down) = (p0.clone(), p0.clone());
+                up[k] += eps;
+                down[k] -= eps;
+                let (yu, yd) = (logits(&up), logits(&down));
+                [0, 1, 2, 3].map(|class| (yu[class] - yd[class]) / (2.0 * eps))
+            })
+            .collect();
+        for class in 0..4 {
+            let cam = engine.explain(&bytes, pneumoscope::Class::from_index(class)).unwrap().1;
+            assert_eq!((cam.width, cam.height), (w, h));
+            let mut fd = vec![0f32; h * w];
+            for k in 0..c {
+                let weight = (grads[k][class] / (h * w) as f64) as f32;
+                for i in 0..h * w {
+                    fd[i] += weight * a[k * h * w + i];
+                }
+            }
+            fd.iter_mut().for_each(|v| *v = v.max(0.0));
+            if fd.iter().all(|&v| v == 0.0) {
+                assert!(cam.values.iter().all(|&v| v == 0.0), "{}: class {class}", path.display());
+                continue;
+            }
+            let r = correlation(&cam.values, &fd);
+            eprintln!("{} class {class}: r = {r:.5}", path.file_name().unwrap().to_string_lossy());
+            assert!(r >= 0.99, "{}: class {class}: correlation {r}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} non-empty maps were compared");
+}
+
+#[test]
+fn predicted_class_map_is_informative_and_upsamples() {
+    let Some(shared) = common::shared() else { return };
+    let engine = Engine::load(&std::fs::read(common::default_model()).unwrap(), Device::flex()).unwrap();
+    let path = &common::sample_images(&shared)[2];
+    let bytes = std::fs::read(path).unwrap();
+    let (pred, cam) = engine.explain(&bytes, None).unwrap();
+    assert_eq!(cam.class, pred.top.index());
+    let max = cam.values.iter().cloned().fold(0f32, f32::max);
+    assert!((max - 1.0).abs() < 1e-6, "normalised to 1");
+    let up = cam.upsample(engine.input_size());
+    assert_eq!(up.len(), 224 * 224);
+    let view = preprocess::eval_view(&preprocess::decode(&bytes).unwrap(), &engine.header.input);
+    let over = pneumoscope::gradcam::overlay(&view, &up, 0.5);
+    assert_eq!(over.dimensions(), (224, 224));
+}
