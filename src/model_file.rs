@@ -215,22 +215,50 @@ mod tests {
         let model = Classifier::new(&spec, &device);
         let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Default, &device);
         let before: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
-        let bytes = ModelFile::from_classifier(header(), model).unwrap().to_bytes();
-        let loaded = ModelFile::from_bytes(&bytes).unwrap().load_classifier(&device).unwrap();
+        let bytes = ModelFile::from_classifier(header(), model)
+            .unwrap()
+            .to_bytes();
+        let loaded = ModelFile::from_bytes(&bytes)
+            .unwrap()
+            .load_classifier(&device)
+            .unwrap();
         let after: Vec<f32> = loaded.forward(x).into_data().try_to_vec().unwrap();
         assert_eq!(before, after);
 
         let mut flipped = bytes.clone();
         let n = flipped.len() - 10;
         flipped[n] ^= 1;
-        assert!(ModelFile::from_bytes(&flipped).unwrap_err().to_string().contains("checksum"));
-        assert!(ModelFile::from_bytes(&bytes[..bytes.len() - 1]).unwrap_err().to_string().contains("truncated"));
-        assert!(ModelFile::from_bytes(b"PK\x03\x04 zip").unwrap_err().to_string().contains("magic"));
+        assert!(
+            ModelFile::from_bytes(&flipped)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
+        assert!(
+            ModelFile::from_bytes(&bytes[..bytes.len() - 1])
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
+        assert!(
+            ModelFile::from_bytes(b"PK\x03\x04 zip")
+                .unwrap_err()
+                .to_string()
+                .contains("magic")
+        );
         let mut other = header();
         other.arch = "resnet9000".into();
-        let foreign = ModelFile { header: other, payload: vec![] };
+        let foreign = ModelFile {
+            header: other,
+            payload: vec![],
+        };
         let mut f = foreign.clone();
         f.header.payload_sha256 = sha256_hex(&[]);
-        assert!(ModelFile::from_bytes(&f.to_bytes()).unwrap_err().to_string().contains("unknown architecture"));
+        assert!(
+            ModelFile::from_bytes(&f.to_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("unknown architecture")
+        );
     }
 }

@@ -24,23 +24,52 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn gradcam_matches_finite_differences() {
-    let Some(shared) = common::shared() else { return };
+    let Some(shared) = common::shared() else {
+        return;
+    };
     let device = Device::flex();
-    let engine = Engine::load(&std::fs::read(common::default_model()).unwrap(), device.clone()).unwrap();
+    let engine = Engine::load(
+        &std::fs::read(common::default_model()).unwrap(),
+        device.clone(),
+    )
+    .unwrap();
     let mut checked = 0;
     for path in common::sample_images(&shared) {
         let bytes = std::fs::read(&path).unwrap();
         let x = engine.batch(&[engine.preprocess(&bytes).unwrap()]);
         let act = engine.model.feature_map(x); // [1, C, h, w]
         let [_, c, h, w] = act.dims();
-        let pooled: Vec<f32> = global_avg_pool(act.clone()).into_data().try_to_vec().unwrap();
+        let pooled: Vec<f32> = global_avg_pool(act.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         let a: Vec<f32> = act.into_data().try_to_vec().unwrap();
         // The head, re-implemented in f64 from its weights: Linear → ReLU → Linear.
-        let f64s = |t: Tensor<2>| -> Vec<f64> { t.into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect() };
-        let f64s1 = |t: Tensor<1>| -> Vec<f64> { t.into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect() };
+        let f64s = |t: Tensor<2>| -> Vec<f64> {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let f64s1 = |t: Tensor<1>| -> Vec<f64> {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
         let head = &engine.model.head;
-        let (w1, b1) = (f64s(head.fc1.weight.val()), f64s1(head.fc1.bias.as_ref().unwrap().val()));
-        let (w2, b2) = (f64s(head.fc2.weight.val()), f64s1(head.fc2.bias.as_ref().unwrap().val()));
+        let (w1, b1) = (
+            f64s(head.fc1.weight.val()),
+            f64s1(head.fc1.bias.as_ref().unwrap().val()),
+        );
+        let (w2, b2) = (
+            f64s(head.fc2.weight.val()),
+            f64s1(head.fc2.bias.as_ref().unwrap().val()),
+        );
         let hidden = b1.len();
         let logits = |p: &[f64]| -> [f64; 4] {
             let mut y = [b2[0], b2[1], b2[2], b2[3]];
@@ -66,8 +95,9 @@ fn gradcam_matches_finite_differences() {
                 [0, 1, 2, 3].map(|class| (yu[class] - yd[class]) / (2.0 * eps))
             })
             .collect();
-        for class in 0..4 {
-            let cam = engine.explain(&bytes, pneumoscope::Class::from_index(class)).unwrap().1;
+        for cls in pneumoscope::Class::ALL {
+            let class = cls.index();
+            let cam = engine.explain(&bytes, Some(cls)).unwrap().1;
             assert_eq!((cam.width, cam.height), (w, h));
             let mut fd = vec![0f32; h * w];
             for k in 0..c {
@@ -78,12 +108,23 @@ fn gradcam_matches_finite_differences() {
             }
             fd.iter_mut().for_each(|v| *v = v.max(0.0));
             if fd.iter().all(|&v| v == 0.0) {
-                assert!(cam.values.iter().all(|&v| v == 0.0), "{}: class {class}", path.display());
+                assert!(
+                    cam.values.iter().all(|&v| v == 0.0),
+                    "{}: class {class}",
+                    path.display()
+                );
                 continue;
             }
             let r = correlation(&cam.values, &fd);
-            eprintln!("{} class {class}: r = {r:.5}", path.file_name().unwrap().to_string_lossy());
-            assert!(r >= 0.99, "{}: class {class}: correlation {r}", path.display());
+            eprintln!(
+                "{} class {class}: r = {r:.5}",
+                path.file_name().unwrap().to_string_lossy()
+            );
+            assert!(
+                r >= 0.99,
+                "{}: class {class}: correlation {r}",
+                path.display()
+            );
             checked += 1;
         }
     }
@@ -92,8 +133,14 @@ fn gradcam_matches_finite_differences() {
 
 #[test]
 fn predicted_class_map_is_informative_and_upsamples() {
-    let Some(shared) = common::shared() else { return };
-    let engine = Engine::load(&std::fs::read(common::default_model()).unwrap(), Device::flex()).unwrap();
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let engine = Engine::load(
+        &std::fs::read(common::default_model()).unwrap(),
+        Device::flex(),
+    )
+    .unwrap();
     let path = &common::sample_images(&shared)[2];
     let bytes = std::fs::read(path).unwrap();
     let (pred, cam) = engine.explain(&bytes, None).unwrap();

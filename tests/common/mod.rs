@@ -3,26 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-/// The shared material, or `None` (with a message) outside `cargo xtask test`.
-pub fn shared() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PNEUMOSCOPE_SHARED") {
-        let p = PathBuf::from(p);
-        assert!(p.join("data").is_dir(), "PNEUMOSCOPE_SHARED={} has no data/", p.display());
-        return Some(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if p.join("data").is_dir() {
-        Some(p.canonicalize().unwrap())
-    } else {
-        eprintln!("SKIPPED: ../shared not found (run `cargo xtask test` beside a shared/ folder)");
-        None
-    }
-}
+mod shared;
+pub use shared::shared;
 
 /// The shipped default model file, from `web/models/index.json`.
 pub fn default_model() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/models");
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     dir.join(index["default"].as_str().unwrap())
 }
 
@@ -31,11 +19,17 @@ pub fn sample_images(shared: &Path) -> Vec<PathBuf> {
     let k = shared.join("data/kermany/chest_xray/test");
     let mut out = Vec::new();
     for sub in ["NORMAL", "PNEUMONIA"] {
-        let mut files: Vec<_> = std::fs::read_dir(k.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(k.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         out.extend(files.into_iter().take(2));
     }
-    let mut c: Vec<_> = std::fs::read_dir(shared.join("data/covid-chestxray-dataset/images")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut c: Vec<_> = std::fs::read_dir(shared.join("data/covid-chestxray-dataset/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     c.sort();
     out.extend(c.into_iter().take(2));
     out

@@ -2,6 +2,7 @@
 //! evaluation, reports, prediction, Grad-CAM, export and benchmarks.
 
 mod augment;
+mod bench;
 mod cli;
 mod data;
 mod device;
@@ -93,6 +94,35 @@ enum Command {
         #[arg(long)]
         f16: bool,
     },
+    /// Training and inference throughput of the Burn CPU backend beside PyTorch on the same
+    /// shapes, and the frozen protocol's cached-features speed-up.
+    Bench {
+        /// Architecture.
+        #[arg(long, default_value = "efficientnet_lite0")]
+        arch: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Timed iterations (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Python with torch and timm for the reference run (default: the test venv,
+        /// `$HOME/.cache/pneumoscope/venv/bin/python`, when it exists).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_reference: bool,
+        /// Images (train + val) in the frozen-protocol estimate.
+        #[arg(long, default_value_t = 3849)]
+        images: usize,
+        /// Epochs in the frozen-protocol estimate.
+        #[arg(long, default_value_t = 40)]
+        epochs: usize,
+        /// Also write the numbers as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Raw logits of a preprocessed NCHW float32 `.npy` tensor (parity checks against PyTorch).
     Forward {
         /// Architecture name (see the registry).
@@ -164,35 +194,7 @@ struct TrainArgs {
 #[derive(Subcommand)]
 enum DataCommand {
     /// Build the 4-class manifest from source collections, split by patient.
-    Build {
-        /// A folder in the Kermany layout (NORMAL/PNEUMONIA at any depth). Repeatable.
-        #[arg(long)]
-        kermany: Vec<PathBuf>,
-        /// A COVID-19 image data collection folder (metadata.csv + images). Repeatable.
-        #[arg(long)]
-        covid: Vec<PathBuf>,
-        /// A folder with one subfolder per class (normal, bacterial, viral, covid19). Repeatable.
-        #[arg(long)]
-        folder: Vec<PathBuf>,
-        /// Also map the collection's bacterial, viral and "No Finding" rows.
-        #[arg(long)]
-        covid_all_findings: bool,
-        /// Fraction of images (by patient) for validation.
-        #[arg(long, default_value_t = 0.15)]
-        val: f64,
-        /// Fraction of images (by patient) for test.
-        #[arg(long, default_value_t = 0.15)]
-        test: f64,
-        /// Seed of the split.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Near-duplicate threshold: differing bits of the 256-bit perceptual hash.
-        #[arg(long, default_value_t = data::build::DEFAULT_PHASH_THRESHOLD)]
-        phash_threshold: u32,
-        /// Output folder (manifest.csv, summary.json, rejected.csv, excluded.csv, duplicates.csv).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Build(data::build::BuildOptions),
 }
 
 fn main() {
@@ -212,28 +214,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data { command } => match command {
-            DataCommand::Build {
-                kermany,
-                covid,
-                folder,
-                covid_all_findings,
-                val,
-                test,
-                seed,
-                phash_threshold,
-                out,
-            } => {
-                let opts = data::build::BuildOptions {
-                    kermany,
-                    covid,
-                    folder,
-                    covid_all_findings,
-                    val,
-                    test,
-                    seed,
-                    phash_threshold,
-                    out,
-                };
+            DataCommand::Build(opts) => {
                 let summary = data::build::run(&opts)?;
                 print!("{}", data::build::table(&summary));
                 println!("wrote {}", opts.out.join("manifest.csv").display());
@@ -304,6 +285,41 @@ fn run(cli: Cli) -> Result<()> {
                 h.weights_dtype,
                 h.payload_sha256
             );
+        }
+        Command::Bench {
+            arch,
+            batch_size,
+            iters,
+            python,
+            no_reference,
+            images,
+            epochs,
+            json,
+        } => {
+            let python = if no_reference {
+                None
+            } else {
+                let default = std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".cache/pneumoscope/venv/bin/python"));
+                match python.or(default.filter(|p| p.exists())) {
+                    Some(p) => Some(p),
+                    None => anyhow::bail!(
+                        "no PyTorch reference: create the venv with `cargo xtask venv`, pass --python, or --no-reference"
+                    ),
+                }
+            };
+            let r = bench::run(&bench::BenchOptions {
+                arch,
+                batch: batch_size,
+                iters,
+                python,
+                images,
+                epochs,
+            })?;
+            print!("{}", bench::table(&r));
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_string_pretty(&r)?)?;
+            }
         }
         Command::Forward {
             arch,

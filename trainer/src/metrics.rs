@@ -88,21 +88,27 @@ fn div(a: f64, b: f64) -> f64 {
     if b == 0.0 { 0.0 } else { a / b }
 }
 
+/// True positives, false positives and false negatives of class `c`.
+fn tp_fp_fn(m: &[[usize; NUM_CLASSES]; NUM_CLASSES], c: usize) -> (f64, f64, f64) {
+    let tp = m[c][c] as f64;
+    let fp: f64 = (0..NUM_CLASSES)
+        .filter(|&r| r != c)
+        .map(|r| m[r][c] as f64)
+        .sum();
+    let fneg: f64 = (0..NUM_CLASSES)
+        .filter(|&k| k != c)
+        .map(|k| m[c][k] as f64)
+        .sum();
+    (tp, fp, fneg)
+}
+
 /// Accuracy and macro-F1 from a confusion matrix.
 pub fn acc_f1(m: &[[usize; NUM_CLASSES]; NUM_CLASSES]) -> (f64, f64) {
     let total: usize = m.iter().flatten().sum();
     let correct: usize = (0..NUM_CLASSES).map(|i| m[i][i]).sum();
     let mut f1 = 0.0;
     for c in 0..NUM_CLASSES {
-        let tp = m[c][c] as f64;
-        let fp: f64 = (0..NUM_CLASSES)
-            .filter(|&r| r != c)
-            .map(|r| m[r][c] as f64)
-            .sum();
-        let fneg: f64 = (0..NUM_CLASSES)
-            .filter(|&k| k != c)
-            .map(|k| m[c][k] as f64)
-            .sum();
+        let (tp, fp, fneg) = tp_fp_fn(m, c);
         f1 += div(2.0 * tp, 2.0 * tp + fp + fneg);
     }
     (div(correct as f64, total as f64), f1 / NUM_CLASSES as f64)
@@ -179,15 +185,7 @@ pub fn compute(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[Strin
     let (mut wf1, mut wp, mut wr) = (0.0, 0.0, 0.0);
     let mut aucs = Vec::new();
     for c in 0..NUM_CLASSES {
-        let tp = m[c][c] as f64;
-        let fp: f64 = (0..NUM_CLASSES)
-            .filter(|&r| r != c)
-            .map(|r| m[r][c] as f64)
-            .sum();
-        let fneg: f64 = (0..NUM_CLASSES)
-            .filter(|&k| k != c)
-            .map(|k| m[c][k] as f64)
-            .sum();
+        let (tp, fp, fneg) = tp_fp_fn(&m, c);
         let tn = n as f64 - tp - fp - fneg;
         let support = m[c].iter().sum::<usize>();
         let scores: Vec<f32> = probs.iter().map(|p| p[c]).collect();

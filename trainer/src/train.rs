@@ -144,6 +144,12 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 
+/// The labels of a batch of training rows, as a tensor.
+fn label_tensor(batch: &[usize], labels: &[usize], device: &Device) -> Tensor<1, Int> {
+    let y: Vec<i64> = batch.iter().map(|&i| labels[i] as i64).collect();
+    Tensor::from_data(TensorData::new(y, [batch.len()]), device)
+}
+
 /// Stacks normalised images into a tensor.
 pub fn stack(images: &[Vec<f32>], size: usize, device: &Device) -> Tensor<4> {
     let flat: Vec<f32> = images.iter().flatten().copied().collect();
@@ -204,16 +210,16 @@ fn features_cached(
     compute: impl FnOnce() -> Vec<f32>,
 ) -> Result<(Vec<f32>, bool)> {
     let path = run.join("features").join(format!("{name}.f32"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if bytes.len() == n * dim * 4 {
-            return Ok((
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                true,
-            ));
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == n * dim * 4
+    {
+        return Ok((
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            true,
+        ));
     }
     let v = compute();
     std::fs::create_dir_all(path.parent().unwrap())?;
@@ -384,16 +390,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                         x.extend_from_slice(&train_views[v][i * dim..(i + 1) * dim]);
                     }
                     let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &ad);
-                    let y = Tensor::<1, Int>::from_data(
-                        TensorData::new(
-                            batch
-                                .iter()
-                                .map(|&i| train_labels[i] as i64)
-                                .collect::<Vec<_>>(),
-                            [batch.len()],
-                        ),
-                        &ad,
-                    );
+                    let y = label_tensor(batch, &train_labels, &ad);
                     loss_fn.forward(m.forward(x), y)
                 },
                 |m: &Head| probs_rows(to_vec(softmax(m.valid().forward(val_x.clone()), 1))),
@@ -451,16 +448,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                         })
                         .collect();
                     let x = stack(&imgs, spec.input.crop, &ad);
-                    let y = Tensor::<1, Int>::from_data(
-                        TensorData::new(
-                            batch
-                                .iter()
-                                .map(|&i| train_labels[i] as i64)
-                                .collect::<Vec<_>>(),
-                            [batch.len()],
-                        ),
-                        &ad,
-                    );
+                    let y = label_tensor(batch, &train_labels, &ad);
                     loss_fn.forward(m.forward(x), y)
                 },
                 |m: &Classifier| {

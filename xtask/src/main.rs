@@ -135,13 +135,45 @@ fn serve(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The test-only Python environment (PyTorch, timm) used as the reference by `bench`.
+fn venv() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let dir = home.join(".cache/pneumoscope/venv");
+    let py = dir.join("bin/python");
+    let ready = Command::new(&py)
+        .args(["-c", "import torch, timm, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+        run(Command::new(dir.join("bin/pip")).args(["install", "-q", "torch", "timm", "numpy"]))?;
+    }
+    Ok(py)
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let py = venv()?;
+    run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
+    run(Command::new(target_dir().join("release/pneumoscope"))
+        .arg("bench")
+        .arg("--python")
+        .arg(&py)
+        .args(args))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("serve") => serve(&args[1..]),
+        Some("venv") => venv().map(|p| println!("{}", p.display())),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test | cargo xtask serve [--port N]");
+            eprintln!(
+                "usage: cargo xtask test | serve [--port N] | venv | bench [ARGS OF pneumoscope bench]"
+            );
             std::process::exit(2);
         }
     }

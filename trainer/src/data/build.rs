@@ -16,26 +16,34 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Options of `data build`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BuildOptions {
-    /// Kermany-layout folders.
+    /// A folder in the Kermany layout (NORMAL/PNEUMONIA at any depth). Repeatable.
+    #[arg(long)]
     pub kermany: Vec<PathBuf>,
-    /// COVID-19 image data collection folders.
+    /// A COVID-19 image data collection folder (metadata.csv + images). Repeatable.
+    #[arg(long)]
     pub covid: Vec<PathBuf>,
-    /// Class-folder layouts.
+    /// A folder with one subfolder per class (normal, bacterial, viral, covid19). Repeatable.
+    #[arg(long)]
     pub folder: Vec<PathBuf>,
-    /// Map the collection's non-COVID findings too.
+    /// Also map the collection's bacterial, viral and "No Finding" rows.
+    #[arg(long)]
     pub covid_all_findings: bool,
-    /// Validation fraction.
+    /// Fraction of images (by patient) for validation.
+    #[arg(long, default_value_t = 0.15)]
     pub val: f64,
-    /// Test fraction.
+    /// Fraction of images (by patient) for test.
+    #[arg(long, default_value_t = 0.15)]
     pub test: f64,
     /// Seed of the split.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Largest Hamming distance (out of [`PHASH_BITS`]) at which two images count as
-    /// near-duplicates.
+    /// Near-duplicate threshold: differing bits (of 256) of the perceptual hash.
+    #[arg(long, default_value_t = DEFAULT_PHASH_THRESHOLD)]
     pub phash_threshold: u32,
-    /// Output folder.
+    /// Output folder (manifest.csv, summary.json, rejected.csv, excluded.csv, duplicates.csv).
+    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -62,6 +70,8 @@ pub struct Counts {
     pub images: BTreeMap<String, BTreeMap<String, usize>>,
     /// Patients per split, then per class (a patient counts under each class it has images of).
     pub patients: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Distinct patients per split.
+    pub patients_total: BTreeMap<String, usize>,
 }
 
 /// What `summary.json` holds.
@@ -399,9 +409,12 @@ pub fn counts(records: &[Record]) -> Counts {
             .or_default()
             .insert(&r.patient);
     }
+    let mut per_split: BTreeMap<String, std::collections::HashSet<&str>> = BTreeMap::new();
     for ((s, l), p) in pats {
-        c.patients.entry(s).or_default().insert(l, p.len());
+        c.patients.entry(s.clone()).or_default().insert(l, p.len());
+        per_split.entry(s).or_default().extend(p);
     }
+    c.patients_total = per_split.into_iter().map(|(s, p)| (s, p.len())).collect();
     c
 }
 
@@ -438,7 +451,7 @@ pub fn table(summary: &Summary) -> String {
         out += &format!("{:>18}\n", format!("{ti} ({tp} pat.)"));
     }
     out += &format!(
-        "{} images of {} patients; {} duplicate groups ({} images, {} across patients, {} with \
+        "(a patient with images of two classes counts in both class columns)\n{} images of {} patients; {} duplicate groups ({} images, {} across patients, {} with \
          conflicting labels); {} rejected; {} excluded\n",
         summary.total_images,
         summary.total_patients,

@@ -162,8 +162,8 @@ pub fn covid_finding(finding: &str, all_findings: bool) -> Result<Class, String>
     let f = finding.trim();
     let lower = f.to_ascii_lowercase();
     let parts: Vec<&str> = lower.split('/').map(str::trim).collect();
-    let is_covid = lower.split(',').map(str::trim).any(|p| p == "covid-19")
-        || parts.iter().any(|p| *p == "covid-19");
+    let is_covid =
+        lower.split(',').map(str::trim).any(|p| p == "covid-19") || parts.contains(&"covid-19");
     if is_covid {
         return Ok(Class::Covid19);
     }

@@ -4,26 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The shared material (real data, weights, fixtures). Tests fail loudly when it is missing
-/// under `cargo xtask test` (which sets `PNEUMOSCOPE_SHARED`), and skip with a message otherwise.
-pub fn shared() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PNEUMOSCOPE_SHARED") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.join("data").is_dir(),
-            "PNEUMOSCOPE_SHARED={} has no data/",
-            p.display()
-        );
-        return Some(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
-    if p.join("data").is_dir() {
-        Some(p.canonicalize().unwrap())
-    } else {
-        eprintln!("SKIPPED: ../shared not found (run `cargo xtask test` beside a shared/ folder)");
-        None
-    }
-}
+#[path = "../../../tests/common/shared.rs"]
+mod shared_dir;
+pub use shared_dir::shared;
 
 /// The `pneumoscope` binary.
 pub fn bin() -> Command {

@@ -1,0 +1,213 @@
+//! `pneumoscope bench`: inference and training throughput of the Burn CPU backend and, in the
+//! same run on the same shapes, of PyTorch; plus the frozen protocol's wall time against
+//! recomputing the backbone features every epoch.
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use pneumoscope::arch;
+use pneumoscope::model::{Classifier, Head};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The PyTorch reference script (shipped with the trainer, run in the test-only venv).
+const TORCH_SCRIPT: &str = include_str!("../python/bench_torch.py");
+
+/// Options of `bench`.
+pub struct BenchOptions {
+    /// Architecture.
+    pub arch: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Timed iterations (after one warm-up).
+    pub iters: usize,
+    /// Python of the reference venv (`None`: no reference).
+    pub python: Option<PathBuf>,
+    /// Images in the frozen-protocol estimate (train + val).
+    pub images: usize,
+    /// Epochs in the frozen-protocol estimate.
+    pub epochs: usize,
+}
+
+/// The numbers.
+#[derive(Serialize)]
+pub struct BenchResult {
+    /// Architecture.
+    pub arch: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Input side.
+    pub size: usize,
+    /// Burn Flex inference, images per second.
+    pub burn_inference_img_s: f64,
+    /// Burn Flex training step (forward, backward, Adam), images per second.
+    pub burn_train_img_s: f64,
+    /// PyTorch reference (as printed by the script), if run.
+    pub pytorch: Option<serde_json::Value>,
+    /// Frozen protocol: seconds to extract features once and train the head for all epochs.
+    pub frozen_cached_s: f64,
+    /// Same protocol recomputing the features every epoch.
+    pub frozen_recomputed_s: f64,
+    /// Cores available.
+    pub cores: usize,
+}
+
+fn time_it(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Runs the benchmark.
+pub fn run(o: &BenchOptions) -> Result<BenchResult> {
+    let spec = arch::find(&o.arch)?;
+    let s = spec.input.crop;
+    let device = Device::flex();
+    let model = Classifier::new(&spec, &device).valid();
+    let x = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
+    let t_inf = time_it(o.iters, || {
+        let _: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
+    });
+    let burn_inference_img_s = (o.batch * o.iters) as f64 / t_inf;
+
+    let ad = device.clone().autodiff();
+    let mut trainable = Classifier::new(&spec, &ad);
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let xa = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
+    let y = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            (0..o.batch as i64).map(|i| i % 4).collect::<Vec<_>>(),
+            [o.batch],
+        ),
+        &ad,
+    );
+    let t_train = time_it(o.iters, || {
+        let l = loss_fn.forward(trainable.forward(xa.clone()), y.clone());
+        let g = GradientsParams::from_grads(l.backward(), &trainable);
+        trainable = optim.step(1e-4, trainable.clone(), g);
+    });
+    let burn_train_img_s = (o.batch * o.iters) as f64 / t_train;
+
+    // Frozen protocol: one head epoch over `images` cached feature vectors (batch 100).
+    let mut head = Head::new(spec.feature_dim, &ad);
+    let mut hopt = AdamConfig::new().init();
+    let feats = Tensor::<2>::random([100, spec.feature_dim], Distribution::Default, &ad);
+    let y100 = Tensor::<1, Int>::from_data(
+        TensorData::new((0..100i64).map(|i| i % 4).collect::<Vec<_>>(), [100]),
+        &ad,
+    );
+    let steps = o.images.div_ceil(100);
+    let t_head = time_it(steps, || {
+        let l = loss_fn.forward(head.forward(feats.clone()), y100.clone());
+        let g = GradientsParams::from_grads(l.backward(), &head);
+        head = hopt.step(1e-3, head.clone(), g);
+    });
+    let extract = o.images as f64 / burn_inference_img_s;
+    let frozen_cached_s = extract + o.epochs as f64 * t_head;
+    let frozen_recomputed_s = o.epochs as f64 * (extract + t_head);
+
+    let pytorch = match &o.python {
+        Some(py) => Some(torch_reference(py, &o.arch, o.batch, o.iters, s)?),
+        None => None,
+    };
+    Ok(BenchResult {
+        arch: o.arch.clone(),
+        batch: o.batch,
+        size: s,
+        burn_inference_img_s,
+        burn_train_img_s,
+        pytorch,
+        frozen_cached_s,
+        frozen_recomputed_s,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    })
+}
+
+fn torch_reference(
+    python: &Path,
+    arch: &str,
+    batch: usize,
+    iters: usize,
+    size: usize,
+) -> Result<serde_json::Value> {
+    let dir = tempfile_dir()?;
+    let script = dir.join("bench_torch.py");
+    std::fs::write(&script, TORCH_SCRIPT)?;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            arch,
+            &batch.to_string(),
+            &iters.to_string(),
+            &size.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("cannot run the PyTorch reference with {}", python.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("unexpected reference output: {line}"))
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("pneumoscope-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// The side-by-side table.
+pub fn table(r: &BenchResult) -> String {
+    let mut s = format!(
+        "{} — batch {} at {}x{} px, {} cores\n{:<34}{:>14}{:>14}\n",
+        r.arch, r.batch, r.size, r.size, r.cores, "", "Burn (Flex)", "PyTorch"
+    );
+    let py = |k: &str| {
+        r.pytorch
+            .as_ref()
+            .and_then(|p| p[k].as_f64())
+            .map(|v| format!("{v:.1}"))
+            .unwrap_or_else(|| "—".into())
+    };
+    s += &format!(
+        "{:<34}{:>14.1}{:>14}\n",
+        "inference (img/s)",
+        r.burn_inference_img_s,
+        py("inference_img_s")
+    );
+    s += &format!(
+        "{:<34}{:>14.1}{:>14}\n",
+        "training step (img/s)",
+        r.burn_train_img_s,
+        py("train_img_s")
+    );
+    s += &format!(
+        "frozen protocol, Burn: features cached {:.0} s vs recomputed every epoch {:.0} s ({:.1}x faster)\n",
+        r.frozen_cached_s,
+        r.frozen_recomputed_s,
+        r.frozen_recomputed_s / r.frozen_cached_s
+    );
+    if let Some(p) = &r.pytorch {
+        s += &format!(
+            "PyTorch {} with {} threads\n",
+            p["torch"].as_str().unwrap_or("?"),
+            p["threads"]
+        );
+    }
+    s
+}
