@@ -428,7 +428,8 @@ pub fn table(summary: &Summary) -> String {
     for s in Split::ALL {
         let s = s.to_string();
         out += &format!("{s:<8}");
-        let (mut ti, mut tp) = (0, 0);
+        let mut ti = 0;
+        let tp = summary.counts.patients_total.get(&s).copied().unwrap_or(0);
         for c in Class::ALL {
             let i = summary
                 .counts
@@ -445,7 +446,6 @@ pub fn table(summary: &Summary) -> String {
                 .copied()
                 .unwrap_or(0);
             ti += i;
-            tp += p;
             out += &format!("{:>18}", format!("{i} ({p} pat.)"));
         }
         out += &format!("{:>18}\n", format!("{ti} ({tp} pat.)"));
