@@ -50,6 +50,8 @@ pub struct Engine {
     pub model: Classifier,
     /// Where it runs.
     pub device: Device,
+    /// Test-time augmentation: average the probabilities of the image and its mirror image.
+    pub tta: bool,
 }
 
 impl Engine {
@@ -61,7 +63,14 @@ impl Engine {
             header: file.header,
             model,
             device,
+            tta: false,
         })
+    }
+
+    /// Turns test-time augmentation (image + mirror image, probabilities averaged) on or off.
+    pub fn with_tta(mut self, tta: bool) -> Self {
+        self.tta = tta;
+        self
     }
 
     /// Side of the square input.
@@ -86,7 +95,15 @@ impl Engine {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let probs = softmax(self.model.forward(self.batch(images)), 1);
+        let x = self.batch(images);
+        let probs = if self.tta {
+            let n = images.len();
+            let both = Tensor::cat(vec![x.clone(), x.flip([3])], 0);
+            let p = softmax(self.model.forward(both), 1);
+            (p.clone().slice([0..n]) + p.slice([n..2 * n])) / 2.0
+        } else {
+            softmax(self.model.forward(x), 1)
+        };
         let data: Vec<f32> = probs
             .into_data()
             .try_to_vec()

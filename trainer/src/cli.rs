@@ -16,8 +16,13 @@ pub fn load_engine(path: &Path, device: &Device) -> Result<Engine> {
 
 /// One JSON line per image on stdout; unreadable images are reported on stderr. Returns the
 /// number of failures.
-pub fn predict(model: &Path, images: &[std::path::PathBuf], device: &Device) -> Result<usize> {
-    let engine = load_engine(model, device)?;
+pub fn predict(
+    model: &Path,
+    images: &[std::path::PathBuf],
+    tta: bool,
+    device: &Device,
+) -> Result<usize> {
+    let engine = load_engine(model, device)?.with_tta(tta);
     let mut failures = 0;
     for img in images {
         let res = std::fs::read(img)

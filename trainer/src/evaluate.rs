@@ -21,9 +21,10 @@ pub fn run(
     data: &Path,
     split: Split,
     out: Option<&Path>,
+    tta: bool,
     device: &Device,
 ) -> Result<(Metrics, SourceBreakdown)> {
-    let engine = load_engine(model, device)?;
+    let engine = load_engine(model, device)?.with_tta(tta);
     let manifest = Manifest::read(data)?;
     let rows = manifest.split_indices(split);
     if rows.is_empty() {

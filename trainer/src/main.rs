@@ -57,6 +57,9 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Test-time augmentation: average over the image and its mirror image.
+        #[arg(long)]
+        tta: bool,
     },
     /// Class probabilities of images: one JSON line per image.
     Predict {
@@ -66,6 +69,9 @@ enum Command {
         /// Images (PNG or JPEG).
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        /// Test-time augmentation: average over the image and its mirror image.
+        #[arg(long)]
+        tta: bool,
     },
     /// Grad-CAM heatmap of an image over the view the network sees (PNG; the raw map beside
     /// it as .npy).
@@ -244,9 +250,10 @@ fn run(cli: Cli) -> Result<()> {
             split,
             out,
             json,
+            tta,
         } => {
             let (m, sources) =
-                evaluate::run(&model, &data, split, out.as_deref(), &Device::flex())?;
+                evaluate::run(&model, &data, split, out.as_deref(), tta, &Device::flex())?;
             if json {
                 let mut v = serde_json::to_value(&m)?;
                 v["split"] = serde_json::json!(split);
@@ -259,8 +266,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Predict { model, images } => {
-            let failures = cli::predict(&model, &images, &Device::flex())?;
+        Command::Predict { model, images, tta } => {
+            let failures = cli::predict(&model, &images, tta, &Device::flex())?;
             if failures > 0 {
                 anyhow::bail!(
                     "{failures} of {} images could not be classified",

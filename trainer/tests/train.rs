@@ -130,6 +130,24 @@ fn train_export_evaluate_predict_gradcam() {
     assert!((sum - 1.0).abs() < 1e-4);
     assert!(String::from_utf8_lossy(&r.stderr).contains("/nonexistent/x.png"));
 
+    // Test-time augmentation averages the image and its mirror: a valid distribution that
+    // differs from the plain one.
+    let tta: serde_json::Value =
+        serde_json::from_str(ok(&["predict", "--tta", "--model", model_s, a]).trim()).unwrap();
+    let plain: serde_json::Value =
+        serde_json::from_str(ok(&["predict", "--model", model_s, a]).trim()).unwrap();
+    let classes = ["normal", "bacterial", "viral", "covid19"];
+    let sum: f64 = classes
+        .iter()
+        .map(|c| tta["probabilities"][c].as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4);
+    assert!(
+        classes
+            .iter()
+            .any(|c| tta["probabilities"][c] != plain["probabilities"][c])
+    );
+
     // gradcam
     let png = dir.path().join("cam.png");
     let js = ok(&[
