@@ -130,9 +130,47 @@ struct State {
     best_epoch: usize,
     best_val_macro_f1: f64,
     history: Vec<EpochLog>,
-    /// Checksums of `checkpoint.bpk` and `optimizer.bpk` as written after `epochs_done`.
-    checkpoint_sha256: String,
+    /// The last two checkpoints, oldest first.
+    #[serde(default)]
+    checkpoints: Vec<CheckpointRef>,
+    /// Single-checkpoint layout of earlier runs (`checkpoint.bpk`, `optimizer.bpk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checkpoint_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    optimizer_sha256: Option<String>,
+}
+
+/// The files of the checkpoint written after one epoch, and their checksums.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckpointRef {
+    epoch: usize,
+    model: String,
+    model_sha256: String,
+    optimizer: String,
     optimizer_sha256: String,
+}
+
+impl CheckpointRef {
+    /// Reads and verifies both files.
+    fn read(&self, run: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (name, sha) in [
+            (&self.model, &self.model_sha256),
+            (&self.optimizer, &self.optimizer_sha256),
+        ] {
+            let p = run.join(name);
+            let b = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            if &sha256_hex(&b) != sha {
+                bail!(
+                    "{}: checksum mismatch (corrupt or half-written)",
+                    p.display()
+                );
+            }
+            out.push(b);
+        }
+        let o = out.pop().unwrap();
+        Ok((out.pop().unwrap(), o))
+    }
 }
 
 fn constant() -> Schedule {
@@ -492,8 +530,6 @@ fn train_loop<M: Module>(
     loss: impl Fn(&M, &[usize], &mut ChaCha8Rng) -> Tensor<1>,
     val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
 ) -> Result<M> {
-    let ckpt = run.join("checkpoint.bpk");
-    let opt_path = run.join("optimizer.bpk");
     let best_path = run.join("best-module.bpk");
     let state_path = run.join("state.json");
     let mut state = State {
@@ -501,30 +537,56 @@ fn train_loop<M: Module>(
         best_epoch: 0,
         best_val_macro_f1: -1.0,
         history: Vec::new(),
-        checkpoint_sha256: String::new(),
-        optimizer_sha256: String::new(),
+        checkpoints: Vec::new(),
+        checkpoint_sha256: None,
+        optimizer_sha256: None,
     };
-    if let Ok(saved) = read_json::<State>(&state_path) {
-        let m = std::fs::read(&ckpt).unwrap_or_default();
-        let o = std::fs::read(&opt_path).unwrap_or_default();
-        if sha256_hex(&m) != saved.checkpoint_sha256 || sha256_hex(&o) != saved.optimizer_sha256 {
-            bail!(
-                "{}: the checkpoint does not match its recorded checksum (corrupt or half-written); \
-                 delete the run folder or restore the files",
-                ckpt.display()
-            );
+    if let Ok(mut saved) = read_json::<State>(&state_path) {
+        if saved.checkpoints.is_empty()
+            && let (Some(m), Some(o)) = (
+                saved.checkpoint_sha256.take(),
+                saved.optimizer_sha256.take(),
+            )
+        {
+            saved.checkpoints.push(CheckpointRef {
+                epoch: saved.epochs_done,
+                model: "checkpoint.bpk".into(),
+                model_sha256: m,
+                optimizer: "optimizer.bpk".into(),
+                optimizer_sha256: o,
+            });
         }
+        // The newest checkpoint that verifies; a corrupt one falls back to the one before.
+        let mut loaded = None;
+        for r in saved.checkpoints.iter().rev() {
+            match r.read(run) {
+                Ok(files) => {
+                    loaded = Some((r.clone(), files));
+                    break;
+                }
+                Err(e) => eprintln!("warning: {e:#}; trying the previous checkpoint"),
+            }
+        }
+        let Some((r, (m, o))) = loaded else {
+            bail!(
+                "{}: no checkpoint of this run verifies (corrupt or missing); delete the run folder to start again",
+                run.display()
+            );
+        };
         let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m))
-            .map_err(|e| anyhow::anyhow!("{}: unreadable checkpoint: {e:?}", ckpt.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: unreadable checkpoint: {e:?}", r.model))?;
         module = module
             .try_load_record(rec)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", ckpt.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.model))?;
         *optim = std::mem::replace(optim, AdamConfig::new().init())
             .from_bytes(Bytes::from_bytes_vec(o))
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", opt_path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.optimizer))?;
+        saved.epochs_done = r.epoch;
+        saved.history.truncate(r.epoch);
+        saved.checkpoints.retain(|c| c.epoch <= r.epoch);
         eprintln!(
             "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
-            saved.epochs_done, saved.best_epoch, saved.best_val_macro_f1
+            r.epoch, saved.best_epoch, saved.best_val_macro_f1
         );
         state = saved;
     }
@@ -594,16 +656,35 @@ fn train_loop<M: Module>(
             .into_bytes()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let o = optim.into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        write_atomic(&ckpt, &m)?;
-        write_atomic(&opt_path, &o)?;
+        let r = CheckpointRef {
+            epoch,
+            model: format!("checkpoint-{epoch:04}.bpk"),
+            model_sha256: sha256_hex(&m),
+            optimizer: format!("optimizer-{epoch:04}.bpk"),
+            optimizer_sha256: sha256_hex(&o),
+        };
+        write_atomic(&run.join(&r.model), &m)?;
+        write_atomic(&run.join(&r.optimizer), &o)?;
+        state.checkpoints.push(r);
+        let stale: Vec<CheckpointRef> = if state.checkpoints.len() > 2 {
+            state
+                .checkpoints
+                .drain(..state.checkpoints.len() - 2)
+                .collect()
+        } else {
+            Vec::new()
+        };
         state.epochs_done = epoch;
-        state.checkpoint_sha256 = sha256_hex(&m);
-        state.optimizer_sha256 = sha256_hex(&o);
         write_epochs_csv(&run.join("epochs.csv"), &state.history)?;
         write_atomic(
             &state_path,
             serde_json::to_string_pretty(&state)?.as_bytes(),
         )?;
+        // Only once the state no longer names them.
+        for c in stale {
+            let _ = std::fs::remove_file(run.join(&c.model));
+            let _ = std::fs::remove_file(run.join(&c.optimizer));
+        }
     }
     pb.finish_and_clear();
     timing.insert(

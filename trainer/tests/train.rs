@@ -46,11 +46,17 @@ fn train_export_evaluate_predict_gradcam() {
         "state.json",
         "metrics.json",
         "model.bpk",
-        "checkpoint.bpk",
+        "checkpoint-0006.bpk",
+        "optimizer-0006.bpk",
+        "checkpoint-0005.bpk",
     ] {
         assert!(run_dir.join(f).is_file(), "{f} missing");
     }
     assert_eq!(read_csv(&run_dir.join("epochs.csv")).len(), 6);
+    assert!(
+        !run_dir.join("checkpoint-0004.bpk").exists(),
+        "only the last two checkpoints are kept"
+    );
 
     let model = dir.path().join("m.pneumoscope");
     ok(&[
@@ -275,12 +281,49 @@ fn resume_continues_to_the_same_result() {
     assert_eq!(ma["test"]["macro_f1"], mb["test"]["macro_f1"]);
     assert_eq!(ma["test"]["confusion"], mb["test"]["confusion"]);
 
-    // A corrupt checkpoint is refused with a clear message.
-    let ck = split.join("checkpoint.bpk");
-    let mut bytes = std::fs::read(&ck).unwrap();
+    // A corrupt latest checkpoint: the run falls back to the one before and still ends with
+    // the uninterrupted run's numbers.
+    let third = dir.path().join("third");
+    train(&shared, &manifest, &third, "3", &[]);
+    let latest = third.join("checkpoint-0003.bpk");
+    let mut bytes = std::fs::read(&latest).unwrap();
     let n = bytes.len() / 2;
     bytes[n] ^= 0x55;
-    std::fs::write(&ck, bytes).unwrap();
+    std::fs::write(&latest, bytes).unwrap();
+    let resumed = run(&[
+        "train",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        third.to_str().unwrap(),
+        "--epochs",
+        "5",
+        "--resume",
+    ]);
+    assert!(resumed.status.success());
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        err.contains("checkpoint-0003.bpk")
+            && err.contains("checksum")
+            && err.contains("resuming after epoch 2"),
+        "{err}"
+    );
+    let c = std::fs::read_to_string(third.join("epochs.csv")).unwrap();
+    assert_eq!(strip(&a), strip(&c));
+
+    // Every checkpoint corrupt: a clear refusal.
+    for f in std::fs::read_dir(&third).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("checkpoint-")
+        {
+            std::fs::write(&p, b"garbage").unwrap();
+        }
+    }
     let r = run(&[
         "train",
         "--data",
@@ -288,11 +331,11 @@ fn resume_continues_to_the_same_result() {
         "--weights",
         w.to_str().unwrap(),
         "--out",
-        split.to_str().unwrap(),
+        third.to_str().unwrap(),
         "--epochs",
         "6",
         "--resume",
     ]);
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("checksum"));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no checkpoint of this run verifies"));
 }
