@@ -100,7 +100,7 @@ impl Engine {
             let n = images.len();
             let both = Tensor::cat(vec![x.clone(), x.flip([3])], 0);
             let p = softmax(self.model.forward(both), 1);
-            (p.clone().slice([0..n]) + p.slice([n..2 * n])) / 2.0
+            (p.clone().narrow(0, 0, n) + p.narrow(0, n, n)) / 2.0
         } else {
             softmax(self.model.forward(x), 1)
         };
