@@ -59,15 +59,23 @@ impl Engine {
     pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
         let file = ModelFile::from_bytes(bytes)?;
         let model = file.load_classifier(&device)?;
+        // A model exported with `--tta` asks for mirror averaging by default.
+        let tta = file
+            .header
+            .extra
+            .get("tta")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         Ok(Self {
             header: file.header,
             model,
             device,
-            tta: false,
+            tta,
         })
     }
 
-    /// Turns test-time augmentation (image + mirror image, probabilities averaged) on or off.
+    /// Turns test-time augmentation (image + mirror image, probabilities averaged) on or off;
+    /// the default comes from the model file (`extra.tta`).
     pub fn with_tta(mut self, tta: bool) -> Self {
         self.tta = tta;
         self

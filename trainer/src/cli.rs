@@ -22,7 +22,8 @@ pub fn predict(
     tta: bool,
     device: &Device,
 ) -> Result<usize> {
-    let engine = load_engine(model, device)?.with_tta(tta);
+    let engine = load_engine(model, device)?;
+    let engine = if tta { engine.with_tta(true) } else { engine };
     let mut failures = 0;
     for img in images {
         let res = std::fs::read(img)

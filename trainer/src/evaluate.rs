@@ -24,7 +24,8 @@ pub fn run(
     tta: bool,
     device: &Device,
 ) -> Result<(Metrics, SourceBreakdown)> {
-    let engine = load_engine(model, device)?.with_tta(tta);
+    let engine = load_engine(model, device)?;
+    let engine = if tta { engine.with_tta(true) } else { engine };
     let manifest = Manifest::read(data)?;
     let rows = manifest.split_indices(split);
     if rows.is_empty() {
@@ -114,11 +115,12 @@ pub fn run(
             }
         }
         let desc = format!(
-            "Model: {} ({}), weights {}; data: {}, split '{split}'.",
+            "Model: {} ({}), weights {}; data: {}, split '{split}'; test-time augmentation {}.",
             engine.header.arch,
             engine.header.weights_dtype,
             engine.header.weight_source,
-            data.display()
+            data.display(),
+            if engine.tta { "on (image and mirror image averaged)" } else { "off" }
         );
         std::fs::write(
             out.join("report.md"),

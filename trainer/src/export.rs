@@ -19,7 +19,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Packs `RUN/model.bpk` with its description into a model file at `out`.
-pub fn run(run: &Path, out: &Path, f16: bool) -> Result<ModelHeader> {
+pub fn run(run: &Path, out: &Path, f16: bool, tta: bool) -> Result<ModelHeader> {
     let cfg: TrainConfig = serde_json::from_value(read_json(&run.join("config.json"))?)
         .with_context(|| format!("{}: not a training run", run.display()))?;
     let model_path = run.join("model.bpk");
@@ -69,7 +69,7 @@ pub fn run(run: &Path, out: &Path, f16: bool) -> Result<ModelHeader> {
         }),
         data,
         metrics,
-        extra: serde_json::Value::Null,
+        extra: serde_json::json!({ "tta": tta }),
         created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
         payload_len: 0,
         payload_sha256: String::new(),

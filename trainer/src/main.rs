@@ -99,6 +99,10 @@ enum Command {
         /// Store weights in half precision (batch-norm and biases stay f32).
         #[arg(long)]
         f16: bool,
+        /// Ask for test-time augmentation (mirror averaging) by default wherever the file is
+        /// used.
+        #[arg(long)]
+        tta: bool,
     },
     /// Training and inference throughput of the Burn CPU backend beside PyTorch on the same
     /// shapes, and the frozen protocol's cached-features speed-up.
@@ -283,8 +287,8 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             cli::gradcam(&model, &image, &out, class, &Device::flex())?;
         }
-        Command::Export { run, out, f16 } => {
-            let h = export::run(&run, &out, f16)?;
+        Command::Export { run, out, f16, tta } => {
+            let h = export::run(&run, &out, f16, tta)?;
             println!(
                 "wrote {} ({}, {} weights, payload sha256 {})",
                 out.display(),

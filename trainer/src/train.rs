@@ -616,10 +616,14 @@ fn train_loop<M: Module>(
             module = optim.step(lr, module, grads);
             pb.inc(1);
             if pb.is_hidden() && (b + 1) % 20 == 0 {
+                let done = pb.position().max(1) as f64;
+                let left = pb.length().unwrap_or(0).saturating_sub(pb.position()) as f64;
+                let eta = t_train.elapsed().as_secs_f64() / done * left;
                 eprintln!(
-                    "epoch {epoch} step {}/{steps_per_epoch}: loss {lv:.4} ({:.1} img/s)",
+                    "epoch {epoch} step {}/{steps_per_epoch}: loss {lv:.4} ({:.1} img/s, ETA {:.0} min)",
                     b + 1,
-                    ((b + 1) * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64()
+                    ((b + 1) * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64(),
+                    eta / 60.0
                 );
             }
         }
