@@ -120,7 +120,11 @@ pub fn run(
             engine.header.weights_dtype,
             engine.header.weight_source,
             data.display(),
-            if engine.tta { "on (image and mirror image averaged)" } else { "off" }
+            if engine.tta {
+                "on (image and mirror image averaged)"
+            } else {
+                "off"
+            }
         );
         std::fs::write(
             out.join("report.md"),
