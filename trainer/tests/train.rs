@@ -10,7 +10,13 @@ fn small_manifest(shared: &Path, dir: &Path) -> PathBuf {
     subset(&full, &dir.join("small"), [20, 8, 6])
 }
 
-fn train(shared: &Path, manifest: &Path, out: &Path, epochs: &str, extra: &[&str]) -> String {
+fn train_output(
+    shared: &Path,
+    manifest: &Path,
+    out: &Path,
+    epochs: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let w = shared.join("weights/efficientnet-lite0-57934424.pth");
     let mut args = vec![
         "train",
@@ -30,7 +36,13 @@ fn train(shared: &Path, manifest: &Path, out: &Path, epochs: &str, extra: &[&str
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    ok(&args)
+    run(&args)
+}
+
+fn train(shared: &Path, manifest: &Path, out: &Path, epochs: &str, extra: &[&str]) -> String {
+    let out = train_output(shared, manifest, out, epochs, extra);
+    assert!(out.status.success(), "training failed");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -249,16 +261,7 @@ fn resume_continues_to_the_same_result() {
     let split = dir.path().join("split");
     train(&shared, &manifest, &split, "2", &[]);
     // A second plain start refuses to overwrite the run.
-    let w = shared.join("weights/efficientnet-lite0-57934424.pth");
-    let r = run(&[
-        "train",
-        "--data",
-        manifest.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--out",
-        split.to_str().unwrap(),
-    ]);
+    let r = train_output(&shared, &manifest, &split, "2", &[]);
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--resume"));
     let out = train(&shared, &manifest, &split, "5", &["--resume"]);
     let _ = out;
@@ -290,18 +293,7 @@ fn resume_continues_to_the_same_result() {
     let n = bytes.len() / 2;
     bytes[n] ^= 0x55;
     std::fs::write(&latest, bytes).unwrap();
-    let resumed = run(&[
-        "train",
-        "--data",
-        manifest.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--out",
-        third.to_str().unwrap(),
-        "--epochs",
-        "5",
-        "--resume",
-    ]);
+    let resumed = train_output(&shared, &manifest, &third, "5", &["--resume"]);
     assert!(resumed.status.success());
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(
@@ -324,18 +316,7 @@ fn resume_continues_to_the_same_result() {
             std::fs::write(&p, b"garbage").unwrap();
         }
     }
-    let r = run(&[
-        "train",
-        "--data",
-        manifest.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--out",
-        third.to_str().unwrap(),
-        "--epochs",
-        "6",
-        "--resume",
-    ]);
+    let r = train_output(&shared, &manifest, &third, "6", &["--resume"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("no checkpoint of this run verifies"));
 }
