@@ -54,14 +54,8 @@ pub fn run(
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    let labels: Vec<usize> = rows
-        .iter()
-        .map(|&i| manifest.records[i].label.index())
-        .collect();
-    let pats: Vec<String> = rows
-        .iter()
-        .map(|&i| manifest.records[i].patient.clone())
-        .collect();
+    let labels = manifest.labels(&rows);
+    let pats = manifest.patients(&rows);
     let m = metrics::compute(&probs, &labels, &pats);
 
     let mut by_source: BTreeMap<String, (usize, usize, [usize; NUM_CLASSES])> = BTreeMap::new();

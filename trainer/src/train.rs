@@ -348,13 +348,8 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
             cfg.data.display()
         );
     }
-    let label_of = |rows: &[usize]| -> Vec<usize> {
-        rows.iter()
-            .map(|&i| manifest.records[i].label.index())
-            .collect()
-    };
-    let train_labels = label_of(&train_rows);
-    let val_labels = label_of(&val_rows);
+    let train_labels = manifest.labels(&train_rows);
+    let val_labels = manifest.labels(&val_rows);
     let squares = cache::load_or_build(&manifest, spec.input.resize)?;
     let loss_fn = CrossEntropyLossConfig::new()
         .with_weights((cfg.imbalance == Imbalance::Weighted).then(|| class_weights(&train_labels)))
@@ -364,7 +359,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     let mut timing = serde_json::Map::new();
     let backbone = loaded.backbone;
 
-    match cfg.mode {
+    let model = match cfg.mode {
         Mode::Frozen => {
             let dim = spec.feature_dim;
             let t0 = Instant::now();
@@ -433,20 +428,10 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 },
                 |m: &Head| probs_rows(to_vec(softmax(m.valid().forward(val_x.clone()), 1))),
             )?;
-            let model = Classifier {
+            Classifier {
                 backbone,
                 head: head.valid().fork(&device),
-            };
-            finish(
-                run,
-                &spec,
-                model,
-                &manifest,
-                &squares,
-                &device,
-                timing,
-                &loaded.source,
-            )
+            }
         }
         Mode::Finetune => {
             let model = Classifier {
@@ -501,19 +486,19 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                     out
                 },
             )?;
-            let model = model.valid().fork(&device);
-            finish(
-                run,
-                &spec,
-                model,
-                &manifest,
-                &squares,
-                &device,
-                timing,
-                &loaded.source,
-            )
+            model.valid().fork(&device)
         }
-    }
+    };
+    finish(
+        run,
+        &spec,
+        model,
+        &manifest,
+        &squares,
+        &device,
+        timing,
+        &loaded.source,
+    )
 }
 
 /// The epoch loop shared by both modes. `loss` runs one training batch (indices into the
@@ -757,14 +742,8 @@ fn finish(
             continue;
         }
         let probs = predict_rows(&model, spec, squares, &rows, device);
-        let labels: Vec<usize> = rows
-            .iter()
-            .map(|&i| manifest.records[i].label.index())
-            .collect();
-        let pats: Vec<String> = rows
-            .iter()
-            .map(|&i| manifest.records[i].patient.clone())
-            .collect();
+        let labels = manifest.labels(&rows);
+        let pats = manifest.patients(&rows);
         let m = metrics::compute(&probs, &labels, &pats);
         println!(
             "{split}: accuracy {:.4}  macro-F1 {:.4} [{:.4}, {:.4}]  (n = {})",

@@ -12,26 +12,34 @@ fn read_npy(path: &std::path::Path) -> Vec<f32> {
         .unwrap()
 }
 
+/// Logits of `pneumoscope forward` with the shared Lite0 weights on one input.
+fn forward(shared: &std::path::Path, dir: &std::path::Path, input: &std::path::Path) -> Vec<f32> {
+    let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
+    let out = dir.join(format!(
+        "{}.npy",
+        input.file_stem().unwrap().to_string_lossy()
+    ));
+    ok(&[
+        "forward",
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    read_npy(&out)
+}
+
 #[test]
 fn logits_match_pytorch_fixtures() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
     for name in ["chelsea", "coffee"] {
         let input = shared.join(format!("fixtures/imagenet/{name}_input.npy"));
-        let out = dir.path().join(format!("{name}.npy"));
-        ok(&[
-            "forward",
-            "--arch",
-            "efficientnet_lite0",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let got = read_npy(&out);
+        let got = forward(&shared, dir.path(), &input);
         let want = read_npy(&shared.join(format!("fixtures/imagenet/{name}_logits.npy")));
         assert_eq!(got.len(), 1000);
         let max_diff = got
@@ -48,22 +56,9 @@ fn logits_match_pytorch_fixtures() {
 fn own_preprocessing_gives_reference_top1() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
     for (name, class) in [("chelsea", 285usize), ("coffee", 967)] {
         let input = shared.join(format!("fixtures/imagenet/{name}.png"));
-        let out = dir.path().join(format!("{name}.npy"));
-        ok(&[
-            "forward",
-            "--arch",
-            "efficientnet_lite0",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let got = read_npy(&out);
+        let got = forward(&shared, dir.path(), &input);
         let top = (0..got.len())
             .max_by(|&a, &b| got[a].total_cmp(&got[b]))
             .unwrap();

@@ -138,6 +138,20 @@ impl Manifest {
         }
     }
 
+    /// Class indices of the given rows.
+    pub fn labels(&self, rows: &[usize]) -> Vec<usize> {
+        rows.iter()
+            .map(|&i| self.records[i].label.index())
+            .collect()
+    }
+
+    /// Patient ids of the given rows.
+    pub fn patients(&self, rows: &[usize]) -> Vec<String> {
+        rows.iter()
+            .map(|&i| self.records[i].patient.clone())
+            .collect()
+    }
+
     /// Indices of the rows of one split.
     pub fn split_indices(&self, split: Split) -> Vec<usize> {
         (0..self.records.len())

@@ -51,6 +51,26 @@ fn is_image_name(p: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// The file name of a listed file worth looking at: `None` for hidden files (skipped) and for
+/// files that are not images (recorded as rejected).
+fn screen(path: &Path, out: &mut SourceOutput) -> Option<String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if name.starts_with('.') {
+        return None;
+    }
+    if !is_image_name(path) {
+        out.rejected.push(Rejected {
+            path: path.display().to_string(),
+            reason: "unsupported file type (expected .png, .jpg or .jpeg)".into(),
+        });
+        return None;
+    }
+    Some(name)
+}
+
 /// Patient id of a Kermany file name: `personNNN_...`, `NORMAL2-IM-NNNN-...`, `IM-NNNN-...`.
 pub fn kermany_patient(file_name: &str) -> Option<String> {
     let stem = file_name.split('.').next().unwrap_or(file_name);
@@ -102,20 +122,9 @@ pub fn kermany(dir: &Path) -> SourceOutput {
         if parent != "NORMAL" && parent != "PNEUMONIA" {
             continue;
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if name.starts_with('.') {
+        let Some(name) = screen(&path, &mut out) else {
             continue;
-        }
-        if !is_image_name(&path) {
-            out.rejected.push(Rejected {
-                path: path.display().to_string(),
-                reason: "unsupported file type (expected .png, .jpg or .jpeg)".into(),
-            });
-            continue;
-        }
+        };
         let lower = name.to_ascii_lowercase();
         let label = if parent == "NORMAL" {
             Class::Normal
@@ -367,20 +376,9 @@ pub fn folder(dir: &Path) -> SourceOutput {
             }
         }
         for path in files.into_keys() {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            if name.starts_with('.') {
+            let Some(_) = screen(&path, &mut out) else {
                 continue;
-            }
-            if !is_image_name(&path) {
-                out.rejected.push(Rejected {
-                    path: path.display().to_string(),
-                    reason: "unsupported file type (expected .png, .jpg or .jpeg)".into(),
-                });
-                continue;
-            }
+            };
             let stem = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
