@@ -79,29 +79,74 @@ pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: usize) -> Result<C
     })
 }
 
-/// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
-pub fn combine(parts: CamParts, class: usize) -> CamMap {
-    let [_, _, h, w] = parts.activation.dims();
-    let weights = parts.gradient.mean_dim(3).mean_dim(2); // [1, C, 1, 1]
-    let cam = (parts.activation * weights).sum_dim(1).clamp_min(0.0); // [1, 1, h, w]
-    let mut values: Vec<f32> = cam.into_data().try_to_vec().expect("f32 map");
+/// The unnormalised map `ReLU(Σ_c mean(∂y/∂A_c) A_c)` as a `[1, 1, h, w]` tensor, not yet read
+/// back from the device.
+fn cam_tensor(parts: &CamParts) -> Tensor<4> {
+    let weights = parts.gradient.clone().mean_dim(3).mean_dim(2); // [1, C, 1, 1]
+    (parts.activation.clone() * weights)
+        .sum_dim(1)
+        .clamp_min(0.0)
+}
+
+/// Normalises a map read back from the device to [0, 1].
+fn finish(mut values: Vec<f32>, [h, w]: [usize; 2], class: usize, score: f32) -> CamMap {
     let max = values.iter().cloned().fold(0.0f32, f32::max);
     if max > 0.0 {
         values.iter_mut().for_each(|v| *v /= max);
     }
-    let score: Vec<f32> = parts.score.into_data().try_to_vec().expect("f32 score");
     CamMap {
         width: w,
         height: h,
         values,
         class,
-        score: score[0],
+        score,
     }
+}
+
+fn read_error(e: impl std::fmt::Debug) -> Error {
+    Error::Invalid(format!(
+        "cannot read the Grad-CAM map back from the device: {e:?}"
+    ))
+}
+
+/// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
+/// Reads synchronously; use [`combine_async`] on WebGPU.
+pub fn combine(parts: CamParts, class: usize) -> Result<CamMap> {
+    let [_, _, h, w] = parts.activation.dims();
+    let cam = cam_tensor(&parts);
+    let values: Vec<f32> = cam.into_data().try_to_vec().map_err(read_error)?;
+    let score: Vec<f32> = parts.score.into_data().try_to_vec().map_err(read_error)?;
+    Ok(finish(values, [h, w], class, score[0]))
+}
+
+/// [`combine`] with asynchronous reads (the only kind WebGPU allows).
+pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
+    let [_, _, h, w] = parts.activation.dims();
+    let cam = cam_tensor(&parts);
+    let values: Vec<f32> = cam
+        .into_data_async()
+        .await
+        .map_err(read_error)?
+        .try_to_vec()
+        .map_err(read_error)?;
+    let score: Vec<f32> = parts
+        .score
+        .into_data_async()
+        .await
+        .map_err(read_error)?
+        .try_to_vec()
+        .map_err(read_error)?;
+    Ok(finish(values, [h, w], class, score[0]))
 }
 
 /// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.
 pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
-    Ok(combine(cam_parts(model, input, class)?, class))
+    combine(cam_parts(model, input, class)?, class)
+}
+
+/// [`grad_cam`] with asynchronous reads (the only kind WebGPU allows).
+pub async fn grad_cam_async(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
+    combine_async(cam_parts(model, input, class)?, class).await
 }
 
 /// The "jet" colour map: 0 → dark blue, 0.5 → green, 1 → dark red.

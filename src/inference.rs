@@ -98,34 +98,52 @@ impl Engine {
         Tensor::from_data(TensorData::new(flat, [images.len(), 3, s, s]), &self.device)
     }
 
-    /// Class probabilities of a batch of preprocessed images.
-    pub fn classify_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// The softmax probabilities `[n, 4]` of a batch (mirror-averaged when TTA is on), not yet
+    /// read back from the device.
+    fn probabilities(&self, images: &[Vec<f32>]) -> Tensor<2> {
         let x = self.batch(images);
-        let probs = if self.tta {
+        if self.tta {
             let n = images.len();
             let both = Tensor::cat(vec![x.clone(), x.flip([3])], 0);
             let p = softmax(self.model.forward(both), 1);
             (p.clone().narrow(0, 0, n) + p.narrow(0, n, n)) / 2.0
         } else {
             softmax(self.model.forward(x), 1)
-        };
-        let data: Vec<f32> = probs
-            .into_data()
-            .try_to_vec()
-            .map_err(|e| Error::Invalid(format!("{e:?}")))?;
-        Ok(data
-            .chunks(NUM_CLASSES)
-            .map(|c| Prediction::from_probabilities([c[0], c[1], c[2], c[3]]))
-            .collect())
+        }
+    }
+
+    /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
+    /// [`Engine::classify_batch_async`] on WebGPU.
+    pub fn classify_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        predictions(
+            self.probabilities(images)
+                .try_into_data()
+                .map_err(read_error)?,
+        )
+    }
+
+    /// [`Engine::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
+    pub async fn classify_batch_async(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data = self.probabilities(images).into_data_async().await;
+        predictions(data.map_err(read_error)?)
     }
 
     /// Classifies one image given as encoded bytes (PNG or JPEG).
     pub fn classify(&self, image: &[u8]) -> Result<Prediction> {
         let x = self.preprocess(image)?;
         Ok(self.classify_batch(&[x])?.remove(0))
+    }
+
+    /// [`Engine::classify`] with asynchronous reads.
+    pub async fn classify_async(&self, image: &[u8]) -> Result<Prediction> {
+        let x = self.preprocess(image)?;
+        Ok(self.classify_batch_async(&[x]).await?.remove(0))
     }
 
     /// Grad-CAM of one image for `class` (the predicted class when `None`), with the
@@ -137,4 +155,19 @@ impl Engine {
         let cam = gradcam::grad_cam(&self.model, self.batch(&[x]), class.index())?;
         Ok((prediction, cam))
     }
+}
+
+fn read_error(e: impl std::fmt::Debug) -> Error {
+    Error::Invalid(format!(
+        "cannot read the probabilities back from the device: {e:?}"
+    ))
+}
+
+/// Splits `[n, 4]` probabilities into predictions.
+fn predictions(data: TensorData) -> Result<Vec<Prediction>> {
+    let data: Vec<f32> = data.try_to_vec().map_err(read_error)?;
+    Ok(data
+        .chunks(NUM_CLASSES)
+        .map(|c| Prediction::from_probabilities([c[0], c[1], c[2], c[3]]))
+        .collect())
 }

@@ -10,7 +10,8 @@
 //! - [`preprocess`]: image decoding and the evaluation transform, shared by every caller;
 //! - [`gradcam`]: Grad-CAM on the architecture's target layer;
 //! - [`model_file`]: the self-describing model file written by `pneumoscope export`;
-//! - [`inference`]: load a model file, classify an image, explain it.
+//! - [`inference`]: load a model file, classify an image, explain it;
+//! - `web` (wasm32 only): the JavaScript API of `pkg/`, built with `wasm-bindgen`.
 //!
 //! This is a research and teaching tool, not a medical device.
 
@@ -22,6 +23,8 @@ pub mod inference;
 pub mod model;
 pub mod model_file;
 pub mod preprocess;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use classes::{Class, NUM_CLASSES};
 pub use error::{Error, Result};

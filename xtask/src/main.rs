@@ -4,6 +4,9 @@
 //! Builds share one target directory that survives between runs:
 //! `$CARGO_TARGET_DIR`, or `$HOME/.cache/pneumoscope/target` when it is not set.
 
+mod server;
+mod web;
+
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,15 +18,18 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `$HOME/.cache/pneumoscope`: build outputs and tools that survive between runs.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/pneumoscope")
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"));
-            home.join(".cache/pneumoscope/target")
-        })
+        .unwrap_or_else(|| cache_dir().join("target"))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -164,25 +170,49 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// `serve [--port N] [--host ADDR]`: builds `pkg/` and serves the page on loopback.
 fn serve(args: &[String]) -> Result<()> {
-    let _ = args;
-    ensure_system()?;
-    run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
-    let bin = target_dir().join("release/pneumoscope");
-    println!(
-        "The browser page is not part of this build yet. The trainer is ready:\n  {} --help\n\
-         and the shipped default model is web/models/ (see README.md for a walkthrough).",
-        bin.display()
-    );
+    let mut port: u16 = 8787;
+    let mut host: std::net::IpAddr = [127, 0, 0, 1].into();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))
+                .cloned()
+        };
+        match a.as_str() {
+            "--port" => port = value("--port")?.parse().context("--port takes a number")?,
+            "--host" => {
+                host = value("--host")?
+                    .parse()
+                    .context("--host takes an IP address")?
+            }
+            other => bail!(
+                "unknown argument {other:?} (usage: cargo xtask serve [--port N] [--host ADDR])"
+            ),
+        }
+    }
+    let pkg = web::build_pkg()?;
+    let running = server::start(
+        server::Site {
+            web: root().join("web"),
+            pkg,
+        },
+        (host, port).into(),
+    )?;
+    if !host.is_loopback() {
+        eprintln!("warning: serving on {host}, which other machines may reach");
+    }
+    println!("Pneumoscope is served at {}", running.url());
+    println!("(the shipped default model is web/models/; press Ctrl-C to stop)");
+    running.wait();
     Ok(())
 }
 
 /// The test-only Python environment (PyTorch, timm) used as the reference by `bench`.
 fn venv() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    let dir = home.join(".cache/pneumoscope/venv");
+    let dir = cache_dir().join("venv");
     let py = dir.join("bin/python");
     let ready = Command::new(&py)
         .args(["-c", "import torch, timm, numpy"])

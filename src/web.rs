@@ -1,0 +1,282 @@
+//! The JavaScript API of the WebAssembly build (`pkg/`), made with `wasm-bindgen`.
+//!
+//! ```js
+//! import init, { Classifier } from "./pkg/pneumoscope.js";
+//! await init();
+//! const model = await Classifier.load(new Uint8Array(modelBytes), "auto"); // or "webgpu", "cpu"
+//! model.backend;                       // "webgpu" or "cpu"
+//! const r = await model.classify(new Uint8Array(imageBytes));
+//! r.top;                               // "normal" | "bacterial" | "viral" | "covid19"
+//! r.probabilities;                     // { normal: 0.01, bacterial: 0.9, viral: 0.08, covid19: 0.01 }
+//! r.timings;                           // { preprocess_ms, inference_ms }
+//! const e = await model.explain(new Uint8Array(imageBytes), "viral"); // class optional
+//! e.cam;                               // { width, height, values, class, score }: the raw map
+//! e.size;                              // side of the network input (e.g. 224)
+//! e.view;                              // Uint8ClampedArray RGBA: what the network saw
+//! e.heatmap;                           // Uint8ClampedArray RGBA: the map, jet colours
+//! ```
+//!
+//! Everything runs in the calling thread (the page runs it in a Web Worker): the image is
+//! decoded, preprocessed, classified and explained by the same Rust code as the native CLI. On
+//! WebGPU every read of a result is asynchronous, as browsers require.
+
+use crate::classes::Class;
+use crate::gradcam;
+use crate::inference::{Engine, Prediction};
+use crate::preprocess;
+use burn::prelude::*;
+use js_sys::{Object, Promise, Reflect, Uint8ClampedArray};
+use serde::Serialize;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+/// Shows Rust panics in the browser console instead of "unreachable".
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        web_console_error(&info.to_string());
+    }));
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn web_console_error(message: &str);
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn now_ms() -> f64;
+}
+
+/// Whether this JavaScript global (window or worker) exposes `navigator.gpu`.
+#[wasm_bindgen(js_name = hasWebGpu)]
+pub fn has_webgpu() -> bool {
+    Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(|n| Reflect::get(&n, &"gpu".into()))
+        .map(|g| !g.is_undefined() && !g.is_null())
+        .unwrap_or(false)
+}
+
+/// The version of this library.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+
+/// A loaded model file, ready to classify and explain chest X-rays.
+#[wasm_bindgen]
+pub struct Classifier {
+    engine: Rc<Engine>,
+    backend: &'static str,
+    fallback_reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    preprocess_ms: f64,
+    inference_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradcam_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Classification {
+    top: Class,
+    probabilities: serde_json::Map<String, serde_json::Value>,
+    backend: &'static str,
+    timings: Timings,
+}
+
+#[derive(Serialize)]
+struct CamOut {
+    width: usize,
+    height: usize,
+    values: Vec<f32>,
+    class: Class,
+    score: f32,
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(js_error)
+}
+
+fn classification(p: &Prediction, backend: &'static str, timings: Timings) -> Classification {
+    Classification {
+        top: p.top,
+        probabilities: Class::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), p.probabilities[c.index()].into()))
+            .collect(),
+        backend,
+        timings,
+    }
+}
+
+thread_local! {
+    /// The WebGPU device of this thread, once initialised (or why it could not be): the runtime
+    /// can be initialised only once, and every model loaded later shares it.
+    static WEBGPU: std::cell::RefCell<Option<Result<Device, String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's WebGPU device, initialised asynchronously on first use; `Err` says why there
+/// is none.
+pub async fn webgpu_device() -> Result<Device, String> {
+    if let Some(known) = WEBGPU.with(|w| w.borrow().clone()) {
+        return known;
+    }
+    let result = if has_webgpu() {
+        Device::wgpu_options()
+            .init_async()
+            .await
+            .map_err(|e| format!("WebGPU initialisation failed: {e}"))
+    } else {
+        Err("this browser exposes no WebGPU (navigator.gpu is missing)".into())
+    };
+    WEBGPU.with(|w| *w.borrow_mut() = Some(result.clone()));
+    result
+}
+
+#[wasm_bindgen]
+impl Classifier {
+    /// Parses, verifies and loads a model file written by `pneumoscope export`.
+    ///
+    /// `backend` is `"auto"` (WebGPU when it initialises, else the CPU), `"webgpu"` (an error
+    /// when WebGPU is unavailable) or `"cpu"`.
+    pub async fn load(model: Vec<u8>, backend: String) -> Result<Classifier, JsValue> {
+        let (device, name, fallback_reason) = match backend.as_str() {
+            "cpu" => (Device::flex(), "cpu", None),
+            "webgpu" => (webgpu_device().await.map_err(js_error)?, "webgpu", None),
+            "auto" | "" => match webgpu_device().await {
+                Ok(device) => (device, "webgpu", None),
+                Err(reason) => (Device::flex(), "cpu", Some(reason)),
+            },
+            other => {
+                return Err(js_error(format!(
+                    "unknown backend {other:?} (expected auto, webgpu or cpu)"
+                )));
+            }
+        };
+        let engine = Engine::load(&model, device).map_err(js_error)?;
+        Ok(Classifier {
+            engine: Rc::new(engine),
+            backend: name,
+            fallback_reason,
+        })
+    }
+
+    /// The backend in use: `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.backend.into()
+    }
+
+    /// Why `"auto"` fell back to the CPU, if it did.
+    #[wasm_bindgen(getter, js_name = fallbackReason)]
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.fallback_reason.clone()
+    }
+
+    /// What the model file says about itself (architecture, classes, input, training,
+    /// metrics, ...), as a plain object.
+    #[wasm_bindgen(getter)]
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        to_js(&self.engine.header)
+    }
+
+    /// Side of the square network input in pixels.
+    #[wasm_bindgen(getter, js_name = inputSize)]
+    pub fn input_size(&self) -> usize {
+        self.engine.input_size()
+    }
+
+    /// Classifies an encoded image (PNG or JPEG bytes). Resolves to
+    /// `{ top, probabilities, backend, timings }`; rejects with a readable message when the
+    /// image can't be read.
+    pub fn classify(&self, image: Vec<u8>) -> Promise {
+        let engine = self.engine.clone();
+        let backend = self.backend;
+        future_to_promise(async move {
+            let t0 = now_ms();
+            let x = engine.preprocess(&image).map_err(js_error)?;
+            let t1 = now_ms();
+            let p = engine
+                .classify_batch_async(&[x])
+                .await
+                .map_err(js_error)?
+                .remove(0);
+            let timings = Timings {
+                preprocess_ms: t1 - t0,
+                inference_ms: now_ms() - t1,
+                gradcam_ms: None,
+            };
+            to_js(&classification(&p, backend, timings))
+        })
+    }
+
+    /// Classifies an image and explains one class (the predicted class when `class` is
+    /// omitted) with Grad-CAM. Resolves to the classification plus `cam` (the raw map),
+    /// `size`, `view` (RGBA of the grey network input) and `heatmap` (RGBA jet colours of the
+    /// map resized to the input), both `size`x`size`.
+    pub fn explain(&self, image: Vec<u8>, class: Option<String>) -> Promise {
+        let engine = self.engine.clone();
+        let backend = self.backend;
+        future_to_promise(async move {
+            let class = class
+                .map(|c| c.parse::<Class>())
+                .transpose()
+                .map_err(js_error)?;
+            let t0 = now_ms();
+            let img = preprocess::decode(&image).map_err(js_error)?;
+            let view = preprocess::eval_view(&img, &engine.header.input);
+            let x = preprocess::normalize_gray(&view, &engine.header.input);
+            let t1 = now_ms();
+            let p = engine
+                .classify_batch_async(std::slice::from_ref(&x))
+                .await
+                .map_err(js_error)?
+                .remove(0);
+            let t2 = now_ms();
+            let target = class.unwrap_or(p.top);
+            let cam = gradcam::grad_cam_async(&engine.model, engine.batch(&[x]), target.index())
+                .await
+                .map_err(js_error)?;
+            let timings = Timings {
+                preprocess_ms: t1 - t0,
+                inference_ms: t2 - t1,
+                gradcam_ms: Some(now_ms() - t2),
+            };
+            let size = engine.input_size();
+            let heat = cam.upsample(size);
+            let out = to_js(&classification(&p, backend, timings))?;
+            let cam_out = CamOut {
+                width: cam.width,
+                height: cam.height,
+                values: cam.values,
+                class: target,
+                score: cam.score,
+            };
+            let set = |k: &str, v: &JsValue| Reflect::set(&out, &k.into(), v).map(|_| ());
+            set("cam", &to_js(&cam_out)?)?;
+            set("size", &JsValue::from(size as u32))?;
+            let view_rgba: Vec<u8> = view
+                .pixels()
+                .flat_map(|g| [g.0[0], g.0[0], g.0[0], 255])
+                .collect();
+            let heat_rgba: Vec<u8> = heat
+                .iter()
+                .flat_map(|&v| {
+                    let [r, g, b] = gradcam::jet(v);
+                    [r, g, b, 255]
+                })
+                .collect();
+            set("view", &Uint8ClampedArray::from(&view_rgba[..]).into())?;
+            set("heatmap", &Uint8ClampedArray::from(&heat_rgba[..]).into())?;
+            Ok(Object::from(out).into())
+        })
+    }
+}

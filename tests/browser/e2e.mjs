@@ -1,0 +1,246 @@
+// End-to-end tests of the served page in Debian's chromium, for both backends.
+//
+//   node tests/browser/e2e.mjs --url http://127.0.0.1:PORT/ --shared ../shared \
+//        --pneumoscope target/release/pneumoscope --model web/models/X.pneumoscope --artifacts DIR
+//
+// Run by `cargo xtask test`, which serves the page first. Real chest X-rays from the shared
+// data are uploaded through `#image-input`; the page's probabilities and Grad-CAM maps are
+// compared with the native CLI's; every request of every page and worker is recorded and must
+// stay on loopback without a body.
+
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { check, correlation, harness, launch, nativeGradcam, nativePredict, parseArgs, watchNetwork } from "./lib.mjs";
+
+const args = parseArgs(process.argv.slice(2));
+for (const k of ["url", "shared", "pneumoscope", "model", "artifacts"]) {
+  if (!args[k]) {
+    console.error(`missing --${k}`);
+    process.exit(2);
+  }
+}
+mkdirSync(args.artifacts, { recursive: true });
+const WAIT = { timeout: 10 * 60 * 1000 };
+const t = harness();
+
+/** A minimal CSV reader (quoted fields, doubled quotes). */
+function parseCsv(text) {
+  const rows = [];
+  let row = [], field = "", quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { field += '"'; i++; }
+      else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ",") { row.push(field); field = ""; }
+    else if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      row.push(field); rows.push(row); row = []; field = "";
+    } else field += c;
+  }
+  if (field || row.length) { row.push(field); rows.push(row); }
+  return rows;
+}
+
+/** Real CXRs: a normal, a bacterial and a viral Kermany image, and a frontal COVID-19 X-ray. */
+function testImages(shared) {
+  const k = join(shared, "data/kermany/chest_xray/test");
+  const pick = (dir, re) => join(k, dir, readdirSync(join(k, dir)).sort().find((f) => re.test(f)));
+  const cohen = join(shared, "data/covid-chestxray-dataset");
+  const [head, ...rows] = parseCsv(readFileSync(join(cohen, "metadata.csv"), "utf8"));
+  const col = (n) => head.indexOf(n);
+  const covid = rows.find((r) => r[col("finding")]?.includes("COVID-19") && r[col("view")] === "PA" &&
+    r[col("modality")] === "X-ray" && /\.(png|jpe?g)$/i.test(r[col("filename")]));
+  return [
+    pick("NORMAL", /\.jpe?g$/i),
+    pick("PNEUMONIA", /bacteria/),
+    pick("PNEUMONIA", /virus/),
+    join(cohen, "images", covid[col("filename")]),
+  ];
+}
+
+const images = testImages(args.shared);
+const native = new Map(images.map((f) => [f, nativePredict(args.pneumoscope, args.model, f)]));
+
+async function upload(page, file) {
+  await page.evaluate(() => {
+    const r = document.getElementById("result");
+    delete r.dataset.top;
+    document.getElementById("gradcam").removeAttribute("data-class");
+  });
+  await page.setInputFiles("#image-input", file);
+  await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+  await page.waitForSelector("#gradcam[data-class]", { state: "attached", ...WAIT });
+  return page.evaluate(() => {
+    const r = document.getElementById("result");
+    const c = document.getElementById("gradcam");
+    return {
+      top: r.dataset.top,
+      probabilities: JSON.parse(r.dataset.probabilities),
+      backend: r.dataset.backend,
+      cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
+      timings: document.getElementById("timings").textContent,
+    };
+  });
+}
+
+function compareWithNative(file, got, backend) {
+  const want = native.get(file);
+  check(got.backend === backend, `backend ${got.backend}, expected ${backend}`);
+  check(got.top === want.top, `${file}: top ${got.top} in the page, ${want.top} natively`);
+  for (const [c, p] of Object.entries(want.probabilities)) {
+    const d = Math.abs(got.probabilities[c] - p);
+    check(d <= 1e-3, `${file}: p(${c}) ${got.probabilities[c]} in the page vs ${p} natively (|d| = ${d})`);
+  }
+}
+
+function compareCam(file, cam, tag) {
+  const want = nativeGradcam(args.pneumoscope, args.model, file, cam.cls, join(args.artifacts, `native-${tag}.png`));
+  check(want.shape[0] === cam.height && want.shape[1] === cam.width,
+    `map ${cam.height}x${cam.width} in the page, ${want.shape} natively`);
+  const r = correlation(cam.values, want.data);
+  check(r >= 0.99, `${file}: Grad-CAM (${cam.cls}) correlation with the native map ${r.toFixed(4)} < 0.99`);
+  return r;
+}
+
+async function visit(browser, backend) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 1500 } });
+  const net = watchNetwork(context);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  return { context, net, page, errors };
+}
+
+async function backendSuite(browser, backend) {
+  const { context, net, page, errors } = await visit(browser, backend);
+  const t0 = Date.now();
+  await t.test(`${backend}: the page loads the default model`, async () => {
+    await page.goto(`${args.url}?backend=${backend}`);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    const used = await page.evaluate(() => document.body.dataset.backend);
+    check(used === backend, `model runs on ${used}, ${backend} was asked for`);
+    console.log(`#   ${backend}: model ready after ${((Date.now() - t0) / 1000).toFixed(1)} s — ${await page.textContent("#model-status")}`);
+  });
+  for (const file of images) {
+    const name = file.split("/").slice(-1)[0];
+    await t.test(`${backend}: ${name} equals the native CLI (probabilities, top class, Grad-CAM)`, async () => {
+      const got = await upload(page, file);
+      compareWithNative(file, got, backend);
+      check(got.cam.cls === got.top, `the first Grad-CAM explains ${got.cam.cls}, not the top class ${got.top}`);
+      const r = compareCam(file, got.cam, `${backend}-${name}`);
+      console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}; ${got.timings}`);
+    });
+  }
+  await t.test(`${backend}: the class selector explains another class`, async () => {
+    const file = images[images.length - 1]; // the image on screen
+    const current = await page.evaluate(() => document.getElementById("result").dataset.top);
+    const other = current === "viral" ? "bacterial" : "viral";
+    await page.evaluate(() => document.getElementById("gradcam").removeAttribute("data-class"));
+    await page.selectOption("#cam-class", other);
+    await page.waitForSelector(`#gradcam[data-class=${other}]`, { state: "attached", ...WAIT });
+    const cam = await page.evaluate(() => {
+      const c = document.getElementById("gradcam");
+      return { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height };
+    });
+    compareCam(file, cam, `${backend}-class-${other}`);
+  });
+  await t.test(`${backend}: a screenshot is kept`, async () => {
+    await page.screenshot({ path: join(args.artifacts, `page-${backend}.png`), fullPage: true });
+    await page.setViewportSize({ width: 390, height: 844 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    await page.screenshot({ path: join(args.artifacts, `page-${backend}-phone.png`), fullPage: true });
+    check(overflow <= 0, `the page is ${overflow}px wider than a phone screen`);
+  });
+  await t.test(`${backend}: a broken file shows a clear #error`, async () => {
+    const broken = join(args.artifacts, "broken-upload.png");
+    writeFileSync(broken, Buffer.from("this is not a PNG, only text with a .png name\n"));
+    await page.setInputFiles("#image-input", broken);
+    await page.waitForSelector("#error:not([hidden])", WAIT);
+    const message = await page.textContent("#error");
+    check(message.includes("broken-upload.png"), `the message does not name the file: ${message}`);
+    check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), "a stale result is still shown");
+    console.log(`#   error shown: ${message}`);
+  });
+  await t.test(`${backend}: nothing left the machine and no request carried a body`, async () => {
+    const bad = net.violations();
+    check(bad.length === 0, `requests that break the rule: ${JSON.stringify(bad)}`);
+    const urls = net.requests.map((r) => r.url);
+    check(urls.some((u) => u.endsWith(".pneumoscope")), "the watcher did not see the worker's model download");
+    check(urls.some((u) => u.endsWith(".wasm")), "the watcher did not see the wasm download");
+    console.log(`#   ${net.requests.length} requests, all GET on loopback`);
+  });
+  await t.test(`${backend}: no errors in the console`, async () => {
+    // The broken upload is reported in #error, not as an uncaught error.
+    check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+  });
+  await context.close();
+}
+
+async function negativeControl(browser) {
+  await t.test("the network check catches a leak (negative control)", async () => {
+    const { context, net, page } = await visit(browser, "cpu");
+    await page.goto(args.url);
+    // A same-origin upload with a body (the page's policy allows same-origin requests) ...
+    await page.evaluate(() => fetch("leak-check", { method: "POST", body: "pixels" }).catch(() => {}));
+    // ... and a request to another machine, from a page without the policy.
+    const other = await context.newPage();
+    await other.setContent("<p>control</p>");
+    await other.evaluate(() => fetch("http://192.0.2.1/leak", { mode: "no-cors" }).catch(() => {}));
+    await page.waitForTimeout(500);
+    const bad = net.violations();
+    check(bad.some((r) => r.bodyBytes > 0), `a body was not caught: ${JSON.stringify(net.requests)}`);
+    check(bad.some((r) => r.url.startsWith("http://192.0.2.1/")), `a foreign address was not caught: ${JSON.stringify(net.requests)}`);
+    await context.close();
+  });
+}
+
+async function fallbackSuite() {
+  const browser = await launch({ webgpu: false });
+  try {
+    await t.test("without WebGPU, auto falls back to the CPU and says why", async () => {
+      const { context, page } = await visit(browser, "auto");
+      await page.goto(args.url);
+      await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+      const used = await page.evaluate(() => document.body.dataset.backend);
+      check(used === "cpu", `auto chose ${used} without WebGPU`);
+      const status = await page.textContent("#model-status");
+      check(status.includes("WebGPU unavailable"), `no reason given: ${status}`);
+      const got = await upload(page, images[0]);
+      compareWithNative(images[0], got, "cpu");
+      await context.close();
+    });
+    await t.test("without WebGPU, a forced webgpu backend gives a clear error", async () => {
+      const { context, page } = await visit(browser, "webgpu");
+      await page.goto(`${args.url}?backend=webgpu`);
+      await page.waitForSelector("#error:not([hidden])", WAIT);
+      const message = await page.textContent("#error");
+      check(/WebGPU/.test(message), `unclear message: ${message}`);
+      console.log(`#   error shown: ${message}`);
+      await context.close();
+    });
+  } finally {
+    await browser.close();
+  }
+}
+
+const browser = await launch({ webgpu: true });
+try {
+  await t.test("chromium exposes WebGPU with an adapter", async () => {
+    const page = await browser.newPage();
+    await page.goto(args.url);
+    const adapter = await page.evaluate(async () => !!(navigator.gpu && (await navigator.gpu.requestAdapter())));
+    await page.close();
+    check(adapter, "no WebGPU adapter: the webgpu backend cannot be tested");
+  });
+  for (const backend of (args.backends || "cpu,webgpu").split(",")) await backendSuite(browser, backend);
+  await negativeControl(browser);
+} finally {
+  await browser.close();
+}
+await fallbackSuite();
+const { failed, passed } = t.summary();
+process.exit(failed > 0 || passed === 0 ? 1 : 0);

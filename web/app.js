@@ -1,0 +1,190 @@
+// The page: model picker, image input, result, Grad-CAM. All heavy work happens in the worker
+// (client.js → worker.js → the Rust library in pkg/).
+//
+// Contract for tests and embedders: `#image-input` (file input), `#result` with `data-top`,
+// `data-probabilities` (JSON) and `data-backend` once a result is shown, `#gradcam` (canvas,
+// with `data-class`, `data-width`, `data-height` and `data-map`: the raw Grad-CAM map as JSON),
+// `#error` for messages.
+
+import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, renderBars, requestedBackend } from "./client.js";
+
+const $ = (id) => document.getElementById(id);
+const client = new PneumoscopeClient();
+const backend = requestedBackend();
+
+let modelReady = null; // Promise of the current model's load result
+let current = null; // { bytes, name } of the image on screen
+let explanation = null; // the last explain() result
+let generation = 0; // ignores answers to requests that a newer one superseded
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function clearError() {
+  $("error").textContent = "";
+  $("error").hidden = true;
+}
+
+function setBusy(text) {
+  $("busy").textContent = text || "";
+  $("busy").hidden = !text;
+}
+
+function clearResult() {
+  const r = $("result");
+  r.hidden = true;
+  delete r.dataset.top;
+  delete r.dataset.probabilities;
+  delete r.dataset.backend;
+  const c = $("gradcam");
+  for (const k of ["class", "width", "height", "map"]) delete c.dataset[k];
+}
+
+async function loadModel(source, label) {
+  const status = $("model-status");
+  const progress = $("model-progress");
+  status.textContent = `Loading ${label}…`;
+  progress.hidden = false;
+  progress.removeAttribute("value");
+  const promise = client.load({ ...source, backend, name: label }, (loaded, total) => {
+    if (total) {
+      progress.max = total;
+      progress.value = loaded;
+    }
+    status.textContent = `Loading ${label}… ${(loaded / 1e6).toFixed(1)} MB`;
+  });
+  modelReady = promise;
+  try {
+    const m = await promise;
+    const t = m.timings;
+    const fallback = m.fallbackReason ? ` (WebGPU unavailable: ${m.fallbackReason})` : "";
+    status.textContent = `${m.info.arch} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
+      `loaded in ${Math.round(t.wasm_init_ms + t.download_ms + t.model_init_ms)} ms`;
+    document.body.dataset.modelReady = "true";
+    document.body.dataset.backend = m.backend;
+    if (current) await analyse();
+    return m;
+  } catch (e) {
+    status.textContent = "No model loaded.";
+    showError(e.message);
+    throw e;
+  } finally {
+    progress.hidden = true;
+  }
+}
+
+async function analyse(cls) {
+  const mine = ++generation;
+  clearError();
+  if (!cls) clearResult();
+  setBusy("Classifying and explaining…");
+  try {
+    await modelReady;
+    const r = await client.explain(current.bytes, cls);
+    if (mine !== generation) return;
+    explanation = r;
+    show(r);
+  } catch (e) {
+    if (mine !== generation) return;
+    clearResult();
+    showError(`${current.name}: ${e.message}`);
+  } finally {
+    if (mine === generation) setBusy("");
+  }
+}
+
+function show(r) {
+  const result = $("result");
+  renderBars($("bars"), r.probabilities, r.top);
+  $("top-class").textContent = CLASS_LABELS[r.top];
+  $("backend").textContent = r.backend;
+  const t = r.timings;
+  $("timings").textContent = `preprocessing ${t.preprocess_ms.toFixed(0)} ms · inference ${t.inference_ms.toFixed(0)} ms · ` +
+    `Grad-CAM ${t.gradcam_ms.toFixed(0)} ms`;
+  $("cam-class").value = r.cam.class;
+  $("cam-class-name").textContent = CLASS_LABELS[r.cam.class];
+  const canvas = $("gradcam");
+  drawOverlay(canvas, r, Number($("opacity").value));
+  canvas.dataset.class = r.cam.class;
+  canvas.dataset.width = r.cam.width;
+  canvas.dataset.height = r.cam.height;
+  canvas.dataset.map = JSON.stringify(r.cam.values);
+  result.dataset.backend = r.backend;
+  result.dataset.probabilities = JSON.stringify(r.probabilities);
+  result.dataset.top = r.top;
+  result.hidden = false;
+}
+
+async function takeImage(file) {
+  if (!file) return;
+  const bytes = await file.arrayBuffer();
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  current = { bytes, name: file.name };
+  await analyse();
+}
+
+async function init() {
+  for (const c of CLASSES) {
+    const o = document.createElement("option");
+    o.value = c;
+    o.textContent = CLASS_LABELS[c];
+    $("cam-class").append(o);
+  }
+  $("image-input").addEventListener("change", (e) => takeImage(e.target.files[0]));
+  const zone = $("drop-zone");
+  zone.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      $("image-input").click();
+    }
+  });
+  zone.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    takeImage(e.dataTransfer.files[0]);
+  });
+  $("cam-class").addEventListener("change", (e) => current && analyse(e.target.value));
+  $("opacity").addEventListener("input", (e) => explanation && drawOverlay($("gradcam"), explanation, Number(e.target.value)));
+  $("model-file").addEventListener("change", async (e) => {
+    const f = e.target.files[0];
+    if (!f) return;
+    clearError();
+    loadModel({ bytes: await f.arrayBuffer() }, f.name).catch(() => {});
+  });
+
+  let index;
+  try {
+    const response = await fetch("models/index.json");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    index = await response.json();
+  } catch (e) {
+    showError(`models/index.json: cannot read the list of models (${e.message})`);
+    $("model-status").textContent = "No model loaded.";
+    return;
+  }
+  const select = $("model-select");
+  for (const m of index.models) {
+    const o = document.createElement("option");
+    o.value = m.file;
+    o.textContent = m.description ? `${m.arch} — ${m.description}` : m.arch;
+    select.append(o);
+  }
+  const wanted = new URLSearchParams(location.search).get("model");
+  select.value = index.models.some((m) => m.file === wanted) ? wanted : index.default;
+  select.addEventListener("change", () => {
+    clearError();
+    loadModel({ url: `models/${select.value}` }, select.value).catch(() => {});
+  });
+  loadModel({ url: `models/${select.value}` }, select.value).catch(() => {});
+}
+
+init();

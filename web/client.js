@@ -1,0 +1,124 @@
+// PneumoscopeClient: the page-side handle of the worker (web/worker.js). Every call returns a
+// Promise; nothing here touches the image pixels, and nothing is sent over the network except
+// the download of the model file from the page's own origin.
+//
+//   const client = new PneumoscopeClient();
+//   const model = await client.load({ url: "models/x.pneumoscope", backend: "auto" },
+//                                   (loaded, total) => {});
+//   const r = await client.explain(imageBytes);          // class optional: "viral", ...
+
+/** The four classes in the model's output order. */
+export const CLASSES = ["normal", "bacterial", "viral", "covid19"];
+
+/** Human-readable class names. */
+export const CLASS_LABELS = {
+  normal: "Normal",
+  bacterial: "Bacterial pneumonia",
+  viral: "Viral pneumonia",
+  covid19: "COVID-19",
+};
+
+/** The backend asked for in the page address (`?backend=cpu|webgpu`), else "auto". */
+export function requestedBackend(search = globalThis.location?.search ?? "") {
+  const b = new URLSearchParams(search).get("backend");
+  return b === "cpu" || b === "webgpu" ? b : "auto";
+}
+
+export class PneumoscopeClient {
+  constructor(workerUrl = new URL("./worker.js", import.meta.url)) {
+    this.worker = new Worker(workerUrl, { type: "module" });
+    this.next = 1;
+    this.pending = new Map();
+    this.worker.onmessage = (event) => {
+      const { id, ok, result, error, progress } = event.data;
+      const p = this.pending.get(id);
+      if (!p) return;
+      if (progress) {
+        p.onProgress?.(progress.loaded, progress.total);
+        return;
+      }
+      this.pending.delete(id);
+      if (ok) p.resolve(result);
+      else p.reject(new Error(error));
+    };
+    this.worker.onerror = (event) => {
+      const error = new Error(`the worker failed: ${event.message || "unknown error"}`);
+      for (const p of this.pending.values()) p.reject(error);
+      this.pending.clear();
+    };
+  }
+
+  call(op, args, onProgress, transfer = []) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onProgress });
+      this.worker.postMessage({ id, op, ...args }, transfer);
+    });
+  }
+
+  /** Loads a model from `url` or from `bytes` (an ArrayBuffer); `backend`: auto|webgpu|cpu. */
+  load({ url, bytes, backend = "auto", name }, onProgress) {
+    return this.call("load", { url: url && String(url), bytes, backend, name }, onProgress);
+  }
+
+  /** Classifies encoded image bytes (ArrayBuffer or Uint8Array). */
+  classify(bytes) {
+    return this.call("classify", { bytes: copy(bytes) });
+  }
+
+  /** Classifies and explains (Grad-CAM) one class, the predicted one when `cls` is omitted. */
+  explain(bytes, cls) {
+    return this.call("explain", { bytes: copy(bytes), cls });
+  }
+
+  terminate() {
+    this.worker.terminate();
+  }
+}
+
+function copy(bytes) {
+  return bytes instanceof ArrayBuffer ? bytes.slice(0) : new Uint8Array(bytes).buffer.slice(0);
+}
+
+/** Draws the network's view with the Grad-CAM heatmap over it at `opacity` (0..1). */
+export function drawOverlay(canvas, explanation, opacity) {
+  const { size, view, heatmap } = explanation;
+  canvas.width = size;
+  canvas.height = size;
+  const ctx = canvas.getContext("2d");
+  ctx.putImageData(new ImageData(new Uint8ClampedArray(view), size, size), 0, 0);
+  const layer = new OffscreenCanvas(size, size);
+  layer.getContext("2d").putImageData(new ImageData(new Uint8ClampedArray(heatmap), size, size), 0, 0);
+  ctx.globalAlpha = opacity;
+  ctx.drawImage(layer, 0, 0);
+  ctx.globalAlpha = 1;
+}
+
+/** Fills `container` with one labelled bar per class. */
+export function renderBars(container, probabilities, top) {
+  container.replaceChildren();
+  for (const c of CLASSES) {
+    const p = probabilities[c];
+    const row = document.createElement("div");
+    row.className = "bar" + (c === top ? " top" : "");
+    const label = document.createElement("span");
+    label.className = "bar-label";
+    label.textContent = CLASS_LABELS[c];
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    track.setAttribute("role", "meter");
+    track.setAttribute("aria-valuemin", "0");
+    track.setAttribute("aria-valuemax", "100");
+    track.setAttribute("aria-valuenow", (p * 100).toFixed(1));
+    track.setAttribute("aria-label", CLASS_LABELS[c]);
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.style.width = `${(p * 100).toFixed(1)}%`;
+    track.append(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = `${(p * 100).toFixed(1)} %`;
+    row.append(label, track, value);
+    container.append(row);
+  }
+}

@@ -1,0 +1,137 @@
+//! Building the browser package `pkg/`: the root crate compiled to `wasm32-unknown-unknown` in
+//! release, bound with `wasm-bindgen` and optimised with `wasm-opt` (binaryen from npm; Debian's
+//! is too old for current wasm-bindgen output). Installs what it needs on a fresh machine.
+
+use crate::{cache_dir, cargo, have, root, run, target_dir};
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `wasm-bindgen-cli` this build installs; the `wasm-bindgen` crate in `Cargo.toml` is
+/// pinned to the same exact version (a test checks it).
+pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
+
+const TARGET: &str = "wasm32-unknown-unknown";
+
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The wasm target, `wasm-bindgen-cli` at the pinned version, and the npm packages.
+pub fn ensure_tools() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]));
+    if !installed.is_some_and(|t| t.lines().any(|l| l.trim() == TARGET)) {
+        run(Command::new("rustup").args(["target", "add", TARGET]))?;
+    }
+    let version = output(Command::new("wasm-bindgen").arg("--version")).unwrap_or_default();
+    if version.split_whitespace().nth(1) != Some(WASM_BINDGEN_VERSION) {
+        // Not `--locked`: the registry mirror may lack a yanked pin of the CLI's lock file.
+        run(Command::new("cargo").args([
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            WASM_BINDGEN_VERSION,
+        ]))?;
+    }
+    ensure_npm()
+}
+
+/// `npm ci` when `node_modules/` is missing or older than the lock file.
+pub fn ensure_npm() -> Result<()> {
+    if !have("npm") {
+        if !have("apt-get") {
+            bail!("npm is missing and there is no apt-get to install it");
+        }
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "nodejs", "npm"]))?;
+    }
+    let root = root();
+    let stamp = root.join("node_modules/.package-lock.json");
+    let lock = root.join("package-lock.json");
+    let fresh = match (std::fs::metadata(&stamp), std::fs::metadata(&lock)) {
+        (Ok(s), Ok(l)) => s.modified()? >= l.modified()?,
+        _ => false,
+    };
+    if !fresh {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&root))?;
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Builds `pkg/` (release); returns its folder.
+pub fn build_pkg() -> Result<PathBuf> {
+    ensure_tools()?;
+    run(cargo().args([
+        "rustc",
+        "--lib",
+        "--release",
+        "--target",
+        TARGET,
+        "-p",
+        "pneumoscope",
+        "--crate-type",
+        "cdylib",
+    ]))?;
+    let wasm = target_dir().join(TARGET).join("release/pneumoscope.wasm");
+    let pkg = root().join("pkg");
+    run(Command::new("wasm-bindgen")
+        .args(["--target", "web", "--out-dir"])
+        .arg(&pkg)
+        .arg(&wasm))?;
+    // wasm-opt takes minutes on this size: its output is cached by the input's checksum.
+    let bound = pkg.join("pneumoscope_bg.wasm");
+    let key = sha256_file(&bound)?;
+    let cached = cache_dir().join("wasm-opt").join(format!("{key}.wasm"));
+    if !cached.is_file() {
+        std::fs::create_dir_all(cached.parent().unwrap())?;
+        let tmp = cached.with_extension("tmp");
+        run(Command::new(root().join("node_modules/.bin/wasm-opt"))
+            .args([
+                "-O3",
+                "--enable-simd",
+                "--enable-bulk-memory",
+                "--enable-nontrapping-float-to-int",
+                "--enable-sign-ext",
+                "--enable-reference-types",
+                "--enable-multivalue",
+                "--enable-mutable-globals",
+            ])
+            .arg(&bound)
+            .arg("-o")
+            .arg(&tmp))?;
+        std::fs::rename(&tmp, &cached)?;
+    }
+    std::fs::copy(&cached, &bound)?;
+    Ok(pkg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crate_is_pinned_to_the_cli_version() {
+        let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!("wasm-bindgen = \"={WASM_BINDGEN_VERSION}\"")),
+            "Cargo.toml must pin wasm-bindgen to ={WASM_BINDGEN_VERSION}"
+        );
+        let lock = std::fs::read_to_string(root().join("Cargo.lock")).unwrap();
+        assert!(lock.contains(&format!(
+            "name = \"wasm-bindgen\"\nversion = \"{WASM_BINDGEN_VERSION}\""
+        )));
+    }
+}
