@@ -4,7 +4,9 @@
 // Contract for tests and embedders: `#image-input` (file input), `#result` with `data-top`,
 // `data-probabilities` (JSON) and `data-backend` once a result is shown, `#gradcam` (canvas,
 // with `data-class`, `data-width`, `data-height` and `data-map`: the raw Grad-CAM map as JSON),
-// `#error` for messages.
+// `#error` for messages. Also `#result[data-timings]` (JSON, milliseconds) and, once a model is
+// loaded, `body[data-model-ready]`, `body[data-backend]` and `body[data-ready-ms]` (time since
+// navigation).
 
 import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, renderBars, requestedBackend } from "./client.js";
 
@@ -13,6 +15,7 @@ const client = new PneumoscopeClient();
 const backend = requestedBackend();
 
 let modelReady = null; // Promise of the current model's load result
+let lastGood = null; // the last model that loaded, still in use when another fails
 let current = null; // { bytes, name } of the image on screen
 let explanation = null; // the last explain() result
 let generation = 0; // ignores answers to requests that a newer one superseded
@@ -38,6 +41,7 @@ function clearResult() {
   delete r.dataset.top;
   delete r.dataset.probabilities;
   delete r.dataset.backend;
+  delete r.dataset.timings;
   const c = $("gradcam");
   for (const k of ["class", "width", "height", "map"]) delete c.dataset[k];
 }
@@ -62,12 +66,19 @@ async function loadModel(source, label) {
     const fallback = m.fallbackReason ? ` (WebGPU unavailable: ${m.fallbackReason})` : "";
     status.textContent = `${m.info.arch} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
       `loaded in ${Math.round(t.wasm_init_ms + t.download_ms + t.model_init_ms)} ms`;
+    lastGood = m;
+    document.body.dataset.readyMs = performance.now().toFixed(1);
     document.body.dataset.modelReady = "true";
     document.body.dataset.backend = m.backend;
     if (current) await analyse();
     return m;
   } catch (e) {
-    status.textContent = "No model loaded.";
+    if (lastGood) {
+      modelReady = Promise.resolve(lastGood);
+      status.textContent = `${label} could not be loaded; still using ${lastGood.info.arch} on ${lastGood.backend}.`;
+    } else {
+      status.textContent = "No model loaded.";
+    }
     showError(e.message);
     throw e;
   } finally {
@@ -113,6 +124,7 @@ function show(r) {
   canvas.dataset.map = JSON.stringify(r.cam.values);
   result.dataset.backend = r.backend;
   result.dataset.probabilities = JSON.stringify(r.probabilities);
+  result.dataset.timings = JSON.stringify(r.timings);
   result.dataset.top = r.top;
   result.hidden = false;
 }

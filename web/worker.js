@@ -47,15 +47,15 @@ const ops = {
     const t1 = performance.now();
     const data = bytes ? new Uint8Array(bytes) : await fetchWithProgress(url, id);
     const t2 = performance.now();
-    if (model) {
-      model.free();
-      model = null;
-    }
+    // A model that fails to load leaves the previous one in place.
+    let loaded;
     try {
-      model = await Classifier.load(data, backend || "auto");
+      loaded = await Classifier.load(data, backend || "auto");
     } catch (e) {
       throw new Error(`${name || url || "model file"}: ${messageOf(e)}`);
     }
+    model?.free();
+    model = loaded;
     const t3 = performance.now();
     return {
       backend: model.backend,

@@ -155,6 +155,23 @@ async function backendSuite(browser, backend) {
     await page.screenshot({ path: join(args.artifacts, `page-${backend}-phone.png`), fullPage: true });
     check(overflow <= 0, `the page is ${overflow}px wider than a phone screen`);
   });
+  await t.test(`${backend}: "open a model file" loads an exported model on the same backend`, async () => {
+    await page.evaluate(() => delete document.body.dataset.modelReady);
+    await page.setInputFiles("#model-file", args.model);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    const used = await page.evaluate(() => document.body.dataset.backend);
+    check(used === backend, `the second model runs on ${used}, not ${backend}`);
+    await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+    const broken = join(args.artifacts, "truncated.pneumoscope");
+    writeFileSync(broken, readFileSync(args.model).subarray(0, 100000));
+    await page.setInputFiles("#model-file", broken);
+    await page.waitForSelector("#error:not([hidden])", WAIT);
+    const message = await page.textContent("#error");
+    check(message.includes("truncated.pneumoscope") && message.includes("truncated"), `unclear message: ${message}`);
+    const status = await page.textContent("#model-status");
+    check(status.includes("still using"), `the previous model should stay in use: ${status}`);
+    console.log(`#   error shown: ${message}`);
+  });
   await t.test(`${backend}: a broken file shows a clear #error`, async () => {
     const broken = join(args.artifacts, "broken-upload.png");
     writeFileSync(broken, Buffer.from("this is not a PNG, only text with a .png name\n"));
@@ -162,6 +179,7 @@ async function backendSuite(browser, backend) {
     await page.waitForSelector("#error:not([hidden])", WAIT);
     const message = await page.textContent("#error");
     check(message.includes("broken-upload.png"), `the message does not name the file: ${message}`);
+    check(message.includes("image") && !message.includes("model"), `the message is not about the image: ${message}`);
     check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), "a stale result is still shown");
     console.log(`#   error shown: ${message}`);
   });
@@ -194,6 +212,26 @@ async function negativeControl(browser) {
     const bad = net.violations();
     check(bad.some((r) => r.bodyBytes > 0), `a body was not caught: ${JSON.stringify(net.requests)}`);
     check(bad.some((r) => r.url.startsWith("http://192.0.2.1/")), `a foreign address was not caught: ${JSON.stringify(net.requests)}`);
+    await context.close();
+  });
+}
+
+async function embedSuite(browser) {
+  await t.test("the embeddable <pneumoscope-classifier> element classifies like the CLI", async () => {
+    const { context, net, page, errors } = await visit(browser, "cpu");
+    await page.goto(`${args.url}embed.html?backend=cpu`);
+    await page.setInputFiles("pneumoscope-classifier input[type=file]", images[1]);
+    await page.waitForSelector("pneumoscope-classifier[data-top]", { state: "attached", ...WAIT });
+    const got = await page.evaluate(() => {
+      const el = document.querySelector("pneumoscope-classifier");
+      return { top: el.dataset.top, probabilities: JSON.parse(el.dataset.probabilities), backend: el.dataset.backend,
+        event: document.getElementById("last-event").textContent };
+    });
+    compareWithNative(images[1], got, "cpu");
+    check(got.event === `pneumoscope-result: ${got.top} on cpu`, `the page did not get the event: ${got.event}`);
+    await page.screenshot({ path: join(args.artifacts, "embed.png"), fullPage: true });
+    check(net.violations().length === 0, `requests that break the rule: ${JSON.stringify(net.violations())}`);
+    check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
     await context.close();
   });
 }
@@ -237,6 +275,7 @@ try {
     check(adapter, "no WebGPU adapter: the webgpu backend cannot be tested");
   });
   for (const backend of (args.backends || "cpu,webgpu").split(",")) await backendSuite(browser, backend);
+  await embedSuite(browser);
   await negativeControl(browser);
 } finally {
   await browser.close();

@@ -1,5 +1,13 @@
-//! Project tasks: `cargo xtask test` (set up a fresh machine and run every test) and
-//! `cargo xtask serve` (the main job).
+//! Project tasks:
+//!
+//! - `cargo xtask serve [--port N]`: the main job: build `pkg/` and serve the page with the
+//!   shipped default model on 127.0.0.1 ([`web`], [`server`]);
+//! - `cargo xtask test`: set up a fresh machine and run every test: fmt, clippy (native and
+//!   wasm32), the native tests, the core in Chromium (wasm-bindgen-test), the page end to end
+//!   (playwright-core + Debian chromium, `tests/browser/`);
+//! - `cargo xtask bench` / `bench-web`: native speed against PyTorch, in-browser speed against
+//!   onnxruntime-web;
+//! - `cargo xtask venv`: the test-only Python environment.
 //!
 //! Builds share one target directory that survives between runs:
 //! `$CARGO_TARGET_DIR`, or `$HOME/.cache/pneumoscope/target` when it is not set.
@@ -43,7 +51,8 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+/// Runs a test command, echoing its output, and adds up its summary lines: cargo's
+/// `test result: ok. N passed; M failed; ...` and the browser tests' `ok - ...`/`not ok - ...`.
 fn run_counting(cmd: &mut Command) -> Result<(usize, usize)> {
     use std::io::{BufRead, BufReader};
     eprintln!("+ {cmd:?}");
@@ -71,6 +80,10 @@ fn run_counting(cmd: &mut Command) -> Result<(usize, usize)> {
             };
             passed += num("passed");
             failed += num("failed");
+        } else if line.starts_with("ok - ") {
+            passed += 1;
+        } else if line.starts_with("not ok - ") {
+            failed += 1;
         }
     }
     let status = child.wait()?;
@@ -95,10 +108,14 @@ fn have(cmd: &str) -> bool {
 }
 
 /// Debian packages the tests need, with a file that proves each is installed.
-const APT: [(&str, &str); 1] = [(
-    "fonts-dejavu-core",
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-)];
+const APT: [(&str, &str); 3] = [
+    (
+        "fonts-dejavu-core",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ),
+    ("chromium", "/usr/bin/chromium"),
+    ("chromium-driver", "/usr/bin/chromedriver"),
+];
 
 fn ensure_system() -> Result<()> {
     let missing: Vec<&str> = APT
@@ -146,28 +163,86 @@ fn shared() -> Result<PathBuf> {
 
 fn test() -> Result<()> {
     ensure_system()?;
+    web::ensure_tools()?;
     let shared = shared()?;
     std::fs::create_dir_all(target_dir())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--release",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    let (passed, failed) = run_counting(
+    let clippy = ["clippy", "--release", "--all-targets"];
+    let deny = ["--", "-D", "warnings"];
+    run(cargo().args(clippy).arg("--workspace").args(deny))?;
+    run(cargo()
+        .args(clippy)
+        .args(["--target", web::TARGET, "-p", "pneumoscope"])
+        .args(deny))?;
+    let mut total = (0, 0);
+    let mut add = |(p, f): (usize, usize)| {
+        total.0 += p;
+        total.1 += f;
+    };
+    // Native: unit, CLI and integration tests on the real data.
+    add(run_counting(
         cargo()
             .args(["test", "--workspace", "--release"])
             .env("PNEUMOSCOPE_SHARED", &shared),
-    )?;
+    )?);
+    // The core inside Chromium (wasm-bindgen-test, chromedriver), CPU and WebGPU backends.
+    add(run_counting(
+        cargo()
+            .args(["test", "--release", "--target", web::TARGET])
+            .args(["-p", "pneumoscope", "--test", "wasm"])
+            .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+            .env("WASM_BINDGEN_TEST_TIMEOUT", "900"),
+    )?);
+    // The served page end to end in Chromium, against the native CLI.
+    add(browser_tests(&shared)?);
+    let (passed, failed) = total;
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         bail!("{failed} tests failed, {passed} passed");
     }
     Ok(())
+}
+
+/// Builds `pkg/`, serves the page on a free loopback port and runs `tests/browser/e2e.mjs`.
+fn browser_tests(shared: &Path) -> Result<(usize, usize)> {
+    let pkg = web::build_pkg()?;
+    let running = server::start(
+        server::Site {
+            web: root().join("web"),
+            pkg,
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )?;
+    let artifacts = target_dir().join("test-artifacts/browser");
+    let model = default_model()?;
+    let counts = run_counting(
+        Command::new("node")
+            .arg(root().join("tests/browser/e2e.mjs"))
+            .arg("--url")
+            .arg(running.url())
+            .arg("--shared")
+            .arg(shared)
+            .arg("--pneumoscope")
+            .arg(target_dir().join("release/pneumoscope"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--artifacts")
+            .arg(&artifacts)
+            .current_dir(root()),
+    )?;
+    println!("browser test artifacts (screenshots): {}", artifacts.display());
+    Ok(counts)
+}
+
+/// The shipped default model named by `web/models/index.json`.
+fn default_model() -> Result<PathBuf> {
+    let index = root().join("web/models/index.json");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)
+        .with_context(|| format!("{} is not JSON", index.display()))?;
+    let name = json["default"]
+        .as_str()
+        .with_context(|| format!("{}: no \"default\" entry", index.display()))?;
+    Ok(root().join("web/models").join(name))
 }
 
 /// `serve [--port N] [--host ADDR]`: builds `pkg/` and serves the page on loopback.
@@ -235,6 +310,47 @@ fn bench(args: &[String]) -> Result<()> {
         .args(args))
 }
 
+/// `bench-web [--runs N]`: in-browser latency of the page (both backends) next to
+/// onnxruntime-web on the same network, in one headless chromium run.
+fn bench_web(args: &[String]) -> Result<()> {
+    ensure_system()?;
+    let shared = shared()?;
+    let py = venv()?;
+    let pkg = web::build_pkg()?;
+    let onnx = cache_dir().join("bench/efficientnet_lite0.onnx");
+    if !onnx.is_file() {
+        std::fs::create_dir_all(onnx.parent().unwrap())?;
+        run(Command::new(&py)
+            .arg(root().join("tests/browser/make_onnx.py"))
+            .arg(shared.join("weights/efficientnet-lite0-57934424.pth"))
+            .arg(&onnx))?;
+    }
+    let running = server::start(
+        server::Site {
+            web: root().join("web"),
+            pkg: pkg.clone(),
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )?;
+    let out = target_dir().join("bench-web.json");
+    run(Command::new("node")
+        .arg(root().join("tests/browser/bench.mjs"))
+        .arg("--url")
+        .arg(running.url())
+        .arg("--image")
+        .arg(shared.join("data/kermany/chest_xray/test/PNEUMONIA/person1018_virus_1706.jpeg"))
+        .arg("--onnx")
+        .arg(&onnx)
+        .arg("--pkg")
+        .arg(&pkg)
+        .arg("--model")
+        .arg(default_model()?)
+        .arg("--out")
+        .arg(&out)
+        .args(args)
+        .current_dir(root()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Err(e) = dispatch(&args) {
@@ -249,9 +365,11 @@ fn dispatch(args: &[String]) -> Result<()> {
         Some("serve") => serve(&args[1..]),
         Some("venv") => venv().map(|p| println!("{}", p.display())),
         Some("bench") => bench(&args[1..]),
+        Some("bench-web") => bench_web(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | serve [--port N] | venv | bench [ARGS OF pneumoscope bench]"
+                "usage: cargo xtask test | serve [--port N] [--host ADDR] | venv | \
+                 bench [ARGS OF pneumoscope bench] | bench-web [--runs N]"
             );
             std::process::exit(2);
         }

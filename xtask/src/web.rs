@@ -12,7 +12,8 @@ use std::process::Command;
 /// pinned to the same exact version (a test checks it).
 pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
 
-const TARGET: &str = "wasm32-unknown-unknown";
+/// The browser target.
+pub const TARGET: &str = "wasm32-unknown-unknown";
 
 fn output(cmd: &mut Command) -> Option<String> {
     cmd.output()

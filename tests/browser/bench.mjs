@@ -1,0 +1,150 @@
+// In-browser speed of the served page, side by side with onnxruntime-web on the same network,
+// in the same headless chromium and the same run.
+//
+//   node tests/browser/bench.mjs --url http://127.0.0.1:PORT/ --image X.jpeg --onnx M.onnx \
+//        --pkg pkg --model web/models/M.pneumoscope [--runs 8] [--out bench.json]
+//
+// Run by `cargo xtask bench-web`, which builds pkg/, serves the page and makes the ONNX file.
+// Pneumoscope is measured through the page itself (its worker): navigation → model ready, the
+// first and the steady-state (median) inference, and Grad-CAM. onnxruntime-web runs the ONNX
+// export of the same network from node_modules, served on the same origin by the test browser.
+
+import { readFileSync, writeFileSync, statSync } from "node:fs";
+import { gzipSync } from "node:zlib";
+import { join, dirname } from "node:path";
+import { createRequire } from "node:module";
+import { launch, parseArgs } from "./lib.mjs";
+
+const args = parseArgs(process.argv.slice(2));
+for (const k of ["url", "image", "onnx", "pkg", "model"]) {
+  if (!args[k]) {
+    console.error(`missing --${k}`);
+    process.exit(2);
+  }
+}
+const runs = Number(args.runs || 8);
+const WAIT = { timeout: 15 * 60 * 1000 };
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const size = (path) => {
+  const bytes = readFileSync(path);
+  return { raw: bytes.length, gzip: gzipSync(bytes, { level: 9 }).length };
+};
+
+async function pneumoscope(browser, backend) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${args.url}?backend=${backend}`);
+  await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+  const { readyMs, used } = await page.evaluate(() => ({
+    readyMs: Number(document.body.dataset.readyMs),
+    used: document.body.dataset.backend,
+  }));
+  if (used !== backend) throw new Error(`the page runs on ${used}, not ${backend}`);
+  const timings = [];
+  for (let i = 0; i < runs; i++) {
+    await page.evaluate(() => delete document.getElementById("result").dataset.timings);
+    await page.setInputFiles("#image-input", args.image);
+    await page.waitForSelector("#result[data-timings]", { state: "attached", ...WAIT });
+    timings.push(await page.evaluate(() => JSON.parse(document.getElementById("result").dataset.timings)));
+  }
+  await context.close();
+  const steady = timings.slice(1);
+  return {
+    engine: "pneumoscope (Burn, wasm)",
+    backend,
+    ready_ms: readyMs,
+    first_ms: timings[0].inference_ms,
+    steady_ms: median(steady.map((t) => t.inference_ms)),
+    gradcam_ms: median(steady.map((t) => t.gradcam_ms)),
+    preprocess_ms: median(steady.map((t) => t.preprocess_ms)),
+  };
+}
+
+async function onnxruntime(browser, ep) {
+  const require = createRequire(import.meta.url);
+  const ortDist = dirname(require.resolve("onnxruntime-web"));
+  const context = await browser.newContext();
+  // The reference runs on the page's origin but outside its policy: onnxruntime-web is not part
+  // of the product, only the yardstick.
+  await context.route(`${args.url}__bench/**`, (route) => {
+    const path = new URL(route.request().url()).pathname.replace(/^\/__bench\//, "");
+    if (path === "page.html") return route.fulfill({ contentType: "text/html", body: "<!doctype html><title>ort</title>" });
+    if (path === "model.onnx") return route.fulfill({ contentType: "application/octet-stream", body: readFileSync(args.onnx) });
+    const file = join(ortDist, path.replace(/^ort\//, ""));
+    const type = file.endsWith(".wasm") ? "application/wasm" : "text/javascript";
+    return route.fulfill({ contentType: type, body: readFileSync(file) });
+  });
+  const page = await context.newPage();
+  await page.goto(`${args.url}__bench/page.html`);
+  const result = await page.evaluate(async ({ ep, runs }) => {
+    const ort = await import(ep === "webgpu" ? "/__bench/ort/ort.webgpu.min.mjs" : "/__bench/ort/ort.wasm.min.mjs");
+    ort.env.wasm.numThreads = 1;
+    ort.env.wasm.wasmPaths = "/__bench/ort/";
+    const t0 = performance.now();
+    const session = await ort.InferenceSession.create("/__bench/model.onnx", { executionProviders: [ep] });
+    const created = performance.now() - t0;
+    const data = new Float32Array(3 * 224 * 224);
+    for (let i = 0; i < data.length; i++) data[i] = Math.sin(i) * 0.5;
+    const input = new ort.Tensor("float32", data, [1, 3, 224, 224]);
+    const times = [];
+    for (let i = 0; i < runs; i++) {
+      const t = performance.now();
+      const out = await session.run({ input });
+      await out.logits.getData?.();
+      times.push(performance.now() - t);
+    }
+    return { created, times };
+  }, { ep, runs });
+  await context.close();
+  return {
+    engine: `onnxruntime-web ${require("onnxruntime-web/package.json").version}`,
+    backend: ep,
+    ready_ms: result.created,
+    first_ms: result.times[0],
+    steady_ms: median(result.times.slice(1)),
+    gradcam_ms: null,
+    preprocess_ms: null,
+  };
+}
+
+const browser = await launch({ webgpu: true });
+const version = browser.version();
+const rows = [];
+try {
+  for (const backend of ["cpu", "webgpu"]) rows.push(await pneumoscope(browser, backend));
+  for (const ep of ["wasm", "webgpu"]) rows.push(await onnxruntime(browser, ep));
+} finally {
+  await browser.close();
+}
+
+const require = createRequire(import.meta.url);
+const ortDist = dirname(require.resolve("onnxruntime-web"));
+const sizes = {
+  "pneumoscope wasm (pkg/pneumoscope_bg.wasm)": size(join(args.pkg, "pneumoscope_bg.wasm")),
+  "pneumoscope JS glue (pkg/pneumoscope.js)": size(join(args.pkg, "pneumoscope.js")),
+  [`model file (${args.model.split("/").pop()})`]: size(args.model),
+  "onnxruntime-web wasm (ort-wasm-simd-threaded.wasm)": size(join(ortDist, "ort-wasm-simd-threaded.wasm")),
+  "onnxruntime-web wasm + WebGPU (ort-wasm-simd-threaded.jsep.wasm)": size(join(ortDist, "ort-wasm-simd-threaded.jsep.wasm")),
+  "ONNX reference model (f32)": size(args.onnx),
+};
+
+const fmt = (v) => (v == null ? "—" : v.toFixed(0));
+console.log(`\nIn-browser latency, chromium ${version} headless, ${runs} runs (first + median of the rest), ms`);
+console.log("WebGPU here is SwiftShader (a CPU emulation of a GPU) unless the machine has a real GPU.\n");
+console.log("| engine | backend | page/session → ready | first inference | steady inference | Grad-CAM |");
+console.log("|---|---|---:|---:|---:|---:|");
+for (const r of rows) {
+  console.log(`| ${r.engine} | ${r.backend} | ${fmt(r.ready_ms)} | ${fmt(r.first_ms)} | ${fmt(r.steady_ms)} | ${fmt(r.gradcam_ms)} |`);
+}
+console.log("\n| file | raw (MB) | gzip (MB) |");
+console.log("|---|---:|---:|");
+for (const [name, s] of Object.entries(sizes)) {
+  console.log(`| ${name} | ${(s.raw / 1e6).toFixed(2)} | ${(s.gzip / 1e6).toFixed(2)} |`);
+}
+if (args.out) {
+  writeFileSync(args.out, JSON.stringify({ chromium: version, runs, rows, sizes, date: new Date().toISOString() }, null, 2));
+  console.log(`\nwritten: ${args.out} (${statSync(args.out).size} bytes)`);
+}

@@ -1,0 +1,138 @@
+// <pneumoscope-classifier>: the classifier as one HTML element, for embedding in any page
+// served from the same origin as these files (copy `web/` with `pkg/` inside it).
+//
+//   <script type="module" src="pneumoscope-classifier.js"></script>
+//   <pneumoscope-classifier model="models/efficientnet_lite0-frozen-v1.pneumoscope"
+//                           backend="auto"></pneumoscope-classifier>
+//
+// Attributes: `model` (URL of a model file; default: the default of models/index.json),
+// `backend` (auto | webgpu | cpu). After each image the element carries `data-top`,
+// `data-probabilities` (JSON) and `data-backend`, and fires a `pneumoscope-result` event whose
+// `detail` is the classification; failures fire `pneumoscope-error` and show the message.
+// Like the page, it runs everything on the user's device in a Web Worker.
+
+import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, renderBars } from "./client.js";
+
+const TEMPLATE = `
+  <link rel="stylesheet" href="${new URL("./pneumoscope-classifier.css", import.meta.url)}">
+  <div class="box">
+    <p class="note">Research and teaching tool, not a diagnosis. Runs on this device.</p>
+    <p class="status" part="status">Loading the model…</p>
+    <label class="pick">Choose a chest X-ray…
+      <input type="file" accept="image/png,image/jpeg,.png,.jpg,.jpeg">
+    </label>
+    <p class="error" role="alert" hidden></p>
+    <div class="result" hidden>
+      <canvas width="224" height="224" aria-label="Grad-CAM heatmap"></canvas>
+      <div>
+        <p class="top"></p>
+        <div class="bars"></div>
+        <label>Explain <select class="cam-class"></select></label>
+      </div>
+    </div>
+  </div>`;
+
+class PneumoscopeClassifier extends HTMLElement {
+  static get observedAttributes() {
+    return ["model", "backend"];
+  }
+
+  constructor() {
+    super();
+    this.attachShadow({ mode: "open" }).innerHTML = TEMPLATE;
+    this.client = null;
+    this.ready = null;
+    this.bytes = null;
+    this.name = null;
+    const $ = (s) => this.shadowRoot.querySelector(s);
+    this.$ = $;
+    for (const c of CLASSES) {
+      const o = document.createElement("option");
+      o.value = c;
+      o.textContent = CLASS_LABELS[c];
+      $(".cam-class").append(o);
+    }
+    $("input[type=file]").addEventListener("change", async (e) => {
+      const f = e.target.files[0];
+      if (!f) return;
+      this.bytes = await f.arrayBuffer();
+      this.name = f.name;
+      this.analyse();
+    });
+    $(".cam-class").addEventListener("change", (e) => this.bytes && this.analyse(e.target.value));
+  }
+
+  connectedCallback() {
+    this.load();
+  }
+
+  disconnectedCallback() {
+    this.client?.terminate();
+    this.client = null;
+  }
+
+  attributeChangedCallback(name, before, after) {
+    if (this.client && before !== after) this.load();
+  }
+
+  async modelUrl() {
+    const given = this.getAttribute("model");
+    if (given) return new URL(given, document.baseURI);
+    const indexUrl = new URL("./models/index.json", import.meta.url);
+    const index = await (await fetch(indexUrl)).json();
+    return new URL(index.default, indexUrl);
+  }
+
+  async load() {
+    this.client?.terminate();
+    this.client = new PneumoscopeClient();
+    const status = this.$(".status");
+    this.ready = (async () => {
+      const url = await this.modelUrl();
+      const m = await this.client.load({ url, backend: this.getAttribute("backend") || "auto" }, (loaded) => {
+        status.textContent = `Loading the model… ${(loaded / 1e6).toFixed(1)} MB`;
+      });
+      status.textContent = `${m.info.arch} on ${m.backend}`;
+      this.dataset.backend = m.backend;
+      return m;
+    })();
+    try {
+      await this.ready;
+    } catch (e) {
+      status.textContent = "No model loaded.";
+      this.fail(e.message);
+    }
+  }
+
+  fail(message) {
+    const error = this.$(".error");
+    error.textContent = message;
+    error.hidden = false;
+    this.dispatchEvent(new CustomEvent("pneumoscope-error", { detail: { message } }));
+  }
+
+  async analyse(cls) {
+    const error = this.$(".error");
+    error.hidden = true;
+    delete this.dataset.top;
+    try {
+      await this.ready;
+      const r = await this.client.explain(this.bytes, cls);
+      this.$(".result").hidden = false;
+      this.$(".top").textContent = `Most probable: ${CLASS_LABELS[r.top]}`;
+      this.$(".cam-class").value = r.cam.class;
+      renderBars(this.$(".bars"), r.probabilities, r.top);
+      drawOverlay(this.$("canvas"), r, 0.45);
+      this.dataset.probabilities = JSON.stringify(r.probabilities);
+      this.dataset.backend = r.backend;
+      this.dataset.top = r.top;
+      const { top, probabilities, backend, timings } = r;
+      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings } }));
+    } catch (e) {
+      this.$(".result").hidden = true;
+      this.fail(`${this.name}: ${e.message}`);
+    }
+  }
+}
+
+customElements.define("pneumoscope-classifier", PneumoscopeClassifier);
