@@ -8,20 +8,6 @@ use pneumoscope::arch::global_avg_pool;
 use pneumoscope::inference::Engine;
 use pneumoscope::preprocess;
 
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64 - ma, y as f64 - mb);
-        sab += x * y;
-        saa += x * x;
-        sbb += y * y;
-    }
-    sab / (saa * sbb).sqrt()
-}
-
 #[test]
 fn gradcam_matches_finite_differences() {
     let Some(shared) = common::shared() else {
@@ -115,7 +101,7 @@ fn gradcam_matches_finite_differences() {
                 );
                 continue;
             }
-            let r = correlation(&cam.values, &fd);
+            let r = common::correlation(&cam.values, &fd);
             eprintln!(
                 "{} class {class}: r = {r:.5}",
                 path.file_name().unwrap().to_string_lossy()

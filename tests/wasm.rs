@@ -7,6 +7,7 @@
 //! with chromedriver). The images are compiled in from the shared data beside the workspace.
 #![cfg(target_arch = "wasm32")]
 
+mod common;
 use burn::prelude::*;
 use pneumoscope::Class;
 use pneumoscope::inference::Engine;
@@ -31,20 +32,6 @@ async fn webgpu() -> Device {
     pneumoscope::web::webgpu_device()
         .await
         .expect("WebGPU initialises in the test browser (chromium --enable-unsafe-webgpu)")
-}
-
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64 - ma, y as f64 - mb);
-        sab += x * y;
-        saa += x * x;
-        sbb += y * y;
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 #[wasm_bindgen_test]
@@ -94,7 +81,7 @@ async fn grad_cam_agrees_between_backends() {
         assert_eq!((a.width, a.height), (7, 7));
         assert_eq!((a.width, a.height), (b.width, b.height));
         assert!((a.score - b.score).abs() < 1e-2, "{class}: logits differ");
-        let r = correlation(&a.values, &b.values);
+        let r = common::correlation(&a.values, &b.values);
         assert!(r >= 0.99, "{class}: maps correlate at {r}");
     }
 }

@@ -146,7 +146,11 @@ async function init() {
     o.textContent = CLASS_LABELS[c];
     $("cam-class").append(o);
   }
-  $("image-input").addEventListener("change", (e) => takeImage(e.target.files[0]));
+  $("image-input").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = ""; // choosing the same file again runs it again
+    takeImage(file);
+  });
   const zone = $("drop-zone");
   zone.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") {

@@ -54,6 +54,7 @@ class PneumoscopeClassifier extends HTMLElement {
     }
     $("input[type=file]").addEventListener("change", async (e) => {
       const f = e.target.files[0];
+      e.target.value = ""; // choosing the same file again runs it again
       if (!f) return;
       this.bytes = await f.arrayBuffer();
       this.name = f.name;

@@ -33,6 +33,14 @@ const size = (path) => {
   return { raw: bytes.length, gzip: gzipSync(bytes, { level: 9 }).length };
 };
 
+/** onnxruntime-web's dist/ folder and version, from node_modules. */
+function ort() {
+  const require = createRequire(import.meta.url);
+  const dist = dirname(require.resolve("onnxruntime-web"));
+  const version = JSON.parse(readFileSync(join(dist, "..", "package.json"), "utf8")).version;
+  return { dist, version };
+}
+
 async function pneumoscope(browser, backend) {
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -64,8 +72,7 @@ async function pneumoscope(browser, backend) {
 }
 
 async function onnxruntime(browser, ep) {
-  const require = createRequire(import.meta.url);
-  const ortDist = dirname(require.resolve("onnxruntime-web"));
+  const ortDist = ort().dist;
   const context = await browser.newContext();
   // The reference runs on the page's origin but outside its policy: onnxruntime-web is not part
   // of the product, only the yardstick.
@@ -100,7 +107,7 @@ async function onnxruntime(browser, ep) {
   }, { ep, runs });
   await context.close();
   return {
-    engine: `onnxruntime-web ${require("onnxruntime-web/package.json").version}`,
+    engine: `onnxruntime-web ${ort().version}`,
     backend: ep,
     ready_ms: result.created,
     first_ms: result.times[0],
@@ -120,8 +127,7 @@ try {
   await browser.close();
 }
 
-const require = createRequire(import.meta.url);
-const ortDist = dirname(require.resolve("onnxruntime-web"));
+const ortDist = ort().dist;
 const sizes = {
   "pneumoscope wasm (pkg/pneumoscope_bg.wasm)": size(join(args.pkg, "pneumoscope_bg.wasm")),
   "pneumoscope JS glue (pkg/pneumoscope.js)": size(join(args.pkg, "pneumoscope.js")),

