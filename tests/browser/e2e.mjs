@@ -135,9 +135,13 @@ async function backendSuite(browser, backend) {
       console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}; ${got.timings}`);
     });
   }
-  await t.test(`${backend}: the keyboard alone opens the image chooser`, async () => {
+  // Keyboard use concerns the page, not the backend: tested once, on the CPU backend.
+  if (backend === "cpu") await t.test(`${backend}: the keyboard alone opens the image chooser`, async () => {
     await page.focus("#drop-zone");
-    const [chooser] = await Promise.all([page.waitForEvent("filechooser", WAIT), page.keyboard.press("Enter")]);
+    const [chooser] = await Promise.all([
+      page.waitForEvent("filechooser", { timeout: 60000 }),
+      page.keyboard.press("Enter"),
+    ]);
     await page.evaluate(() => delete document.getElementById("result").dataset.top);
     await chooser.setFiles(images[images.length - 1]);
     await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
@@ -246,7 +250,9 @@ async function policySuite(browser) {
     for (const d of ["script-src-elem", "connect-src", "img-src"]) {
       check(outcome.violations.includes(d), `no ${d} violation reported: ${outcome.violations}`);
     }
-    check(!net.requests.some((r) => r.url.includes("192.0.2.1")), "a blocked request still reached the network");
+    const foreign = net.requests.filter((r) => r.url.includes("192.0.2.1"));
+    check(foreign.every((r) => /csp/i.test(r.failure ?? "")),
+      `a foreign request was not stopped by the policy: ${JSON.stringify(foreign)}`);
     await context.close();
   });
 }

@@ -39,15 +39,22 @@ export async function launch({ webgpu = true } = {}) {
 }
 
 /**
- * Records every request of a browser context (pages and their workers): URL, method and
- * whether it carries a body. `violations()` lists the ones that break the privacy rule:
+ * Records every request of a browser context (pages and their workers): URL, method, body
+ * size and, for a request that never completed, why (e.g. net::ERR_BLOCKED_BY_CSP). `violations()` lists the ones that break the privacy rule:
  * a non-loopback address, or any body at all.
  */
 export function watchNetwork(context) {
   const requests = [];
+  const byRequest = new Map();
   context.on("request", (r) => {
     const body = r.postDataBuffer();
-    requests.push({ url: r.url(), method: r.method(), bodyBytes: body ? body.length : 0 });
+    const entry = { url: r.url(), method: r.method(), bodyBytes: body ? body.length : 0, failure: null };
+    byRequest.set(r, entry);
+    requests.push(entry);
+  });
+  context.on("requestfailed", (r) => {
+    const entry = byRequest.get(r);
+    if (entry) entry.failure = r.failure()?.errorText ?? "failed";
   });
   return {
     requests,
