@@ -134,7 +134,7 @@ impl Engine {
         predictions(data.map_err(read_error)?)
     }
 
-    /// Classifies one image given as encoded bytes (PNG or JPEG).
+    /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
     pub fn classify(&self, image: &[u8]) -> Result<Prediction> {
         let x = self.preprocess(image)?;
         Ok(self.classify_batch(&[x])?.remove(0))

@@ -7,7 +7,8 @@
 //! - [`arch`]: the registry of architectures (builder, weight-key remap, Grad-CAM layer, input
 //!   configuration) and their Burn implementations;
 //! - [`model`]: a backbone with the paper's classification head;
-//! - [`preprocess`]: image decoding and the evaluation transform, shared by every caller;
+//! - [`preprocess`]: image decoding (PNG, JPEG and, through [`dicom`], DICOM) and the
+//!   evaluation transform, shared by every caller;
 //! - [`gradcam`]: Grad-CAM on the architecture's target layer;
 //! - [`model_file`]: the self-describing model file written by `pneumoscope export`;
 //! - [`inference`]: load a model file, classify an image, explain it;
@@ -17,6 +18,7 @@
 
 pub mod arch;
 pub mod classes;
+pub mod dicom;
 pub mod error;
 pub mod gradcam;
 pub mod inference;

@@ -20,18 +20,30 @@ pub const MAX_ALLOC: u64 = 1 << 30;
 /// Smallest accepted width or height, in pixels.
 pub const MIN_SIDE: u32 = 32;
 
-/// Decodes an image (PNG or JPEG) from bytes with size limits, applying EXIF orientation.
+/// Decodes an image (PNG, JPEG or DICOM) from bytes with size limits, applying EXIF
+/// orientation.
 pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     if bytes.is_empty() {
         return Err(Error::Image("the file is empty".into()));
     }
+    if crate::dicom::is_dicom(bytes) {
+        return check_size(crate::dicom::decode(bytes, MAX_SIDE)?);
+    }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(Error::Image(
-            "not a supported image format (expected PNG or JPEG)".into(),
-        ));
+    match reader.format() {
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
+        Some(other) => {
+            return Err(Error::Image(format!(
+                "unsupported image format {other:?} (expected PNG, JPEG or DICOM)"
+            )));
+        }
+        None => {
+            return Err(Error::Image(
+                "not a supported image format (expected PNG, JPEG or DICOM)".into(),
+            ));
+        }
     }
     if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
         return Err(Error::Image(
@@ -48,6 +60,10 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     let orientation = decoder.orientation().map_err(image_err)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(image_err)?;
     img.apply_orientation(orientation);
+    check_size(img)
+}
+
+fn check_size(img: DynamicImage) -> Result<DynamicImage> {
     let (w, h) = (img.width(), img.height());
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(Error::Image(format!(

@@ -194,7 +194,7 @@ impl Classifier {
         self.engine.input_size()
     }
 
-    /// Classifies an encoded image (PNG or JPEG bytes). Resolves to
+    /// Classifies an encoded image (PNG, JPEG or DICOM bytes). Resolves to
     /// `{ top, probabilities, backend, timings }`; rejects with a readable message when the
     /// image can't be read.
     pub fn classify(&self, image: Vec<u8>) -> Promise {

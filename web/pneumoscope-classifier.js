@@ -19,7 +19,7 @@ const TEMPLATE = `
     <p class="note">Research and teaching tool, not a diagnosis. Runs on this device.</p>
     <p class="status" part="status">Loading the model…</p>
     <label class="pick">Choose a chest X-ray…
-      <input type="file" accept="image/png,image/jpeg,.png,.jpg,.jpeg">
+      <input type="file" accept="image/png,image/jpeg,application/dicom,.png,.jpg,.jpeg,.dcm">
     </label>
     <p class="error" role="alert" hidden></p>
     <div class="result" hidden>

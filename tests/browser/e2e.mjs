@@ -1,13 +1,15 @@
 // End-to-end tests of the served page in Debian's chromium, for both backends.
 //
 //   node tests/browser/e2e.mjs --url http://127.0.0.1:PORT/ --shared ../shared \
-//        --pneumoscope target/release/pneumoscope --model web/models/X.pneumoscope --artifacts DIR
+//        --pneumoscope target/release/pneumoscope --model web/models/X.pneumoscope --artifacts DIR \
+//        [--python VENV/bin/python]   (with pydicom: DICOM uploads are tested too)
 //
 // Run by `cargo xtask test`, which serves the page first. Real chest X-rays from the shared
 // data are uploaded through `#image-input`; the page's probabilities and Grad-CAM maps are
 // compared with the native CLI's; every request of every page and worker is recorded and must
 // stay on loopback without a body.
 
+import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { check, correlation, harness, launch, nativeGradcam, nativePredict, parseArgs, watchNetwork } from "./lib.mjs";
@@ -134,6 +136,21 @@ async function backendSuite(browser, backend) {
       const r = compareCam(file, got.cam, `${backend}-${name}`);
       console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}; ${got.timings}`);
     });
+  }
+  // DICOM decoding is the same Rust code on both backends: tested once, on the CPU backend.
+  if (backend === "cpu" && args.python) {
+    const dir = join(args.artifacts, "dicom");
+    const made = execFileSync(args.python, [join(import.meta.dirname, "../dicom/make_dicom.py"), images[2], dir], { encoding: "utf8" })
+      .trim().split("\n");
+    for (const name of ["mono1-12bit-window.dcm", "mono2-16bit-rle.dcm"]) {
+      const file = made.find((f) => f.endsWith(name));
+      await t.test(`${backend}: DICOM ${name} equals the native CLI`, async () => {
+        native.set(file, nativePredict(args.pneumoscope, args.model, file));
+        const got = await upload(page, file);
+        compareWithNative(file, got, backend);
+        check(got.top === native.get(images[2]).top, `${name}: ${got.top}, the plain image gives ${native.get(images[2]).top}`);
+      });
+    }
   }
   // Keyboard use concerns the page, not the backend: tested once, on the CPU backend.
   if (backend === "cpu") await t.test(`${backend}: the keyboard alone opens the image chooser`, async () => {

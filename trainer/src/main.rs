@@ -66,7 +66,7 @@ enum Command {
         /// Model file.
         #[arg(long)]
         model: PathBuf,
-        /// Images (PNG or JPEG).
+        /// Images (PNG, JPEG or DICOM).
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// Test-time augmentation: average over the image and its mirror image.

@@ -10,6 +10,23 @@ fn small_manifest(shared: &Path, dir: &Path) -> PathBuf {
     subset(&full, &dir.join("small"), [20, 8, 6])
 }
 
+/// The arguments of a small frozen training run.
+fn train_args(shared: &Path, manifest: &Path, out: &Path, epochs: &str) -> Vec<String> {
+    let w = shared.join("weights/efficientnet-lite0-57934424.pth");
+    let mut args: Vec<String> = ["train", "--data"].map(String::from).to_vec();
+    args.push(manifest.display().to_string());
+    args.push("--weights".into());
+    args.push(w.display().to_string());
+    for a in ["--mode", "frozen", "--epochs", epochs, "--batch-size", "16"] {
+        args.push(a.into());
+    }
+    for a in ["--views", "2", "--out"] {
+        args.push(a.into());
+    }
+    args.push(out.display().to_string());
+    args
+}
+
 fn train_output(
     shared: &Path,
     manifest: &Path,
@@ -17,26 +34,9 @@ fn train_output(
     epochs: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let w = shared.join("weights/efficientnet-lite0-57934424.pth");
-    let mut args = vec![
-        "train",
-        "--data",
-        manifest.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--mode",
-        "frozen",
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "16",
-        "--views",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    let mut args = train_args(shared, manifest, out, epochs);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn train(shared: &Path, manifest: &Path, out: &Path, epochs: &str, extra: &[&str]) -> String {
@@ -319,4 +319,81 @@ fn resume_continues_to_the_same_result() {
     let r = train_output(&shared, &manifest, &third, "6", &["--resume"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("no checkpoint of this run verifies"));
+}
+
+/// Starts a training run and `kill -9`s it as soon as `ready(run)` holds.
+fn train_killed(
+    shared: &Path,
+    manifest: &Path,
+    out: &Path,
+    epochs: &str,
+    ready: impl Fn(&Path) -> bool,
+) {
+    let mut child = bin()
+        .args(train_args(shared, manifest, out, epochs))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !ready(out) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        assert!(start.elapsed().as_secs() < 600, "the run never got there");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SIGKILL: no destructor, no flush, no clean-up runs.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_run_killed_at_any_point_resumes_to_the_same_result() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(&shared, dir.path());
+    let straight = dir.path().join("straight");
+    train(&shared, &manifest, &straight, "6", &[]);
+    let want = std::fs::read_to_string(straight.join("epochs.csv")).unwrap();
+    let want_metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(straight.join("metrics.json")).unwrap()).unwrap();
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    let has = |name: &'static str| move |run: &Path| run.join(name).exists();
+    let kills: [(&str, Box<dyn Fn(&Path) -> bool>); 4] = [
+        // At once: only the run's configuration exists.
+        ("just after the start", Box::new(has("config.json"))),
+        // While the backbone features are extracted: the first view's are cached, the rest
+        // are being computed.
+        (
+            "during feature extraction",
+            Box::new(has("features/train-v0.f32")),
+        ),
+        // Between epochs, as soon as the second checkpoint lands.
+        ("after epoch 2", Box::new(has("checkpoint-0002.bpk"))),
+        // While the fourth epoch's checkpoint is being written or just after.
+        ("around epoch 4", Box::new(has("checkpoint-0003.bpk"))),
+    ];
+    for (i, (when, ready)) in kills.into_iter().enumerate() {
+        let run = dir.path().join(format!("killed-{i}"));
+        train_killed(&shared, &manifest, &run, "6", ready);
+        let resumed = train_output(&shared, &manifest, &run, "6", &["--resume"]);
+        assert!(
+            resumed.status.success(),
+            "killed {when}: resume failed: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let got = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+        assert_eq!(strip(&want), strip(&got), "killed {when}: epochs differ");
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(
+            m["test"], want_metrics["test"],
+            "killed {when}: test metrics differ"
+        );
+    }
 }

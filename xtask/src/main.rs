@@ -165,6 +165,7 @@ fn test() -> Result<()> {
     ensure_system()?;
     web::ensure_tools()?;
     let shared = shared()?;
+    let python = venv(&PY_TESTS)?;
     std::fs::create_dir_all(target_dir())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     let clippy = ["clippy", "--release", "--all-targets"];
@@ -183,7 +184,8 @@ fn test() -> Result<()> {
     add(run_counting(
         cargo()
             .args(["test", "--workspace", "--release"])
-            .env("PNEUMOSCOPE_SHARED", &shared),
+            .env("PNEUMOSCOPE_SHARED", &shared)
+            .env("PNEUMOSCOPE_PYTHON", &python),
     )?);
     // The core inside Chromium (wasm-bindgen-test, chromedriver), CPU and WebGPU backends.
     add(run_counting(
@@ -194,7 +196,7 @@ fn test() -> Result<()> {
             .env("WASM_BINDGEN_TEST_TIMEOUT", "900"),
     )?);
     // The served page end to end in Chromium, against the native CLI.
-    add(browser_tests(&shared)?);
+    add(browser_tests(&shared, &python)?);
     let (passed, failed) = total;
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
@@ -204,7 +206,7 @@ fn test() -> Result<()> {
 }
 
 /// Builds `pkg/`, serves the page on a free loopback port and runs `tests/browser/e2e.mjs`.
-fn browser_tests(shared: &Path) -> Result<(usize, usize)> {
+fn browser_tests(shared: &Path, python: &Path) -> Result<(usize, usize)> {
     let pkg = web::build_pkg()?;
     let running = server::start(
         server::Site {
@@ -228,6 +230,8 @@ fn browser_tests(shared: &Path) -> Result<(usize, usize)> {
             .arg(&model)
             .arg("--artifacts")
             .arg(&artifacts)
+            .arg("--python")
+            .arg(python)
             .current_dir(root()),
     )?;
     println!(
@@ -288,23 +292,44 @@ fn serve(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The test-only Python environment (PyTorch, timm) used as the reference by `bench`.
-fn venv() -> Result<PathBuf> {
+/// Python packages of the test-only environment: (module to import, pip name).
+const PY_TESTS: [(&str, &str); 3] = [
+    ("numpy", "numpy"),
+    ("PIL", "pillow"),
+    ("pydicom", "pydicom"),
+];
+/// ... and those the PyTorch / ONNX speed references add.
+const PY_BENCH: [(&str, &str); 2] = [("torch", "torch"), ("timm", "timm")];
+
+/// The test-only Python environment under `~/.cache/pneumoscope/venv`, with `packages`
+/// installed (only the missing ones are fetched); returns its interpreter.
+fn venv(packages: &[(&str, &str)]) -> Result<PathBuf> {
     let dir = cache_dir().join("venv");
     let py = dir.join("bin/python");
-    let ready = Command::new(&py)
-        .args(["-c", "import torch, timm, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
+    if !py.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-        run(Command::new(dir.join("bin/pip")).args(["install", "-q", "torch", "timm", "numpy"]))?;
+    }
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new(&py)
+                .args(["-c", &format!("import {module}")])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, pip)| *pip)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new(dir.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(&missing))?;
     }
     Ok(py)
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    let py = venv()?;
+    let py = venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())?;
     run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
     run(Command::new(target_dir().join("release/pneumoscope"))
         .arg("bench")
@@ -318,7 +343,7 @@ fn bench(args: &[String]) -> Result<()> {
 fn bench_web(args: &[String]) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
-    let py = venv()?;
+    let py = venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())?;
     let pkg = web::build_pkg()?;
     let onnx = cache_dir().join("bench/efficientnet_lite0.onnx");
     if !onnx.is_file() {
@@ -366,7 +391,8 @@ fn dispatch(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("serve") => serve(&args[1..]),
-        Some("venv") => venv().map(|p| println!("{}", p.display())),
+        Some("venv") => venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())
+            .map(|p| println!("{}", p.display())),
         Some("bench") => bench(&args[1..]),
         Some("bench-web") => bench_web(&args[1..]),
         _ => {

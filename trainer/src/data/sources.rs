@@ -64,7 +64,7 @@ fn screen(path: &Path, out: &mut SourceOutput) -> Option<String> {
     if !is_image_name(path) {
         out.rejected.push(Rejected {
             path: path.display().to_string(),
-            reason: "unsupported file type (expected .png, .jpg or .jpeg)".into(),
+            reason: "unsupported file type (expected .png, .jpg, .jpeg or .dcm)".into(),
         });
         return None;
     }
