@@ -364,7 +364,8 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
             .collect::<Vec<_>>()
     };
     let has = |name: &'static str| move |run: &Path| run.join(name).exists();
-    let kills: [(&str, Box<dyn Fn(&Path) -> bool>); 4] = [
+    type Ready = Box<dyn Fn(&Path) -> bool>;
+    let kills: [(&str, Ready); 4] = [
         // At once: only the run's configuration exists.
         ("just after the start", Box::new(has("config.json"))),
         // While the backbone features are extracted: the first view's are cached, the rest
