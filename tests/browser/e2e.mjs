@@ -183,22 +183,39 @@ async function backendSuite(browser, backend) {
     await page.screenshot({ path: join(args.artifacts, `page-${backend}-phone.png`), fullPage: true });
     check(overflow <= 0, `the page is ${overflow}px wider than a phone screen`);
   });
-  await t.test(`${backend}: "open a model file" loads an exported model on the same backend`, async () => {
+  await t.test(`${backend}: "open a model file" loads an exported model on the same backend and refuses damaged ones`, async () => {
     await page.evaluate(() => delete document.body.dataset.modelReady);
     await page.setInputFiles("#model-file", args.model);
     await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
     const used = await page.evaluate(() => document.body.dataset.backend);
     check(used === backend, `the second model runs on ${used}, not ${backend}`);
     await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
-    const broken = join(args.artifacts, "truncated.pneumoscope");
-    writeFileSync(broken, readFileSync(args.model).subarray(0, 100000));
-    await page.setInputFiles("#model-file", broken);
-    await page.waitForSelector("#error:not([hidden])", WAIT);
-    const message = await page.textContent("#error");
-    check(message.includes("truncated.pneumoscope") && message.includes("truncated"), `unclear message: ${message}`);
-    const status = await page.textContent("#model-status");
-    check(status.includes("still using"), `the previous model should stay in use: ${status}`);
-    console.log(`#   error shown: ${message}`);
+    // Damaged model files: each is refused with its reason, and the loaded model stays.
+    const good = readFileSync(args.model);
+    const newer = Buffer.from(good);
+    newer.writeUInt32LE(99, 12); // the format version after the 12-byte magic
+    const foreign = Buffer.from(good.toString("latin1").replace('"arch": "efficientnet_lite0"', '"arch": "efficientnet_lite9"'), "latin1");
+    const flipped = Buffer.from(good);
+    flipped[good.length - 100] ^= 0xff;
+    const damaged = [
+      ["truncated.pneumoscope", good.subarray(0, 100000), "truncated"],
+      ["newer.pneumoscope", newer, "format version 99"],
+      ["foreign.pneumoscope", foreign, "unknown architecture"],
+      ["flipped.pneumoscope", flipped, "checksum"],
+      ["photo.pneumoscope", readFileSync(images[0]), "not a Pneumoscope model file"],
+    ];
+    for (const [name, bytes, reason] of damaged) {
+      const file = join(args.artifacts, name);
+      writeFileSync(file, bytes);
+      await page.evaluate(() => { document.getElementById("error").hidden = true; });
+      await page.setInputFiles("#model-file", file);
+      await page.waitForSelector("#error:not([hidden])", WAIT);
+      const message = await page.textContent("#error");
+      check(message.includes(name) && message.includes(reason), `${name}: unclear message: ${message}`);
+      const status = await page.textContent("#model-status");
+      check(status.includes("still using"), `the previous model should stay in use: ${status}`);
+      console.log(`#   error shown: ${message}`);
+    }
   });
   await t.test(`${backend}: a broken file shows a clear #error`, async () => {
     const broken = join(args.artifacts, "broken-upload.png");
