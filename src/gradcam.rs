@@ -53,18 +53,25 @@ pub struct CamParts {
 /// Forward and backward for one image `[1, 3, s, s]` (on a device without autodiff) and one
 /// class.
 pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamParts> {
+    let activation = model.feature_map(input.without_autodiff()).detach();
+    cam_parts_from(model, activation, class)
+}
+
+/// [`cam_parts`] from the target activation `[1, C, h, w]` already computed (e.g. by the
+/// classification of the same image): only the head runs forward and backward.
+pub fn cam_parts_from(model: &Classifier, activation: Tensor<4>, class: usize) -> Result<CamParts> {
     if class >= crate::NUM_CLASSES {
         return Err(Error::Invalid(format!(
             "class index {class} is out of range 0..4"
         )));
     }
-    let [b, _, _, _] = input.dims();
+    let [b, _, _, _] = activation.dims();
     if b != 1 {
         return Err(Error::Invalid(format!(
             "Grad-CAM takes one image, got a batch of {b}"
         )));
     }
-    let activation = model.feature_map(input.without_autodiff()).detach();
+    let activation = activation.without_autodiff().detach();
     let leaf = activation.clone().autodiff().require_grad();
     let logits = model.head.forward(global_avg_pool(leaf.clone()));
     let score = logits.slice([0..1, class..class + 1]).flatten::<1>(0, 1);
@@ -147,6 +154,20 @@ pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: usize) -> Result<Ca
 /// [`grad_cam`] with asynchronous reads (the only kind WebGPU allows).
 pub async fn grad_cam_async(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
     combine_async(cam_parts(model, input, class)?, class).await
+}
+
+/// Grad-CAM from the target activation already computed (see [`cam_parts_from`]).
+pub fn grad_cam_from(model: &Classifier, activation: Tensor<4>, class: usize) -> Result<CamMap> {
+    combine(cam_parts_from(model, activation, class)?, class)
+}
+
+/// [`grad_cam_from`] with asynchronous reads.
+pub async fn grad_cam_from_async(
+    model: &Classifier,
+    activation: Tensor<4>,
+    class: usize,
+) -> Result<CamMap> {
+    combine_async(cam_parts_from(model, activation, class)?, class).await
 }
 
 /// The "jet" colour map: 0 → dark blue, 0.5 → green, 1 → dark red.

@@ -1,5 +1,6 @@
 //! Loading a model file and running it: classification and Grad-CAM from image bytes.
 
+use crate::arch::global_avg_pool;
 use crate::classes::{Class, NUM_CLASSES};
 use crate::error::{Error, Result};
 use crate::gradcam::{self, CamMap};
@@ -8,6 +9,7 @@ use crate::model_file::{ModelFile, ModelHeader};
 use crate::preprocess;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use image::GrayImage;
 use serde::Serialize;
 
 /// The answer for one image.
@@ -146,13 +148,72 @@ impl Engine {
         Ok(self.classify_batch_async(&[x]).await?.remove(0))
     }
 
+    /// Decodes image bytes once into the grey `crop`x`crop` view the network sees (for
+    /// display) and its normalised `[3, crop, crop]` input.
+    pub fn view_and_input(&self, image: &[u8]) -> Result<(GrayImage, Vec<f32>)> {
+        let img = preprocess::decode(image)?;
+        let view = preprocess::eval_view(&img, &self.header.input);
+        let x = preprocess::normalize_gray(&view, &self.header.input);
+        Ok((view, x))
+    }
+
+    /// The Grad-CAM target activation of one preprocessed image, and the class probabilities
+    /// computed from it (not yet read back) unless TTA needs the mirror image too.
+    fn activation(&self, x: &[f32]) -> (Tensor<4>, Option<Tensor<2>>) {
+        let input = self.batch(&[x.to_vec()]);
+        let activation = self.model.feature_map(input).detach();
+        let probs = (!self.tta).then(|| {
+            softmax(
+                self.model.head.forward(global_avg_pool(activation.clone())),
+                1,
+            )
+        });
+        (activation, probs)
+    }
+
     /// Grad-CAM of one image for `class` (the predicted class when `None`), with the
     /// prediction.
     pub fn explain(&self, image: &[u8], class: Option<Class>) -> Result<(Prediction, CamMap)> {
-        let x = self.preprocess(image)?;
-        let prediction = self.classify_batch(std::slice::from_ref(&x))?.remove(0);
+        self.explain_input(self.preprocess(image)?, class)
+    }
+
+    /// Classifies one preprocessed image and keeps its Grad-CAM target activation, so that
+    /// [`gradcam::grad_cam_from`] can explain it without running the backbone again.
+    pub fn classify_keeping_activation(&self, x: Vec<f32>) -> Result<(Prediction, Tensor<4>)> {
+        let (activation, probs) = self.activation(&x);
+        let prediction = match probs {
+            Some(p) => predictions(p.try_into_data().map_err(read_error)?)?,
+            None => self.classify_batch(&[x])?,
+        };
+        Ok((
+            prediction.into_iter().next().expect("one image"),
+            activation,
+        ))
+    }
+
+    /// [`Engine::classify_keeping_activation`] with asynchronous reads (the only kind WebGPU
+    /// allows).
+    pub async fn classify_keeping_activation_async(
+        &self,
+        x: Vec<f32>,
+    ) -> Result<(Prediction, Tensor<4>)> {
+        let (activation, probs) = self.activation(&x);
+        let prediction = match probs {
+            Some(p) => predictions(p.into_data_async().await.map_err(read_error)?)?,
+            None => self.classify_batch_async(&[x]).await?,
+        };
+        Ok((
+            prediction.into_iter().next().expect("one image"),
+            activation,
+        ))
+    }
+
+    /// [`Engine::explain`] of a preprocessed image: the backbone runs once, classification and
+    /// Grad-CAM share its activation.
+    pub fn explain_input(&self, x: Vec<f32>, class: Option<Class>) -> Result<(Prediction, CamMap)> {
+        let (prediction, activation) = self.classify_keeping_activation(x)?;
         let class = class.unwrap_or(prediction.top);
-        let cam = gradcam::grad_cam(&self.model, self.batch(&[x]), class.index())?;
+        let cam = gradcam::grad_cam_from(&self.model, activation, class.index())?;
         Ok((prediction, cam))
     }
 }

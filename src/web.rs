@@ -23,7 +23,6 @@
 use crate::classes::Class;
 use crate::gradcam;
 use crate::inference::{Engine, Prediction};
-use crate::preprocess;
 use burn::prelude::*;
 use js_sys::{Object, Promise, Reflect, Uint8ClampedArray};
 use serde::Serialize;
@@ -231,18 +230,16 @@ impl Classifier {
                 .transpose()
                 .map_err(js_error)?;
             let t0 = now_ms();
-            let img = preprocess::decode(&image).map_err(js_error)?;
-            let view = preprocess::eval_view(&img, &engine.header.input);
-            let x = preprocess::normalize_gray(&view, &engine.header.input);
+            let (view, x) = engine.view_and_input(&image).map_err(js_error)?;
             let t1 = now_ms();
-            let p = engine
-                .classify_batch_async(std::slice::from_ref(&x))
+            // One backbone pass serves the classification and the Grad-CAM.
+            let (p, activation) = engine
+                .classify_keeping_activation_async(x)
                 .await
-                .map_err(js_error)?
-                .remove(0);
+                .map_err(js_error)?;
             let t2 = now_ms();
             let target = class.unwrap_or(p.top);
-            let cam = gradcam::grad_cam_async(&engine.model, engine.batch(&[x]), target.index())
+            let cam = gradcam::grad_cam_from_async(&engine.model, activation, target.index())
                 .await
                 .map_err(js_error)?;
             let timings = Timings {

@@ -65,12 +65,12 @@ pub fn gradcam(
 ) -> Result<()> {
     let engine = load_engine(model, device)?;
     let bytes = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
-    let (pred, cam) = engine
-        .explain(&bytes, class)
+    let (view, x) = engine
+        .view_and_input(&bytes)
         .map_err(|e| anyhow!("{}: {e}", image.display()))?;
-    let img =
-        pneumoscope::preprocess::decode(&bytes).map_err(|e| anyhow!("{}: {e}", image.display()))?;
-    let view = pneumoscope::preprocess::eval_view(&img, &engine.header.input);
+    let (pred, cam) = engine
+        .explain_input(x, class)
+        .map_err(|e| anyhow!("{}: {e}", image.display()))?;
     let heat = cam.upsample(engine.input_size());
     gradcam::overlay(&view, &heat, 0.45)
         .save(out)
