@@ -208,8 +208,9 @@ impl Engine {
         ))
     }
 
-    /// [`Engine::explain`] of a preprocessed image: the backbone runs once, classification and
-    /// Grad-CAM share its activation.
+    /// [`Engine::explain`] of a preprocessed image: the backbone is called once, classification
+    /// and Grad-CAM share its activation tensor. (A lazily evaluating backend may still
+    /// recompute it: in the browser the Grad-CAM step took as long as before this sharing.)
     pub fn explain_input(&self, x: Vec<f32>, class: Option<Class>) -> Result<(Prediction, CamMap)> {
         let (prediction, activation) = self.classify_keeping_activation(x)?;
         let class = class.unwrap_or(prediction.top);

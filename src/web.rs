@@ -232,7 +232,7 @@ impl Classifier {
             let t0 = now_ms();
             let (view, x) = engine.view_and_input(&image).map_err(js_error)?;
             let t1 = now_ms();
-            // One backbone pass serves the classification and the Grad-CAM.
+            // The classification's activation tensor serves the Grad-CAM too.
             let (p, activation) = engine
                 .classify_keeping_activation_async(x)
                 .await
