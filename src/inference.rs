@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::gradcam::{self, CamMap};
 use crate::model::Classifier;
 use crate::model_file::{ModelFile, ModelHeader};
+use crate::ood::OodScore;
 use crate::preprocess;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -19,6 +20,9 @@ pub struct Prediction {
     pub probabilities: [f32; NUM_CLASSES],
     /// The most probable class.
     pub top: Class,
+    /// How unlike the training X-rays the image is (`None` when the model file has no
+    /// out-of-distribution statistics).
+    pub ood: Option<OodScore>,
 }
 
 impl Prediction {
@@ -40,7 +44,11 @@ impl Prediction {
             .max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]))
             .and_then(Class::from_index)
             .expect("four classes");
-        Self { probabilities, top }
+        Self {
+            probabilities,
+            top,
+            ood: None,
+        }
     }
 }
 
@@ -100,18 +108,51 @@ impl Engine {
         Tensor::from_data(TensorData::new(flat, [images.len(), 3, s, s]), &self.device)
     }
 
-    /// The softmax probabilities `[n, 4]` of a batch (mirror-averaged when TTA is on), not yet
-    /// read back from the device.
-    fn probabilities(&self, images: &[Vec<f32>]) -> Tensor<2> {
+    /// The softmax probabilities `[n, 4]` of a batch (mirror-averaged when TTA is on),
+    /// followed, when the model file has out-of-distribution statistics, by the pooled features
+    /// `[n, d]` of the images themselves: one tensor, so one read from the device.
+    fn outputs(&self, images: &[Vec<f32>]) -> Tensor<2> {
         let x = self.batch(images);
+        let n = images.len();
         if self.tta {
-            let n = images.len();
-            let both = Tensor::cat(vec![x.clone(), x.flip([3])], 0);
-            let p = softmax(self.model.forward(both), 1);
-            (p.clone().narrow(0, 0, n) + p.narrow(0, n, n)) / 2.0
+            let pooled = self
+                .model
+                .features(Tensor::cat(vec![x.clone(), x.flip([3])], 0));
+            let p = softmax(self.model.head.forward(pooled.clone()), 1);
+            let p = (p.clone().narrow(0, 0, n) + p.narrow(0, n, n)) / 2.0;
+            self.with_features(p, pooled.narrow(0, 0, n))
         } else {
-            softmax(self.model.forward(x), 1)
+            let pooled = self.model.features(x);
+            let p = softmax(self.model.head.forward(pooled.clone()), 1);
+            self.with_features(p, pooled)
         }
+    }
+
+    /// Appends the pooled features to the probabilities when the OOD score needs them.
+    fn with_features(&self, probabilities: Tensor<2>, pooled: Tensor<2>) -> Tensor<2> {
+        if self.header.ood.is_some() {
+            Tensor::cat(vec![probabilities, pooled], 1)
+        } else {
+            probabilities
+        }
+    }
+
+    /// Splits the rows read back from [`Engine::outputs`] into predictions.
+    fn predictions(&self, data: TensorData) -> Result<Vec<Prediction>> {
+        let data: Vec<f32> = data.try_to_vec().map_err(read_error)?;
+        let width = NUM_CLASSES + self.header.ood.as_ref().map_or(0, |o| o.dim);
+        Ok(data
+            .chunks(width)
+            .map(|row| {
+                let mut p = Prediction::from_probabilities([row[0], row[1], row[2], row[3]]);
+                p.ood = self
+                    .header
+                    .ood
+                    .as_ref()
+                    .map(|o| o.score(&row[NUM_CLASSES..]));
+                p
+            })
+            .collect())
     }
 
     /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
@@ -120,11 +161,7 @@ impl Engine {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        predictions(
-            self.probabilities(images)
-                .try_into_data()
-                .map_err(read_error)?,
-        )
+        self.predictions(self.outputs(images).try_into_data().map_err(read_error)?)
     }
 
     /// [`Engine::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
@@ -132,8 +169,8 @@ impl Engine {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let data = self.probabilities(images).into_data_async().await;
-        predictions(data.map_err(read_error)?)
+        let data = self.outputs(images).into_data_async().await;
+        self.predictions(data.map_err(read_error)?)
     }
 
     /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
@@ -163,10 +200,9 @@ impl Engine {
         let input = self.batch(&[x.to_vec()]);
         let activation = self.model.feature_map(input).detach();
         let probs = (!self.tta).then(|| {
-            softmax(
-                self.model.head.forward(global_avg_pool(activation.clone())),
-                1,
-            )
+            let pooled = global_avg_pool(activation.clone());
+            let p = softmax(self.model.head.forward(pooled.clone()), 1);
+            self.with_features(p, pooled)
         });
         (activation, probs)
     }
@@ -182,7 +218,7 @@ impl Engine {
     pub fn classify_keeping_activation(&self, x: Vec<f32>) -> Result<(Prediction, Tensor<4>)> {
         let (activation, probs) = self.activation(&x);
         let prediction = match probs {
-            Some(p) => predictions(p.try_into_data().map_err(read_error)?)?,
+            Some(p) => self.predictions(p.try_into_data().map_err(read_error)?)?,
             None => self.classify_batch(&[x])?,
         };
         Ok((
@@ -199,7 +235,7 @@ impl Engine {
     ) -> Result<(Prediction, Tensor<4>)> {
         let (activation, probs) = self.activation(&x);
         let prediction = match probs {
-            Some(p) => predictions(p.into_data_async().await.map_err(read_error)?)?,
+            Some(p) => self.predictions(p.into_data_async().await.map_err(read_error)?)?,
             None => self.classify_batch_async(&[x]).await?,
         };
         Ok((
@@ -223,13 +259,4 @@ fn read_error(e: impl std::fmt::Debug) -> Error {
     Error::Invalid(format!(
         "cannot read the probabilities back from the device: {e:?}"
     ))
-}
-
-/// Splits `[n, 4]` probabilities into predictions.
-fn predictions(data: TensorData) -> Result<Vec<Prediction>> {
-    let data: Vec<f32> = data.try_to_vec().map_err(read_error)?;
-    Ok(data
-        .chunks(NUM_CLASSES)
-        .map(|c| Prediction::from_probabilities([c[0], c[1], c[2], c[3]]))
-        .collect())
 }

@@ -11,7 +11,9 @@
 //!   evaluation transform, shared by every caller;
 //! - [`gradcam`]: Grad-CAM on the architecture's target layer;
 //! - [`model_file`]: the self-describing model file written by `pneumoscope export`;
+//! - [`ood`]: the out-of-distribution score (distance to the training features);
 //! - [`inference`]: load a model file, classify an image, explain it;
+//! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/`, replayed by the tests;
 //! - `web` (wasm32 only): the JavaScript API of `pkg/`, built with `wasm-bindgen`.
 //!
 //! This is a research and teaching tool, not a medical device.
@@ -20,10 +22,12 @@ pub mod arch;
 pub mod classes;
 pub mod dicom;
 pub mod error;
+pub mod fuzzing;
 pub mod gradcam;
 pub mod inference;
 pub mod model;
 pub mod model_file;
+pub mod ood;
 pub mod preprocess;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

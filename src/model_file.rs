@@ -19,6 +19,7 @@ use crate::arch::{self, InputConfig};
 use crate::classes::Class;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
+use crate::ood::OodStats;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
@@ -57,9 +58,12 @@ pub struct ModelHeader {
     pub data: serde_json::Value,
     /// Evaluation metrics (free-form JSON).
     pub metrics: serde_json::Value,
-    /// Optional extras (out-of-distribution statistics, notes, ...).
+    /// Optional extras (test-time augmentation default, notes, ...).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Out-of-distribution statistics of the training features, when fitted at export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodStats>,
     /// Version of the software that wrote the file.
     pub created_by: String,
     /// Length of the payload in bytes.
@@ -152,7 +156,10 @@ impl ModelFile {
                 header.payload_sha256
             )));
         }
-        arch::find(&header.arch).map_err(|e| bad(e.to_string()))?;
+        let spec = arch::find(&header.arch).map_err(|e| bad(e.to_string()))?;
+        if let Some(ood) = &header.ood {
+            ood.validate(spec.feature_dim).map_err(bad)?;
+        }
         if header.classes != Class::ALL {
             return Err(bad(format!(
                 "unexpected classes {:?} (expected normal, bacterial, viral, covid19)",
@@ -202,6 +209,7 @@ mod tests {
             data: serde_json::Value::Null,
             metrics: serde_json::Value::Null,
             extra: serde_json::Value::Null,
+            ood: None,
             created_by: "test".into(),
             payload_len: 0,
             payload_sha256: String::new(),

@@ -9,6 +9,7 @@
 //! r.top;                               // "normal" | "bacterial" | "viral" | "covid19"
 //! r.probabilities;                     // { normal: 0.01, bacterial: 0.9, viral: 0.08, covid19: 0.01 }
 //! r.timings;                           // { preprocess_ms, inference_ms }
+//! r.ood;                               // { score, flagged } or null: score > 1 = unlike the training X-rays
 //! const e = await model.explain(new Uint8Array(imageBytes), "viral"); // class optional
 //! e.cam;                               // { width, height, values, class, score }: the raw map
 //! e.size;                              // side of the network input (e.g. 224)
@@ -83,6 +84,8 @@ struct Classification {
     probabilities: serde_json::Map<String, serde_json::Value>,
     backend: &'static str,
     timings: Timings,
+    /// `{ score, flagged }`, or null when the model has no out-of-distribution statistics.
+    ood: Option<crate::ood::OodScore>,
 }
 
 #[derive(Serialize)]
@@ -113,6 +116,7 @@ fn classification(p: &Prediction, backend: &'static str, timings: Timings) -> Cl
             .collect(),
         backend,
         timings,
+        ood: p.ood,
     }
 }
 
@@ -181,10 +185,24 @@ impl Classifier {
     }
 
     /// What the model file says about itself (architecture, classes, input, training,
-    /// metrics, ...), as a plain object.
+    /// metrics, ...), as a plain object. The out-of-distribution statistics are summarised
+    /// (method, dimension, components, threshold, calibration), not copied.
     #[wasm_bindgen(getter)]
     pub fn info(&self) -> Result<JsValue, JsValue> {
-        to_js(&self.engine.header)
+        let mut header = serde_json::to_value(&self.engine.header).map_err(js_error)?;
+        if let (Some(o), Some(obj)) = (&self.engine.header.ood, header.as_object_mut()) {
+            obj.insert(
+                "ood".into(),
+                serde_json::json!({
+                    "method": o.method,
+                    "dim": o.dim,
+                    "components": o.components(),
+                    "threshold": o.threshold,
+                    "calibration": o.calibration,
+                }),
+            );
+        }
+        to_js(&header)
     }
 
     /// Side of the square network input in pixels.
@@ -194,7 +212,7 @@ impl Classifier {
     }
 
     /// Classifies an encoded image (PNG, JPEG or DICOM bytes). Resolves to
-    /// `{ top, probabilities, backend, timings }`; rejects with a readable message when the
+    /// `{ top, probabilities, backend, timings, ood }`; rejects with a readable message when the
     /// image can't be read.
     pub fn classify(&self, image: Vec<u8>) -> Promise {
         let engine = self.engine.clone();

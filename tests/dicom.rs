@@ -10,25 +10,6 @@ use pneumoscope::preprocess;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The test-only Python (`$PNEUMOSCOPE_PYTHON`, set by `cargo xtask test`, else the default
-/// venv); `None` outside `cargo xtask test` when there is none.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PNEUMOSCOPE_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let home = PathBuf::from(std::env::var_os("HOME")?);
-    let p = home.join(".cache/pneumoscope/venv/bin/python");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("PNEUMOSCOPE_SHARED").is_none(),
-        "no test venv: cargo xtask test must set PNEUMOSCOPE_PYTHON"
-    );
-    eprintln!("SKIPPED: no test venv (run `cargo xtask test`)");
-    None
-}
-
 fn make_dicoms(python: &Path, image: &Path, out: &Path) -> Vec<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dicom/make_dicom.py");
     let o = Command::new(python)
@@ -54,7 +35,7 @@ fn dicom_variants_read_back_as_the_plain_image_and_get_its_prediction() {
     let Some(shared) = common::shared() else {
         return;
     };
-    let Some(python) = python() else {
+    let Some(python) = common::test_python() else {
         return;
     };
     let engine = Engine::load(

@@ -6,9 +6,10 @@
 // with `data-class`, `data-width`, `data-height` and `data-map`: the raw Grad-CAM map as JSON),
 // `#error` for messages. Also `#result[data-timings]` (JSON, milliseconds) and, once a model is
 // loaded, `body[data-model-ready]`, `body[data-backend]` and `body[data-ready-ms]` (time since
-// navigation).
+// navigation). `#result[data-ood]` holds `{score, flagged}` as JSON (or `null` when the model has
+// no out-of-distribution statistics); `#ood-warning` is shown when the image is flagged.
 
-import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, renderBars, requestedBackend } from "./client.js";
+import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, oodMessage, renderBars, requestedBackend } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
 const client = new PneumoscopeClient();
@@ -42,6 +43,8 @@ function clearResult() {
   delete r.dataset.probabilities;
   delete r.dataset.backend;
   delete r.dataset.timings;
+  delete r.dataset.ood;
+  $("ood-warning").hidden = true;
   const c = $("gradcam");
   for (const k of ["class", "width", "height", "map"]) delete c.dataset[k];
 }
@@ -125,6 +128,10 @@ function show(r) {
   result.dataset.backend = r.backend;
   result.dataset.probabilities = JSON.stringify(r.probabilities);
   result.dataset.timings = JSON.stringify(r.timings);
+  result.dataset.ood = JSON.stringify(r.ood ?? null);
+  const warning = $("ood-warning");
+  warning.hidden = !r.ood?.flagged;
+  warning.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
   result.dataset.top = r.top;
   result.hidden = false;
 }

@@ -122,3 +122,10 @@ export function renderBars(container, probabilities, top) {
     container.append(row);
   }
 }
+
+/** The warning shown for an image the out-of-distribution score flags. */
+export function oodMessage(score) {
+  return `This image looks unlike the chest X-rays the model was trained on (out-of-distribution score ` +
+    `${score.toFixed(2)}; above 1 is unusual). It may be a photo, a CT slice, a lateral view or an image ` +
+    `from a very different population: do not trust the result.`;
+}

@@ -7,11 +7,12 @@
 //
 // Attributes: `model` (URL of a model file; default: the default of models/index.json),
 // `backend` (auto | webgpu | cpu). After each image the element carries `data-top`,
-// `data-probabilities` (JSON) and `data-backend`, and fires a `pneumoscope-result` event whose
+// `data-probabilities` (JSON), `data-backend` and `data-ood` (JSON `{score, flagged}` or null; a
+// flagged image also shows a warning), and fires a `pneumoscope-result` event whose
 // `detail` is the classification; failures fire `pneumoscope-error` and show the message.
 // Like the page, it runs everything on the user's device in a Web Worker.
 
-import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, renderBars } from "./client.js";
+import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, oodMessage, renderBars } from "./client.js";
 
 const TEMPLATE = `
   <link rel="stylesheet" href="${new URL("./pneumoscope-classifier.css", import.meta.url)}">
@@ -23,6 +24,7 @@ const TEMPLATE = `
     </label>
     <p class="error" role="alert" hidden></p>
     <div class="result" hidden>
+      <p class="ood" role="alert" hidden></p>
       <canvas width="224" height="224" aria-label="Grad-CAM heatmap"></canvas>
       <div>
         <p class="top"></p>
@@ -126,9 +128,13 @@ class PneumoscopeClassifier extends HTMLElement {
       drawOverlay(this.$("canvas"), r, 0.45);
       this.dataset.probabilities = JSON.stringify(r.probabilities);
       this.dataset.backend = r.backend;
+      this.dataset.ood = JSON.stringify(r.ood ?? null);
+      const ood = this.$(".ood");
+      ood.hidden = !r.ood?.flagged;
+      ood.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
       this.dataset.top = r.top;
       const { top, probabilities, backend, timings } = r;
-      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings } }));
+      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings, ood: r.ood ?? null } }));
     } catch (e) {
       this.$(".result").hidden = true;
       this.fail(`${this.name}: ${e.message}`);

@@ -85,6 +85,8 @@ async function upload(page, file) {
       top: r.dataset.top,
       probabilities: JSON.parse(r.dataset.probabilities),
       backend: r.dataset.backend,
+      ood: JSON.parse(r.dataset.ood),
+      oodWarning: document.getElementById("ood-warning").hidden ? null : document.getElementById("ood-warning").textContent,
       cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
       timings: document.getElementById("timings").textContent,
     };
@@ -113,6 +115,13 @@ function compareWithNative(file, got, backend) {
   for (const [c, p] of Object.entries(want.probabilities)) {
     const d = Math.abs(got.probabilities[c] - p);
     check(d <= 1e-3, `${file}: p(${c}) ${got.probabilities[c]} in the page vs ${p} natively (|d| = ${d})`);
+  }
+  check(want.ood && got.ood, `${file}: no out-of-distribution score (page ${JSON.stringify(got.ood)}, CLI ${JSON.stringify(want.ood)})`);
+  const d = Math.abs(got.ood.score - want.ood.score);
+  check(d <= 1e-3 * Math.max(1, want.ood.score), `${file}: OOD score ${got.ood.score} in the page vs ${want.ood.score} natively`);
+  check(got.ood.flagged === want.ood.flagged, `${file}: flagged ${got.ood.flagged} in the page, ${want.ood.flagged} natively`);
+  if ("oodWarning" in got) {
+    check(Boolean(got.oodWarning) === got.ood.flagged, `${file}: warning ${JSON.stringify(got.oodWarning)} for flagged = ${got.ood.flagged}`);
   }
 }
 
@@ -188,6 +197,18 @@ async function backendSuite(browser, backend) {
     const focused = await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
     check(focused === "image-input", `Tab from the drop zone goes to ${focused}, not the file input`);
   });
+  await t.test(`${backend}: a photo is flagged as out of distribution, with the CLI's score`, async () => {
+    const photo = join(args.shared, "fixtures/imagenet/chelsea.png");
+    native.set(photo, nativePredict(args.pneumoscope, args.model, photo));
+    check(native.get(photo).ood.flagged, `the CLI does not flag ${photo}: ${JSON.stringify(native.get(photo).ood)}`);
+    const got = await upload(page, photo);
+    compareWithNative(photo, got, backend);
+    check(/unlike the chest X-rays/.test(got.oodWarning ?? ""), `no warning shown: ${got.oodWarning}`);
+    for (const file of images) {
+      check(!native.get(file).ood.flagged, `${file}, a chest X-ray, is flagged: ${JSON.stringify(native.get(file).ood)}`);
+    }
+    await page.screenshot({ path: join(args.artifacts, `${backend}-ood-photo.png`), fullPage: true });
+  });
   await t.test(`${backend}: the class selector explains another class`, async () => {
     const file = onScreen;
     const current = await page.evaluate(() => document.getElementById("result").dataset.top);
@@ -247,6 +268,31 @@ async function backendSuite(browser, backend) {
     check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), "a stale result is still shown");
     console.log(`#   error shown: ${message}`);
   });
+  // The hostile-file corpus (tests/hostile/make_corpus.py) concerns decoding, the same Rust code
+  // on both backends: tested once, on the CPU backend.
+  if (backend === "cpu" && args.python) {
+    await t.test(`${backend}: the hostile-file corpus: clear errors for broken files, answers for odd ones, no freeze`, async () => {
+      const dir = join(args.artifacts, "hostile");
+      execFileSync(args.python, [join(import.meta.dirname, "../hostile/make_corpus.py"), images[1], dir]);
+      const cases = JSON.parse(readFileSync(join(dir, "expected.json"), "utf8"));
+      const plain = await upload(page, join(dir, "plain.png"));
+      for (const c of cases) {
+        const file = join(dir, c.file);
+        const t1 = Date.now();
+        if (c.expect === "error") {
+          const message = await expectError(page, c.file, () => page.setInputFiles("#image-input", file));
+          check(message.toLowerCase().includes(c.reason.toLowerCase()), `${c.file}: the message does not say "${c.reason}": ${message}`);
+          check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), `${c.file}: a stale result is shown`);
+        } else {
+          const got = await upload(page, file);
+          if (c.expect === "same") check(got.top === plain.top, `${c.file}: ${got.top}, the plain image gives ${plain.top}`);
+        }
+        console.log(`#   ${c.file}: ${c.expect} in ${Date.now() - t1} ms`);
+      }
+      // Still responsive afterwards: a real X-ray gets the CLI's answer.
+      compareWithNative(images[0], await upload(page, images[0]), backend);
+    });
+  }
   await t.test(`${backend}: nothing left the machine and no request carried a body`, async () => {
     const bad = net.violations();
     check(bad.length === 0, `requests that break the rule: ${JSON.stringify(bad)}`);
@@ -337,6 +383,7 @@ async function embedSuite(browser) {
     const got = await page.evaluate(() => {
       const el = document.querySelector("pneumoscope-classifier");
       return { top: el.dataset.top, probabilities: JSON.parse(el.dataset.probabilities), backend: el.dataset.backend,
+        ood: JSON.parse(el.dataset.ood),
         event: document.getElementById("last-event").textContent };
     });
     compareWithNative(images[1], got, "cpu");

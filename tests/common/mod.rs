@@ -4,15 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod shared;
-pub use shared::shared;
-
-/// The shipped default model file, from `web/models/index.json`.
-pub fn default_model() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/models");
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    dir.join(index["default"].as_str().unwrap())
-}
+pub use shared::{default_model, shared, test_python};
 
 /// A few real chest X-rays of each kind.
 pub fn sample_images(shared: &Path) -> Vec<PathBuf> {

@@ -27,3 +27,34 @@ pub fn shared() -> Option<PathBuf> {
         }
     }
 }
+
+/// The test-only Python (`$PNEUMOSCOPE_PYTHON`, set by `cargo xtask test`, else the default
+/// venv); `None` outside `cargo xtask test` when there is none.
+pub fn test_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PNEUMOSCOPE_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    let p = home.join(".cache/pneumoscope/venv/bin/python");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("PNEUMOSCOPE_SHARED").is_none(),
+        "no test venv: cargo xtask test must set PNEUMOSCOPE_PYTHON"
+    );
+    eprintln!("SKIPPED: no test venv (run `cargo xtask test`)");
+    None
+}
+
+/// The shipped default model file, from `web/models/index.json` of the workspace.
+pub fn default_model() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("web/models"))
+        .find(|d| d.join("index.json").is_file())
+        .expect("web/models/index.json in the workspace");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    dir.join(index["default"].as_str().unwrap())
+}

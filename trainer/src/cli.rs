@@ -42,7 +42,12 @@ pub fn predict(
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({ "file": img.display().to_string(), "probabilities": probs, "top": p.top })
+                    serde_json::json!({
+                        "file": img.display().to_string(),
+                        "probabilities": probs,
+                        "top": p.top,
+                        "ood": p.ood,
+                    })
                 );
             }
             Err(e) => {

@@ -7,8 +7,10 @@ use crate::metrics::{self, Metrics};
 use crate::report::{self, CamEntry, SourceBreakdown};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use pneumoscope::ood::OodScore;
 use pneumoscope::{Class, NUM_CLASSES};
 use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -23,7 +25,7 @@ pub fn run(
     out: Option<&Path>,
     tta: bool,
     device: &Device,
-) -> Result<(Metrics, SourceBreakdown)> {
+) -> Result<Evaluation> {
     let engine = load_engine(model, device)?;
     let engine = if tta { engine.with_tta(true) } else { engine };
     let manifest = Manifest::read(data)?;
@@ -33,6 +35,7 @@ pub fn run(
     }
     let pb = crate::progress::bar(rows.len() as u64, "evaluating");
     let mut probs: Vec<[f32; NUM_CLASSES]> = Vec::with_capacity(rows.len());
+    let mut ood: Vec<Option<OodScore>> = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(32) {
         let imgs: Vec<Vec<f32>> = chunk
             .par_iter()
@@ -45,18 +48,17 @@ pub fn run(
                     .with_context(|| format!("{}", p.display()))
             })
             .collect::<Result<_>>()?;
-        probs.extend(
-            engine
-                .classify_batch(&imgs)?
-                .into_iter()
-                .map(|p| p.probabilities),
-        );
+        for p in engine.classify_batch(&imgs)? {
+            probs.push(p.probabilities);
+            ood.push(p.ood);
+        }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
     let labels = manifest.labels(&rows);
     let pats = manifest.patients(&rows);
     let m = metrics::compute(&probs, &labels, &pats);
+    let ood_summary = OodSummary::of(&ood);
 
     let mut by_source: BTreeMap<String, (usize, usize, [usize; NUM_CLASSES])> = BTreeMap::new();
     for (k, &i) in rows.iter().enumerate() {
@@ -78,6 +80,7 @@ pub fn run(
     if let Some(out) = out {
         std::fs::create_dir_all(out.join("gradcam"))
             .with_context(|| format!("cannot create {}", out.display()))?;
+        write_predictions(&out.join("predictions.csv"), &manifest, &rows, &probs, &ood)?;
         let title = format!(
             "Pneumoscope evaluation: {} on the {split} split",
             engine.header.arch
@@ -108,8 +111,18 @@ pub fn run(
                 });
             }
         }
+        let ood_line = match &ood_summary {
+            Some(o) => format!(
+                " Out-of-distribution warning: {} of {} images flagged ({:.1}%; median score {:.2}).",
+                o.flagged,
+                o.n,
+                100.0 * o.rate,
+                o.median_score
+            ),
+            None => String::new(),
+        };
         let desc = format!(
-            "Model: {} ({}), weights {}; data: {}, split '{split}'; test-time augmentation {}.",
+            "Model: {} ({}), weights {}; data: {}, split '{split}'; test-time augmentation {}.{ood_line}",
             engine.header.arch,
             engine.header.weights_dtype,
             engine.header.weight_source,
@@ -130,7 +143,85 @@ pub fn run(
         )?;
         std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
     }
-    Ok((m, sources))
+    Ok(Evaluation {
+        metrics: m,
+        sources,
+        ood: ood_summary,
+    })
+}
+
+/// What [`run`] measured.
+pub struct Evaluation {
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Accuracy and predictions per data source.
+    pub sources: SourceBreakdown,
+    /// How many images the out-of-distribution score flagged (when the model has one).
+    pub ood: Option<OodSummary>,
+}
+
+/// The out-of-distribution scores of an evaluated split.
+#[derive(Clone, Debug, Serialize)]
+pub struct OodSummary {
+    /// Images scored.
+    pub n: usize,
+    /// Images with a score above 1.
+    pub flagged: usize,
+    /// `flagged / n`.
+    pub rate: f64,
+    /// Median score.
+    pub median_score: f32,
+}
+
+impl OodSummary {
+    fn of(scores: &[Option<OodScore>]) -> Option<Self> {
+        let mut s: Vec<f32> = scores
+            .iter()
+            .map(|o| o.map(|o| o.score))
+            .collect::<Option<_>>()?;
+        if s.is_empty() {
+            return None;
+        }
+        let flagged = scores.iter().flatten().filter(|o| o.flagged).count();
+        Some(Self {
+            n: s.len(),
+            flagged,
+            rate: flagged as f64 / s.len() as f64,
+            median_score: crate::ood::quantile(&mut s, 0.5),
+        })
+    }
+}
+
+/// One row per evaluated image: truth, probabilities, prediction and OOD score.
+fn write_predictions(
+    path: &Path,
+    manifest: &Manifest,
+    rows: &[usize],
+    probs: &[[f32; NUM_CLASSES]],
+    ood: &[Option<OodScore>],
+) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut head = vec!["path", "label", "patient", "source"];
+    head.extend(Class::ALL.iter().map(|c| c.name()));
+    head.extend(["top", "ood_score", "ood_flagged"]);
+    w.write_record(&head)?;
+    for (k, &i) in rows.iter().enumerate() {
+        let r = &manifest.records[i];
+        let top = pneumoscope::inference::Prediction::from_probabilities(probs[k]).top;
+        let mut rec = vec![
+            r.path.clone(),
+            r.label.name().to_string(),
+            r.patient.clone(),
+            r.source.clone(),
+        ];
+        rec.extend(probs[k].iter().map(|p| format!("{p:.6}")));
+        rec.push(top.name().to_string());
+        rec.push(ood[k].map_or(String::new(), |o| format!("{:.4}", o.score)));
+        rec.push(ood[k].map_or(String::new(), |o| o.flagged.to_string()));
+        w.write_record(&rec)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::fsutil::write_atomic(path, &bytes)
 }
 
 /// Human-readable summary.

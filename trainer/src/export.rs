@@ -19,7 +19,10 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Packs `RUN/model.bpk` with its description into a model file at `out`.
-pub fn run(run: &Path, out: &Path, f16: bool, tta: bool) -> Result<ModelHeader> {
+///
+/// With `ood`, the out-of-distribution statistics are fitted on the run's training split (with
+/// the exported weights, exactly as inference will see them) and stored in the file.
+pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<ModelHeader> {
     let cfg: TrainConfig = serde_json::from_value(read_json(&run.join("config.json"))?)
         .with_context(|| format!("{}: not a training run", run.display()))?;
     let model_path = run.join("model.bpk");
@@ -70,11 +73,19 @@ pub fn run(run: &Path, out: &Path, f16: bool, tta: bool) -> Result<ModelHeader> 
         data,
         metrics,
         extra: serde_json::json!({ "tta": tta }),
+        ood: None,
         created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
         payload_len: 0,
         payload_sha256: String::new(),
     };
-    let file = ModelFile::from_classifier(header, model)?;
+    let mut file = ModelFile::from_classifier(header, model)?;
+    if ood {
+        let manifest = Manifest::read(&cfg.data).context(
+            "the out-of-distribution statistics need the run's training data (or pass --no-ood)",
+        )?;
+        let exported = file.load_classifier(&device)?;
+        file.header.ood = Some(crate::ood::fit(&exported, &spec, &manifest, &device)?);
+    }
     crate::fsutil::write_atomic(out, &file.to_bytes())?;
     Ok(file.header)
 }

@@ -12,6 +12,7 @@ mod forward;
 mod fsutil;
 mod metrics;
 mod npy;
+mod ood;
 mod progress;
 mod report;
 mod train;
@@ -103,6 +104,10 @@ enum Command {
         /// used.
         #[arg(long)]
         tta: bool,
+        /// Leave out the out-of-distribution statistics (they are fitted on the run's training
+        /// split, so the run's manifest and images must be at hand).
+        #[arg(long)]
+        no_ood: bool,
     },
     /// Training and inference throughput of the Burn CPU backend beside PyTorch on the same
     /// shapes, and the frozen protocol's cached-features speed-up.
@@ -256,15 +261,24 @@ fn run(cli: Cli) -> Result<()> {
             json,
             tta,
         } => {
-            let (m, sources) =
-                evaluate::run(&model, &data, split, out.as_deref(), tta, &Device::flex())?;
+            let e = evaluate::run(&model, &data, split, out.as_deref(), tta, &Device::flex())?;
             if json {
-                let mut v = serde_json::to_value(&m)?;
+                let mut v = serde_json::to_value(&e.metrics)?;
                 v["split"] = serde_json::json!(split);
-                v["by_source"] = serde_json::json!(sources);
+                v["by_source"] = serde_json::json!(e.sources);
+                v["ood"] = serde_json::json!(e.ood);
                 println!("{v}");
             } else {
-                evaluate::print_table(&m);
+                evaluate::print_table(&e.metrics);
+                if let Some(o) = &e.ood {
+                    println!(
+                        "out-of-distribution: {} of {} images flagged ({:.1}%), median score {:.2}",
+                        o.flagged,
+                        o.n,
+                        100.0 * o.rate,
+                        o.median_score
+                    );
+                }
                 if let Some(o) = out {
                     println!("wrote {}", o.join("report.html").display());
                 }
@@ -287,8 +301,14 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             cli::gradcam(&model, &image, &out, class, &Device::flex())?;
         }
-        Command::Export { run, out, f16, tta } => {
-            let h = export::run(&run, &out, f16, tta)?;
+        Command::Export {
+            run,
+            out,
+            f16,
+            tta,
+            no_ood,
+        } => {
+            let h = export::run(&run, &out, f16, tta, !no_ood)?;
             println!(
                 "wrote {} ({}, {} weights, payload sha256 {})",
                 out.display(),

@@ -1,12 +1,12 @@
 //! Helpers shared by the CLI tests: where `../shared` is, running the binary, small manifests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 #[path = "../../../tests/common/shared.rs"]
 mod shared_dir;
-pub use shared_dir::shared;
+pub use shared_dir::{default_model, shared, test_python};
 
 /// The `pneumoscope` binary.
 pub fn bin() -> Command {

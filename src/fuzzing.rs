@@ -1,0 +1,78 @@
+//! The bodies of the fuzz targets in `fuzz/` (run with `cargo +nightly fuzz run TARGET`). They
+//! live here so that the ordinary test suite replays the kept corpora through exactly the same
+//! code (`tests/fuzz_corpus.rs`). Each accepts any bytes and panics only on a broken invariant.
+
+use crate::arch;
+use crate::model_file::{FORMAT_VERSION, ModelFile, ModelHeader};
+use crate::preprocess;
+use burn::prelude::*;
+
+/// The input configuration the image targets use (EfficientNet-Lite0's).
+fn input() -> arch::InputConfig {
+    arch::find("efficientnet_lite0")
+        .expect("lite0 is registered")
+        .input
+}
+
+/// Checks what the evaluation transform produced from decodable bytes.
+fn check_input(bytes: &[u8]) {
+    let cfg = input();
+    if let Ok(x) = preprocess::preprocess(bytes, &cfg) {
+        assert_eq!(x.len(), 3 * cfg.crop * cfg.crop);
+        assert!(x.iter().all(|v| v.is_finite()), "non-finite network input");
+    }
+}
+
+/// Image target: any bytes through decoding (PNG, JPEG, DICOM by magic) and preprocessing.
+pub fn image(data: &[u8]) {
+    check_input(data);
+}
+
+/// DICOM target: `data` after a 128-byte preamble and the `DICM` magic.
+pub fn dicom(data: &[u8]) {
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    bytes.extend_from_slice(data);
+    check_input(&bytes);
+}
+
+/// Model-file target: `data[0]` even → `data[1..]` is a whole file; odd → `data[1..]` is a
+/// payload, wrapped in a valid EfficientNet-Lite0 header whose length and checksum match, then
+/// loaded into the network.
+pub fn model_file(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let file = if mode % 2 == 0 {
+        match ModelFile::from_bytes(rest) {
+            Ok(f) => f,
+            Err(_) => return,
+        }
+    } else {
+        let spec = arch::find("efficientnet_lite0").expect("lite0 is registered");
+        let header = ModelHeader {
+            format_version: FORMAT_VERSION,
+            arch: spec.name.into(),
+            classes: crate::Class::ALL.to_vec(),
+            input: spec.input.clone(),
+            gradcam_layer: spec.gradcam_layer.into(),
+            weights_dtype: "f32".into(),
+            weight_source: "fuzz".into(),
+            training: serde_json::Value::Null,
+            data: serde_json::Value::Null,
+            metrics: serde_json::Value::Null,
+            extra: serde_json::Value::Null,
+            ood: None,
+            created_by: "fuzz".into(),
+            payload_len: rest.len() as u64,
+            payload_sha256: crate::model_file::sha256_hex(rest),
+        };
+        let bytes = ModelFile {
+            header,
+            payload: rest.to_vec(),
+        }
+        .to_bytes();
+        ModelFile::from_bytes(&bytes).expect("a well-formed wrapper parses")
+    };
+    let _ = file.load_classifier(&Device::flex());
+}

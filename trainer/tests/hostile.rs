@@ -1,0 +1,197 @@
+//! Hostile and odd input files through the CLI and the dataset builder. The corpus is generated
+//! from a real chest X-ray by `tests/hostile/make_corpus.py` (test-only venv): empty, truncated,
+//! corrupt, text and random bytes with image extensions, unsupported formats, decompression
+//! bombs, too small and too large images (each must fail with a clear message naming the file,
+//! without a panic and with bounded memory), and 16-bit, palette, alpha, CMYK, progressive,
+//! EXIF-rotated, very large and very small images and wrong extensions (each must be answered,
+//! with the plain image's class where the picture is the same).
+
+mod common;
+use common::{bin, default_model, read_csv, shared, test_python};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Case {
+    file: String,
+    kind: String,
+    expect: String,
+    reason: String,
+}
+
+fn corpus(python: &Path, source: &Path, out: &Path) -> Vec<Case> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/hostile/make_corpus.py");
+    let o = Command::new(python)
+        .arg(script)
+        .arg(source)
+        .arg(out)
+        .output()
+        .expect("python runs");
+    assert!(
+        o.status.success(),
+        "make_corpus.py failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cases: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(out.join("expected.json")).unwrap()).unwrap();
+    let s = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+    cases
+        .iter()
+        .map(|c| Case {
+            file: s(c, "file"),
+            kind: s(c, "kind"),
+            expect: s(c, "expect"),
+            reason: s(c, "reason"),
+        })
+        .collect()
+}
+
+/// The largest resident set of any child process so far, in bytes.
+fn children_max_rss() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0);
+    usage.ru_maxrss as u64 * 1024
+}
+
+fn source_image(shared: &Path) -> PathBuf {
+    let dir = shared.join("data/kermany/chest_xray/test/PNEUMONIA");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("bacteria"))
+        .collect();
+    files.sort();
+    files.remove(0)
+}
+
+#[test]
+fn the_cli_answers_odd_files_and_refuses_broken_ones_by_name() {
+    let Some(shared) = shared() else { return };
+    let Some(python) = test_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = corpus(&python, &source_image(&shared), dir.path());
+    assert!(cases.iter().filter(|c| c.kind == "broken").count() >= 12);
+    assert!(cases.iter().filter(|c| c.kind == "odd").count() >= 12);
+
+    let model = default_model();
+    let files: Vec<PathBuf> = cases.iter().map(|c| dir.path().join(&c.file)).collect();
+    let out = bin()
+        .arg("predict")
+        .arg("--model")
+        .arg(&model)
+        .args(&files)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    eprintln!("--- stdout\n{stdout}--- stderr\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "broken files must give a non-zero exit"
+    );
+    assert!(!stderr.contains("panicked"), "a panic: {stderr}");
+    let answers: HashMap<String, Value> = stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["file"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let plain = &answers[&dir.path().join("plain.png").display().to_string()];
+    for (case, file) in cases.iter().zip(&files) {
+        let name = file.display().to_string();
+        match case.expect.as_str() {
+            "error" => {
+                assert!(!answers.contains_key(&name), "{}: answered", case.file);
+                let line = errors
+                    .iter()
+                    .find(|l| l.starts_with(&format!("error: {name}: ")))
+                    .unwrap_or_else(|| panic!("{}: no error line naming it", case.file));
+                assert!(
+                    line.to_lowercase().contains(&case.reason.to_lowercase()),
+                    "{}: the message does not say '{}': {line}",
+                    case.file,
+                    case.reason
+                );
+            }
+            "same" | "result" => {
+                let a = answers
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{}: no answer", case.file));
+                if case.expect == "same" {
+                    assert_eq!(a["top"], plain["top"], "{}: another class", case.file);
+                }
+            }
+            other => panic!("unknown expectation {other}"),
+        }
+    }
+    // Lossless re-encodings of the same grey levels give the same probabilities.
+    for f in [
+        "png-named.jpg",
+        "gray16.png",
+        "palette.png",
+        "rgba.png",
+        "gray-alpha.png",
+    ] {
+        let a = &answers[&dir.path().join(f).display().to_string()];
+        for (k, p) in plain["probabilities"].as_object().unwrap() {
+            let d = (a["probabilities"][k].as_f64().unwrap() - p.as_f64().unwrap()).abs();
+            assert!(d < 1e-5, "{f}: p({k}) differs by {d}");
+        }
+    }
+    assert_eq!(
+        errors.len(),
+        cases.iter().filter(|c| c.expect == "error").count() + 1,
+        "one line per broken file and a summary"
+    );
+    // Decode limits keep memory bounded: a 100000 x 100000 PNG would need 10 GB.
+    let rss = children_max_rss();
+    eprintln!("largest child resident set: {} MB", rss >> 20);
+    assert!(rss < 1 << 30, "a child used {} MB", rss >> 20);
+}
+
+#[test]
+fn the_dataset_builder_rejects_broken_files_by_name_and_keeps_the_rest() {
+    let Some(shared) = shared() else { return };
+    let Some(python) = test_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    let class_dir = folder.join("bacterial");
+    let cases = corpus(&python, &source_image(&shared), &class_dir);
+    std::fs::remove_file(class_dir.join("expected.json")).unwrap();
+    let out = dir.path().join("out");
+    common::ok(&[
+        "data",
+        "build",
+        "--folder",
+        folder.to_str().unwrap(),
+        "--val",
+        "0",
+        "--test",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = read_csv(&out.join("manifest.csv"));
+    let rejected = read_csv(&out.join("rejected.csv"));
+    for case in &cases {
+        let in_manifest = rows.iter().any(|r| r["path"].ends_with(&case.file));
+        let why = rejected
+            .iter()
+            .find(|r| r["path"].ends_with(&case.file))
+            .map(|r| r["reason"].clone());
+        if case.expect == "error" {
+            let why = why.unwrap_or_else(|| panic!("{} not rejected", case.file));
+            assert!(!in_manifest && !why.is_empty(), "{}: {why}", case.file);
+        } else {
+            assert!(in_manifest, "{} not in the manifest: {why:?}", case.file);
+        }
+    }
+}
