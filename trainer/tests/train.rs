@@ -91,6 +91,9 @@ fn train_export_evaluate_predict_gradcam() {
     ]);
     let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
     assert_eq!(v["n"], 24);
+    // The export fitted the out-of-distribution statistics, so every image has a score.
+    assert_eq!(v["ood"]["n"], 24, "{}", v["ood"]);
+    assert!(v["ood"]["median_score"].as_f64().unwrap() > 0.0);
     for k in [
         "macro_f1",
         "accuracy",
@@ -201,6 +204,11 @@ fn train_export_evaluate_predict_gradcam() {
         serde_json::from_str(ok(&["predict", "--model", model_s, a]).trim()).unwrap();
     let p16: serde_json::Value =
         serde_json::from_str(ok(&["predict", "--model", m16.to_str().unwrap(), a]).trim()).unwrap();
+    let (s32, s16) = (
+        p32["ood"]["score"].as_f64().unwrap(),
+        p16["ood"]["score"].as_f64().unwrap(),
+    );
+    assert!((s32 - s16).abs() < 0.05 * s32, "OOD score {s32} vs {s16}");
     for c in ["normal", "bacterial", "viral", "covid19"] {
         let d = (p32["probabilities"][c].as_f64().unwrap()
             - p16["probabilities"][c].as_f64().unwrap())
