@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn make_dicoms(python: &Path, image: &Path, out: &Path) -> Vec<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dicom/make_dicom.py");
+    let script = common::manifest_dir().join("tests/dicom/make_dicom.py");
     let o = Command::new(python)
         .arg(script)
         .arg(image)

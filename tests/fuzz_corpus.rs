@@ -3,10 +3,10 @@
 //! fuzz targets' own bodies ([`pneumoscope::fuzzing`]), so every input that once exercised a
 //! new path, or once crashed, is run by the ordinary test suite on stable Rust.
 
-use std::path::Path;
+mod common;
 
 fn replay(target: &str, run: fn(&[u8]), min_seeds: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = common::manifest_dir().join("fuzz");
     let mut n = 0;
     for dir in [
         root.join("corpus").join(target),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod shared;
-pub use shared::{default_model, shared, test_python};
+pub use shared::{default_model, manifest_dir, shared, test_python};
 
 /// A few real chest X-rays of each kind.
 pub fn sample_images(shared: &Path) -> Vec<PathBuf> {

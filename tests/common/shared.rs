@@ -2,6 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
+/// The package folder of the running test: cargo's run-time `CARGO_MANIFEST_DIR`, which is
+/// right even when the binary was built from a checkout elsewhere that shares the target
+/// directory; the compile-time value otherwise.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The shared folder: `$PNEUMOSCOPE_SHARED` (set by `cargo xtask test`, which fails when it is
 /// missing), else a `shared/` beside the workspace; `None`, with a message, when there is none.
 pub fn shared() -> Option<PathBuf> {
@@ -14,7 +23,7 @@ pub fn shared() -> Option<PathBuf> {
         );
         return Some(p);
     }
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = manifest_dir();
     match here
         .ancestors()
         .map(|a| a.join("shared"))
@@ -49,7 +58,7 @@ pub fn test_python() -> Option<PathBuf> {
 
 /// The shipped default model file, from `web/models/index.json` of the workspace.
 pub fn default_model() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let dir = manifest_dir()
         .ancestors()
         .map(|a| a.join("web/models"))
         .find(|d| d.join("index.json").is_file())

@@ -21,7 +21,7 @@ struct Case {
 }
 
 fn corpus(python: &Path, source: &Path, out: &Path) -> Vec<Case> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/hostile/make_corpus.py");
+    let script = common::manifest_dir().join("../tests/hostile/make_corpus.py");
     let o = Command::new(python)
         .arg(script)
         .arg(source)

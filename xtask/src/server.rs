@@ -311,10 +311,7 @@ mod tests {
 
     #[test]
     fn the_page_carries_the_same_policy() {
-        let html = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/index.html"),
-        )
-        .unwrap();
+        let html = std::fs::read_to_string(crate::root().join("web/index.html")).unwrap();
         assert!(
             html.contains(&format!("content=\"{CSP}\"")),
             "web/index.html's <meta> policy differs from the server's"
