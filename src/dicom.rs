@@ -15,6 +15,175 @@ use dicom_object::file::ReadPreamble;
 use dicom_pixeldata::{ConvertOptions, PixelDecoder, VoiLutOption};
 use image::DynamicImage;
 
+/// Value length meaning "undefined" (delimited by items).
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+/// Walks the elements of a Part 10 file and checks that none declares a value longer than the
+/// bytes that follow it. The parser of dicom-rs 0.10 reserves and zero-fills a value's declared
+/// length before reading it, so a few kilobytes declaring 2 GB would take 2 GB of memory (found
+/// by fuzzing). Deflated data sets are not walked (their lengths refer to inflated bytes).
+fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut pos = 132;
+    let (mut meta, mut explicit, mut big) = (true, true, false);
+    let mut encapsulated = false;
+    let mut ts = String::new();
+    let u16_at = |p: usize, big: bool| {
+        let b = [bytes[p], bytes[p + 1]];
+        if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_at = |p: usize, big: bool| {
+        let b = [bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]];
+        if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    while pos + 8 <= bytes.len() {
+        if meta && u16_at(pos, false) != 0x0002 {
+            meta = false;
+            match ts.trim_end_matches(['\0', ' ']) {
+                "1.2.840.10008.1.2" => explicit = false,
+                "1.2.840.10008.1.2.2" => big = true,
+                "1.2.840.10008.1.2.1.99" => return Ok(()),
+                _ => {}
+            }
+        }
+        let (group, element) = (u16_at(pos, big), u16_at(pos + 2, big));
+        if group == 0xFFFE {
+            // Item and delimiters: a tag and a 4-byte length, whatever the VR encoding.
+            let len = u32_at(pos + 4, big);
+            pos += 8;
+            if element == 0xE000 && len != UNDEFINED {
+                if len as usize > bytes.len() - pos {
+                    return Err(format!(
+                        "an item declares {len} bytes, only {} remain",
+                        bytes.len() - pos
+                    ));
+                }
+                if encapsulated {
+                    pos += len as usize; // a compressed fragment: not elements
+                }
+            } else if element == 0xE0DD {
+                encapsulated = false;
+            }
+            continue;
+        }
+        let (vr, len, header): (Option<[u8; 2]>, u32, usize) = if explicit || meta {
+            let vr = [bytes[pos + 4], bytes[pos + 5]];
+            if matches!(
+                &vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            ) {
+                if pos + 12 > bytes.len() {
+                    break;
+                }
+                (Some(vr), u32_at(pos + 8, big && !meta), 12)
+            } else {
+                (Some(vr), u16_at(pos + 6, big && !meta) as u32, 8)
+            }
+        } else {
+            (None, u32_at(pos + 4, big), 8)
+        };
+        pos += header;
+        if len == UNDEFINED {
+            // A sequence, or encapsulated pixel data, delimited by items: walk into it.
+            encapsulated = vr != Some(*b"SQ") && (group, element) == (0x7FE0, 0x0010);
+            continue;
+        }
+        let remaining = bytes.len() - pos;
+        if len as usize > remaining {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) declares {len} bytes, only {remaining} remain"
+            ));
+        }
+        let sequence =
+            vr == Some(*b"SQ") || (vr.is_none() && len >= 8 && u32_at(pos, big) == 0xE000_FFFE);
+        if meta && (group, element) == (0x0002, 0x0010) {
+            ts = String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned();
+        }
+        if !sequence {
+            pos += len as usize;
+        }
+    }
+    Ok(())
+}
+
+/// Transfer syntax UID of RLE Lossless.
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks an RLE Lossless frame (DICOM PS3.5 annex G): a 64-byte header with the number of
+/// segments and their offsets, then `segments` PackBits streams that must each decode to at
+/// least `pixels` bytes.
+fn check_rle(fragment: &[u8], pixels: usize, segments: usize) -> std::result::Result<(), String> {
+    let word = |i: usize| u32::from_le_bytes(fragment[i..i + 4].try_into().unwrap()) as usize;
+    if fragment.len() < 64 {
+        return Err(format!("a header of {} bytes, 64 expected", fragment.len()));
+    }
+    let n = word(0);
+    if !(segments..=15).contains(&n) {
+        return Err(format!("{n} segments, {segments} expected"));
+    }
+    let mut offsets: Vec<usize> = (0..n).map(|i| word(4 + 4 * i)).collect();
+    offsets.push(fragment.len());
+    for s in 0..segments {
+        let segment = fragment
+            .get(offsets[s]..offsets[s + 1])
+            .ok_or_else(|| format!("segment {s} lies outside the data"))?;
+        let decoded = packbits_len(segment, pixels);
+        if decoded < pixels {
+            return Err(format!(
+                "segment {s} decodes to {decoded} of {pixels} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How many bytes a PackBits stream decodes to, up to `limit`; a truncated run ends it.
+fn packbits_len(data: &[u8], limit: usize) -> usize {
+    let (mut i, mut out) = (0usize, 0usize);
+    while i < data.len() && out < limit {
+        let header = data[i] as i8;
+        i += 1;
+        match header {
+            0..=127 => {
+                let n = header as usize + 1;
+                if i + n > data.len() {
+                    break;
+                }
+                i += n;
+                out += n;
+            }
+            -128 => {}
+            _ => {
+                if i >= data.len() {
+                    break;
+                }
+                i += 1;
+                out += (1 - header as isize) as usize;
+            }
+        }
+    }
+    out
+}
+
 /// Whether bytes are a DICOM Part 10 file (`DICM` after the 128-byte preamble).
 pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.len() >= 132 && &bytes[128..132] == b"DICM"
@@ -24,6 +193,7 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
 /// transforms applied. `max_side` bounds the accepted rows and columns.
 pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
     let bad = |m: String| Error::Image(format!("DICOM: {m}"));
+    check_lengths(bytes).map_err(|m| bad(format!("corrupt file ({m})")))?;
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
         .from_reader(bytes)
@@ -51,7 +221,49 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
             "the image is {cols}x{rows} pixels, more than the limit of {max_side}x{max_side}"
         )));
     }
-    let pixels = obj.decode_pixel_data().map_err(|e| {
+    let bits_allocated = match dim(dicom_dictionary_std::tags::BITS_ALLOCATED) {
+        0 => 16,
+        b => b,
+    };
+    let samples = dim(dicom_dictionary_std::tags::SAMPLES_PER_PIXEL).max(1);
+    let frame_bytes =
+        rows as u64 * cols as u64 * samples as u64 * bits_allocated.div_ceil(8) as u64;
+    if frame_bytes > crate::preprocess::MAX_ALLOC {
+        return Err(bad(format!(
+            "a frame of {cols}x{rows} pixels, {samples} samples of {bits_allocated} bits, exceeds the decoding limit of {} MiB",
+            crate::preprocess::MAX_ALLOC >> 20
+        )));
+    }
+    let pixel_data = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .map_err(|_| bad("no pixel data in the file".into()))?;
+    if pixel_data.value().fragments().is_none() {
+        // Native (uncompressed) pixel data: a file declaring more pixels than it holds is
+        // refused before anything of the declared size is allocated.
+        let held = pixel_data.to_bytes().map(|b| b.len()).unwrap_or(0) as u64;
+        if held < frame_bytes {
+            return Err(bad(format!(
+                "truncated pixel data ({held} bytes for a {cols}x{rows} frame of {frame_bytes} bytes)"
+            )));
+        }
+    }
+    if ts == RLE_LOSSLESS {
+        // The RLE decoder of dicom-transfer-syntax-registry 0.10 indexes past the end of a
+        // segment that decodes to fewer bytes than the frame needs (found by fuzzing), so the
+        // segments are checked first.
+        let fragment = pixel_data
+            .value()
+            .fragments()
+            .and_then(|f| f.first())
+            .ok_or_else(|| bad("RLE pixel data without a fragment".into()))?;
+        check_rle(
+            fragment,
+            rows as usize * cols as usize,
+            (samples * bits_allocated.div_ceil(8)) as usize,
+        )
+        .map_err(|m| bad(format!("corrupt RLE pixel data ({m})")))?;
+    }
+    let pixels = obj.decode_pixel_data_frame(0).map_err(|e| {
         let msg = e.to_string();
         if msg.to_lowercase().contains("unsupported") || msg.contains("not supported") {
             bad(format!("unsupported transfer syntax {ts} ({msg})"))
@@ -66,4 +278,62 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
         .to_dynamic_image_with_options(0, &options)
         .map_err(|e| bad(format!("cannot convert the pixel data ({e})")))?;
     Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_lengths_beyond_the_file_are_refused() {
+        // Preamble, magic, then (0002,0010) UI of 20 bytes and (7FE0,0010) OW declaring 2 GB.
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        f.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
+        f.extend(b"1.2.840.10008.1.2.1\0");
+        f.extend([
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+        ]);
+        f.extend([0u8; 16]);
+        let e = check_lengths(&f).unwrap_err();
+        assert!(
+            e.contains("(7FE0,0010) declares 2147483647 bytes, only 16 remain"),
+            "{e}"
+        );
+        let n = f.len();
+        f[n - 20..n - 16].copy_from_slice(&16u32.to_le_bytes());
+        assert!(check_lengths(&f).is_ok());
+        let e = decode(&f, 100).unwrap_err().to_string();
+        assert!(e.contains("DICOM"), "{e}");
+    }
+
+    #[test]
+    fn packbits_lengths() {
+        // A literal run of 3, a repeat of 4, a no-op, then a truncated literal run.
+        let data = [2, 1, 2, 3, (-3i8) as u8, 9, 0x80, 5, 1];
+        assert_eq!(packbits_len(&data, 100), 7);
+        assert_eq!(packbits_len(&data, 3), 3);
+    }
+
+    #[test]
+    fn short_or_misplaced_rle_segments_are_refused() {
+        let mut frame = vec![0u8; 64];
+        frame[0] = 1; // one segment
+        frame[4] = 64; // at offset 64
+        frame.extend([(-99i8) as u8, 7]); // 100 bytes of 7
+        assert!(check_rle(&frame, 100, 1).is_ok());
+        assert!(
+            check_rle(&frame, 101, 1)
+                .unwrap_err()
+                .contains("100 of 101")
+        );
+        assert!(check_rle(&frame, 100, 2).unwrap_err().contains("segments"));
+        frame[4] = 200;
+        assert!(check_rle(&frame, 100, 1).unwrap_err().contains("outside"));
+        assert!(
+            check_rle(&frame[..10], 100, 1)
+                .unwrap_err()
+                .contains("header")
+        );
+    }
 }

@@ -281,7 +281,7 @@ async function backendSuite(browser, backend) {
         const t1 = Date.now();
         if (c.expect === "error") {
           const message = await expectError(page, c.file, () => page.setInputFiles("#image-input", file));
-          check(message.toLowerCase().includes(c.reason.toLowerCase()), `${c.file}: the message does not say "${c.reason}": ${message}`);
+          check(message.toLowerCase().includes((c.reason ?? "").toLowerCase()), `${c.file}: the message does not say "${c.reason}": ${message}`);
           check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), `${c.file}: a stale result is shown`);
         } else {
           const got = await upload(page, file);

@@ -86,7 +86,7 @@ def main() -> None:
         "not a supported image format")
     add("random.jpg", rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "broken", "error",
         "not a supported image format")
-    add("header-only.jpg", jpeg[:2], "broken", "error", "")
+    add("header-only.jpg", jpeg[:2], "broken", "error", "not a supported image format")
     add("bomb-100000x100000.png", png_declaring(100_000, 100_000, 2), "broken", "error", "exceeds the decoding limits")
     add("bomb-16384x16384.png", png_declaring(MAX_SIDE, MAX_SIDE, 2), "broken", "error", "truncated")
     add("wide-20000x64.png", encode(Image.new("L", (20_000, 64)), "PNG"), "broken", "error",
