@@ -226,6 +226,21 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
         b => b,
     };
     let samples = dim(dicom_dictionary_std::tags::SAMPLES_PER_PIXEL).max(1);
+    // Out-of-range pixel descriptions trip assertions inside dicom-pixeldata (found by
+    // fuzzing): refuse them here.
+    let bits_stored = obj
+        .element(dicom_dictionary_std::tags::BITS_STORED)
+        .ok()
+        .map(|e| e.to_int::<u32>().unwrap_or(0));
+    if !matches!(bits_allocated, 8 | 16 | 32)
+        || bits_stored.is_some_and(|b| b == 0 || b > bits_allocated)
+        || !matches!(samples, 1 | 3)
+    {
+        return Err(bad(format!(
+            "unsupported pixel description ({bits_allocated} bits allocated, {} stored, {samples} samples per pixel)",
+            bits_stored.map_or("unknown".to_string(), |b| b.to_string())
+        )));
+    }
     let frame_bytes =
         rows as u64 * cols as u64 * samples as u64 * bits_allocated.div_ceil(8) as u64;
     if frame_bytes > crate::preprocess::MAX_ALLOC {
