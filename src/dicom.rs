@@ -23,10 +23,6 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// length before reading it, so a few kilobytes declaring 2 GB would take 2 GB of memory (found
 /// by fuzzing). Deflated data sets are not walked (their lengths refer to inflated bytes).
 fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
-    let mut pos = 132;
-    let (mut meta, mut explicit, mut big) = (true, true, false);
-    let mut encapsulated = false;
-    let mut ts = String::new();
     let u16_at = |p: usize, big: bool| {
         let b = [bytes[p], bytes[p + 1]];
         if big {
@@ -43,16 +39,85 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
             u32::from_le_bytes(b)
         }
     };
-    while pos + 8 <= bytes.len() {
-        if meta && u16_at(pos, false) != 0x0002 {
-            meta = false;
-            match ts.trim_end_matches(['\0', ' ']) {
-                "1.2.840.10008.1.2" => explicit = false,
-                "1.2.840.10008.1.2.2" => big = true,
-                "1.2.840.10008.1.2.1.99" => return Ok(()),
-                _ => {}
-            }
+    let too_long = |what: String, len: u32, pos: usize| {
+        format!(
+            "{what} declares {len} bytes, only {} remain",
+            bytes.len() - pos
+        )
+    };
+    // An explicit-VR header as dicom-encoding reads it: the VRs of PS3.5 table 7.1-2 have a
+    // 2-byte length, every other VR (unknown ones included, read as UN) a 4-byte length.
+    let explicit_header = |pos: usize, big: bool| -> Option<([u8; 2], u32, usize)> {
+        let vr = [bytes[pos + 4], bytes[pos + 5]];
+        let short = matches!(
+            &vr,
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
+        );
+        if short {
+            Some((vr, u16_at(pos + 6, big) as u32, 8))
+        } else if pos + 12 <= bytes.len() {
+            Some((vr, u32_at(pos + 8, big), 12))
+        } else {
+            None
         }
+    };
+
+    // File meta group, as dicom-object reads it: (0002,0000) UL 4 gives the group length, then
+    // explicit-VR little-endian elements until that many bytes are read.
+    if bytes.len() < 144 || (u16_at(132, false), u16_at(134, false)) != (0x0002, 0x0000) {
+        return Ok(()); // the reader refuses it without allocating
+    }
+    let group_len = u32_at(140, false) as usize;
+    let mut pos = 144;
+    let mut ts = String::new();
+    while pos - 144 < group_len && pos + 8 <= bytes.len() {
+        let tag = (u16_at(pos, false), u16_at(pos + 2, false));
+        let Some((_, len, header)) = explicit_header(pos, false) else {
+            break;
+        };
+        pos += header;
+        if len as usize > bytes.len() - pos {
+            return Err(too_long(
+                format!("meta element ({:04X},{:04X})", tag.0, tag.1),
+                len,
+                pos,
+            ));
+        }
+        if tag == (0x0002, 0x0010) {
+            ts = String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned();
+        }
+        pos += len as usize;
+    }
+
+    let (mut explicit, mut big) = (true, false);
+    match ts.trim_end_matches(['\0', ' ']) {
+        "1.2.840.10008.1.2" => explicit = false,
+        "1.2.840.10008.1.2.2" => big = true,
+        "1.2.840.10008.1.2.1.99" => return Ok(()),
+        _ => {}
+    }
+    let mut encapsulated = false;
+    while pos + 8 <= bytes.len() {
         let (group, element) = (u16_at(pos, big), u16_at(pos + 2, big));
         if group == 0xFFFE {
             // Item and delimiters: a tag and a 4-byte length, whatever the VR encoding.
@@ -60,10 +125,7 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
             pos += 8;
             if element == 0xE000 && len != UNDEFINED {
                 if len as usize > bytes.len() - pos {
-                    return Err(format!(
-                        "an item declares {len} bytes, only {} remain",
-                        bytes.len() - pos
-                    ));
+                    return Err(too_long("an item".into(), len, pos));
                 }
                 if encapsulated {
                     pos += len as usize; // a compressed fragment: not elements
@@ -73,30 +135,10 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
             }
             continue;
         }
-        let (vr, len, header): (Option<[u8; 2]>, u32, usize) = if explicit || meta {
-            let vr = [bytes[pos + 4], bytes[pos + 5]];
-            if matches!(
-                &vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
-            ) {
-                if pos + 12 > bytes.len() {
-                    break;
-                }
-                (Some(vr), u32_at(pos + 8, big && !meta), 12)
-            } else {
-                (Some(vr), u16_at(pos + 6, big && !meta) as u32, 8)
+        let (vr, len, header) = if explicit {
+            match explicit_header(pos, big) {
+                Some((vr, len, header)) => (Some(vr), len, header),
+                None => break,
             }
         } else {
             (None, u32_at(pos + 4, big), 8)
@@ -107,17 +149,16 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
             encapsulated = vr != Some(*b"SQ") && (group, element) == (0x7FE0, 0x0010);
             continue;
         }
-        let remaining = bytes.len() - pos;
-        if len as usize > remaining {
-            return Err(format!(
-                "element ({group:04X},{element:04X}) declares {len} bytes, only {remaining} remain"
+        if len as usize > bytes.len() - pos {
+            return Err(too_long(
+                format!("element ({group:04X},{element:04X})"),
+                len,
+                pos,
             ));
         }
+        // Walk into sequences (their items hold elements); skip any other value.
         let sequence =
             vr == Some(*b"SQ") || (vr.is_none() && len >= 8 && u32_at(pos, big) == 0xE000_FFFE);
-        if meta && (group, element) == (0x0002, 0x0010) {
-            ts = String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned();
-        }
         if !sequence {
             pos += len as usize;
         }
@@ -301,9 +342,11 @@ mod tests {
 
     #[test]
     fn declared_lengths_beyond_the_file_are_refused() {
-        // Preamble, magic, then (0002,0010) UI of 20 bytes and (7FE0,0010) OW declaring 2 GB.
+        // Preamble, magic, the meta group (its length, then (0002,0010) UI of 20 bytes), then
+        // (7FE0,0010) OW declaring 2 GB.
         let mut f = vec![0u8; 128];
         f.extend(b"DICM");
+        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 28, 0, 0, 0]);
         f.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
         f.extend(b"1.2.840.10008.1.2.1\0");
         f.extend([
@@ -318,6 +361,11 @@ mod tests {
         let n = f.len();
         f[n - 20..n - 16].copy_from_slice(&16u32.to_le_bytes());
         assert!(check_lengths(&f).is_ok());
+        // An unknown VR is read with a 4-byte length, as the parser reads it.
+        f[n - 24..n - 22].copy_from_slice(b"\0\0");
+        f[n - 20..n - 16].copy_from_slice(&u32::MAX.to_le_bytes()[..4]);
+        f[n - 20] = 0xF0;
+        assert!(check_lengths(&f).unwrap_err().contains("declares"));
         let e = decode(&f, 100).unwrap_err().to_string();
         assert!(e.contains("DICOM"), "{e}");
     }
