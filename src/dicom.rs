@@ -156,6 +156,19 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
                 pos,
             ));
         }
+        // A binary value whose length is not a whole number of values: the reader consumes
+        // only the whole ones and loses its place in the file (found by fuzzing).
+        let size = match vr.as_ref().map(|v| &v[..]) {
+            Some(b"SS" | b"US" | b"OW") => 2,
+            Some(b"FL" | b"SL" | b"UL" | b"AT" | b"OF" | b"OL") => 4,
+            Some(b"FD" | b"SV" | b"UV" | b"OD" | b"OV") => 8,
+            _ => 1,
+        };
+        if len % size != 0 {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) has {len} bytes, not a multiple of its value size {size}"
+            ));
+        }
         // Walk into sequences (their items hold elements); skip any other value.
         let sequence =
             vr == Some(*b"SQ") || (vr.is_none() && len >= 8 && u32_at(pos, big) == 0xE000_FFFE);
