@@ -8,23 +8,9 @@ use burn::prelude::*;
 use pneumoscope::inference::Engine;
 use pneumoscope::preprocess;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn make_dicoms(python: &Path, image: &Path, out: &Path) -> Vec<PathBuf> {
-    let script = common::manifest_dir().join("tests/dicom/make_dicom.py");
-    let o = Command::new(python)
-        .arg(script)
-        .arg(image)
-        .arg(out)
-        .output()
-        .expect("python runs");
-    assert!(
-        o.status.success(),
-        "make_dicom.py failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout)
-        .unwrap()
+    common::run_script(python, "tests/dicom/make_dicom.py", &[image, out])
         .lines()
         .map(PathBuf::from)
         .collect()

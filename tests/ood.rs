@@ -76,12 +76,12 @@ fn photos_and_ct_slices_are_flagged_and_chest_x_rays_are_not() {
     let k = shared.join("data/kermany/chest_xray/test");
     let mut xrays = Vec::new();
     for sub in ["NORMAL", "PNEUMONIA"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(k.join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        xrays.extend(files.into_iter().step_by(7).take(30));
+        xrays.extend(
+            common::sorted_files(&k.join(sub))
+                .into_iter()
+                .step_by(7)
+                .take(30),
+        );
     }
     let (n, scores) = flagged(&engine, &xrays);
     eprintln!("Kermany X-rays: {n} of {} flagged", xrays.len());

@@ -4,25 +4,16 @@
 use std::path::{Path, PathBuf};
 
 mod shared;
-pub use shared::{default_model, manifest_dir, shared, test_python};
+pub use shared::{default_model, manifest_dir, run_script, shared, sorted_files, test_python};
 
 /// A few real chest X-rays of each kind.
 pub fn sample_images(shared: &Path) -> Vec<PathBuf> {
     let k = shared.join("data/kermany/chest_xray/test");
     let mut out = Vec::new();
     for sub in ["NORMAL", "PNEUMONIA"] {
-        let mut files: Vec<_> = std::fs::read_dir(k.join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        out.extend(files.into_iter().take(2));
+        out.extend(sorted_files(&k.join(sub)).into_iter().take(2));
     }
-    let mut c: Vec<_> = std::fs::read_dir(shared.join("data/covid-chestxray-dataset/images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    c.sort();
+    let c = sorted_files(&shared.join("data/covid-chestxray-dataset/images"));
     out.extend(c.into_iter().take(2));
     out
 }

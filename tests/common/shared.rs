@@ -56,13 +56,44 @@ pub fn test_python() -> Option<PathBuf> {
     None
 }
 
+/// The workspace root (the folder with `web/models/index.json`).
+pub fn workspace_dir() -> PathBuf {
+    manifest_dir()
+        .ancestors()
+        .find(|a| a.join("web/models/index.json").is_file())
+        .expect("web/models/index.json in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a test-only Python script (`script` relative to the workspace root) with path
+/// arguments; asserts success and returns its standard output.
+pub fn run_script(python: &Path, script: &str, args: &[&Path]) -> String {
+    let o = std::process::Command::new(python)
+        .arg(workspace_dir().join(script))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        o.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The files of a folder, sorted by path.
+pub fn sorted_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// The shipped default model file, from `web/models/index.json` of the workspace.
 pub fn default_model() -> PathBuf {
-    let dir = manifest_dir()
-        .ancestors()
-        .map(|a| a.join("web/models"))
-        .find(|d| d.join("index.json").is_file())
-        .expect("web/models/index.json in the workspace");
+    let dir = workspace_dir().join("web/models");
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     dir.join(index["default"].as_str().unwrap())

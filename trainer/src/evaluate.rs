@@ -175,19 +175,20 @@ pub struct OodSummary {
 
 impl OodSummary {
     fn of(scores: &[Option<OodScore>]) -> Option<Self> {
-        let mut s: Vec<f32> = scores
+        let mut s: Vec<f64> = scores
             .iter()
-            .map(|o| o.map(|o| o.score))
+            .map(|o| o.map(|o| o.score as f64))
             .collect::<Option<_>>()?;
         if s.is_empty() {
             return None;
         }
+        s.sort_by(f64::total_cmp);
         let flagged = scores.iter().flatten().filter(|o| o.flagged).count();
         Some(Self {
             n: s.len(),
             flagged,
             rate: flagged as f64 / s.len() as f64,
-            median_score: crate::ood::quantile(&mut s, 0.5),
+            median_score: crate::metrics::percentile(&s, 0.5) as f32,
         })
     }
 }

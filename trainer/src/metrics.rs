@@ -166,7 +166,8 @@ pub fn ece(probs: &[[f32; NUM_CLASSES]], labels: &[usize]) -> f64 {
         .sum()
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of sorted values (linear interpolation between order statistics).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -261,6 +262,14 @@ pub fn compute(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentile_interpolates() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(percentile(&v, 0.5), 3.0);
+        assert_eq!(percentile(&v, 1.0), 5.0);
+        assert_eq!(percentile(&v, 0.875), 4.5);
+    }
 
     #[test]
     fn auc_matches_hand_computation() {

@@ -60,11 +60,12 @@ pub fn fit(
         );
         ("val", val.len(), f)
     };
-    let mut distances: Vec<f32> = features
+    let mut distances: Vec<f64> = features
         .chunks_exact(d)
-        .map(|f| stats.distance(f))
+        .map(|f| stats.distance(f) as f64)
         .collect();
-    stats.threshold = quantile(&mut distances, QUANTILE);
+    distances.sort_by(f64::total_cmp);
+    stats.threshold = crate::metrics::percentile(&distances, QUANTILE) as f32;
     stats.calibration = Calibration {
         fit_split: "train".into(),
         fit_n: train.len(),
@@ -127,15 +128,6 @@ pub fn fit_gaussian(features: &[f32], d: usize, k: usize) -> OodStats {
     }
 }
 
-/// The `q` quantile of `values` (linear interpolation between order statistics).
-pub fn quantile(values: &mut [f32], q: f64) -> f32 {
-    values.sort_by(f32::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (values.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let t = (pos - lo as f64) as f32;
-    values[lo] * (1.0 - t) + values[hi] * t
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,13 +175,5 @@ mod tests {
         assert!(stats.variances.len() <= 7);
         assert!(stats.validate(d).is_ok());
         assert!(stats.distance(&train[..d]).is_finite());
-    }
-
-    #[test]
-    fn quantile_interpolates() {
-        let mut v = vec![4.0, 1.0, 3.0, 2.0, 5.0];
-        assert_eq!(quantile(&mut v, 0.5), 3.0);
-        assert_eq!(quantile(&mut v, 1.0), 5.0);
-        assert_eq!(quantile(&mut v, 0.875), 4.5);
     }
 }

@@ -11,7 +11,6 @@ use common::{bin, default_model, read_csv, shared, test_python};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 struct Case {
     file: String,
@@ -21,18 +20,7 @@ struct Case {
 }
 
 fn corpus(python: &Path, source: &Path, out: &Path) -> Vec<Case> {
-    let script = common::manifest_dir().join("../tests/hostile/make_corpus.py");
-    let o = Command::new(python)
-        .arg(script)
-        .arg(source)
-        .arg(out)
-        .output()
-        .expect("python runs");
-    assert!(
-        o.status.success(),
-        "make_corpus.py failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::run_script(python, "tests/hostile/make_corpus.py", &[source, out]);
     let cases: Vec<Value> =
         serde_json::from_slice(&std::fs::read(out.join("expected.json")).unwrap()).unwrap();
     let s = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
@@ -57,14 +45,10 @@ fn children_max_rss() -> u64 {
 }
 
 fn source_image(shared: &Path) -> PathBuf {
-    let dir = shared.join("data/kermany/chest_xray/test/PNEUMONIA");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("bacteria"))
-        .collect();
-    files.sort();
-    files.remove(0)
+    common::sorted_files(&shared.join("data/kermany/chest_xray/test/PNEUMONIA"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("bacteria"))
+        .expect("a bacterial pneumonia image")
 }
 
 #[test]
