@@ -6,7 +6,6 @@
 //! leaf. Channel weights are the spatial means of the gradient of the class score; the map is
 //! `ReLU(Σ_c w_c A_c)`, normalised to [0, 1].
 
-use crate::arch::global_avg_pool;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use burn::prelude::*;
@@ -65,6 +64,16 @@ pub fn cam_parts_from(model: &Classifier, activation: Tensor<4>, class: usize) -
             "class index {class} is out of range 0..4"
         )));
     }
+    cam_parts_with(activation, class, |a| model.logits_from_map(a))
+}
+
+/// [`cam_parts_from`] for any continuation `logits` of the network from the target activation
+/// (e.g. a backbone's ImageNet classifier when checking a port against the reference).
+pub fn cam_parts_with(
+    activation: Tensor<4>,
+    class: usize,
+    logits: impl FnOnce(Tensor<4>) -> Tensor<2>,
+) -> Result<CamParts> {
     let [b, _, _, _] = activation.dims();
     if b != 1 {
         return Err(Error::Invalid(format!(
@@ -73,7 +82,13 @@ pub fn cam_parts_from(model: &Classifier, activation: Tensor<4>, class: usize) -
     }
     let activation = activation.without_autodiff().detach();
     let leaf = activation.clone().autodiff().require_grad();
-    let logits = model.head.forward(global_avg_pool(leaf.clone()));
+    let logits = logits(leaf.clone());
+    if class >= logits.dims()[1] {
+        return Err(Error::Invalid(format!(
+            "class index {class} is out of range 0..{}",
+            logits.dims()[1]
+        )));
+    }
     let score = logits.slice([0..1, class..class + 1]).flatten::<1>(0, 1);
     let grads = score.backward();
     let gradient = leaf

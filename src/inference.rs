@@ -115,15 +115,17 @@ impl Engine {
         let x = self.batch(images);
         let n = images.len();
         if self.tta {
-            let pooled = self
+            let map = self
                 .model
-                .features(Tensor::cat(vec![x.clone(), x.flip([3])], 0));
-            let p = softmax(self.model.head.forward(pooled.clone()), 1);
+                .feature_map(Tensor::cat(vec![x.clone(), x.flip([3])], 0));
+            let pooled = global_avg_pool(map.clone());
+            let p = softmax(self.model.logits_from_map(map), 1);
             let p = (p.clone().narrow(0, 0, n) + p.narrow(0, n, n)) / 2.0;
             self.with_features(p, pooled.narrow(0, 0, n))
         } else {
-            let pooled = self.model.features(x);
-            let p = softmax(self.model.head.forward(pooled.clone()), 1);
+            let map = self.model.feature_map(x);
+            let pooled = global_avg_pool(map.clone());
+            let p = softmax(self.model.logits_from_map(map), 1);
             self.with_features(p, pooled)
         }
     }
@@ -201,7 +203,7 @@ impl Engine {
         let activation = self.model.feature_map(input).detach();
         let probs = (!self.tta).then(|| {
             let pooled = global_avg_pool(activation.clone());
-            let p = softmax(self.model.head.forward(pooled.clone()), 1);
+            let p = softmax(self.model.logits_from_map(activation.clone()), 1);
             self.with_features(p, pooled)
         });
         (activation, probs)

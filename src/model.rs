@@ -1,8 +1,10 @@
-//! A backbone with the paper's classification head:
-//! Linear(n→256) → ReLU → Dropout(0.2) → Linear(256→4).
+//! A backbone with the paper's classification head: Linear(n→256) → ReLU → Dropout(0.2) →
+//! Linear(256→4) on the backbone's features, or, for SqueezeNet, Dropout(0.5) → 1x1 convolution
+//! to 4 classes → ReLU → global average.
 
-use crate::arch::{ArchSpec, Backbone, global_avg_pool};
+use crate::arch::{ArchSpec, Backbone, HeadKind, global_avg_pool};
 use crate::classes::NUM_CLASSES;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -11,32 +13,58 @@ use burn::tensor::activation::relu;
 pub const HEAD_HIDDEN: usize = 256;
 /// Dropout probability of the paper's head.
 pub const HEAD_DROPOUT: f64 = 0.2;
+/// Dropout probability of SqueezeNet's classifier, kept in front of its replaced convolution.
+pub const CONV_HEAD_DROPOUT: f64 = 0.5;
 
-/// The paper's classification head.
+/// The paper's classification head (one of the two forms, the other layers absent).
 #[derive(Module, Debug)]
 pub struct Head {
-    /// Linear(n→256).
-    pub fc1: Linear,
-    /// Dropout(0.2), active only while training.
+    /// Linear(n→256) (MLP head).
+    pub fc1: Option<Linear>,
+    /// Dropout, active only while training.
     pub dropout: Dropout,
-    /// Linear(256→4).
-    pub fc2: Linear,
+    /// Linear(256→4) (MLP head).
+    pub fc2: Option<Linear>,
+    /// 1x1 convolution to the classes (SqueezeNet's head).
+    pub conv: Option<Conv2d>,
 }
 
 impl Head {
-    /// A randomly initialised head over `features` inputs.
-    pub fn new(features: usize, device: &Device) -> Self {
-        Self {
-            fc1: LinearConfig::new(features, HEAD_HIDDEN).init(device),
-            dropout: DropoutConfig::new(HEAD_DROPOUT).init(),
-            fc2: LinearConfig::new(HEAD_HIDDEN, NUM_CLASSES).init(device),
+    /// A randomly initialised head of the kind `spec` uses, reading `spec.head_shape`.
+    pub fn new(spec: &ArchSpec, device: &Device) -> Self {
+        match spec.head {
+            HeadKind::Mlp => Self {
+                fc1: Some(LinearConfig::new(spec.head_dim(), HEAD_HIDDEN).init(device)),
+                dropout: DropoutConfig::new(HEAD_DROPOUT).init(),
+                fc2: Some(LinearConfig::new(HEAD_HIDDEN, NUM_CLASSES).init(device)),
+                conv: None,
+            },
+            HeadKind::Conv => Self {
+                fc1: None,
+                dropout: DropoutConfig::new(CONV_HEAD_DROPOUT).init(),
+                fc2: None,
+                conv: Some(
+                    Conv2dConfig::new([spec.head_shape[0], NUM_CLASSES], [1, 1]).init(device),
+                ),
+            },
         }
     }
 
-    /// Logits `[batch, 4]` from pooled features `[batch, n]`.
-    pub fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
-        self.fc2
-            .forward(self.dropout.forward(relu(self.fc1.forward(pooled))))
+    /// Logits `[batch, 4]` from the head input `[batch, c, h, w]`.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        if let Some(conv) = &self.conv {
+            return global_avg_pool(relu(conv.forward(self.dropout.forward(input))));
+        }
+        let (Some(fc1), Some(fc2)) = (&self.fc1, &self.fc2) else {
+            unreachable!("a head has either a convolution or two linear layers")
+        };
+        fc2.forward(self.dropout.forward(relu(fc1.forward(input.flatten(1, 3)))))
+    }
+
+    /// Logits from head inputs stored as rows `[batch, c*h*w]` (the frozen protocol's cache).
+    pub fn forward_rows(&self, rows: Tensor<2>, shape: [usize; 3]) -> Tensor<2> {
+        let n = rows.dims()[0];
+        self.forward(rows.reshape([n, shape[0], shape[1], shape[2]]))
     }
 }
 
@@ -54,7 +82,7 @@ impl Classifier {
     pub fn new(spec: &ArchSpec, device: &Device) -> Self {
         Self {
             backbone: spec.build_backbone(false, device),
-            head: Head::new(spec.feature_dim, device),
+            head: Head::new(spec, device),
         }
     }
 
@@ -63,13 +91,19 @@ impl Classifier {
         self.backbone.feature_map(x)
     }
 
-    /// Pooled features `[batch, feature_dim]`.
+    /// Logits `[batch, 4]` from the Grad-CAM target activation.
+    pub fn logits_from_map(&self, map: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.backbone.head_input(map))
+    }
+
+    /// Global average of the Grad-CAM target, `[batch, feature_dim]` (what the
+    /// out-of-distribution score reads).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         global_avg_pool(self.feature_map(x))
     }
 
     /// Logits `[batch, 4]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.head.forward(self.features(x))
+        self.logits_from_map(self.feature_map(x))
     }
 }

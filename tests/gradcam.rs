@@ -48,13 +48,14 @@ fn gradcam_matches_finite_differences() {
                 .collect()
         };
         let head = &engine.model.head;
+        let (fc1, fc2) = (head.fc1.as_ref().unwrap(), head.fc2.as_ref().unwrap());
         let (w1, b1) = (
-            f64s(head.fc1.weight.val()),
-            f64s1(head.fc1.bias.as_ref().unwrap().val()),
+            f64s(fc1.weight.val()),
+            f64s1(fc1.bias.as_ref().unwrap().val()),
         );
         let (w2, b2) = (
-            f64s(head.fc2.weight.val()),
-            f64s1(head.fc2.bias.as_ref().unwrap().val()),
+            f64s(fc2.weight.val()),
+            f64s1(fc2.bias.as_ref().unwrap().val()),
         );
         let hidden = b1.len();
         let logits = |p: &[f64]| -> [f64; 4] {

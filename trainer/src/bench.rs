@@ -97,9 +97,10 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
     let burn_train_img_s = (o.batch * o.iters) as f64 / t_train;
 
     // Frozen protocol: one head epoch over `images` cached feature vectors (batch 100).
-    let mut head = Head::new(spec.feature_dim, &ad);
+    let mut head = Head::new(&spec, &ad);
     let mut hopt = AdamConfig::new().init();
-    let feats = Tensor::<2>::random([100, spec.feature_dim], Distribution::Default, &ad);
+    let [c, h, w] = spec.head_shape;
+    let feats = Tensor::<4>::random([100, c, h, w], Distribution::Default, &ad);
     let y100 = Tensor::<1, Int>::from_data(
         TensorData::new((0..100i64).map(|i| i % 4).collect::<Vec<_>>(), [100]),
         &ad,

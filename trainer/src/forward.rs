@@ -6,6 +6,7 @@ use crate::weights;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use pneumoscope::arch::{self, global_avg_pool};
+use pneumoscope::gradcam;
 use std::path::Path;
 
 /// Reads the input: a `.npy` tensor as is, or an image through the ImageNet reference
@@ -25,13 +26,24 @@ fn read_input(spec: &arch::ArchSpec, input: &Path) -> Result<(Vec<usize>, Vec<f3
     Ok((vec![1, 3, s, s], v))
 }
 
+/// Where and for which ImageNet class `forward` writes a Grad-CAM map.
+pub struct CamRequest<'a> {
+    /// Output `.npy` of the map `[h, w]` at the architecture's Grad-CAM layer (not upsampled,
+    /// scaled so that its maximum is 1).
+    pub out: &'a Path,
+    /// Class whose logit is explained; the top-1 class of the first image when `None`.
+    pub class: Option<usize>,
+}
+
 /// Runs the backbone (with its ImageNet head when the weights carry one) on `input` (a `.npy`
-/// tensor or an image) and writes the logits to `out`. Returns the output shape.
+/// tensor or an image) and writes the logits to `out`, and optionally the Grad-CAM map of the
+/// first image. Returns the output shape.
 pub fn run(
     arch_name: &str,
     weights_path: &Path,
     input: &Path,
     out: &Path,
+    cam: Option<CamRequest>,
     device: &Device,
 ) -> Result<Vec<usize>> {
     let spec = arch::find(arch_name)?;
@@ -53,11 +65,22 @@ pub fn run(
             false,
         ),
     };
-    let pooled = global_avg_pool(backbone.feature_map(x));
+    let map = backbone.feature_map(x);
+    if let Some(req) = cam {
+        if !with_head {
+            bail!(
+                "{}: --cam-out needs weights with the ImageNet classifier",
+                weights_path.display()
+            );
+        }
+        write_cam(&backbone, map.clone(), req)?;
+    }
     let y = if with_head {
-        backbone.imagenet_logits(pooled).expect("head kept")
+        backbone
+            .imagenet_logits(backbone.head_input(map))
+            .expect("head kept")
     } else {
-        pooled
+        global_avg_pool(map)
     };
     let dims = y.dims().to_vec();
     let data: Vec<f32> = y
@@ -66,4 +89,34 @@ pub fn run(
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     npy::write_f32(out, &dims, &data)?;
     Ok(dims)
+}
+
+/// Grad-CAM of the first image's ImageNet logit at the Grad-CAM layer, written as `.npy`.
+fn write_cam(backbone: &arch::Backbone, map: Tensor<4>, req: CamRequest) -> Result<()> {
+    let first = map.narrow(0, 0, 1).detach();
+    let class = match req.class {
+        Some(c) => c,
+        None => {
+            let logits = backbone
+                .imagenet_logits(backbone.head_input(first.clone()))
+                .expect("head kept");
+            let v: Vec<f32> = logits
+                .into_data()
+                .try_to_vec()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0)
+        }
+    };
+    let parts = gradcam::cam_parts_with(first, class, |a| {
+        backbone
+            .imagenet_logits(backbone.head_input(a))
+            .expect("head kept")
+    })?;
+    let cam = gradcam::combine(parts, class)?;
+    npy::write_f32(req.out, &[cam.height, cam.width], &cam.values)?;
+    Ok(())
 }

@@ -153,6 +153,13 @@ enum Command {
         /// Output `.npy` of logits (or pooled features when the weights have no classifier).
         #[arg(long)]
         out: PathBuf,
+        /// Also write the Grad-CAM map of the first image at the architecture's Grad-CAM layer
+        /// (`[h, w]`, maximum 1) to this `.npy`.
+        #[arg(long)]
+        cam_out: Option<PathBuf>,
+        /// ImageNet class the Grad-CAM map explains (default: the top-1 class).
+        #[arg(long, requires = "cam_out")]
+        cam_class: Option<usize>,
     },
 }
 
@@ -357,8 +364,14 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             input,
             out,
+            cam_out,
+            cam_class,
         } => {
-            let dims = forward::run(&arch, &weights, &input, &out, &Device::flex())?;
+            let cam = cam_out.as_deref().map(|p| forward::CamRequest {
+                out: p,
+                class: cam_class,
+            });
+            let dims = forward::run(&arch, &weights, &input, &out, cam, &Device::flex())?;
             println!("wrote {} {:?}", out.display(), dims);
         }
     }

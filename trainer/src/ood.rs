@@ -3,7 +3,7 @@
 //! set on the validation split.
 
 use crate::data::{Manifest, Split, cache};
-use crate::train::extract_features;
+use crate::train::{Extract, extract_features};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use nalgebra::{DMatrix, SymmetricEigen};
@@ -36,6 +36,7 @@ pub fn fit(
     let squares = cache::load_or_build(manifest, spec.input.resize)?;
     let d = spec.feature_dim;
     let fit_features = extract_features(
+        Extract::Pooled,
         &model.backbone,
         spec,
         &squares,
@@ -50,6 +51,7 @@ pub fn fit(
         ("train", train.len(), fit_features)
     } else {
         let f = extract_features(
+            Extract::Pooled,
             &model.backbone,
             spec,
             &squares,

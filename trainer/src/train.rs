@@ -204,9 +204,21 @@ fn probs_rows(v: Vec<f32>) -> Vec<[f32; NUM_CLASSES]> {
         .collect()
 }
 
-/// Pooled backbone features of the given manifest rows (one view each), `[n, feature_dim]`
-/// row-major, computed in batches on `device`.
+/// What [`extract_features`] computes per image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extract {
+    /// What the paper's head reads (`spec.head_dim()` values): the frozen protocol's cache.
+    HeadInput,
+    /// The global average of the Grad-CAM target (`spec.feature_dim` values): what the
+    /// out-of-distribution score reads.
+    Pooled,
+}
+
+/// Backbone features of the given manifest rows (one view each), `[n, dim]` row-major,
+/// computed in batches on `device`.
+#[allow(clippy::too_many_arguments)]
 pub fn extract_features(
+    what: Extract,
     backbone: &arch::Backbone,
     spec: &ArchSpec,
     squares: &SquareCache,
@@ -216,7 +228,11 @@ pub fn extract_features(
     label: &str,
 ) -> Vec<f32> {
     let pb = crate::progress::bar(rows.len() as u64, label);
-    let mut out = Vec::with_capacity(rows.len() * spec.feature_dim);
+    let dim = match what {
+        Extract::HeadInput => spec.head_dim(),
+        Extract::Pooled => spec.feature_dim,
+    };
+    let mut out = Vec::with_capacity(rows.len() * dim);
     for chunk in rows.chunks(32) {
         let imgs: Vec<Vec<f32>> = chunk
             .par_iter()
@@ -233,7 +249,12 @@ pub fn extract_features(
             })
             .collect();
         let x = stack(&imgs, spec.input.crop, device);
-        out.extend(to_vec(global_avg_pool(backbone.feature_map(x))));
+        let map = backbone.feature_map(x);
+        let f = match what {
+            Extract::HeadInput => backbone.head_input(map).flatten(1, 3),
+            Extract::Pooled => global_avg_pool(map),
+        };
+        out.extend(to_vec(f));
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -361,7 +382,8 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
 
     let model = match cfg.mode {
         Mode::Frozen => {
-            let dim = spec.feature_dim;
+            let dim = spec.head_dim();
+            let shape = spec.head_shape;
             let t0 = Instant::now();
             let mut fresh = 0.0;
             let mut train_views = Vec::new();
@@ -375,6 +397,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 let (f, hit) =
                     features_cached(run, &format!("train-v{v}"), train_rows.len(), dim, || {
                         extract_features(
+                            Extract::HeadInput,
                             &backbone,
                             &spec,
                             &squares,
@@ -391,7 +414,16 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
             }
             let t = Instant::now();
             let (val_feats, hit) = features_cached(run, "val", val_rows.len(), dim, || {
-                extract_features(&backbone, &spec, &squares, &val_rows, None, &device, "val")
+                extract_features(
+                    Extract::HeadInput,
+                    &backbone,
+                    &spec,
+                    &squares,
+                    &val_rows,
+                    None,
+                    &device,
+                    "val",
+                )
             })?;
             if !hit {
                 fresh += t.elapsed().as_secs_f64();
@@ -401,7 +433,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 "feature_extraction_wall_seconds".into(),
                 t0.elapsed().as_secs_f64().into(),
             );
-            let head = Head::new(dim, &ad);
+            let head = Head::new(&spec, &ad);
             let val_x =
                 Tensor::<2>::from_data(TensorData::new(val_feats, [val_rows.len(), dim]), &device);
             let head = train_loop(
@@ -424,9 +456,14 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                     }
                     let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &ad);
                     let y = label_tensor(batch, &train_labels, &ad);
-                    loss_fn.forward(m.forward(x), y)
+                    loss_fn.forward(m.forward_rows(x, shape), y)
                 },
-                |m: &Head| probs_rows(to_vec(softmax(m.valid().forward(val_x.clone()), 1))),
+                |m: &Head| {
+                    probs_rows(to_vec(softmax(
+                        m.valid().forward_rows(val_x.clone(), shape),
+                        1,
+                    )))
+                },
             )?;
             Classifier {
                 backbone,
@@ -436,7 +473,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
         Mode::Finetune => {
             let model = Classifier {
                 backbone,
-                head: Head::new(spec.feature_dim, &ad),
+                head: Head::new(&spec, &ad),
             }
             .fork(&ad)
             .train();

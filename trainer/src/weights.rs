@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use burn::store::{ApplyResult, ModuleSnapshot, PytorchStore, SafetensorsStore};
+use burn::store::{
+    ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
 use pneumoscope::arch::{ArchSpec, Backbone};
 use pneumoscope::model_file::sha256_hex;
 use std::path::Path;
@@ -36,11 +38,15 @@ pub fn load_backbone(
         .to_ascii_lowercase();
     let result: ApplyResult = match ext.as_str() {
         "safetensors" => {
+            // Safetensors files of PyTorch models (torchvision's, timm's) use PyTorch's
+            // parameter names and layouts, and Sequential indices as they are.
             let mut store = SafetensorsStore::from_file(path)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .map_indices_contiguous(false)
                 .allow_partial(true)
                 .skip_enum_variants(true);
-            for (from, to) in spec.key_remap {
-                store = store.with_key_remapping(*from, *to);
+            for (from, to) in &spec.key_remap {
+                store = store.with_key_remapping(from.as_str(), to.as_str());
             }
             backbone
                 .load_from(&mut store)
@@ -48,11 +54,14 @@ pub fn load_backbone(
                 .with_context(|| format!("cannot load safetensors weights {}", path.display()))?
         }
         "pth" | "pt" | "bin" => {
+            // The ports keep every Sequential index (parameter-free layers included), so the
+            // indices must not be renumbered.
             let mut store = PytorchStore::from_file(path)
+                .map_indices_contiguous(false)
                 .allow_partial(true)
                 .skip_enum_variants(true);
-            for (from, to) in spec.key_remap {
-                store = store.with_key_remapping(*from, *to);
+            for (from, to) in &spec.key_remap {
+                store = store.with_key_remapping(from.as_str(), to.as_str());
             }
             backbone
                 .load_from(&mut store)
@@ -98,8 +107,9 @@ pub fn load_backbone(
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
+    // Inference state (dropout off) until a fine-tuning run asks for training state.
     Ok(LoadedBackbone {
-        backbone,
+        backbone: backbone.valid(),
         source: format!("imagenet:{name} sha256:{sha}"),
     })
 }

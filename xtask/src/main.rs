@@ -303,8 +303,15 @@ const PY_TESTS: [(&str, &str); 3] = [
     ("PIL", "pillow"),
     ("pydicom", "pydicom"),
 ];
-/// ... and those the PyTorch / ONNX speed references add.
-const PY_BENCH: [(&str, &str); 2] = [("torch", "torch"), ("timm", "timm")];
+/// ... and those the PyTorch references add (speed, and the parity fixtures of the
+/// torchvision ports).
+const PY_BENCH: [(&str, &str); 5] = [
+    ("torch", "torch"),
+    ("timm", "timm"),
+    ("torchvision", "torchvision"),
+    ("safetensors", "safetensors"),
+    ("pytorch_grad_cam", "grad-cam"),
+];
 
 /// The test-only Python environment under `~/.cache/pneumoscope/venv`, with `packages`
 /// installed (only the missing ones are fetched); returns its interpreter.

@@ -1,0 +1,160 @@
+//! DenseNet-161 as torchvision defines it (growth 48, blocks 6/12/36/24, 96 initial features,
+//! bottleneck width 4). Grad-CAM: `features.norm5` followed by the ReLU the forward applies
+//! (2208x7x7).
+
+use super::layers::{avg_pool, bn, conv, max_pool};
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{AvgPool2d, MaxPool2d};
+use burn::nn::{BatchNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+const EPS: f64 = 1e-5;
+const GROWTH: usize = 48;
+const BLOCKS: [usize; 4] = [6, 12, 36, 24];
+const INIT: usize = 96;
+const BN_SIZE: usize = 4;
+/// Channels of the last feature map.
+pub const FEATURES: usize = 2208;
+
+/// One dense layer: BN, ReLU, 1x1 conv, BN, ReLU, 3x3 conv; its output is concatenated to its
+/// input.
+#[derive(Module, Debug)]
+pub struct DenseLayer {
+    /// First batch norm.
+    pub norm1: BatchNorm,
+    /// 1x1 bottleneck convolution.
+    pub conv1: Conv2d,
+    /// Second batch norm.
+    pub norm2: BatchNorm,
+    /// 3x3 convolution producing `GROWTH` channels.
+    pub conv2: Conv2d,
+}
+
+/// A dense block (torchvision names its layers `denselayer1`…; the key remap renumbers them).
+#[derive(Module, Debug)]
+pub struct DenseBlock {
+    /// The block's layers in order.
+    pub layers: Vec<DenseLayer>,
+}
+
+/// A transition: BN, ReLU, 1x1 conv halving the channels, 2x2 average pooling.
+#[derive(Module, Debug)]
+pub struct Transition {
+    /// Batch norm.
+    pub norm: BatchNorm,
+    /// 1x1 convolution.
+    pub conv: Conv2d,
+    /// 2x2 average pooling.
+    pub pool: AvgPool2d,
+}
+
+/// torchvision's `features` of DenseNet-161.
+#[derive(Module, Debug)]
+pub struct DenseFeatures {
+    /// 7x7 stem convolution.
+    pub conv0: Conv2d,
+    /// Stem batch norm.
+    pub norm0: BatchNorm,
+    /// Stem max pooling.
+    pub pool0: MaxPool2d,
+    /// Dense block 1.
+    pub denseblock1: DenseBlock,
+    /// Transition 1.
+    pub transition1: Transition,
+    /// Dense block 2.
+    pub denseblock2: DenseBlock,
+    /// Transition 2.
+    pub transition2: Transition,
+    /// Dense block 3.
+    pub denseblock3: DenseBlock,
+    /// Transition 3.
+    pub transition3: Transition,
+    /// Dense block 4.
+    pub denseblock4: DenseBlock,
+    /// Final batch norm.
+    pub norm5: BatchNorm,
+}
+
+/// DenseNet-161.
+#[derive(Module, Debug)]
+pub struct DenseNet {
+    /// The convolutional part.
+    pub features: DenseFeatures,
+    /// ImageNet classifier (2208 → 1000), kept only for parity checks.
+    pub classifier: Option<Linear>,
+}
+
+impl DenseNet {
+    /// A randomly initialised DenseNet-161.
+    pub fn new(imagenet_head: bool, d: &Device) -> Self {
+        let block = |mut ch: usize, n: usize| {
+            let layers = (0..n)
+                .map(|_| {
+                    let l = DenseLayer {
+                        norm1: bn(ch, EPS, d),
+                        conv1: conv([ch, BN_SIZE * GROWTH], 1, 1, 0, 1, false, d),
+                        norm2: bn(BN_SIZE * GROWTH, EPS, d),
+                        conv2: conv([BN_SIZE * GROWTH, GROWTH], 3, 1, 1, 1, false, d),
+                    };
+                    ch += GROWTH;
+                    l
+                })
+                .collect();
+            (DenseBlock { layers }, ch)
+        };
+        let transition = |c: usize| Transition {
+            norm: bn(c, EPS, d),
+            conv: conv([c, c / 2], 1, 1, 0, 1, false, d),
+            pool: avg_pool(2, 2),
+        };
+        let (denseblock1, c1) = block(INIT, BLOCKS[0]);
+        let transition1 = transition(c1);
+        let (denseblock2, c2) = block(c1 / 2, BLOCKS[1]);
+        let transition2 = transition(c2);
+        let (denseblock3, c3) = block(c2 / 2, BLOCKS[2]);
+        let transition3 = transition(c3);
+        let (denseblock4, c4) = block(c3 / 2, BLOCKS[3]);
+        debug_assert_eq!(c4, FEATURES);
+        Self {
+            features: DenseFeatures {
+                conv0: conv([3, INIT], 7, 2, 3, 1, false, d),
+                norm0: bn(INIT, EPS, d),
+                pool0: max_pool(3, 2, 1, false),
+                denseblock1,
+                transition1,
+                denseblock2,
+                transition2,
+                denseblock3,
+                transition3,
+                denseblock4,
+                norm5: bn(c4, EPS, d),
+            },
+            classifier: imagenet_head.then(|| super::layers::linear(c4, 1000, d)),
+        }
+    }
+
+    /// `relu(features(x))`.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let f = &self.features;
+        let mut x = f.pool0.forward(relu(f.norm0.forward(f.conv0.forward(x))));
+        let stages: [(&DenseBlock, Option<&Transition>); 4] = [
+            (&f.denseblock1, Some(&f.transition1)),
+            (&f.denseblock2, Some(&f.transition2)),
+            (&f.denseblock3, Some(&f.transition3)),
+            (&f.denseblock4, None),
+        ];
+        for (block, transition) in stages {
+            for l in &block.layers {
+                let y = relu(l.norm1.forward(x.clone()));
+                let y = relu(l.norm2.forward(l.conv1.forward(y)));
+                let y = l.conv2.forward(y);
+                x = Tensor::cat(vec![x, y], 1);
+            }
+            if let Some(t) = transition {
+                x = t.pool.forward(t.conv.forward(relu(t.norm.forward(x))));
+            }
+        }
+        relu(f.norm5.forward(x))
+    }
+}

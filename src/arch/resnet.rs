@@ -1,0 +1,141 @@
+//! ResNet-50 and its wide and grouped (ResNeXt) variants, as torchvision defines them (stride on
+//! the 3x3 convolution, "ResNet v1.5"). Grad-CAM: `layer4`, the output of the last bottleneck
+//! (2048x7x7).
+
+use super::layers::{Layer, bn, conv, max_pool, seq};
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::{BatchNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+const EPS: f64 = 1e-5;
+
+/// Width and grouping of a ResNet-50 variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResNetShape {
+    /// Groups of the 3x3 convolutions (32 for ResNeXt-50 32x4d).
+    pub groups: usize,
+    /// Channels per group at the first stage (64 for ResNet-50, 128 for Wide ResNet-50-2, 4 for
+    /// ResNeXt-50 32x4d).
+    pub width_per_group: usize,
+}
+
+/// A bottleneck block: 1x1, 3x3 (strided, grouped), 1x1 with expansion 4.
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    /// 1x1 reduction.
+    pub conv1: Conv2d,
+    /// Batch norm after `conv1`.
+    pub bn1: BatchNorm,
+    /// 3x3 convolution.
+    pub conv2: Conv2d,
+    /// Batch norm after `conv2`.
+    pub bn2: BatchNorm,
+    /// 1x1 expansion.
+    pub conv3: Conv2d,
+    /// Batch norm after `conv3`.
+    pub bn3: BatchNorm,
+    /// Projection shortcut (1x1 conv + BN), empty for the identity.
+    pub downsample: Vec<Layer>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let identity = if self.downsample.is_empty() {
+            x.clone()
+        } else {
+            seq(&self.downsample, x.clone())
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        let y = relu(self.bn2.forward(self.conv2.forward(y)));
+        let y = self.bn3.forward(self.conv3.forward(y));
+        relu(y + identity)
+    }
+}
+
+/// A ResNet-50-shaped network.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    /// 7x7 stem convolution, stride 2.
+    pub conv1: Conv2d,
+    /// Stem batch norm.
+    pub bn1: BatchNorm,
+    /// 3x3 max pooling, stride 2.
+    pub maxpool: MaxPool2d,
+    /// Stage 1 (3 blocks).
+    pub layer1: Vec<Bottleneck>,
+    /// Stage 2 (4 blocks).
+    pub layer2: Vec<Bottleneck>,
+    /// Stage 3 (6 blocks).
+    pub layer3: Vec<Bottleneck>,
+    /// Stage 4 (3 blocks).
+    pub layer4: Vec<Bottleneck>,
+    /// ImageNet classifier (2048 → 1000), kept only for parity checks.
+    pub fc: Option<Linear>,
+}
+
+impl ResNet {
+    /// A randomly initialised network of the given shape.
+    pub fn new(shape: ResNetShape, imagenet_head: bool, d: &Device) -> Self {
+        let mut inplanes = 64;
+        let mut stage = |planes: usize, blocks: usize, stride: usize| {
+            let width = planes * shape.width_per_group / 64 * shape.groups;
+            (0..blocks)
+                .map(|i| {
+                    let s = if i == 0 { stride } else { 1 };
+                    let downsample = if i == 0 && (s != 1 || inplanes != planes * 4) {
+                        vec![
+                            Layer::Conv(conv([inplanes, planes * 4], 1, s, 0, 1, false, d)),
+                            Layer::Bn(bn(planes * 4, EPS, d)),
+                        ]
+                    } else {
+                        Vec::new()
+                    };
+                    let b = Bottleneck {
+                        conv1: conv([inplanes, width], 1, 1, 0, 1, false, d),
+                        bn1: bn(width, EPS, d),
+                        conv2: conv([width, width], 3, s, 1, shape.groups, false, d),
+                        bn2: bn(width, EPS, d),
+                        conv3: conv([width, planes * 4], 1, 1, 0, 1, false, d),
+                        bn3: bn(planes * 4, EPS, d),
+                        downsample,
+                    };
+                    inplanes = planes * 4;
+                    b
+                })
+                .collect::<Vec<_>>()
+        };
+        let layer1 = stage(64, 3, 1);
+        let layer2 = stage(128, 4, 2);
+        let layer3 = stage(256, 6, 2);
+        let layer4 = stage(512, 3, 2);
+        Self {
+            conv1: conv([3, 64], 7, 2, 3, 1, false, d),
+            bn1: bn(64, EPS, d),
+            maxpool: max_pool(3, 2, 1, false),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            fc: imagenet_head.then(|| super::layers::linear(2048, 1000, d)),
+        }
+    }
+
+    /// The output of `layer4`.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self
+            .maxpool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        for b in self
+            .layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+        {
+            x = b.forward(x);
+        }
+        x
+    }
+}
