@@ -147,6 +147,8 @@ pub fn run(
         metrics: m,
         sources,
         ood: ood_summary,
+        arch: engine.header.arch.clone(),
+        weight_source: engine.header.weight_source.clone(),
     })
 }
 
@@ -158,6 +160,10 @@ pub struct Evaluation {
     pub sources: SourceBreakdown,
     /// How many images the out-of-distribution score flagged (when the model has one).
     pub ood: Option<OodSummary>,
+    /// Architecture of the evaluated model.
+    pub arch: String,
+    /// Where its backbone weights came from (`random-init` when not from ImageNet).
+    pub weight_source: String,
 }
 
 /// The out-of-distribution scores of an evaluated split.

@@ -8,6 +8,7 @@ mod data;
 mod device;
 mod evaluate;
 mod export;
+mod fetch;
 mod forward;
 mod fsutil;
 mod metrics;
@@ -38,6 +39,11 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Published ImageNet weights of the architectures.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCommand,
     },
     /// Train a classifier (frozen backbone or full fine-tuning).
     Train(Box<TrainArgs>),
@@ -163,6 +169,36 @@ enum Command {
     },
 }
 
+/// `weights` subcommands.
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// Download (or copy from --weights-dir) the ImageNet weights of architectures into the
+    /// cache, verified against the SHA-256 prefix of their published file names; an interrupted
+    /// download resumes where it stopped.
+    Fetch {
+        /// Architectures (registry names), or `all`.
+        #[arg(required = true)]
+        archs: Vec<String>,
+        /// Cache folder (default: $PNEUMOSCOPE_WEIGHTS, else ~/.cache/pneumoscope/weights).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Offline machines: take the files from this folder (published file names) instead of
+        /// downloading them.
+        #[arg(long)]
+        weights_dir: Option<PathBuf>,
+        /// Download from this address (a mirror holding the published file names) instead of
+        /// the official one.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// List the architectures, their published weight files and whether the cache holds them.
+    List {
+        /// Cache folder (default: $PNEUMOSCOPE_WEIGHTS, else ~/.cache/pneumoscope/weights).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
 /// Options of `train`.
 #[derive(clap::Args)]
 struct TrainArgs {
@@ -172,9 +208,14 @@ struct TrainArgs {
     /// Architecture.
     #[arg(long, default_value = "efficientnet_lite0")]
     arch: String,
-    /// ImageNet weights (`.pth` or `.safetensors`).
+    /// ImageNet weights (`.pth` or `.safetensors`); default: the architecture's published
+    /// file in the weights cache (see `weights fetch`).
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
+    /// Train from random initialisation when no ImageNet weights are available (the run, the
+    /// model file and its reports are marked `random-init`).
+    #[arg(long)]
+    allow_random_init: bool,
     /// `frozen` (the paper's protocol) or `finetune` (all layers).
     #[arg(long, value_enum, default_value = "frozen")]
     mode: train::Mode,
@@ -242,11 +283,18 @@ fn run(cli: Cli) -> Result<()> {
                 println!("wrote {}", opts.out.join("manifest.csv").display());
             }
         },
+        Command::Weights { command } => weights_command(command)?,
         Command::Train(a) => {
+            // A resumed run keeps the weights its config.json names.
+            let weights = if a.resume {
+                a.weights.clone()
+            } else {
+                resolve_weights(&a.arch, a.weights.clone(), a.allow_random_init)?
+            };
             let cfg = train::TrainConfig {
                 data: a.data,
                 arch: a.arch,
-                weights: a.weights,
+                weights,
                 mode: a.mode,
                 epochs: a.epochs,
                 batch_size: a.batch_size,
@@ -274,8 +322,11 @@ fn run(cli: Cli) -> Result<()> {
                 v["split"] = serde_json::json!(split);
                 v["by_source"] = serde_json::json!(e.sources);
                 v["ood"] = serde_json::json!(e.ood);
+                v["arch"] = serde_json::json!(e.arch);
+                v["weight_source"] = serde_json::json!(e.weight_source);
                 println!("{v}");
             } else {
+                println!("model: {}, weights {}", e.arch, e.weight_source);
                 evaluate::print_table(&e.metrics);
                 if let Some(o) = &e.ood {
                     println!(
@@ -376,4 +427,88 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn weights_command(command: WeightsCommand) -> Result<()> {
+    match command {
+        WeightsCommand::Fetch {
+            archs,
+            cache,
+            weights_dir,
+            base_url,
+        } => {
+            let specs = if archs.iter().any(|a| a == "all") {
+                pneumoscope::arch::registry()
+            } else {
+                archs
+                    .iter()
+                    .map(|a| pneumoscope::arch::find(a))
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            let o = fetch::FetchOptions {
+                cache: cache.unwrap_or_else(fetch::default_cache),
+                weights_dir,
+                base_url,
+            };
+            let mut failed = 0;
+            for spec in &specs {
+                match fetch::fetch(spec, &o) {
+                    Ok((path, how)) => println!("{}: {} ({how:?})", spec.name, path.display()),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} of {} weight files could not be fetched",
+                    specs.len()
+                );
+            }
+        }
+        WeightsCommand::List { cache } => {
+            let cache = cache.unwrap_or_else(fetch::default_cache);
+            for spec in pneumoscope::arch::registry() {
+                let here = fetch::cached(&spec, &cache)
+                    .map_or("-".to_string(), |p| p.display().to_string());
+                let url = spec
+                    .weights
+                    .url()
+                    .unwrap_or_else(|| spec.weights.note.to_string());
+                println!(
+                    "{:<20} {:<42} {here}\n{:<20} {url}",
+                    spec.name, spec.weights.file, ""
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The weights a training run starts from: the given file, else the cached published file,
+/// else nothing when random initialisation is allowed.
+fn resolve_weights(
+    arch: &str,
+    given: Option<PathBuf>,
+    allow_random: bool,
+) -> Result<Option<PathBuf>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let spec = pneumoscope::arch::find(arch)?;
+    let cache = fetch::default_cache();
+    if let Some(p) = fetch::cached(&spec, &cache) {
+        return Ok(Some(p));
+    }
+    if allow_random {
+        return Ok(None);
+    }
+    anyhow::bail!(
+        "no ImageNet weights for {arch}: {} is not in {} — run `pneumoscope weights fetch {arch}` \
+         (or pass --weights FILE); to train from random initialisation instead, pass \
+         --allow-random-init",
+        spec.weights.file,
+        cache.display()
+    )
 }

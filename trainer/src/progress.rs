@@ -24,3 +24,17 @@ pub fn println(pb: &ProgressBar, line: String) {
         pb.println(line);
     }
 }
+
+/// A byte-count progress bar with transfer rate and ETA (a spinner when the size is unknown).
+pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target((len > 0).then_some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

@@ -82,8 +82,8 @@ pub struct TrainConfig {
     pub data: PathBuf,
     /// Architecture.
     pub arch: String,
-    /// ImageNet weights file.
-    pub weights: PathBuf,
+    /// ImageNet weights file; `None` only for a random-init run (`--allow-random-init`).
+    pub weights: Option<PathBuf>,
     /// Mode.
     pub mode: Mode,
     /// Epochs.
@@ -360,7 +360,20 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     let spec = arch::find(&cfg.arch)?;
     let device = crate::device::parse(&cfg.device)?;
     let ad = device.clone().autodiff();
-    let loaded = weights::load_backbone(&spec, &cfg.weights, false, &device)?;
+    let loaded = match &cfg.weights {
+        Some(w) => weights::load_backbone(&spec, w, false, &device)?,
+        None => {
+            eprintln!(
+                "warning: {} starts from random initialisation (no ImageNet weights); the run \
+                 and every file made from it say so",
+                spec.name
+            );
+            weights::LoadedBackbone {
+                backbone: spec.build_backbone(false, &device).valid(),
+                source: weights::RANDOM_INIT.to_string(),
+            }
+        }
+    };
     let train_rows = manifest.split_indices(Split::Train);
     let val_rows = manifest.split_indices(Split::Val);
     if train_rows.is_empty() || val_rows.is_empty() {

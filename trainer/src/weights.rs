@@ -10,6 +10,9 @@ use pneumoscope::arch::{ArchSpec, Backbone};
 use pneumoscope::model_file::sha256_hex;
 use std::path::Path;
 
+/// The weight source of a backbone trained from random initialisation.
+pub const RANDOM_INIT: &str = "random-init";
+
 /// A backbone with ImageNet weights, and a line saying where they came from.
 pub struct LoadedBackbone {
     /// The backbone.
