@@ -107,3 +107,81 @@ impl Classifier {
         self.logits_from_map(self.feature_map(x))
     }
 }
+
+/// Size facts of a classifier, read from its parameter shapes without allocating its weights.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Footprint {
+    /// Number of parameters (batch-norm running statistics included).
+    pub parameters: usize,
+    /// Module path of the largest parameter tensor.
+    pub largest_tensor: String,
+    /// Its size in bytes as f32, the precision it has on a device.
+    pub largest_tensor_bytes: u64,
+}
+
+/// The [`Footprint`] of `spec`'s classifier. A WebGPU device must hold the largest tensor in
+/// one buffer; the browser library checks this before choosing WebGPU.
+pub fn footprint(spec: &ArchSpec) -> Footprint {
+    struct Visit {
+        path: Vec<String>,
+        out: Footprint,
+    }
+    impl burn::module::ModuleVisitor for Visit {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            // Enum variants are not part of the published names.
+            if !container_type.starts_with("Enum:") {
+                self.path.push(name.to_string());
+            } else {
+                self.path.push(String::new());
+            }
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let n = param.lazy_shape().num_elements();
+            self.out.parameters += n;
+            let bytes = 4 * n as u64;
+            if bytes > self.out.largest_tensor_bytes {
+                self.out.largest_tensor_bytes = bytes;
+                let parts: Vec<&str> = self
+                    .path
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                self.out.largest_tensor = parts.join(".");
+            }
+        }
+    }
+    let model = Classifier::new(spec, &Device::flex());
+    let mut v = Visit {
+        path: Vec::new(),
+        out: Footprint {
+            parameters: 0,
+            largest_tensor: String::new(),
+            largest_tensor_bytes: 0,
+        },
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footprint_names_the_largest_tensor() {
+        let f = footprint(&crate::arch::find("vgg16").unwrap());
+        // classifier.0: Linear(512·7·7 → 4096), the tensor that decides whether VGG-16 fits a
+        // WebGPU buffer.
+        assert_eq!(f.largest_tensor_bytes, 4 * 25088 * 4096);
+        assert!(f.largest_tensor.contains("classifier.0"), "{f:?}");
+        // torchvision: 138,357,544 parameters with the ImageNet classifier; without it and with
+        // the paper's head (4096·256 + 256 + 256·4 + 4) and BN-free VGG: 134,260,544 + 1,049,860.
+        assert_eq!(f.parameters, 134_260_544 + 1_049_860);
+        let lite = footprint(&crate::arch::find("efficientnet_lite0").unwrap());
+        assert!(lite.largest_tensor_bytes < 2 << 20);
+    }
+}

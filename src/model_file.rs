@@ -114,10 +114,15 @@ impl ModelFile {
         out
     }
 
-    /// Parses and verifies a file: magic, version, header, payload length and checksum, known
-    /// architecture and class order. The weights themselves are decoded by
-    /// [`ModelFile::load_classifier`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+    /// The header alone (magic, version and JSON checked; the payload neither copied nor
+    /// verified): enough to decide how to load the file.
+    pub fn read_header(bytes: &[u8]) -> Result<ModelHeader> {
+        let (header, _) = Self::split(bytes)?;
+        Ok(header)
+    }
+
+    /// Magic, version and header of a file, and its payload.
+    fn split(bytes: &[u8]) -> Result<(ModelHeader, &[u8])> {
         let bad = |m: String| Error::ModelFile(m);
         if bytes.len() < 20 || &bytes[..12] != MAGIC {
             return Err(bad(
@@ -141,7 +146,15 @@ impl ModelFile {
         }
         let header: ModelHeader = serde_json::from_slice(&bytes[20..20 + hlen as usize])
             .map_err(|e| bad(format!("unreadable header: {e}")))?;
-        let payload = &bytes[20 + hlen as usize..];
+        Ok((header, &bytes[20 + hlen as usize..]))
+    }
+
+    /// Parses and verifies a file: magic, version, header, payload length and checksum, known
+    /// architecture and class order. The weights themselves are decoded by
+    /// [`ModelFile::load_classifier`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bad = |m: String| Error::ModelFile(m);
+        let (header, payload) = Self::split(bytes)?;
         if payload.len() as u64 != header.payload_len {
             return Err(bad(format!(
                 "truncated or padded weights (expected {} bytes, found {})",

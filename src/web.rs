@@ -24,6 +24,8 @@
 use crate::classes::Class;
 use crate::gradcam;
 use crate::inference::{Engine, Prediction};
+use crate::model::footprint;
+use crate::model_file::ModelFile;
 use burn::prelude::*;
 use js_sys::{Object, Promise, Reflect, Uint8ClampedArray};
 use serde::Serialize;
@@ -148,17 +150,44 @@ pub async fn webgpu_device() -> Result<Device, String> {
 impl Classifier {
     /// Parses, verifies and loads a model file written by `pneumoscope export`.
     ///
-    /// `backend` is `"auto"` (WebGPU when it initialises, else the CPU), `"webgpu"` (an error
-    /// when WebGPU is unavailable) or `"cpu"`.
-    pub async fn load(model: Vec<u8>, backend: String) -> Result<Classifier, JsValue> {
-        let (device, name, fallback_reason) = match backend.as_str() {
-            "cpu" => (Device::flex(), "cpu", None),
-            "webgpu" => (webgpu_device().await.map_err(js_error)?, "webgpu", None),
-            "auto" | "" => match webgpu_device().await {
+    /// `backend` is `"auto"` (WebGPU when it initialises and can hold the model, else the CPU),
+    /// `"webgpu"` (an error when WebGPU is unavailable or too small for the model) or `"cpu"`.
+    /// `gpu_max_buffer_bytes` is the largest buffer the WebGPU adapter allows
+    /// (`min(maxStorageBufferBindingSize, maxBufferSize)`), when the caller knows it: a model
+    /// whose largest tensor does not fit runs on the CPU instead, with the reason.
+    pub async fn load(
+        model: Vec<u8>,
+        backend: String,
+        gpu_max_buffer_bytes: Option<f64>,
+    ) -> Result<Classifier, JsValue> {
+        let header = ModelFile::read_header(&model).map_err(js_error)?;
+        let too_big = match (crate::arch::find(&header.arch), gpu_max_buffer_bytes) {
+            (Ok(spec), Some(limit)) => {
+                let f = footprint(&spec);
+                (f.largest_tensor_bytes as f64 > limit).then(|| {
+                    format!(
+                        "the model's largest tensor ({}, {:.0} MB as f32) exceeds this GPU's \
+                         largest buffer ({:.0} MB)",
+                        f.largest_tensor,
+                        f.largest_tensor_bytes as f64 / 1e6,
+                        limit / 1e6
+                    )
+                })
+            }
+            _ => None,
+        };
+        let (device, name, fallback_reason) = match (backend.as_str(), too_big) {
+            ("cpu", _) => (Device::flex(), "cpu", None),
+            ("webgpu", Some(reason)) => {
+                return Err(js_error(format!("cannot run on WebGPU: {reason}")));
+            }
+            ("webgpu", None) => (webgpu_device().await.map_err(js_error)?, "webgpu", None),
+            ("auto" | "", Some(reason)) => (Device::flex(), "cpu", Some(reason)),
+            ("auto" | "", None) => match webgpu_device().await {
                 Ok(device) => (device, "webgpu", None),
                 Err(reason) => (Device::flex(), "cpu", Some(reason)),
             },
-            other => {
+            (other, _) => {
                 return Err(js_error(format!(
                     "unknown backend {other:?} (expected auto, webgpu or cpu)"
                 )));
@@ -170,6 +199,14 @@ impl Classifier {
             backend: name,
             fallback_reason,
         })
+    }
+
+    /// Parameter count and largest tensor of a model file's architecture (what decides whether
+    /// WebGPU can hold it), without loading its weights.
+    pub fn footprint(model: &[u8]) -> Result<JsValue, JsValue> {
+        let header = ModelFile::read_header(model).map_err(js_error)?;
+        let spec = crate::arch::find(&header.arch).map_err(js_error)?;
+        to_js(&footprint(&spec))
     }
 
     /// The backend in use: `"webgpu"` or `"cpu"`.

@@ -88,7 +88,7 @@ async fn grad_cam_agrees_between_backends() {
 
 #[wasm_bindgen_test]
 async fn the_js_api_classifies_explains_and_refuses_bad_input() {
-    let model = pneumoscope::web::Classifier::load(MODEL.to_vec(), "cpu".into())
+    let model = pneumoscope::web::Classifier::load(MODEL.to_vec(), "cpu".into(), None)
         .await
         .unwrap();
     assert_eq!(model.backend(), "cpu");
@@ -116,14 +116,15 @@ async fn the_js_api_classifies_explains_and_refuses_bad_input() {
     let message = js_sys::Error::from(err).message().as_string().unwrap();
     assert!(message.contains("image"), "unclear error: {message}");
 
-    let err = pneumoscope::web::Classifier::load(MODEL[..MODEL.len() / 2].to_vec(), "cpu".into())
-        .await
-        .err()
-        .expect("a truncated model file is refused");
+    let err =
+        pneumoscope::web::Classifier::load(MODEL[..MODEL.len() / 2].to_vec(), "cpu".into(), None)
+            .await
+            .err()
+            .expect("a truncated model file is refused");
     let message = js_sys::Error::from(err).message().as_string().unwrap();
     assert!(message.contains("truncated"), "unclear error: {message}");
 
-    let err = pneumoscope::web::Classifier::load(MODEL.to_vec(), "tpu".into())
+    let err = pneumoscope::web::Classifier::load(MODEL.to_vec(), "tpu".into(), None)
         .await
         .err()
         .expect("an unknown backend is refused");
@@ -146,4 +147,42 @@ fn the_network_view_is_the_model_input() {
         preprocess::normalize_gray(&view, &cpu.header.input),
         cpu.preprocess(VIRAL).unwrap()
     );
+}
+
+/// A model whose largest tensor does not fit the GPU's largest buffer: `auto` runs it on the
+/// CPU and says why, `webgpu` refuses with the reason (the limit is passed in as the page's
+/// worker reads it from the adapter).
+#[wasm_bindgen_test]
+async fn a_model_too_big_for_the_gpu_falls_back_to_the_cpu_with_the_reason() {
+    let limit = 1_000_000.0; // 1 MB: Lite0's head convolution (1.6 MB as f32) does not fit
+    let model = pneumoscope::web::Classifier::load(MODEL.to_vec(), "auto".into(), Some(limit))
+        .await
+        .unwrap();
+    assert_eq!(model.backend(), "cpu");
+    let reason = model.fallback_reason().unwrap();
+    assert!(
+        reason.contains("largest tensor")
+            && reason.contains("conv_head")
+            && reason.contains("1 MB"),
+        "{reason}"
+    );
+    let err = pneumoscope::web::Classifier::load(MODEL.to_vec(), "webgpu".into(), Some(limit))
+        .await
+        .err()
+        .expect("webgpu is refused for a model it cannot hold");
+    let message = js_sys::Error::from(err).message().as_string().unwrap();
+    assert!(message.contains("cannot run on WebGPU"), "{message}");
+    // With room enough, auto keeps WebGPU when the browser has it (or says why not).
+    let model = pneumoscope::web::Classifier::load(MODEL.to_vec(), "auto".into(), Some(1e10))
+        .await
+        .unwrap();
+    if model.backend() == "cpu" {
+        assert!(!model.fallback_reason().unwrap().contains("largest tensor"));
+    }
+    let f = pneumoscope::web::Classifier::footprint(MODEL).unwrap();
+    let bytes = js_sys::Reflect::get(&f, &"largest_tensor_bytes".into())
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert_eq!(bytes, (4 * 320 * 1280) as f64);
 }

@@ -69,7 +69,8 @@ async function loadModel(source, label) {
     const fallback = m.fallbackReason ? ` (WebGPU unavailable: ${m.fallbackReason})` : "";
     // A model trained without ImageNet weights says so wherever it is used.
     const randomInit = m.info.weight_source === "random-init" ? " · random-init (no ImageNet weights)" : "";
-    status.textContent = `${m.info.arch}${randomInit} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
+    const untrained = m.info.training?.untrained ? " · UNTRAINED (deployment test only: its answers mean nothing)" : "";
+    status.textContent = `${m.info.arch}${randomInit}${untrained} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
       `loaded in ${Math.round(t.wasm_init_ms + t.download_ms + t.model_init_ms)} ms`;
     lastGood = m;
     document.body.dataset.readyMs = performance.now().toFixed(1);

@@ -50,7 +50,8 @@ const ops = {
     // A model that fails to load leaves the previous one in place.
     let loaded;
     try {
-      loaded = await Classifier.load(data, backend || "auto");
+      const limit = backend === "cpu" ? null : await gpuMaxBuffer();
+      loaded = await Classifier.load(data, backend || "auto", limit ?? undefined);
     } catch (e) {
       throw new Error(`${name || url || "model file"}: ${messageOf(e)}`);
     }
@@ -79,6 +80,24 @@ const ops = {
     return r;
   },
 };
+
+// The largest buffer this browser's WebGPU adapter allows (the library refuses WebGPU for a
+// model whose largest tensor is bigger, and says so), or null when there is no adapter.
+let adapterLimit;
+async function gpuMaxBuffer() {
+  if (adapterLimit === undefined) {
+    adapterLimit = null;
+    try {
+      const adapter = await navigator.gpu?.requestAdapter();
+      if (adapter) {
+        adapterLimit = Math.min(adapter.limits.maxStorageBufferBindingSize, adapter.limits.maxBufferSize);
+      }
+    } catch {
+      adapterLimit = null;
+    }
+  }
+  return adapterLimit;
+}
 
 function messageOf(e) {
   if (e instanceof Error) return e.message;

@@ -10,7 +10,7 @@
 // stay on loopback without a body.
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { check, correlation, harness, launch, nativeGradcam, nativePredict, parseArgs, watchNetwork } from "./lib.mjs";
 
@@ -395,6 +395,77 @@ async function embedSuite(browser) {
   });
 }
 
+/** Reads the page's result and Grad-CAM after a model change or an upload. */
+async function readResult(page) {
+  return page.evaluate(() => {
+    const r = document.getElementById("result");
+    const c = document.getElementById("gradcam");
+    return {
+      top: r.dataset.top,
+      probabilities: JSON.parse(r.dataset.probabilities),
+      backend: r.dataset.backend,
+      cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
+    };
+  });
+}
+
+const ARCHS = ["alexnet", "vgg16", "googlenet", "resnet50", "wide_resnet50_2", "resnext50_32x4d", "densenet161",
+  "squeezenet1_0", "shufflenet_v2_x1_0", "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0"];
+
+/**
+ * Every architecture of the registry in the page: an untrained f16 model file of each (made by
+ * the CLI, marked as such) is opened through "open a model file" and must give the native CLI's
+ * probabilities and Grad-CAM on a real X-ray — on the CPU backend for all twelve (WebGPU on
+ * SwiftShader is too slow for the large ones), and on WebGPU for the small ones.
+ */
+async function architectureSuite(browser, backend, archs) {
+  const { context, page, errors } = await visit(browser, backend);
+  await page.goto(`${args.url}?backend=${backend}`);
+  await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+  const file = images[1];
+  for (const arch of archs) {
+    await t.test(`${backend}: ${arch} runs in the page and equals the native CLI`, async () => {
+      const model = join(args.artifacts, `untrained-${arch}.pneumoscope`);
+      if (!existsSync(model)) {
+        execFileSync(args.pneumoscope, ["untrained", "--arch", arch, "--f16", "--out", model], { encoding: "utf8" });
+      }
+      const t0 = Date.now();
+      await page.evaluate(() => {
+        delete document.body.dataset.modelReady;
+        delete document.getElementById("result").dataset.top;
+        document.getElementById("gradcam").removeAttribute("data-class");
+      });
+      await page.setInputFiles("#model-file", model);
+      await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+      const status = await page.textContent("#model-status");
+      check(status.includes(arch) && status.includes("UNTRAINED"), `the status does not name ${arch} as untrained: ${status}`);
+      const used = await page.evaluate(() => document.body.dataset.backend);
+      check(used === backend, `${arch} runs on ${used}, not ${backend}`);
+      const loadMs = Date.now() - t0;
+      const t1 = Date.now();
+      await page.setInputFiles("#image-input", file);
+      await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+      await page.waitForSelector("#gradcam[data-class]", { state: "attached", ...WAIT });
+      const got = await readResult(page);
+      const want = nativePredict(args.pneumoscope, model, file);
+      check(got.top === want.top, `${arch}: top ${got.top} in the page, ${want.top} natively`);
+      for (const [c, p] of Object.entries(want.probabilities)) {
+        const d = Math.abs(got.probabilities[c] - p);
+        check(d <= 1e-3, `${arch}: p(${c}) ${got.probabilities[c]} in the page vs ${p} natively`);
+      }
+      const cam = nativeGradcam(args.pneumoscope, model, file, got.cam.cls, join(args.artifacts, `native-${backend}-${arch}.png`));
+      check(cam.shape[0] === got.cam.height && cam.shape[1] === got.cam.width, `${arch}: map ${got.cam.height}x${got.cam.width} vs ${cam.shape}`);
+      const r = correlation(got.cam.values, cam.data);
+      check(r >= 0.99, `${arch}: Grad-CAM correlation with the native map ${r.toFixed(4)}`);
+      console.log(`#   ${arch} (${(statSync(model).size / 1e6).toFixed(1)} MB): loaded in ${loadMs} ms, classified + Grad-CAM in ${Date.now() - t1} ms, r = ${r.toFixed(5)}`);
+    });
+  }
+  await t.test(`${backend}: no errors in the console while switching architectures`, async () => {
+    check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+  });
+  await context.close();
+}
+
 async function fallbackSuite() {
   const browser = await launch({ webgpu: false });
   try {
@@ -434,6 +505,10 @@ try {
     check(adapter, "no WebGPU adapter: the webgpu backend cannot be tested");
   });
   for (const backend of (args.backends || "cpu,webgpu").split(",")) await backendSuite(browser, backend);
+  if (!args["skip-archs"]) {
+    await architectureSuite(browser, "cpu", ARCHS);
+    await architectureSuite(browser, "webgpu", ["squeezenet1_0", "shufflenet_v2_x1_0", "mobilenet_v3_large"]);
+  }
   await embedSuite(browser);
   await policySuite(browser);
   await negativeControl(browser);

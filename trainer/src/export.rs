@@ -57,14 +57,6 @@ pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<Mo
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
     let header = ModelHeader {
-        format_version: FORMAT_VERSION,
-        arch: cfg.arch.clone(),
-        classes: Class::ALL.to_vec(),
-        input: spec.input.clone(),
-        gradcam_layer: spec.gradcam_layer.to_string(),
-        weights_dtype: if f16 { "f16".into() } else { "f32".into() },
-        weight_source: std::fs::read_to_string(run.join("weight_source.txt"))
-            .unwrap_or_else(|_| "unknown".into()),
         training: serde_json::json!({
             "config": cfg,
             "best_epoch": history.as_ref().and_then(|h| h.get("best_epoch").cloned()),
@@ -73,10 +65,12 @@ pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<Mo
         data,
         metrics,
         extra: serde_json::json!({ "tta": tta }),
-        ood: None,
-        created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
-        payload_len: 0,
-        payload_sha256: String::new(),
+        ..header(
+            &spec,
+            f16,
+            std::fs::read_to_string(run.join("weight_source.txt"))
+                .unwrap_or_else(|_| "unknown".into()),
+        )
     };
     let mut file = ModelFile::from_classifier(header, model)?;
     if ood {
@@ -86,6 +80,65 @@ pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<Mo
         let exported = file.load_classifier(&device)?;
         file.header.ood = Some(crate::ood::fit(&exported, &spec, &manifest, &device)?);
     }
+    crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    Ok(file.header)
+}
+
+/// The header fields every model file of `spec` shares; the caller fills in training, data,
+/// metrics and extras.
+fn header(spec: &arch::ArchSpec, f16: bool, weight_source: String) -> ModelHeader {
+    ModelHeader {
+        format_version: FORMAT_VERSION,
+        arch: spec.name.to_string(),
+        classes: Class::ALL.to_vec(),
+        input: spec.input.clone(),
+        gradcam_layer: spec.gradcam_layer.to_string(),
+        weights_dtype: if f16 { "f16".into() } else { "f32".into() },
+        weight_source,
+        training: serde_json::Value::Null,
+        data: serde_json::Value::Null,
+        metrics: serde_json::Value::Null,
+        extra: serde_json::Value::Null,
+        ood: None,
+        created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
+        payload_len: 0,
+        payload_sha256: String::new(),
+    }
+}
+
+/// An untrained model file of `spec`: the backbone from `weights` (ImageNet) or random, the
+/// head untrained. Its header says so (`training.untrained`), and the page warns. For checking
+/// that an architecture deploys (size, backend limits, speed), never for diagnosis.
+pub fn untrained(
+    spec: &arch::ArchSpec,
+    weights: Option<&Path>,
+    out: &Path,
+    f16: bool,
+) -> Result<ModelHeader> {
+    let device = Device::flex();
+    let loaded = match weights {
+        Some(w) => crate::weights::load_backbone(spec, w, false, &device)?,
+        None => crate::weights::LoadedBackbone {
+            backbone: spec.build_backbone(false, &device).valid(),
+            source: crate::weights::RANDOM_INIT.to_string(),
+        },
+    };
+    let mut model = Classifier {
+        backbone: loaded.backbone,
+        head: pneumoscope::model::Head::new(spec, &device),
+    };
+    if f16 {
+        model = to_f16(model);
+    }
+    let header = ModelHeader {
+        training: serde_json::json!({ "untrained": true }),
+        extra: serde_json::json!({
+            "untrained": true,
+            "note": "untrained head: for deployment and speed checks only, its outputs mean nothing",
+        }),
+        ..header(spec, f16, loaded.source)
+    };
+    let file = ModelFile::from_classifier(header, model)?;
     crate::fsutil::write_atomic(out, &file.to_bytes())?;
     Ok(file.header)
 }

@@ -115,6 +115,23 @@ enum Command {
         #[arg(long)]
         no_ood: bool,
     },
+    /// An untrained model file of an architecture (ImageNet backbone when its weights are given
+    /// or fetched, else random-init; head untrained), marked as such: for checking that an
+    /// architecture deploys (file size, browser backends, speed), never for diagnosis.
+    Untrained {
+        /// Architecture.
+        #[arg(long)]
+        arch: String,
+        /// Output model file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Backbone weights (default: the fetched published file, else random-init).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Store weights in half precision.
+        #[arg(long)]
+        f16: bool,
+    },
     /// Training and inference throughput of the Burn CPU backend beside PyTorch on the same
     /// shapes, and the frozen protocol's cached-features speed-up.
     Bench {
@@ -373,6 +390,23 @@ fn run(cli: Cli) -> Result<()> {
                 h.arch,
                 h.weights_dtype,
                 h.payload_sha256
+            );
+        }
+        Command::Untrained {
+            arch,
+            out,
+            weights,
+            f16,
+        } => {
+            let spec = pneumoscope::arch::find(&arch)?;
+            let weights = resolve_weights(&arch, weights, true)?;
+            let h = export::untrained(&spec, weights.as_deref(), &out, f16)?;
+            println!(
+                "wrote {} ({}, {} weights from {}, UNTRAINED head)",
+                out.display(),
+                h.arch,
+                h.weights_dtype,
+                h.weight_source
             );
         }
         Command::Bench {

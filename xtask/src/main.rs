@@ -170,7 +170,8 @@ fn test() -> Result<()> {
     ensure_system()?;
     web::ensure_tools()?;
     let shared = shared()?;
-    let python = venv(&PY_TESTS)?;
+    // torch, torchvision and pytorch-grad-cam: the parity fixtures of the torchvision ports.
+    let python = venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())?;
     std::fs::create_dir_all(target_dir())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     let clippy = ["clippy", "--release", "--all-targets"];
@@ -203,6 +204,21 @@ fn test() -> Result<()> {
     // The served page end to end in Chromium, against the native CLI.
     add(browser_tests(&shared, &python)?);
     let (passed, failed) = total;
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        bail!("{failed} tests failed, {passed} passed");
+    }
+    Ok(())
+}
+
+/// Only the page's end-to-end tests (a quicker loop while working on the page).
+fn e2e() -> Result<()> {
+    ensure_system()?;
+    web::ensure_tools()?;
+    let shared = shared()?;
+    let python = venv(&PY_TESTS)?;
+    run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
+    let (passed, failed) = browser_tests(&shared, &python)?;
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         bail!("{failed} tests failed, {passed} passed");
@@ -402,6 +418,7 @@ fn main() {
 fn dispatch(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("e2e") => e2e(),
         Some("serve") => serve(&args[1..]),
         Some("venv") => venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())
             .map(|p| println!("{}", p.display())),
@@ -409,7 +426,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         Some("bench-web") => bench_web(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | serve [--port N] [--host ADDR] | venv | \
+                "usage: cargo xtask test | e2e | serve [--port N] [--host ADDR] | venv | \
                  bench [ARGS OF pneumoscope bench] | bench-web [--runs N]"
             );
             std::process::exit(2);
