@@ -120,6 +120,10 @@ pub struct ArchSpec {
     pub key_remap: Vec<(String, String)>,
     /// The published ImageNet weights.
     pub weights: WeightsInfo,
+    /// Multiply-accumulates of one image at the input size, in billions (the ImageNet network
+    /// as published, convolutions and linear layers; checked against PyTorch's flop counter by
+    /// the parity tests).
+    pub gmacs: f64,
 }
 
 impl ArchSpec {
@@ -156,6 +160,7 @@ pub fn registry() -> Vec<ArchSpec> {
         head: HeadKind::Mlp,
         gradcam_layer: "conv_head+bn1+relu6 (output of the last convolutional block)",
         key_remap: remap(&[(r"(^|\.)_", "$1")]),
+        gmacs: 0.0,
         weights: WeightsInfo {
             file,
             base_url: None,
@@ -177,6 +182,7 @@ pub fn registry() -> Vec<ArchSpec> {
             head: HeadKind::Mlp,
             gradcam_layer,
             key_remap: remap(rules),
+            gmacs: 0.0,
             weights: WeightsInfo {
                 file,
                 base_url: Some(TORCHVISION),
@@ -329,7 +335,30 @@ pub fn registry() -> Vec<ArchSpec> {
             "mnasnet1.0_top1_73.512-f206786ef8.pth",
         ),
     ];
+    // Measured with torch.utils.flop_counter on torchvision's and timm's definitions (equal to
+    // torchvision's published `_ops`).
+    const GMACS: [(&str, f64); 15] = [
+        ("efficientnet_lite0", 0.385),
+        ("efficientnet_lite1", 0.600),
+        ("efficientnet_lite2", 0.860),
+        ("alexnet", 0.714),
+        ("vgg16", 15.470),
+        ("googlenet", 1.498),
+        ("resnet50", 4.089),
+        ("wide_resnet50_2", 11.398),
+        ("resnext50_32x4d", 4.230),
+        ("densenet161", 7.728),
+        ("squeezenet1_0", 0.819),
+        ("shufflenet_v2_x1_0", 0.145),
+        ("mobilenet_v2", 0.301),
+        ("mobilenet_v3_large", 0.217),
+        ("mnasnet1_0", 0.314),
+    ];
     for spec in &mut v {
+        spec.gmacs = GMACS
+            .iter()
+            .find(|(n, _)| *n == spec.name)
+            .map_or(f64::NAN, |g| g.1);
         match spec.kind {
             ArchKind::DenseNet161 => spec.key_remap = densenet_rules.clone(),
             ArchKind::SqueezeNet1_0 => {

@@ -151,6 +151,27 @@ ARCHS = [
     "mnasnet1_0",
 ]
 
+def gmacs(out):
+    """Multiply-accumulates per image (convolutions and matrix products) of each network as
+    published, at its input size: torchvision's and timm's definitions under PyTorch's counter."""
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(m, s):
+        m.eval()
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(torch.zeros(1, 3, s, s))
+        return fc.get_total_flops() / 2 / 1e9
+
+    res = {}
+    for name in ARCHS:
+        kw = dict(aux_logits=False, init_weights=False) if name == "googlenet" else {}
+        res[name] = count(getattr(torchvision.models, name)(weights=None, **kw), 224)
+    for i, s in [(0, 224), (1, 240), (2, 260)]:
+        res[f"efficientnet_lite{i}"] = count(timm.create_model(f"tf_efficientnet_lite{i}"), s)
+    (out / "gmacs.json").write_text(json.dumps(res, indent=1))
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +179,7 @@ if __name__ == "__main__":
         if len(sys.argv) > 2 and name not in sys.argv[2:]:
             continue
         make(name, out, 1000 + i)
+    gmacs(out)
     (out / "versions.json").write_text(
         json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__})
     )

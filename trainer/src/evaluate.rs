@@ -142,6 +142,19 @@ pub fn run(
             report::html(&title, &desc, &m, &sources, &cams),
         )?;
         std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
+        // The Grad-CAM panel as data: overlay, image, truth, prediction.
+        let mut w = csv::Writer::from_path(out.join("gradcam.csv"))?;
+        w.write_record(["overlay", "image", "truth", "predicted", "confidence"])?;
+        for c in &cams {
+            w.write_record([
+                c.overlay.as_str(),
+                c.file.as_str(),
+                c.truth.name(),
+                c.predicted.name(),
+                &format!("{:.4}", c.confidence),
+            ])?;
+        }
+        w.flush()?;
     }
     Ok(Evaluation {
         metrics: m,

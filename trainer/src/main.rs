@@ -3,6 +3,7 @@
 
 mod augment;
 mod bench;
+mod benchmark;
 mod cli;
 mod data;
 mod device;
@@ -115,6 +116,15 @@ enum Command {
         #[arg(long)]
         no_ood: bool,
     },
+    /// The paper's comparison: train, export, evaluate and time each architecture, then write
+    /// the comparison table and figures (`benchmark merge` joins shards run elsewhere).
+    #[command(args_conflicts_with_subcommands = true)]
+    Benchmark {
+        #[command(subcommand)]
+        merge: Option<BenchmarkCommand>,
+        #[command(flatten)]
+        args: Box<BenchmarkArgs>,
+    },
     /// An untrained model file of an architecture (ImageNet backbone when its weights are given
     /// or fetched, else random-init; head untrained), marked as such: for checking that an
     /// architecture deploys (file size, browser backends, speed), never for diagnosis.
@@ -184,6 +194,59 @@ enum Command {
         #[arg(long, requires = "cam_out")]
         cam_class: Option<usize>,
     },
+}
+
+/// `benchmark` subcommands.
+#[derive(Subcommand)]
+enum BenchmarkCommand {
+    /// Join the results of several benchmark output folders (shards) into one comparison.
+    Merge {
+        /// Output folders of `benchmark` runs.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Folder for the joined comparison.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Options of `benchmark`.
+#[derive(clap::Args)]
+struct BenchmarkArgs {
+    /// The manifest written by `data build`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// `all` or a comma-separated list of architectures.
+    #[arg(long, default_value = "all")]
+    archs: String,
+    /// Protocol: `frozen` (the paper's) or `finetune`.
+    #[arg(long, value_enum, default_value = "frozen")]
+    mode: train::Mode,
+    /// Output folder (runs, models, evaluations, results, comparison).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run only this machine's share of the architectures, `i/n` (1-based).
+    #[arg(long, default_value = "1/1")]
+    shard: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Architectures without fetched ImageNet weights train from random initialisation
+    /// (marked in every output) instead of failing.
+    #[arg(long)]
+    allow_random_init: bool,
+    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// `weights` subcommands.
@@ -392,6 +455,29 @@ fn run(cli: Cli) -> Result<()> {
                 h.payload_sha256
             );
         }
+        Command::Benchmark { merge, args } => match merge {
+            Some(BenchmarkCommand::Merge { dirs, out }) => {
+                benchmark::merge(&dirs, &out)?;
+            }
+            None => {
+                let (Some(data), Some(out)) = (args.data, args.out) else {
+                    anyhow::bail!("benchmark needs --data MANIFEST and --out DIR");
+                };
+                benchmark::run(&benchmark::BenchmarkOptions {
+                    data,
+                    archs: benchmark::select_archs(&args.archs)?,
+                    mode: args.mode,
+                    out,
+                    shard: benchmark::parse_shard(&args.shard)?,
+                    epochs: args.epochs,
+                    batch_size: args.batch_size,
+                    lr: args.lr,
+                    seed: args.seed,
+                    allow_random_init: args.allow_random_init,
+                    device: args.device,
+                })?;
+            }
+        },
         Command::Untrained {
             arch,
             out,

@@ -18,7 +18,8 @@ const FONT_PATHS: [&str; 3] = [
 
 static FONT: Once = Once::new();
 
-fn ensure_font() -> Result<()> {
+/// Registers a font for figure text (DejaVu Sans); an error says what to install.
+pub fn ensure_font() -> Result<()> {
     FONT.call_once(|| {
         for p in FONT_PATHS {
             if let Ok(bytes) = std::fs::read(p) {

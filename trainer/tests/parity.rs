@@ -166,3 +166,23 @@ parity!(
     mobilenet_v3_large,
     mnasnet1_0,
 );
+
+/// The registry's multiply-accumulate counts equal PyTorch's flop counter on torchvision's and
+/// timm's definitions (within 1%).
+#[test]
+fn gmacs_match_pytorch_flop_counter() {
+    let Some(dir) = fixtures() else { return };
+    let measured: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("gmacs.json")).unwrap()).unwrap();
+    for spec in pneumoscope::arch::registry() {
+        let want = measured[spec.name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no count for {}", spec.name));
+        assert!(
+            (spec.gmacs - want).abs() <= 0.01 * want,
+            "{}: registry {} GMACs, PyTorch counts {want}",
+            spec.name,
+            spec.gmacs
+        );
+    }
+}
