@@ -1,7 +1,8 @@
 """PyTorch reference for `pneumoscope bench`: inference and training-step throughput of the same
-architecture on the same shapes, on the CPU. Prints one JSON object.
+architecture (with the paper's head) on the same shapes, on the CPU or CUDA. Prints one JSON
+object.
 
-Usage: python bench_torch.py ARCH BATCH ITERS SIZE
+Usage: python bench_torch.py ARCH BATCH ITERS SIZE [cpu|cuda]
 """
 import json
 import os
@@ -17,7 +18,42 @@ ARCHS = {
 }
 
 
+def paper_head(n):
+    return torch.nn.Sequential(
+        torch.nn.Linear(n, 256),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(256, 4),
+    )
+
+
+def torchvision_model(arch):
+    """torchvision's network with the paper's head in place of its last layer (MobileNetV3: the
+    whole classifier; SqueezeNet: a 1x1 convolution to the classes)."""
+    import torchvision
+
+    if arch == "googlenet":
+        m = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=False)
+    else:
+        m = getattr(torchvision.models, arch)(weights=None)
+    if arch in ("alexnet", "vgg16"):
+        m.classifier[6] = paper_head(4096)
+    elif arch in ("mobilenet_v2", "mnasnet1_0"):
+        m.classifier[1] = paper_head(1280)
+    elif arch == "mobilenet_v3_large":
+        m.classifier = paper_head(960)
+    elif arch == "squeezenet1_0":
+        m.classifier[1] = torch.nn.Conv2d(512, 4, kernel_size=1)
+    elif arch == "densenet161":
+        m.classifier = paper_head(m.classifier.in_features)
+    else:  # googlenet, resnets, shufflenet
+        m.fc = paper_head(m.fc.in_features)
+    return m
+
+
 def build(arch):
+    if arch not in ARCHS:
+        return torchvision_model(arch)
     kind, name = ARCHS[arch]
     import timm
 
@@ -33,18 +69,25 @@ def build(arch):
 
 def main():
     arch, batch, iters, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    model = build(arch)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 4, (batch,))
+    model = build(arch).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 4, (batch,), device=device)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     model.eval()
     with torch.no_grad():
         model(x)
+        sync()
         t = time.perf_counter()
         for _ in range(iters):
             model(x)
+        sync()
         infer = batch * iters / (time.perf_counter() - t)
 
     model.train()
@@ -57,15 +100,18 @@ def main():
         opt.step()
 
     step()
+    sync()
     t = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     train = batch * iters / (time.perf_counter() - t)
     print(json.dumps({
         "inference_img_s": infer,
         "train_img_s": train,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }))
 
 

@@ -31,6 +31,9 @@ pub struct BenchOptions {
     pub images: usize,
     /// Epochs in the frozen-protocol estimate.
     pub epochs: usize,
+    /// Burn device (`cpu`, `vulkan`, `cuda`); the PyTorch reference runs on the CPU, or on
+    /// CUDA when this is `cuda`.
+    pub device: String,
 }
 
 /// The numbers.
@@ -54,6 +57,8 @@ pub struct BenchResult {
     pub frozen_recomputed_s: f64,
     /// Cores available.
     pub cores: usize,
+    /// Burn device used.
+    pub device: String,
 }
 
 fn time_it(iters: usize, mut f: impl FnMut()) -> f64 {
@@ -69,7 +74,7 @@ fn time_it(iters: usize, mut f: impl FnMut()) -> f64 {
 pub fn run(o: &BenchOptions) -> Result<BenchResult> {
     let spec = arch::find(&o.arch)?;
     let s = spec.input.crop;
-    let device = Device::flex();
+    let device = crate::device::parse(&o.device)?;
     let model = Classifier::new(&spec, &device).valid();
     let x = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
     let t_inf = time_it(o.iters, || {
@@ -116,7 +121,21 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
     let frozen_recomputed_s = o.epochs as f64 * (extract + t_head);
 
     let pytorch = match &o.python {
-        Some(py) => Some(torch_reference(py, &o.arch, o.batch, o.iters, s)?),
+        Some(py) => {
+            let torch_device = if o.device.starts_with("cuda") {
+                "cuda"
+            } else {
+                "cpu"
+            };
+            Some(torch_reference(
+                py,
+                &o.arch,
+                o.batch,
+                o.iters,
+                s,
+                torch_device,
+            )?)
+        }
         None => None,
     };
     Ok(BenchResult {
@@ -131,6 +150,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        device: o.device.clone(),
     })
 }
 
@@ -140,6 +160,7 @@ fn torch_reference(
     batch: usize,
     iters: usize,
     size: usize,
+    device: &str,
 ) -> Result<serde_json::Value> {
     let dir = tempfile_dir()?;
     let script = dir.join("bench_torch.py");
@@ -151,6 +172,7 @@ fn torch_reference(
             &batch.to_string(),
             &iters.to_string(),
             &size.to_string(),
+            device,
         ])
         .output()
         .with_context(|| format!("cannot run the PyTorch reference with {}", python.display()))?;
@@ -176,7 +198,14 @@ fn tempfile_dir() -> Result<PathBuf> {
 pub fn table(r: &BenchResult) -> String {
     let mut s = format!(
         "{} — batch {} at {}x{} px, {} cores\n{:<34}{:>14}{:>14}\n",
-        r.arch, r.batch, r.size, r.size, r.cores, "", "Burn (Flex)", "PyTorch"
+        r.arch,
+        r.batch,
+        r.size,
+        r.size,
+        r.cores,
+        "",
+        format!("Burn ({})", r.device),
+        "PyTorch"
     );
     let py = |k: &str| {
         r.pytorch

@@ -170,6 +170,10 @@ enum Command {
         /// Also write the numbers as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Burn device: cpu, vulkan or cuda (the latter two in builds with those features); the
+        /// PyTorch reference runs on CUDA too when this is cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Raw logits of a preprocessed NCHW float32 `.npy` tensor (parity checks against PyTorch).
     Forward {
@@ -504,6 +508,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
             epochs,
             json,
+            device,
         } => {
             let python = if no_reference {
                 None
@@ -524,6 +529,7 @@ fn run(cli: Cli) -> Result<()> {
                 python,
                 images,
                 epochs,
+                device,
             })?;
             print!("{}", bench::table(&r));
             if let Some(j) = json {
