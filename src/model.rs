@@ -111,7 +111,7 @@ impl Classifier {
 /// Size facts of a classifier, read from its parameter shapes without allocating its weights.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Footprint {
-    /// Number of parameters (batch-norm running statistics included).
+    /// Number of trainable parameters (batch-norm running statistics excluded).
     pub parameters: usize,
     /// Module path of the largest parameter tensor.
     pub largest_tensor: String,
@@ -140,7 +140,13 @@ pub fn footprint(spec: &ArchSpec) -> Footprint {
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
             let n = param.lazy_shape().num_elements();
-            self.out.parameters += n;
+            let running = self
+                .path
+                .last()
+                .is_some_and(|p| p.starts_with("running_"));
+            if !running {
+                self.out.parameters += n;
+            }
             let bytes = 4 * n as u64;
             if bytes > self.out.largest_tensor_bytes {
                 self.out.largest_tensor_bytes = bytes;
@@ -181,6 +187,9 @@ mod tests {
         // torchvision: 138,357,544 parameters with the ImageNet classifier; without it and with
         // the paper's head (4096·256 + 256 + 256·4 + 4) and BN-free VGG: 134,260,544 + 1,049,860.
         assert_eq!(f.parameters, 134_260_544 + 1_049_860);
+        // torchvision's ResNet-50 has 25,557,032 parameters, 2,049,000 of them in its fc.
+        let r = footprint(&crate::arch::find("resnet50").unwrap());
+        assert_eq!(r.parameters, 25_557_032 - 2_049_000 + 2048 * 256 + 256 + 256 * 4 + 4);
         let lite = footprint(&crate::arch::find("efficientnet_lite0").unwrap());
         assert!(lite.largest_tensor_bytes < 2 << 20);
     }

@@ -41,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// The architecture registry: input, parameters, multiply-accumulates, Grad-CAM layer,
+    /// head and published weights of each architecture.
+    Archs,
     /// Published ImageNet weights of the architectures.
     Weights {
         #[command(subcommand)]
@@ -367,6 +370,31 @@ fn run(cli: Cli) -> Result<()> {
                 println!("wrote {}", opts.out.join("manifest.csv").display());
             }
         },
+        Command::Archs => {
+            println!(
+                "| name | input (resize → crop) | parameters | GMACs | Grad-CAM layer | paper's head | ImageNet weights |\n|---|---|---|---|---|---|---|"
+            );
+            for spec in pneumoscope::arch::registry() {
+                let f = pneumoscope::model::footprint(&spec);
+                println!(
+                    "| `{}` | {} → {} | {:.1} M | {:.2} | {} | {} | `{}` |",
+                    spec.name,
+                    spec.input.resize,
+                    spec.input.crop,
+                    f.parameters as f64 / 1e6,
+                    spec.gmacs,
+                    spec.gradcam_layer,
+                    match spec.head {
+                        pneumoscope::arch::HeadKind::Mlp => format!(
+                            "MLP on {}",
+                            spec.head_shape[0]
+                        ),
+                        pneumoscope::arch::HeadKind::Conv => "1x1 conv on 512x13x13".to_string(),
+                    },
+                    spec.weights.file
+                );
+            }
+        }
         Command::Weights { command } => weights_command(command)?,
         Command::Train(a) => {
             // A resumed run keeps the weights its config.json names.
