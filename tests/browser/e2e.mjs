@@ -10,7 +10,7 @@
 // stay on loopback without a body.
 
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { check, correlation, harness, launch, nativeGradcam, nativePredict, parseArgs, watchNetwork } from "./lib.mjs";
 
@@ -426,9 +426,8 @@ async function architectureSuite(browser, backend, archs) {
   for (const arch of archs) {
     await t.test(`${backend}: ${arch} runs in the page and equals the native CLI`, async () => {
       const model = join(args.artifacts, `untrained-${arch}.pneumoscope`);
-      if (!existsSync(model)) {
-        execFileSync(args.pneumoscope, ["untrained", "--arch", arch, "--f16", "--out", model], { encoding: "utf8" });
-      }
+      // Made afresh by this build of the CLI (no file of an older build is reused).
+      execFileSync(args.pneumoscope, ["untrained", "--arch", arch, "--f16", "--out", model], { encoding: "utf8" });
       const t0 = Date.now();
       await page.evaluate(() => {
         delete document.body.dataset.modelReady;
