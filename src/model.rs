@@ -140,10 +140,7 @@ pub fn footprint(spec: &ArchSpec) -> Footprint {
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
             let n = param.lazy_shape().num_elements();
-            let running = self
-                .path
-                .last()
-                .is_some_and(|p| p.starts_with("running_"));
+            let running = self.path.last().is_some_and(|p| p.starts_with("running_"));
             if !running {
                 self.out.parameters += n;
             }
@@ -189,7 +186,10 @@ mod tests {
         assert_eq!(f.parameters, 134_260_544 + 1_049_860);
         // torchvision's ResNet-50 has 25,557,032 parameters, 2,049,000 of them in its fc.
         let r = footprint(&crate::arch::find("resnet50").unwrap());
-        assert_eq!(r.parameters, 25_557_032 - 2_049_000 + 2048 * 256 + 256 + 256 * 4 + 4);
+        assert_eq!(
+            r.parameters,
+            25_557_032 - 2_049_000 + 2048 * 256 + 256 + 256 * 4 + 4
+        );
         let lite = footprint(&crate::arch::find("efficientnet_lite0").unwrap());
         assert!(lite.largest_tensor_bytes < 2 << 20);
     }

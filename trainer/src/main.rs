@@ -385,10 +385,8 @@ fn run(cli: Cli) -> Result<()> {
                     spec.gmacs,
                     spec.gradcam_layer,
                     match spec.head {
-                        pneumoscope::arch::HeadKind::Mlp => format!(
-                            "MLP on {}",
-                            spec.head_shape[0]
-                        ),
+                        pneumoscope::arch::HeadKind::Mlp =>
+                            format!("MLP on {}", spec.head_shape[0]),
                         pneumoscope::arch::HeadKind::Conv => "1x1 conv on 512x13x13".to_string(),
                     },
                     spec.weights.file
