@@ -43,6 +43,12 @@ fn fixtures() -> Option<&'static PathBuf> {
         let root = home.join(".cache/pneumoscope/parity");
         let dir = root.join(key);
         if !dir.join("versions.json").is_file() {
+            // Fixtures of another script or torch version are stale (and large): drop them.
+            if let Ok(entries) = std::fs::read_dir(&root) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
             let tmp = root.join(format!("{key}.partial"));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp).unwrap();

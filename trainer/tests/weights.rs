@@ -325,4 +325,25 @@ fn training_without_weights_needs_allow_random_init() {
         png.to_str().unwrap(),
     ]);
     assert!(png.is_file());
+
+    // Fine-tuning every layer works for a torchvision port too (one epoch).
+    let ft = dir.path().join("run-ft");
+    let mut a = args(&["--allow-random-init"]);
+    let i = a.iter().position(|x| x == "frozen").unwrap();
+    a[i] = "finetune".into();
+    let i = a.iter().position(|x| x == "3").unwrap();
+    a[i] = "1".into();
+    let i = a
+        .iter()
+        .position(|x| *x == run_dir.display().to_string())
+        .unwrap();
+    a[i] = ft.display().to_string();
+    let o = bin()
+        .args(&a)
+        .env("PNEUMOSCOPE_WEIGHTS", &empty_cache)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(ft.join("model.bpk").is_file());
+    assert_eq!(read_csv(&ft.join("epochs.csv")).len(), 1);
 }
