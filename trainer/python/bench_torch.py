@@ -70,6 +70,8 @@ def build(arch):
 def main():
     arch, batch, iters, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"  # said in the output
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = build(arch).to(device)

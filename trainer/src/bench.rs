@@ -31,8 +31,8 @@ pub struct BenchOptions {
     pub images: usize,
     /// Epochs in the frozen-protocol estimate.
     pub epochs: usize,
-    /// Burn device (`cpu`, `vulkan`, `cuda`); the PyTorch reference runs on the CPU, or on
-    /// CUDA when this is `cuda`.
+    /// Burn device (`cpu`, `vulkan`, `cuda`); the PyTorch reference runs on the CPU for `cpu`,
+    /// on CUDA (when its PyTorch has it) for a GPU device.
     pub device: String,
 }
 
@@ -122,11 +122,9 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
 
     let pytorch = match &o.python {
         Some(py) => {
-            let torch_device = if o.device.starts_with("cuda") {
-                "cuda"
-            } else {
-                "cpu"
-            };
+            // A GPU run of Burn (CUDA or Vulkan) is compared with PyTorch on the GPU (CUDA,
+            // when the reference's PyTorch has it).
+            let torch_device = if o.device == "cpu" { "cpu" } else { "cuda" };
             Some(torch_reference(
                 py,
                 &o.arch,
@@ -234,8 +232,9 @@ pub fn table(r: &BenchResult) -> String {
     );
     if let Some(p) = &r.pytorch {
         s += &format!(
-            "PyTorch {} with {} threads\n",
+            "PyTorch {} on {} ({} CPU threads)\n",
             p["torch"].as_str().unwrap_or("?"),
+            p["device"].as_str().unwrap_or("cpu"),
             p["threads"]
         );
     }

@@ -173,8 +173,8 @@ enum Command {
         /// Also write the numbers as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Burn device: cpu, vulkan or cuda (the latter two in builds with those features); the
-        /// PyTorch reference runs on CUDA too when this is cuda.
+        /// Burn device: cpu, vulkan or cuda (the latter two in builds with those features); for
+        /// a GPU device the PyTorch reference runs on CUDA when it can.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -348,6 +348,13 @@ enum DataCommand {
 }
 
 fn main() {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`pneumoscope archs | head`) instead of panicking on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
