@@ -16,7 +16,7 @@ pub fn parse(name: &str) -> Result<Device> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan() -> Result<Device> {
-    Ok(Device::vulkan(Default::default()))
+    probe(Device::vulkan(Default::default()), "Vulkan")
 }
 #[cfg(not(feature = "vulkan"))]
 fn vulkan() -> Result<Device> {
@@ -27,7 +27,24 @@ fn vulkan() -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Device> {
-    Ok(Device::cuda(0))
+    probe(Device::cuda(0), "CUDA")
+}
+
+/// Starts a GPU device with one tiny operation: the runtime panics (on its own thread, then on
+/// ours) when there is no adapter or driver, which becomes a clear error here.
+#[cfg(any(feature = "vulkan", feature = "cuda"))]
+fn probe(device: Device, name: &str) -> Result<Device> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = std::panic::catch_unwind(|| {
+        Tensor::<1>::zeros([1], &device).into_data();
+    });
+    std::panic::set_hook(quiet);
+    started.map(|_| device.clone()).map_err(|_| {
+        anyhow::anyhow!(
+            "no {name} device could be started on this machine (no adapter or driver found)"
+        )
+    })
 }
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Device> {
