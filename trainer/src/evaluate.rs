@@ -81,8 +81,14 @@ pub fn run(
         std::fs::create_dir_all(out.join("gradcam"))
             .with_context(|| format!("cannot create {}", out.display()))?;
         write_predictions(&out.join("predictions.csv"), &manifest, &rows, &probs, &ood)?;
+        // A figure may travel without its table: it says itself when the backbone is random.
+        let random = if engine.header.weight_source == crate::weights::RANDOM_INIT {
+            " (random-init backbone)"
+        } else {
+            ""
+        };
         let title = format!(
-            "Pneumoscope evaluation: {} on the {split} split",
+            "Pneumoscope evaluation: {}{random} on the {split} split",
             engine.header.arch
         );
         report::confusion_png(&out.join("confusion_matrix.png"), &m.confusion, &title)?;

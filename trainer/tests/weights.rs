@@ -290,6 +290,7 @@ fn training_without_weights_needs_allow_random_init() {
         .header;
     assert_eq!(header.arch, "squeezenet1_0");
     assert_eq!(header.weight_source, "random-init");
+    let report = dir.path().join("report");
     let eval = ok(&[
         "evaluate",
         "--model",
@@ -297,7 +298,11 @@ fn training_without_weights_needs_allow_random_init() {
         "--data",
         manifest.to_str().unwrap(),
         "--json",
+        "--out",
+        report.to_str().unwrap(),
     ]);
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("squeezenet1_0 (random-init backbone)"), "{md}");
     let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
     assert_eq!(v["n"], 16);
     assert!(eval.contains("random-init"), "{eval}");
