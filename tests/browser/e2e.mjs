@@ -78,15 +78,21 @@ async function upload(page, file) {
   await page.setInputFiles("#image-input", file);
   await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
   await page.waitForSelector("#gradcam[data-class]", { state: "attached", ...WAIT });
+  return readResult(page);
+}
+
+/** The page's result, Grad-CAM, out-of-distribution warning and timings, as shown. */
+async function readResult(page) {
   return page.evaluate(() => {
     const r = document.getElementById("result");
     const c = document.getElementById("gradcam");
+    const warning = document.getElementById("ood-warning");
     return {
       top: r.dataset.top,
       probabilities: JSON.parse(r.dataset.probabilities),
       backend: r.dataset.backend,
       ood: JSON.parse(r.dataset.ood),
-      oodWarning: document.getElementById("ood-warning").hidden ? null : document.getElementById("ood-warning").textContent,
+      oodWarning: warning.hidden ? null : warning.textContent,
       cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
       timings: document.getElementById("timings").textContent,
     };
@@ -392,20 +398,6 @@ async function embedSuite(browser) {
     check(net.violations().length === 0, `requests that break the rule: ${JSON.stringify(net.violations())}`);
     check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
     await context.close();
-  });
-}
-
-/** Reads the page's result and Grad-CAM after a model change or an upload. */
-async function readResult(page) {
-  return page.evaluate(() => {
-    const r = document.getElementById("result");
-    const c = document.getElementById("gradcam");
-    return {
-      top: r.dataset.top,
-      probabilities: JSON.parse(r.dataset.probabilities),
-      backend: r.dataset.backend,
-      cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
-    };
   });
 }
 

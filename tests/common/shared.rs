@@ -98,3 +98,18 @@ pub fn default_model() -> PathBuf {
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     dir.join(index["default"].as_str().unwrap())
 }
+
+/// Pearson correlation of two maps (or any two equally long series).
+pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    sab / (saa * sbb).sqrt()
+}

@@ -61,21 +61,6 @@ fn fixtures() -> Option<&'static PathBuf> {
     .as_ref()
 }
 
-fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n = a.len() as f64;
-    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let mb = b.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    sab / (saa * sbb).sqrt()
-}
-
 /// Bilinear upsampling to `size` and min-max scaling, as pytorch-grad-cam presents its maps.
 fn upsample_scaled(map: &[f32], [h, w]: [usize; 2], size: u32) -> Vec<f32> {
     let img: ImageBuffer<Luma<f32>, Vec<f32>> =
@@ -126,10 +111,10 @@ fn check(arch: &str) {
     let (shape, cam) = read_npy(&cam_out);
     let (want_shape, want_cam) = read_npy(&dir.join(format!("{arch}_cam.npy")));
     assert_eq!(shape, want_shape, "{arch}: Grad-CAM layer resolution");
-    let r_raw = pearson(&cam, &want_cam);
+    let r_raw = correlation(&cam, &want_cam);
     let (_, lib) = read_npy(&dir.join(format!("{arch}_cam_lib.npy")));
     let up = upsample_scaled(&cam, [shape[0] as usize, shape[1] as usize], 224);
-    let r_lib = pearson(&up, &lib);
+    let r_lib = correlation(&up, &lib);
     eprintln!(
         "{arch}: {} | max |Δlogit| {diff:.3e} (max |logit| {scale:.3e}, ratio {:.2e}) | Grad-CAM \
          {shape:?} r = {r_raw:.6} (autograd), {r_lib:.4} (pytorch-grad-cam, 224 px)",
