@@ -15,6 +15,7 @@ mod fsutil;
 mod metrics;
 mod npy;
 mod ood;
+mod parallel;
 mod progress;
 mod report;
 mod train;
@@ -251,8 +252,9 @@ struct BenchmarkArgs {
     /// (marked in every output) instead of failing.
     #[arg(long)]
     allow_random_init: bool,
-    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features).
-    #[arg(long, default_value = "cpu")]
+    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
+    /// a comma-separated list for data-parallel training (evaluation runs on the first).
+    #[arg(long, visible_alias = "devices", default_value = "cpu")]
     device: String,
 }
 
@@ -330,15 +332,30 @@ struct TrainArgs {
     /// Frozen mode: feature views cached per training image (1 = no augmentation).
     #[arg(long, default_value_t = 1)]
     views: usize,
+    /// Dropout probability of the head (default: the paper's, 0.2; 0.5 for SqueezeNet's
+    /// convolutional head).
+    #[arg(long, value_parser = dropout_probability)]
+    dropout: Option<f64>,
     /// Run folder.
     #[arg(long)]
     out: PathBuf,
     /// Continue the run in `--out` from its last verified checkpoint.
     #[arg(long)]
     resume: bool,
-    /// cpu, vulkan or cuda.
-    #[arg(long, default_value = "cpu")]
+    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
+    /// a comma-separated list of them for data-parallel training (`--devices cuda:0,cuda:1`):
+    /// each step's batch (`--batch-size` in all) is split over the devices and their gradients
+    /// added on the first.
+    #[arg(long, visible_alias = "devices", default_value = "cpu")]
     device: String,
+}
+
+/// A probability in [0, 1).
+fn dropout_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a probability in [0, 1)")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -422,6 +439,7 @@ fn run(cli: Cli) -> Result<()> {
                 augment: (!a.no_augment).then(augment::Augment::default),
                 views: a.views,
                 device: a.device,
+                dropout: a.dropout,
             };
             train::run(cfg, &a.out, a.resume)?;
         }

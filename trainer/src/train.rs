@@ -8,11 +8,12 @@ use crate::data::cache::{self, SquareCache};
 use crate::data::{Manifest, Split};
 use crate::fsutil::write_atomic;
 use crate::metrics;
+use crate::parallel::Devices;
 use crate::weights;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::AdamConfig;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -104,8 +105,12 @@ pub struct TrainConfig {
     /// Frozen mode: number of cached feature views of each training image (view 0 is the
     /// evaluation transform, the others random augmentations drawn once).
     pub views: usize,
-    /// Device name.
+    /// Device name, or a comma-separated list for data-parallel training.
     pub device: String,
+    /// Dropout probability of the head (`None`: the paper's, 0.2; 0.5 for SqueezeNet's
+    /// convolutional head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
 }
 
 /// One line of `epochs.csv`.
@@ -287,6 +292,15 @@ fn features_cached(
     Ok((v, false))
 }
 
+/// A fresh head, with the given dropout probability instead of the paper's.
+fn new_head(spec: &ArchSpec, dropout: Option<f64>, device: &Device) -> Head {
+    let mut head = Head::new(spec, device);
+    if let Some(p) = dropout {
+        head.dropout = burn::nn::DropoutConfig::new(p).init();
+    }
+    head
+}
+
 /// Class weights `N / (4 n_c)` of the training labels.
 pub fn class_weights(labels: &[usize]) -> Vec<f32> {
     let mut cnt = [0usize; NUM_CLASSES];
@@ -358,8 +372,18 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
 
     let manifest = Manifest::read(&cfg.data)?;
     let spec = arch::find(&cfg.arch)?;
-    let device = crate::device::parse(&cfg.device)?;
-    let ad = device.clone().autodiff();
+    let devices = crate::device::parse_list(&cfg.device)?;
+    let device = devices[0].clone();
+    let replicas = Devices::new(&devices);
+    let ad = replicas.main().clone();
+    if replicas.len() > 1 {
+        eprintln!(
+            "data-parallel training on {} devices ({}); each step's batch of {} is split between them",
+            replicas.len(),
+            cfg.device,
+            cfg.batch_size
+        );
+    }
     let loaded = match &cfg.weights {
         Some(w) => weights::load_backbone(&spec, w, false, &device)?,
         None => {
@@ -385,9 +409,13 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     let train_labels = manifest.labels(&train_rows);
     let val_labels = manifest.labels(&val_rows);
     let squares = cache::load_or_build(&manifest, spec.input.resize)?;
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_weights((cfg.imbalance == Imbalance::Weighted).then(|| class_weights(&train_labels)))
-        .init(&ad);
+    let loss_weights = (cfg.imbalance == Imbalance::Weighted).then(|| class_weights(&train_labels));
+    // Built on each replica's device (the class weights are a tensor).
+    let loss_fn = |d: &Device| {
+        CrossEntropyLossConfig::new()
+            .with_weights(loss_weights.clone())
+            .init(d)
+    };
     let mut optim = AdamConfig::new().init();
     ad.seed(cfg.seed);
     let mut timing = serde_json::Map::new();
@@ -446,7 +474,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 "feature_extraction_wall_seconds".into(),
                 t0.elapsed().as_secs_f64().into(),
             );
-            let head = Head::new(&spec, &ad);
+            let head = new_head(&spec, cfg.dropout, &ad);
             let val_x =
                 Tensor::<2>::from_data(TensorData::new(val_feats, [val_rows.len(), dim]), &device);
             let head = train_loop(
@@ -457,7 +485,8 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 &train_labels,
                 &val_labels,
                 &mut timing,
-                |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng| {
+                &replicas,
+                |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
                     let mut x = Vec::with_capacity(batch.len() * dim);
                     for &i in batch {
                         let v = if train_views.len() > 1 {
@@ -467,9 +496,9 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                         };
                         x.extend_from_slice(&train_views[v][i * dim..(i + 1) * dim]);
                     }
-                    let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &ad);
-                    let y = label_tensor(batch, &train_labels, &ad);
-                    loss_fn.forward(m.forward_rows(x, shape), y)
+                    let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), d);
+                    let y = label_tensor(batch, &train_labels, d);
+                    loss_fn(d).forward(m.forward_rows(x, shape), y)
                 },
                 |m: &Head| {
                     probs_rows(to_vec(softmax(
@@ -486,7 +515,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
         Mode::Finetune => {
             let model = Classifier {
                 backbone,
-                head: Head::new(&spec, &ad),
+                head: new_head(&spec, cfg.dropout, &ad),
             }
             .fork(&ad)
             .train();
@@ -507,7 +536,8 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 &train_labels,
                 &val_labels,
                 &mut timing,
-                |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng| {
+                &replicas,
+                |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
                     let seeds: Vec<u64> = batch.iter().map(|_| rng.random()).collect();
                     let imgs: Vec<Vec<f32>> = batch
                         .par_iter()
@@ -520,9 +550,9 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                             )
                         })
                         .collect();
-                    let x = stack(&imgs, spec.input.crop, &ad);
-                    let y = label_tensor(batch, &train_labels, &ad);
-                    loss_fn.forward(m.forward(x), y)
+                    let x = stack(&imgs, spec.input.crop, d);
+                    let y = label_tensor(batch, &train_labels, d);
+                    loss_fn(d).forward(m.forward(x), y)
                 },
                 |m: &Classifier| {
                     let v = m.valid().fork(&device);
@@ -552,7 +582,8 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
 }
 
 /// The epoch loop shared by both modes. `loss` runs one training batch (indices into the
-/// training rows); `val_probs` gives validation probabilities. Returns the best module.
+/// training rows) on a device; a step spreads the batch over `replicas`' devices (see
+/// [`crate::parallel`]); `val_probs` gives validation probabilities. Returns the best module.
 #[allow(clippy::too_many_arguments)]
 fn train_loop<M: Module>(
     cfg: &TrainConfig,
@@ -562,7 +593,8 @@ fn train_loop<M: Module>(
     train_labels: &[usize],
     val_labels: &[usize],
     timing: &mut serde_json::Map<String, serde_json::Value>,
-    loss: impl Fn(&M, &[usize], &mut ChaCha8Rng) -> Tensor<1>,
+    replicas: &Devices,
+    loss: impl Fn(&M, &[usize], &mut ChaCha8Rng, &Device) -> Tensor<1> + Sync,
     val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
 ) -> Result<M> {
     let best_path = run.join("best-module.bpk");
@@ -625,6 +657,15 @@ fn train_loop<M: Module>(
         );
         state = saved;
     }
+    // A shard's share of a batch's loss: its rows, or their class weights when the loss is
+    // weighted (its normaliser is then the sum of the batch's weights).
+    let class_w = class_weights(train_labels);
+    let shard_weight = |rows: &[usize]| -> f64 {
+        match cfg.imbalance {
+            Imbalance::Weighted => rows.iter().map(|&i| class_w[train_labels[i]] as f64).sum(),
+            _ => rows.len() as f64,
+        }
+    };
     let n = train_labels.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let remaining = cfg.epochs.saturating_sub(state.epochs_done);
@@ -636,18 +677,14 @@ fn train_loop<M: Module>(
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
         // The backend's generator (dropout masks) restarts each epoch too, so a resumed run
         // draws exactly what an uninterrupted one would.
-        for d in module.devices() {
-            d.seed(epoch_seed);
-        }
+        replicas.seed(epoch_seed);
         let order = epoch_order(train_labels, cfg.imbalance, &mut rng);
         let mut total = 0.0;
         for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
             let step = (epoch - 1) * steps_per_epoch + b;
             let lr = cfg.schedule.lr(cfg.lr, step, cfg.epochs * steps_per_epoch);
-            let l = loss(&module, batch, &mut rng);
-            let lv: f32 = l.clone().into_scalar::<f32>();
+            let (lv, grads) = replicas.step(&module, batch, &mut rng, &loss, &shard_weight);
             total += lv as f64 * batch.len() as f64;
-            let grads = GradientsParams::from_grads(l.backward(), &module);
             module = optim.step(lr, module, grads);
             pb.inc(1);
             if pb.is_hidden() && (b + 1) % 20 == 0 {

@@ -406,3 +406,81 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
         );
     }
 }
+
+/// `--devices cpu,cpu`: each step's batch is split over two replicas (one after the other on the
+/// one CPU device) and their gradients added, which is the one-device step up to the order of
+/// additions; a data-parallel run resumes exactly; bad device lists are refused clearly.
+#[test]
+fn data_parallel_training_matches_one_device() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(&shared, dir.path());
+    // Without dropout (whose masks are drawn per replica) the steps are the same.
+    let one = dir.path().join("one");
+    train(&shared, &manifest, &one, "4", &["--dropout", "0"]);
+    let two = dir.path().join("two");
+    let out = train_output(
+        &shared,
+        &manifest,
+        &two,
+        "4",
+        &["--devices", "cpu,cpu", "--dropout", "0"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("data-parallel training on 2 devices"), "{err}");
+    let rows = |run: &Path| -> Vec<Vec<f64>> {
+        std::fs::read_to_string(run.join("epochs.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+                v[..v.len() - 1].to_vec() // without the wall time
+            })
+            .collect()
+    };
+    let (a, b) = (rows(&one), rows(&two));
+    assert_eq!(a.len(), 4);
+    for (ra, rb) in a.iter().zip(&b) {
+        for (x, y) in ra.iter().zip(rb) {
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{ra:?} vs {rb:?}");
+        }
+    }
+    // With dropout, a data-parallel run stopped after two epochs and resumed ends with the
+    // uninterrupted one's numbers, exactly.
+    let straight = dir.path().join("straight");
+    train(
+        &shared,
+        &manifest,
+        &straight,
+        "4",
+        &["--devices", "cpu,cpu"],
+    );
+    let split = dir.path().join("split");
+    train(&shared, &manifest, &split, "2", &["--devices", "cpu,cpu"]);
+    train(&shared, &manifest, &split, "4", &["--resume"]);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(split.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["device"], "cpu,cpu");
+    assert_eq!(rows(&split), rows(&straight));
+    assert_ne!(rows(&straight), b, "dropout changes the run");
+
+    for (list, needle) in [
+        ("cpu,", "empty entry"),
+        ("cpu,cuda:0", "all devices must be of one kind"),
+        ("cuda:x", "'x' is not a device index"),
+        ("cpu:1", "the CPU device has no index"),
+        ("tpu:0,tpu:1", "unknown device 'tpu'"),
+    ] {
+        let r = train_output(
+            &shared,
+            &manifest,
+            &dir.path().join(list),
+            "1",
+            &["--devices", list],
+        );
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && err.contains(needle), "{list}: {err}");
+    }
+}
