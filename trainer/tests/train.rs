@@ -466,6 +466,21 @@ fn data_parallel_training_matches_one_device() {
     assert_eq!(rows(&split), rows(&straight));
     assert_ne!(rows(&straight), b, "dropout changes the run");
 
+    // Fine-tuning (BatchNorm, every layer trained) on two replicas: one epoch runs through to
+    // a model.
+    let ft = dir.path().join("finetune");
+    let mut args = train_args(&shared, &manifest, &ft, "1");
+    let mode = args.iter().position(|a| a == "frozen").unwrap();
+    args[mode] = "finetune".into();
+    let batch = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[batch + 1] = "8".into();
+    args.extend(["--devices", "cpu,cpu"].map(String::from));
+    let r = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let loss = rows(&ft)[0][1];
+    assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    assert!(ft.join("model.bpk").is_file());
+
     for (list, needle) in [
         ("cpu,", "empty entry"),
         ("cpu,cuda:0", "all devices must be of one kind"),
