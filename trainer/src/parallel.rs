@@ -15,10 +15,11 @@
 //! are drawn per device, and BatchNorm (fine-tuning) normalises each shard with its own batch
 //! statistics.
 //!
-//! Replicas on distinct devices run in parallel threads. A device named twice (`cpu,cpu`: the
-//! CPU backend is one device) runs its replicas one after the other on the calling thread,
-//! drawing from the same random streams as a single-device run; that is the path machines
-//! without GPUs test.
+//! Replicas on distinct devices run in parallel threads, each drawing its rows' random choices
+//! (cached view, augmentation) from its own stream seeded from the step's. A device named twice
+//! (`cpu,cpu`: the CPU backend is one device) runs its replicas one after the other on the
+//! calling thread, drawing those choices exactly as a single-device run does (the dropout masks
+//! still differ: each shard draws its own); that is the path machines without GPUs test.
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
