@@ -175,8 +175,22 @@ impl EfficientNetLite {
     /// The Grad-CAM target: the output of the last convolutional block (head conv + BN + ReLU6),
     /// `[batch, 1280, h/32, w/32]`.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let n = self.blocks.len();
+        self.feature_map_from(self.input_of_block(x, n), n)
+    }
+
+    /// The stem and the first `n` blocks: the input of block `n` (partial fine-tuning caches it).
+    pub fn input_of_block(&self, x: Tensor<4>, n: usize) -> Tensor<4> {
         let mut x = relu6(self.bn0.forward(self.conv_stem.forward(x)));
-        for b in &self.blocks {
+        for b in &self.blocks[..n] {
+            x = b.forward(x);
+        }
+        x
+    }
+
+    /// Blocks `n..` and the head convolution: the Grad-CAM target from the input of block `n`.
+    pub fn feature_map_from(&self, mut x: Tensor<4>, n: usize) -> Tensor<4> {
+        for b in &self.blocks[n..] {
             x = b.forward(x);
         }
         relu6(self.bn1.forward(self.conv_head.forward(x)))

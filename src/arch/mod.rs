@@ -447,6 +447,33 @@ impl Backbone {
         }
     }
 
+    /// Number of blocks partial fine-tuning can split the backbone at (`None`: the
+    /// architecture does not support partial fine-tuning; only EfficientNet-Lite does).
+    pub fn block_count(&self) -> Option<usize> {
+        match self {
+            Backbone::EfficientNetLite(m) => Some(m.blocks.len()),
+            _ => None,
+        }
+    }
+
+    /// The input of block `n` (see [`Backbone::block_count`]); `None` for architectures
+    /// without partial fine-tuning.
+    pub fn input_of_block(&self, x: Tensor<4>, n: usize) -> Option<Tensor<4>> {
+        match self {
+            Backbone::EfficientNetLite(m) => Some(m.input_of_block(x, n)),
+            _ => None,
+        }
+    }
+
+    /// The Grad-CAM target computed from the input of block `n`; `None` for architectures
+    /// without partial fine-tuning.
+    pub fn feature_map_from(&self, x: Tensor<4>, n: usize) -> Option<Tensor<4>> {
+        match self {
+            Backbone::EfficientNetLite(m) => Some(m.feature_map_from(x, n)),
+            _ => None,
+        }
+    }
+
     /// From the Grad-CAM target to what the paper's head reads, `[batch, c, h, w]` (the
     /// architecture's `head_shape`): the global average for most, the rest of the network up
     /// to the replaced layer for AlexNet and VGG, the map itself for SqueezeNet.

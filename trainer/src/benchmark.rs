@@ -204,6 +204,7 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
             views: 1,
             device: o.device.clone(),
             dropout: None,
+            tune_blocks: None,
         };
         crate::train::run(cfg, &run_dir, resume)?;
     }

@@ -227,7 +227,7 @@ struct BenchmarkArgs {
     /// `all` or a comma-separated list of architectures.
     #[arg(long, default_value = "all")]
     archs: String,
-    /// Protocol: `frozen` (the paper's) or `finetune`.
+    /// Protocol: `frozen` (the paper's), `partial` or `finetune`.
     #[arg(long, value_enum, default_value = "frozen")]
     mode: train::Mode,
     /// Output folder (runs, models, evaluations, results, comparison).
@@ -305,9 +305,13 @@ struct TrainArgs {
     /// model file and its reports are marked `random-init`).
     #[arg(long)]
     allow_random_init: bool,
-    /// `frozen` (the paper's protocol) or `finetune` (all layers).
+    /// `frozen` (the paper's protocol), `partial` (the last `--tune-blocks` blocks, the head
+    /// convolution and the head; EfficientNet-Lite) or `finetune` (all layers).
     #[arg(long, value_enum, default_value = "frozen")]
     mode: train::Mode,
+    /// Partial mode: how many of the backbone's last blocks are trained.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    tune_blocks: Option<u64>,
     /// Epochs.
     #[arg(long, default_value_t = 40)]
     epochs: usize,
@@ -329,7 +333,7 @@ struct TrainArgs {
     /// Disable the paper's augmentation.
     #[arg(long)]
     no_augment: bool,
-    /// Frozen mode: feature views cached per training image (1 = no augmentation).
+    /// Frozen and partial modes: views cached per training image (1 = no augmentation).
     #[arg(long, default_value_t = 1)]
     views: usize,
     /// Dropout probability of the head (default: the paper's, 0.2; 0.5 for SqueezeNet's
@@ -440,6 +444,7 @@ fn run(cli: Cli) -> Result<()> {
                 views: a.views,
                 device: a.device,
                 dropout: a.dropout,
+                tune_blocks: a.tune_blocks.map(|n| n as usize),
             };
             train::run(cfg, &a.out, a.resume)?;
         }

@@ -39,7 +39,14 @@ pub enum Mode {
     Frozen,
     /// All layers trained.
     Finetune,
+    /// The last `--tune-blocks` blocks of the backbone, its head convolution and the head
+    /// trained; the blocks before them frozen, their output cached once per view like the
+    /// frozen protocol's features (EfficientNet-Lite only).
+    Partial,
 }
+
+/// Blocks partial fine-tuning trains when `--tune-blocks` is not given.
+pub const DEFAULT_TUNE_BLOCKS: usize = 4;
 
 /// How class imbalance is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
@@ -102,7 +109,7 @@ pub struct TrainConfig {
     pub imbalance: Imbalance,
     /// Augmentation (None: the evaluation transform only).
     pub augment: Option<Augment>,
-    /// Frozen mode: number of cached feature views of each training image (view 0 is the
+    /// Frozen and partial modes: number of cached views of each training image (view 0 is the
     /// evaluation transform, the others random augmentations drawn once).
     pub views: usize,
     /// Device name, or a comma-separated list for data-parallel training.
@@ -111,6 +118,10 @@ pub struct TrainConfig {
     /// convolutional head).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
+    /// Partial mode: how many of the backbone's last blocks are trained (`None`:
+    /// [`DEFAULT_TUNE_BLOCKS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune_blocks: Option<usize>,
 }
 
 /// One line of `epochs.csv`.
@@ -217,6 +228,41 @@ pub enum Extract {
     /// The global average of the Grad-CAM target (`spec.feature_dim` values): what the
     /// out-of-distribution score reads.
     Pooled,
+    /// The input of backbone block `n` (partial fine-tuning's cache), `[c, h, w]` flattened.
+    InputOfBlock(usize),
+}
+
+/// Shape `[c, h, w]` per image of `what` (runs one blank image through the backbone when it
+/// depends on the architecture's blocks; `[0, 0, 0]` for a backbone without blocks).
+pub fn extract_shape(
+    what: Extract,
+    backbone: &arch::Backbone,
+    spec: &ArchSpec,
+    device: &Device,
+) -> [usize; 3] {
+    match what {
+        Extract::HeadInput => spec.head_shape,
+        Extract::Pooled => [spec.feature_dim, 1, 1],
+        Extract::InputOfBlock(n) => {
+            let s = spec.input.crop;
+            backbone
+                .input_of_block(Tensor::zeros([1, 3, s, s], device), n)
+                .map_or([0; 3], |t| {
+                    let [_, c, h, w] = t.dims();
+                    [c, h, w]
+                })
+        }
+    }
+}
+
+/// Values per image of `what` (see [`extract_shape`]).
+pub fn extract_dim(
+    what: Extract,
+    backbone: &arch::Backbone,
+    spec: &ArchSpec,
+    device: &Device,
+) -> usize {
+    extract_shape(what, backbone, spec, device).iter().product()
 }
 
 /// Backbone features of the given manifest rows (one view each), `[n, dim]` row-major,
@@ -233,10 +279,7 @@ pub fn extract_features(
     label: &str,
 ) -> Vec<f32> {
     let pb = crate::progress::bar(rows.len() as u64, label);
-    let dim = match what {
-        Extract::HeadInput => spec.head_dim(),
-        Extract::Pooled => spec.feature_dim,
-    };
+    let dim = extract_dim(what, backbone, spec, device);
     let mut out = Vec::with_capacity(rows.len() * dim);
     for chunk in rows.chunks(32) {
         let imgs: Vec<Vec<f32>> = chunk
@@ -254,10 +297,13 @@ pub fn extract_features(
             })
             .collect();
         let x = stack(&imgs, spec.input.crop, device);
-        let map = backbone.feature_map(x);
         let f = match what {
-            Extract::HeadInput => backbone.head_input(map).flatten(1, 3),
-            Extract::Pooled => global_avg_pool(map),
+            Extract::HeadInput => backbone.head_input(backbone.feature_map(x)).flatten(1, 3),
+            Extract::Pooled => global_avg_pool(backbone.feature_map(x)),
+            Extract::InputOfBlock(n) => backbone
+                .input_of_block(x, n)
+                .expect("checked by the caller: the backbone has blocks")
+                .flatten(1, 3),
         };
         out.extend(to_vec(f));
         pb.inc(chunk.len() as u64);
@@ -299,6 +345,70 @@ fn new_head(spec: &ArchSpec, dropout: Option<f64>, device: &Device) -> Head {
         head.dropout = burn::nn::DropoutConfig::new(p).init();
     }
     head
+}
+
+/// The rows of a batch, each from one of the cached views drawn at random (view 0 when
+/// there is only one).
+fn pick_views(views: &[Vec<f32>], batch: &[usize], dim: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut x = Vec::with_capacity(batch.len() * dim);
+    for &i in batch {
+        let v = if views.len() > 1 {
+            rng.random_range(0..views.len())
+        } else {
+            0
+        };
+        x.extend_from_slice(&views[v][i * dim..(i + 1) * dim]);
+    }
+    x
+}
+
+/// The frozen part's output for the run: `cfg.views` views of each training image (view 0 the
+/// evaluation transform, the others augmentations drawn once) and the validation images,
+/// each computed once and kept in `RUN/features/` (`{tag}train-v{v}.f32`, `{tag}val.f32`).
+/// Records the extraction time in `timing`.
+#[allow(clippy::too_many_arguments)]
+fn cached_inputs(
+    what: Extract,
+    tag: &str,
+    cfg: &TrainConfig,
+    run: &Path,
+    backbone: &arch::Backbone,
+    spec: &ArchSpec,
+    squares: &SquareCache,
+    (train_rows, val_rows): (&[usize], &[usize]),
+    device: &Device,
+    timing: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+    let dim = extract_dim(what, backbone, spec, device);
+    let t0 = Instant::now();
+    let mut fresh = 0.0;
+    let mut cached = |name: String, rows: &[usize], aug: Option<(&Augment, u64)>| {
+        let t = Instant::now();
+        let label = name.replace('-', " ");
+        let (f, hit) = features_cached(run, &name, rows.len(), dim, || {
+            extract_features(what, backbone, spec, squares, rows, aug, device, &label)
+        })?;
+        if !hit {
+            fresh += t.elapsed().as_secs_f64();
+        }
+        anyhow::Ok(f)
+    };
+    let mut train_views = Vec::new();
+    for v in 0..cfg.views.max(1) {
+        let aug = cfg
+            .augment
+            .as_ref()
+            .filter(|_| v > 0)
+            .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
+        train_views.push(cached(format!("{tag}train-v{v}"), train_rows, aug)?);
+    }
+    let val = cached(format!("{tag}val"), val_rows, None)?;
+    timing.insert("feature_extraction_seconds".into(), fresh.into());
+    timing.insert(
+        "feature_extraction_wall_seconds".into(),
+        t0.elapsed().as_secs_f64().into(),
+    );
+    Ok((train_views, val))
 }
 
 /// Class weights `N / (4 n_c)` of the training labels.
@@ -372,6 +482,13 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
 
     let manifest = Manifest::read(&cfg.data)?;
     let spec = arch::find(&cfg.arch)?;
+    if cfg.mode == Mode::Partial && !matches!(spec.kind, arch::ArchKind::EfficientNetLite(_)) {
+        bail!(
+            "--mode partial: {} is not split into blocks here; partial fine-tuning supports \
+             the EfficientNet-Lite architectures (use frozen or finetune)",
+            spec.name
+        );
+    }
     let devices = crate::device::parse_list(&cfg.device)?;
     let device = devices[0].clone();
     let replicas = Devices::new(&devices);
@@ -425,55 +542,18 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
         Mode::Frozen => {
             let dim = spec.head_dim();
             let shape = spec.head_shape;
-            let t0 = Instant::now();
-            let mut fresh = 0.0;
-            let mut train_views = Vec::new();
-            for v in 0..cfg.views.max(1) {
-                let aug = cfg
-                    .augment
-                    .as_ref()
-                    .filter(|_| v > 0)
-                    .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
-                let t = Instant::now();
-                let (f, hit) =
-                    features_cached(run, &format!("train-v{v}"), train_rows.len(), dim, || {
-                        extract_features(
-                            Extract::HeadInput,
-                            &backbone,
-                            &spec,
-                            &squares,
-                            &train_rows,
-                            aug,
-                            &device,
-                            &format!("train v{v}"),
-                        )
-                    })?;
-                if !hit {
-                    fresh += t.elapsed().as_secs_f64();
-                }
-                train_views.push(f);
-            }
-            let t = Instant::now();
-            let (val_feats, hit) = features_cached(run, "val", val_rows.len(), dim, || {
-                extract_features(
-                    Extract::HeadInput,
-                    &backbone,
-                    &spec,
-                    &squares,
-                    &val_rows,
-                    None,
-                    &device,
-                    "val",
-                )
-            })?;
-            if !hit {
-                fresh += t.elapsed().as_secs_f64();
-            }
-            timing.insert("feature_extraction_seconds".into(), fresh.into());
-            timing.insert(
-                "feature_extraction_wall_seconds".into(),
-                t0.elapsed().as_secs_f64().into(),
-            );
+            let (train_views, val_feats) = cached_inputs(
+                Extract::HeadInput,
+                "",
+                &cfg,
+                run,
+                &backbone,
+                &spec,
+                &squares,
+                (&train_rows, &val_rows),
+                &device,
+                &mut timing,
+            )?;
             let head = new_head(&spec, cfg.dropout, &ad);
             let val_x =
                 Tensor::<2>::from_data(TensorData::new(val_feats, [val_rows.len(), dim]), &device);
@@ -487,15 +567,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 &mut timing,
                 &replicas,
                 |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
-                    let mut x = Vec::with_capacity(batch.len() * dim);
-                    for &i in batch {
-                        let v = if train_views.len() > 1 {
-                            rng.random_range(0..train_views.len())
-                        } else {
-                            0
-                        };
-                        x.extend_from_slice(&train_views[v][i * dim..(i + 1) * dim]);
-                    }
+                    let x = pick_views(&train_views, batch, dim, rng);
                     let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), d);
                     let y = label_tensor(batch, &train_labels, d);
                     loss_fn(d).forward(m.forward_rows(x, shape), y)
@@ -511,6 +583,73 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 backbone,
                 head: head.valid().fork(&device),
             }
+        }
+        Mode::Partial => {
+            let blocks = backbone
+                .block_count()
+                .expect("checked above: an architecture with blocks");
+            let tune = cfg.tune_blocks.unwrap_or(DEFAULT_TUNE_BLOCKS);
+            if tune == 0 || tune > blocks {
+                bail!(
+                    "--tune-blocks {tune}: {} has {blocks} blocks; choose 1 to {blocks}",
+                    spec.name
+                );
+            }
+            let cut = blocks - tune;
+            let what = Extract::InputOfBlock(cut);
+            let shape = extract_shape(what, &backbone, &spec, &device);
+            let dim: usize = shape.iter().product();
+            let (train_views, val_feats) = cached_inputs(
+                what,
+                &format!("block{cut}-"),
+                &cfg,
+                run,
+                &backbone,
+                &spec,
+                &squares,
+                (&train_rows, &val_rows),
+                &device,
+                &mut timing,
+            )?;
+            let model = Classifier {
+                backbone,
+                head: new_head(&spec, cfg.dropout, &ad),
+            }
+            .fork(&ad)
+            .train();
+            let rows4 = |x: Vec<f32>, n: usize, d: &Device| {
+                Tensor::<4>::from_data(TensorData::new(x, [n, shape[0], shape[1], shape[2]]), d)
+            };
+            let model = train_loop(
+                &cfg,
+                run,
+                model,
+                &mut optim,
+                &train_labels,
+                &val_labels,
+                &mut timing,
+                &replicas,
+                |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
+                    let x = pick_views(&train_views, batch, dim, rng);
+                    let map = m
+                        .backbone
+                        .feature_map_from(rows4(x, batch.len(), d), cut)
+                        .expect("a backbone with blocks");
+                    let y = label_tensor(batch, &train_labels, d);
+                    loss_fn(d).forward(m.logits_from_map(map), y)
+                },
+                |m: &Classifier| {
+                    let v = m.valid().fork(&device);
+                    let mut out = Vec::new();
+                    for chunk in val_feats.chunks(64 * dim) {
+                        let x = rows4(chunk.to_vec(), chunk.len() / dim, &device);
+                        let map = v.backbone.feature_map_from(x, cut).expect("blocks");
+                        out.extend(probs_rows(to_vec(softmax(v.logits_from_map(map), 1))));
+                    }
+                    out
+                },
+            )?;
+            model.valid().fork(&device)
         }
         Mode::Finetune => {
             let model = Classifier {

@@ -499,3 +499,158 @@ fn data_parallel_training_matches_one_device() {
         assert!(!r.status.success() && err.contains(needle), "{list}: {err}");
     }
 }
+
+/// Every float tensor of a model file's classifier by its path (`backbone.blocks.3.bn1.weight`).
+fn parameters(file: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::prelude::*;
+    struct Visit {
+        path: Vec<String>,
+        out: std::collections::BTreeMap<String, Vec<f32>>,
+    }
+    impl ModuleVisitor for Visit {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            let enum_variant = container_type.starts_with("Enum:");
+            self.path
+                .push(if enum_variant { "" } else { name }.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let name: Vec<&str> = self
+                .path
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !p.is_empty())
+                .collect();
+            let values = param.val().into_data().try_to_vec::<f32>().unwrap();
+            self.out.insert(name.join("."), values);
+        }
+    }
+    let bytes = std::fs::read(file).unwrap();
+    let model = pneumoscope::model_file::ModelFile::from_bytes(&bytes)
+        .unwrap()
+        .load_classifier(&Device::flex())
+        .unwrap();
+    let mut v = Visit {
+        path: Vec::new(),
+        out: Default::default(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+#[test]
+fn partial_fine_tuning_trains_only_the_last_blocks() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(&shared, dir.path());
+    let partial = |out: &Path, epochs: &str, extra: &[&str]| {
+        let mut args = train_args(&shared, &manifest, out, epochs);
+        let mode = args.iter().position(|a| a == "frozen").unwrap();
+        args[mode] = "partial".into();
+        let batch = args.iter().position(|a| a == "--batch-size").unwrap();
+        args[batch + 1] = "8".into();
+        if !extra.contains(&"--tune-blocks") {
+            args.extend(["--tune-blocks", "2"].map(String::from));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let straight = dir.path().join("straight");
+    let r = partial(&straight, "2", &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // The frozen blocks' output is cached per view, like the frozen protocol's features.
+    for f in [
+        "block14-train-v0.f32",
+        "block14-train-v1.f32",
+        "block14-val.f32",
+    ] {
+        assert!(straight.join("features").join(f).is_file(), "{f} missing");
+    }
+
+    // Against the ImageNet backbone: blocks 0-13 and the stem untouched, blocks 14-15 and the
+    // head convolution trained (weights and batch-norm statistics).
+    let trained = dir.path().join("partial.pneumoscope");
+    ok(&[
+        "export",
+        "--run",
+        straight.to_str().unwrap(),
+        "--out",
+        trained.to_str().unwrap(),
+    ]);
+    let imagenet = dir.path().join("imagenet.pneumoscope");
+    let w = shared.join("weights/efficientnet-lite0-57934424.pth");
+    ok(&[
+        "untrained",
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        imagenet.to_str().unwrap(),
+    ]);
+    let (a, b) = (parameters(&trained), parameters(&imagenet));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let tuned = |k: &str| {
+        k.starts_with("backbone.blocks.14.")
+            || k.starts_with("backbone.blocks.15.")
+            || k.starts_with("backbone.conv_head.")
+            || k.starts_with("backbone.bn1.")
+    };
+    let (mut same, mut changed) = (0, 0);
+    for (k, va) in &a {
+        if k.starts_with("head.") {
+            continue;
+        }
+        if tuned(k) {
+            assert_ne!(va, &b[k], "{k} was not trained");
+            changed += 1;
+        } else {
+            assert_eq!(va, &b[k], "{k} changed but is frozen");
+            same += 1;
+        }
+    }
+    assert!(
+        same > 50 && changed > 10,
+        "{same} frozen, {changed} trained"
+    );
+
+    // Stopped after one epoch and resumed: the uninterrupted run's numbers.
+    let split = dir.path().join("split");
+    assert!(partial(&split, "1", &[]).status.success());
+    let r = partial(&split, "2", &["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows = |run: &Path| -> Vec<Vec<String>> {
+        read_csv(&run.join("epochs.csv"))
+            .into_iter()
+            .map(|r| {
+                ["epoch", "train_loss", "val_accuracy", "val_macro_f1"]
+                    .map(|c| r[c].clone())
+                    .to_vec()
+            })
+            .collect()
+    };
+    assert_eq!(rows(&split), rows(&straight));
+
+    // Refusals with their reasons.
+    for (extra, needle) in [
+        (
+            vec!["--tune-blocks", "17"],
+            "efficientnet_lite0 has 16 blocks; choose 1 to 16",
+        ),
+        (vec!["--tune-blocks", "0"], "0 is not in 1.."),
+        (
+            vec!["--arch", "resnet50"],
+            "resnet50 is not split into blocks here",
+        ),
+    ] {
+        let r = partial(&dir.path().join(extra.join("")), "1", &extra);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains(needle),
+            "{extra:?}: {err}"
+        );
+    }
+}
