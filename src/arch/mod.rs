@@ -402,6 +402,12 @@ pub enum Backbone {
 }
 
 impl ArchSpec {
+    /// Whether the backbone can be split into blocks for partial fine-tuning (see
+    /// [`Backbone::block_count`]): the EfficientNet-Lite family.
+    pub fn supports_partial(&self) -> bool {
+        matches!(self.kind, ArchKind::EfficientNetLite(_))
+    }
+
     /// Builds a randomly initialised backbone; `imagenet_head` keeps the ImageNet classifier
     /// (for parity checks against the reference implementation).
     pub fn build_backbone(&self, imagenet_head: bool, device: &Device) -> Backbone {

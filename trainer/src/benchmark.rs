@@ -123,6 +123,21 @@ pub fn select_archs(list: &str) -> Result<Vec<String>> {
 
 /// Runs this shard's architectures, then merges what the output folder holds.
 pub fn run(o: &BenchmarkOptions) -> Result<()> {
+    if o.mode == Mode::Partial {
+        let whole: Vec<&str> = o
+            .archs
+            .iter()
+            .filter(|a| arch::find(a).is_ok_and(|s| !s.supports_partial()))
+            .map(String::as_str)
+            .collect();
+        if !whole.is_empty() {
+            anyhow::bail!(
+                "--mode partial: {} not split into blocks here; partial fine-tuning supports \
+                 the EfficientNet-Lite architectures (choose them with --archs)",
+                whole.join(", ")
+            );
+        }
+    }
     let (i, n) = o.shard;
     let mine: Vec<&String> = o
         .archs

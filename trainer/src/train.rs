@@ -482,7 +482,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
 
     let manifest = Manifest::read(&cfg.data)?;
     let spec = arch::find(&cfg.arch)?;
-    if cfg.mode == Mode::Partial && !matches!(spec.kind, arch::ArchKind::EfficientNetLite(_)) {
+    if cfg.mode == Mode::Partial && !spec.supports_partial() {
         bail!(
             "--mode partial: {} is not split into blocks here; partial fine-tuning supports \
              the EfficientNet-Lite architectures (use frozen or finetune)",

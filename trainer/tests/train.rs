@@ -653,4 +653,23 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
             "{extra:?}: {err}"
         );
     }
+    // The comparison refuses the whole list before training anything.
+    let bench = dir.path().join("bench");
+    let r = run(&[
+        "benchmark",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--archs",
+        "efficientnet_lite0,resnet50,alexnet",
+        "--mode",
+        "partial",
+        "--out",
+        bench.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("alexnet, resnet50 not split into blocks here"),
+        "{err}"
+    );
+    assert!(!bench.join("runs").exists(), "nothing trained");
 }
