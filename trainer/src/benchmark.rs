@@ -224,7 +224,7 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
         crate::train::run(cfg, &run_dir, resume)?;
     }
     std::fs::create_dir_all(model_path.parent().unwrap())?;
-    let header = crate::export::run(&run_dir, &model_path, false, false, false)?;
+    let header = crate::export::run(&run_dir, &model_path, false, false, false, false)?;
     let device = crate::device::parse_list(&o.device)?.swap_remove(0);
     let e = crate::evaluate::run(
         &model_path,

@@ -1,6 +1,7 @@
 //! `pneumoscope export`: a finished run → one self-describing model file.
 
-use crate::data::Manifest;
+use crate::calibrate;
+use crate::data::{Manifest, Split};
 use crate::train::TrainConfig;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -21,8 +22,17 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Packs `RUN/model.bpk` with its description into a model file at `out`.
 ///
 /// With `ood`, the out-of-distribution statistics are fitted on the run's training split (with
-/// the exported weights, exactly as inference will see them) and stored in the file.
-pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<ModelHeader> {
+/// the exported weights, exactly as inference will see them) and stored in the file. With
+/// `calibrate`, a temperature fitted on the run's validation split is folded into the head
+/// (see [`crate::calibrate`]) and recorded in the header's `extra.calibration`.
+pub fn run(
+    run: &Path,
+    out: &Path,
+    f16: bool,
+    tta: bool,
+    ood: bool,
+    calibrate: bool,
+) -> Result<ModelHeader> {
     let cfg: TrainConfig = serde_json::from_value(read_json(&run.join("config.json"))?)
         .with_context(|| format!("{}: not a training run", run.display()))?;
     let model_path = run.join("model.bpk");
@@ -40,6 +50,36 @@ pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<Mo
     let mut model = Classifier::new(&spec, &device)
         .try_load_record(rec)
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", model_path.display()))?;
+    let mut calibration = serde_json::Value::Null;
+    if calibrate {
+        let manifest = Manifest::read(&cfg.data)
+            .context("calibration needs the run's validation data (or leave out --calibrate)")?;
+        let rows = manifest.split_indices(Split::Val);
+        if rows.is_empty() {
+            bail!("{}: no validation rows to calibrate on", cfg.data.display());
+        }
+        let squares = crate::data::cache::load_or_build(&manifest, spec.input.resize)?;
+        let probs = crate::train::predict_rows(&model, &spec, &squares, &rows, &device);
+        let labels = manifest.labels(&rows);
+        let t = calibrate::fit_temperature(&probs, &labels);
+        let (before, after) = (
+            calibrate::nll(&probs, &labels, 1.0),
+            calibrate::nll(&probs, &labels, 1.0 / t),
+        );
+        eprintln!(
+            "calibration: temperature {t:.3} fitted on {} validation images (NLL {before:.4} → {after:.4})",
+            rows.len()
+        );
+        calibration = serde_json::json!({
+            "method": "temperature scaling, folded into the head's last layer",
+            "temperature": t,
+            "fitted_on": "val",
+            "images": rows.len(),
+            "val_nll_before": before,
+            "val_nll_after": after,
+        });
+        model = calibrate::fold_temperature(model, t);
+    }
     if f16 {
         model = to_f16(model);
     }
@@ -64,7 +104,7 @@ pub fn run(run: &Path, out: &Path, f16: bool, tta: bool, ood: bool) -> Result<Mo
         }),
         data,
         metrics,
-        extra: serde_json::json!({ "tta": tta }),
+        extra: serde_json::json!({ "tta": tta, "calibration": calibration }),
         ..header(
             &spec,
             f16,

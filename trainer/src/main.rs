@@ -4,6 +4,7 @@
 mod augment;
 mod bench;
 mod benchmark;
+mod calibrate;
 mod cli;
 mod data;
 mod device;
@@ -119,6 +120,10 @@ enum Command {
         /// split, so the run's manifest and images must be at hand).
         #[arg(long)]
         no_ood: bool,
+        /// Fit a temperature on the run's validation split and fold it into the head, so the
+        /// file's probabilities are calibrated (the predicted class is unchanged).
+        #[arg(long)]
+        calibrate: bool,
     },
     /// The paper's comparison: train, export, evaluate and time each architecture, then write
     /// the comparison table and figures (`benchmark merge` joins shards run elsewhere).
@@ -505,8 +510,9 @@ fn run(cli: Cli) -> Result<()> {
             f16,
             tta,
             no_ood,
+            calibrate,
         } => {
-            let h = export::run(&run, &out, f16, tta, !no_ood)?;
+            let h = export::run(&run, &out, f16, tta, !no_ood, calibrate)?;
             println!(
                 "wrote {} ({}, {} weights, payload sha256 {})",
                 out.display(),

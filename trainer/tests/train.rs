@@ -617,6 +617,65 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
         "{same} frozen, {changed} trained"
     );
 
+    // Calibrated export: a temperature fitted on validation, folded into the head. The classes
+    // predicted stay, the validation log-likelihood does not get worse, and only the head's
+    // last layer differs.
+    let calibrated = dir.path().join("calibrated.pneumoscope");
+    ok(&[
+        "export",
+        "--run",
+        straight.to_str().unwrap(),
+        "--out",
+        calibrated.to_str().unwrap(),
+        "--calibrate",
+    ]);
+    let header =
+        pneumoscope::model_file::ModelFile::read_header(&std::fs::read(&calibrated).unwrap())
+            .unwrap();
+    let t = header.extra["calibration"]["temperature"].as_f64().unwrap();
+    assert!(t > 0.0 && t != 1.0, "temperature {t}");
+    let c = parameters(&calibrated);
+    for (k, v) in &a {
+        if k.starts_with("head.fc2.") {
+            for (x, y) in v.iter().zip(&c[k]) {
+                assert!((x / t as f32 - y).abs() <= 1e-5 * x.abs().max(1.0), "{k}");
+            }
+        } else {
+            assert_eq!(v, &c[k], "{k}");
+        }
+    }
+    let val = |model: &Path, out: &str| {
+        let d = dir.path().join(out);
+        ok(&[
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            manifest.to_str().unwrap(),
+            "--split",
+            "val",
+            "--out",
+            d.to_str().unwrap(),
+        ]);
+        read_csv(&d.join("predictions.csv"))
+    };
+    let nll = |rows: &[std::collections::HashMap<String, String>]| {
+        rows.iter()
+            .map(|r| -r[&r["label"]].parse::<f64>().unwrap().max(1e-12).ln())
+            .sum::<f64>()
+            / rows.len() as f64
+    };
+    let (plain, cal) = (val(&trained, "eval-plain"), val(&calibrated, "eval-cal"));
+    for (p, q) in plain.iter().zip(&cal) {
+        assert_eq!((&p["path"], &p["top"]), (&q["path"], &q["top"]));
+    }
+    assert!(
+        nll(&cal) <= nll(&plain) + 1e-4,
+        "{} > {}",
+        nll(&cal),
+        nll(&plain)
+    );
+
     // Stopped after one epoch and resumed: the uninterrupted run's numbers.
     let split = dir.path().join("split");
     assert!(partial(&split, "1", &[]).status.success());
