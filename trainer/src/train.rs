@@ -347,6 +347,21 @@ fn new_head(spec: &ArchSpec, dropout: Option<f64>, device: &Device) -> Head {
     head
 }
 
+/// A classifier of `backbone` and a new head on the main training device, with autodiff.
+fn trainable(
+    backbone: arch::Backbone,
+    spec: &ArchSpec,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Classifier {
+    Classifier {
+        backbone,
+        head: new_head(spec, cfg.dropout, device),
+    }
+    .fork(device)
+    .train()
+}
+
 /// The rows of a batch, each from one of the cached views drawn at random (view 0 when
 /// there is only one).
 fn pick_views(views: &[Vec<f32>], batch: &[usize], dim: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -611,12 +626,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 &device,
                 &mut timing,
             )?;
-            let model = Classifier {
-                backbone,
-                head: new_head(&spec, cfg.dropout, &ad),
-            }
-            .fork(&ad)
-            .train();
+            let model = trainable(backbone, &spec, &cfg, &ad);
             let rows4 = |x: Vec<f32>, n: usize, d: &Device| {
                 Tensor::<4>::from_data(TensorData::new(x, [n, shape[0], shape[1], shape[2]]), d)
             };
@@ -652,12 +662,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
             model.valid().fork(&device)
         }
         Mode::Finetune => {
-            let model = Classifier {
-                backbone,
-                head: new_head(&spec, cfg.dropout, &ad),
-            }
-            .fork(&ad)
-            .train();
+            let model = trainable(backbone, &spec, &cfg, &ad);
             let aug = cfg.augment.unwrap_or(Augment {
                 min_scale: 1.0,
                 max_rotation: 0.0,
