@@ -6,11 +6,13 @@
   and JPEG (grey, RGB, progressive, CMYK, EXIF-rotated);
 - corpus/dicom: the DICOM variants of tests/dicom/make_dicom.py made from the grey gradient,
   without their 128-byte preamble and `DICM` magic (the target adds them);
-- corpus/model_file: MODEL_FILE's header with an empty payload (mode byte 0: a whole file) and
-  the first 4 KiB of its weights (mode byte 1: a payload the target wraps in a valid header).
+- corpus/model_file: MODEL_FILE's header with an empty payload (mode byte 0: a whole file), an
+  ensemble file of two such members (mode byte 0), and the first 4 KiB of its weights (mode
+  byte 1: a payload the target wraps in a valid header).
 Needs numpy, Pillow and pydicom (the test-only venv).
 """
 
+import hashlib
 import io
 import json
 import os
@@ -83,6 +85,23 @@ def main() -> None:
     text = json.dumps(header).encode()
     write("model_file", "header-empty-payload", b"\x00" + data[:16] + struct.pack("<I", len(text)) + text)
     write("model_file", "payload-head-4k", b"\x01" + payload[:4096])
+    # An ensemble (format version 2) of two copies of that empty-payload file.
+    member = data[:16] + struct.pack("<I", len(text)) + text
+    digest = hashlib.sha256(member).hexdigest()
+    ens = {
+        "format_version": 2,
+        "classes": header["classes"],
+        "combine": "mean of the members' probabilities",
+        "members": [{"arch": header["arch"], "len": len(member), "sha256": digest}] * 2,
+        "metrics": None,
+        "extra": None,
+        "created_by": "seed",
+        "payload_len": 2 * len(member),
+        "payload_sha256": hashlib.sha256(member + member).hexdigest(),
+    }
+    etext = json.dumps(ens).encode()
+    prefix = data[:12] + struct.pack("<II", 2, len(etext))
+    write("model_file", "ensemble-two-empty-members", b"\x00" + prefix + etext + member + member)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 //! code (`tests/fuzz_corpus.rs`). Each accepts any bytes and panics only on a broken invariant.
 
 use crate::arch;
-use crate::model_file::{FORMAT_VERSION, ModelFile, ModelHeader};
+use crate::model_file::{
+    ENSEMBLE_FORMAT_VERSION, EnsembleFile, FORMAT_VERSION, ModelFile, ModelHeader, format_version,
+};
 use crate::preprocess;
 use burn::prelude::*;
 
@@ -36,14 +38,22 @@ pub fn dicom(data: &[u8]) {
     check_input(&bytes);
 }
 
-/// Model-file target: `data[0]` even → `data[1..]` is a whole file; odd → `data[1..]` is a
-/// payload, wrapped in a valid EfficientNet-Lite0 header whose length and checksum match, then
-/// loaded into the network.
+/// Model-file target: `data[0]` even → `data[1..]` is a whole file (single network or
+/// ensemble); odd → `data[1..]` is a payload, wrapped in a valid EfficientNet-Lite0 header whose
+/// length and checksum match, then loaded into the network.
 pub fn model_file(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     let file = if mode % 2 == 0 {
+        if format_version(rest).ok() == Some(ENSEMBLE_FORMAT_VERSION) {
+            if let Ok(e) = EnsembleFile::from_bytes(rest) {
+                for m in e.members {
+                    let _ = m.load_classifier(&Device::flex());
+                }
+            }
+            return;
+        }
         match ModelFile::from_bytes(rest) {
             Ok(f) => f,
             Err(_) => return,

@@ -1,11 +1,16 @@
 //! Loading a model file and running it: classification and Grad-CAM from image bytes.
+//!
+//! [`Engine`] is what every caller uses: it loads a single-network file or an ensemble file
+//! and answers the same way for both. [`Network`] is one network of it.
 
 use crate::arch::global_avg_pool;
 use crate::classes::{Class, NUM_CLASSES};
 use crate::error::{Error, Result};
 use crate::gradcam::{self, CamMap};
 use crate::model::Classifier;
-use crate::model_file::{ModelFile, ModelHeader};
+use crate::model_file::{
+    ENSEMBLE_FORMAT_VERSION, EnsembleFile, EnsembleHeader, ModelFile, ModelHeader, format_version,
+};
 use crate::ood::OodScore;
 use crate::preprocess;
 use burn::prelude::*;
@@ -52,8 +57,9 @@ impl Prediction {
     }
 }
 
-/// A loaded model ready to classify and explain images.
-pub struct Engine {
+/// One loaded network ready to classify and explain images (a single-network model file, or
+/// one member of an ensemble).
+pub struct Network {
     /// What the model file says about itself.
     pub header: ModelHeader,
     /// The network.
@@ -64,10 +70,14 @@ pub struct Engine {
     pub tta: bool,
 }
 
-impl Engine {
-    /// Parses, verifies and loads a model file.
+impl Network {
+    /// Parses, verifies and loads a single-network model file.
     pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
-        let file = ModelFile::from_bytes(bytes)?;
+        Self::from_file(ModelFile::from_bytes(bytes)?, device)
+    }
+
+    /// Loads a parsed and verified model file.
+    pub fn from_file(file: ModelFile, device: Device) -> Result<Self> {
         let model = file.load_classifier(&device)?;
         // A model exported with `--tta` asks for mirror averaging by default.
         let tta = file
@@ -139,7 +149,7 @@ impl Engine {
         }
     }
 
-    /// Splits the rows read back from [`Engine::outputs`] into predictions.
+    /// Splits the rows read back from [`Network::outputs`] into predictions.
     fn predictions(&self, data: TensorData) -> Result<Vec<Prediction>> {
         let data: Vec<f32> = data.try_to_vec().map_err(read_error)?;
         let width = NUM_CLASSES + self.header.ood.as_ref().map_or(0, |o| o.dim);
@@ -158,7 +168,7 @@ impl Engine {
     }
 
     /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
-    /// [`Engine::classify_batch_async`] on WebGPU.
+    /// [`Network::classify_batch_async`] on WebGPU.
     pub fn classify_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
         if images.is_empty() {
             return Ok(Vec::new());
@@ -166,7 +176,7 @@ impl Engine {
         self.predictions(self.outputs(images).try_into_data().map_err(read_error)?)
     }
 
-    /// [`Engine::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
+    /// [`Network::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
     pub async fn classify_batch_async(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
         if images.is_empty() {
             return Ok(Vec::new());
@@ -181,7 +191,7 @@ impl Engine {
         Ok(self.classify_batch(&[x])?.remove(0))
     }
 
-    /// [`Engine::classify`] with asynchronous reads.
+    /// [`Network::classify`] with asynchronous reads.
     pub async fn classify_async(&self, image: &[u8]) -> Result<Prediction> {
         let x = self.preprocess(image)?;
         Ok(self.classify_batch_async(&[x]).await?.remove(0))
@@ -229,7 +239,7 @@ impl Engine {
         ))
     }
 
-    /// [`Engine::classify_keeping_activation`] with asynchronous reads (the only kind WebGPU
+    /// [`Network::classify_keeping_activation`] with asynchronous reads (the only kind WebGPU
     /// allows).
     pub async fn classify_keeping_activation_async(
         &self,
@@ -246,7 +256,7 @@ impl Engine {
         ))
     }
 
-    /// [`Engine::explain`] of a preprocessed image: the backbone is called once, classification
+    /// [`Network::explain`] of a preprocessed image: the backbone is called once, classification
     /// and Grad-CAM share its activation tensor. (A lazily evaluating backend may still
     /// recompute it: in the browser the Grad-CAM step took as long as before this sharing.)
     pub fn explain_input(&self, x: Vec<f32>, class: Option<Class>) -> Result<(Prediction, CamMap)> {
@@ -257,8 +267,431 @@ impl Engine {
     }
 }
 
+/// One image preprocessed for every network of an [`Engine`]: a `[3, s, s]` vector per
+/// network, `s` being that network's input size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input(pub Vec<Vec<f32>>);
+
+/// A loaded model file, single network or ensemble: classifies and explains images.
+///
+/// An ensemble answers with the mean of its networks' probabilities; its out-of-distribution
+/// score is the mean of the networks' scores (flagged above 1, as for one network); its Grad-CAM
+/// is the mean of the networks' maps for the same class, each resized to the largest input and
+/// the mean rescaled to a maximum of 1.
+pub struct Engine {
+    /// The networks: one for a single-network file, the members of an ensemble otherwise.
+    pub networks: Vec<Network>,
+    /// The ensemble's own header, for an ensemble file.
+    pub ensemble: Option<EnsembleHeader>,
+}
+
+impl Engine {
+    /// Parses, verifies and loads a model file of either kind.
+    pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
+        if format_version(bytes)? == ENSEMBLE_FORMAT_VERSION {
+            let file = EnsembleFile::from_bytes(bytes)?;
+            let networks = file
+                .members
+                .into_iter()
+                .map(|m| Network::from_file(m, device.clone()))
+                .collect::<Result<_>>()?;
+            return Ok(Self {
+                networks,
+                ensemble: Some(file.header),
+            });
+        }
+        Ok(Self {
+            networks: vec![Network::load(bytes, device)?],
+            ensemble: None,
+        })
+    }
+
+    /// Turns test-time augmentation on or off for every network (the default comes from each
+    /// network's file).
+    pub fn with_tta(mut self, tta: bool) -> Self {
+        self.networks = self.networks.into_iter().map(|n| n.with_tta(tta)).collect();
+        self
+    }
+
+    /// Whether any network averages the image with its mirror image.
+    pub fn tta(&self) -> bool {
+        self.networks.iter().any(|n| n.tta)
+    }
+
+    /// The network whose input is largest: its view of the image is the one shown under the
+    /// Grad-CAM map.
+    pub fn display_network(&self) -> &Network {
+        // `max_by_key` keeps the last of equals; reversed, that is the first network.
+        self.networks
+            .iter()
+            .rev()
+            .max_by_key(|n| n.input_size())
+            .expect("an engine has at least one network")
+    }
+
+    /// Side of the square image the Grad-CAM map covers (the largest network input).
+    pub fn input_size(&self) -> usize {
+        self.display_network().input_size()
+    }
+
+    /// The architecture, or for an ensemble `ensemble of N: a + b + ...`.
+    pub fn arch(&self) -> String {
+        match self.networks.as_slice() {
+            [one] => one.header.arch.clone(),
+            many => format!(
+                "ensemble of {}: {}",
+                many.len(),
+                many.iter()
+                    .map(|n| n.header.arch.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ),
+        }
+    }
+
+    /// Where the backbone weights came from (the distinct sources of the networks, joined).
+    pub fn weight_source(&self) -> String {
+        self.distinct(|h| &h.weight_source)
+    }
+
+    /// Storage precision of the weights (the distinct precisions of the networks, joined).
+    pub fn weights_dtype(&self) -> String {
+        self.distinct(|h| &h.weights_dtype)
+    }
+
+    fn distinct(&self, field: impl Fn(&ModelHeader) -> &String) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for n in &self.networks {
+            let v = field(&n.header).as_str();
+            if !seen.contains(&v) {
+                seen.push(v);
+            }
+        }
+        seen.join("; ")
+    }
+
+    /// Decodes image bytes (PNG, JPEG or DICOM) once and preprocesses them for every network.
+    pub fn preprocess(&self, image: &[u8]) -> Result<Input> {
+        Ok(self.inputs(&preprocess::decode(image)?))
+    }
+
+    fn inputs(&self, img: &image::DynamicImage) -> Input {
+        let mut done: Vec<(&crate::arch::InputConfig, Vec<f32>)> = Vec::new();
+        let mut out = Vec::with_capacity(self.networks.len());
+        for n in &self.networks {
+            let cfg = &n.header.input;
+            let x = match done.iter().find(|(c, _)| *c == cfg) {
+                Some((_, x)) => x.clone(),
+                None => {
+                    let x = preprocess::normalize_gray(
+                        &preprocess::to_square_gray(img, cfg.resize),
+                        cfg,
+                    );
+                    done.push((cfg, x.clone()));
+                    x
+                }
+            };
+            out.push(x);
+        }
+        Input(out)
+    }
+
+    /// A constant input of the right shapes (for timing).
+    pub fn blank_input(&self) -> Input {
+        Input(
+            self.networks
+                .iter()
+                .map(|n| vec![0.1; 3 * n.input_size() * n.input_size()])
+                .collect(),
+        )
+    }
+
+    /// Decodes image bytes once into the grey view the largest network sees (for display) and
+    /// the input of every network.
+    pub fn view_and_input(&self, image: &[u8]) -> Result<(GrayImage, Input)> {
+        let img = preprocess::decode(image)?;
+        let view = preprocess::eval_view(&img, &self.display_network().header.input);
+        Ok((view, self.inputs(&img)))
+    }
+
+    /// Network `k`'s share of a batch of inputs.
+    fn column(inputs: &[Input], k: usize) -> Vec<Vec<f32>> {
+        inputs.iter().map(|x| x.0[k].clone()).collect()
+    }
+
+    /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
+    /// [`Engine::classify_batch_async`] on WebGPU.
+    pub fn classify_batch(&self, inputs: &[Input]) -> Result<Vec<Prediction>> {
+        let per_network = self
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(k, n)| n.classify_batch(&Self::column(inputs, k)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(mean_predictions(per_network))
+    }
+
+    /// [`Engine::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
+    pub async fn classify_batch_async(&self, inputs: &[Input]) -> Result<Vec<Prediction>> {
+        let mut per_network = Vec::with_capacity(self.networks.len());
+        for (k, n) in self.networks.iter().enumerate() {
+            per_network.push(n.classify_batch_async(&Self::column(inputs, k)).await?);
+        }
+        Ok(mean_predictions(per_network))
+    }
+
+    /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
+    pub fn classify(&self, image: &[u8]) -> Result<Prediction> {
+        let x = self.preprocess(image)?;
+        Ok(self.classify_batch(&[x])?.remove(0))
+    }
+
+    /// [`Engine::classify`] with asynchronous reads.
+    pub async fn classify_async(&self, image: &[u8]) -> Result<Prediction> {
+        let x = self.preprocess(image)?;
+        Ok(self.classify_batch_async(&[x]).await?.remove(0))
+    }
+
+    /// Classifies one preprocessed image and keeps every network's Grad-CAM target
+    /// activation, so that [`Engine::grad_cam`] can explain it without running the backbones
+    /// again.
+    pub fn classify_keeping_activations(&self, x: Input) -> Result<(Prediction, Vec<Tensor<4>>)> {
+        let mut predictions = Vec::with_capacity(self.networks.len());
+        let mut activations = Vec::with_capacity(self.networks.len());
+        for (n, x) in self.networks.iter().zip(x.0) {
+            let (p, a) = n.classify_keeping_activation(x)?;
+            predictions.push(vec![p]);
+            activations.push(a);
+        }
+        Ok((mean_predictions(predictions).remove(0), activations))
+    }
+
+    /// [`Engine::classify_keeping_activations`] with asynchronous reads.
+    pub async fn classify_keeping_activations_async(
+        &self,
+        x: Input,
+    ) -> Result<(Prediction, Vec<Tensor<4>>)> {
+        let mut predictions = Vec::with_capacity(self.networks.len());
+        let mut activations = Vec::with_capacity(self.networks.len());
+        for (n, x) in self.networks.iter().zip(x.0) {
+            let (p, a) = n.classify_keeping_activation_async(x).await?;
+            predictions.push(vec![p]);
+            activations.push(a);
+        }
+        Ok((mean_predictions(predictions).remove(0), activations))
+    }
+
+    /// Grad-CAM for `class` from the activations kept by
+    /// [`Engine::classify_keeping_activations`].
+    pub fn grad_cam(&self, activations: Vec<Tensor<4>>, class: Class) -> Result<CamMap> {
+        let cams = self
+            .networks
+            .iter()
+            .zip(activations)
+            .map(|(n, a)| gradcam::grad_cam_from(&n.model, a, class.index()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.mean_cam(cams))
+    }
+
+    /// [`Engine::grad_cam`] with asynchronous reads.
+    pub async fn grad_cam_async(
+        &self,
+        activations: Vec<Tensor<4>>,
+        class: Class,
+    ) -> Result<CamMap> {
+        let mut cams = Vec::with_capacity(self.networks.len());
+        for (n, a) in self.networks.iter().zip(activations) {
+            cams.push(gradcam::grad_cam_from_async(&n.model, a, class.index()).await?);
+        }
+        Ok(self.mean_cam(cams))
+    }
+
+    /// One network's map as it is; several resized to the largest input and averaged.
+    fn mean_cam(&self, mut cams: Vec<CamMap>) -> CamMap {
+        if cams.len() == 1 {
+            return cams.remove(0);
+        }
+        let size = self.input_size();
+        let mut values = vec![0f32; size * size];
+        for cam in &cams {
+            for (v, u) in values.iter_mut().zip(cam.upsample(size)) {
+                *v += u / cams.len() as f32;
+            }
+        }
+        let max = values.iter().cloned().fold(0f32, f32::max);
+        if max > 0.0 {
+            values.iter_mut().for_each(|v| *v /= max);
+        }
+        CamMap {
+            width: size,
+            height: size,
+            values,
+            class: cams[0].class,
+            score: cams.iter().map(|c| c.score).sum::<f32>() / cams.len() as f32,
+        }
+    }
+
+    /// Grad-CAM of one image for `class` (the predicted class when `None`), with the
+    /// prediction.
+    pub fn explain(&self, image: &[u8], class: Option<Class>) -> Result<(Prediction, CamMap)> {
+        self.explain_input(self.preprocess(image)?, class)
+    }
+
+    /// [`Engine::explain`] of a preprocessed image: each backbone is called once,
+    /// classification and Grad-CAM share its activation tensor.
+    pub fn explain_input(&self, x: Input, class: Option<Class>) -> Result<(Prediction, CamMap)> {
+        let (prediction, activations) = self.classify_keeping_activations(x)?;
+        let class = class.unwrap_or(prediction.top);
+        let cam = self.grad_cam(activations, class)?;
+        Ok((prediction, cam))
+    }
+}
+
+/// Combines per-network predictions (`[network][image]`) image by image: the mean of the
+/// probabilities, and of the out-of-distribution scores of the networks that have one.
+fn mean_predictions(mut per_network: Vec<Vec<Prediction>>) -> Vec<Prediction> {
+    if per_network.len() == 1 {
+        return per_network.remove(0);
+    }
+    let n = per_network.len() as f32;
+    (0..per_network[0].len())
+        .map(|i| {
+            let mut probabilities = [0f32; NUM_CLASSES];
+            for net in &per_network {
+                for (p, q) in probabilities.iter_mut().zip(net[i].probabilities) {
+                    *p += q / n;
+                }
+            }
+            let mut combined = Prediction::from_probabilities(probabilities);
+            let scores: Vec<f32> = per_network
+                .iter()
+                .filter_map(|net| net[i].ood.map(|o| o.score))
+                .collect();
+            if !scores.is_empty() {
+                let score = scores.iter().sum::<f32>() / scores.len() as f32;
+                combined.ood = Some(OodScore {
+                    score,
+                    flagged: score > 1.0 || score.is_nan(),
+                });
+            }
+            combined
+        })
+        .collect()
+}
+
 fn read_error(e: impl std::fmt::Debug) -> Error {
     Error::Invalid(format!(
         "cannot read the probabilities back from the device: {e:?}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch;
+    use crate::model_file::{EnsembleFile, FORMAT_VERSION};
+
+    /// A random-init model file of `arch` (a distinct random network each call).
+    fn member(arch: &str) -> ModelFile {
+        let spec = arch::find(arch).unwrap();
+        let header = ModelHeader {
+            format_version: FORMAT_VERSION,
+            arch: spec.name.into(),
+            classes: Class::ALL.to_vec(),
+            input: spec.input.clone(),
+            gradcam_layer: spec.gradcam_layer.into(),
+            weights_dtype: "f32".into(),
+            weight_source: "random-init".into(),
+            training: serde_json::Value::Null,
+            data: serde_json::Value::Null,
+            metrics: serde_json::Value::Null,
+            extra: serde_json::Value::Null,
+            ood: None,
+            created_by: "test".into(),
+            payload_len: 0,
+            payload_sha256: String::new(),
+        };
+        ModelFile::from_classifier(
+            header,
+            crate::model::Classifier::new(&spec, &Device::flex()),
+        )
+        .unwrap()
+    }
+
+    fn png() -> Vec<u8> {
+        let img = image::GrayImage::from_fn(300, 260, |x, y| {
+            image::Luma([((x * 7 + y * 3) % 251) as u8])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn an_ensemble_answers_with_the_mean_of_its_networks() {
+        let device = Device::flex();
+        let (a, b) = (member("efficientnet_lite0"), member("efficientnet_lite1"));
+        let one = |f: &ModelFile| Engine::load(&f.to_bytes(), device.clone()).unwrap();
+        let (ea, eb) = (one(&a), one(&b));
+        let both = EnsembleFile::new(vec![a, b], serde_json::Value::Null, serde_json::Value::Null)
+            .unwrap()
+            .to_bytes();
+        let e = Engine::load(&both, device.clone()).unwrap();
+        assert_eq!(
+            e.arch(),
+            "ensemble of 2: efficientnet_lite0 + efficientnet_lite1"
+        );
+        assert_eq!(e.input_size(), 240, "the larger input shows the map");
+        let image = png();
+        let (pa, pb, p) = (
+            ea.classify(&image).unwrap(),
+            eb.classify(&image).unwrap(),
+            e.classify(&image).unwrap(),
+        );
+        for k in 0..NUM_CLASSES {
+            let mean = (pa.probabilities[k] + pb.probabilities[k]) / 2.0;
+            assert!(
+                (p.probabilities[k] - mean).abs() < 1e-6,
+                "{p:?} vs {pa:?}, {pb:?}"
+            );
+        }
+        // Grad-CAM: the mean of the two maps for the same class, at 240x240, maximum 1.
+        let class = Class::Viral;
+        let (_, ca) = ea.explain(&image, Some(class)).unwrap();
+        let (_, cb) = eb.explain(&image, Some(class)).unwrap();
+        let (_, c) = e.explain(&image, Some(class)).unwrap();
+        assert_eq!((c.width, c.height, c.class), (240, 240, class.index()));
+        let mut want: Vec<f32> = ca
+            .upsample(240)
+            .iter()
+            .zip(cb.upsample(240))
+            .map(|(u, v)| (u + v) / 2.0)
+            .collect();
+        let max = want.iter().cloned().fold(0f32, f32::max);
+        if max > 0.0 {
+            want.iter_mut().for_each(|v| *v /= max);
+        }
+        let diff = want
+            .iter()
+            .zip(&c.values)
+            .map(|(u, v)| (u - v).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "ensemble map differs from the mean by {diff}");
+        // Out-of-distribution: the mean of the networks' scores, flagged above 1.
+        let with = |s: f32| Prediction {
+            ood: Some(OodScore {
+                score: s,
+                flagged: s > 1.0,
+            }),
+            ..pa.clone()
+        };
+        let m = mean_predictions(vec![vec![with(0.5)], vec![with(1.7)]]).remove(0);
+        assert_eq!(
+            m.ood,
+            Some(OodScore {
+                score: 1.1,
+                flagged: true
+            })
+        );
+    }
 }

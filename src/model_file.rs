@@ -14,6 +14,13 @@
 //! The header carries the SHA-256 and length of the payload, which are checked before anything
 //! is decoded. The payload is data only (tensors and their names): loading a model file never
 //! executes anything from it.
+//!
+//! An **ensemble file** (written by `pneumoscope ensemble`) has the same prefix with format
+//! version [`ENSEMBLE_FORMAT_VERSION`]; its header is an [`EnsembleHeader`] and its payload the
+//! complete single-network model files of its members, one after the other. Each member keeps
+//! its own header and checksum; the ensemble header lists their lengths and checksums too, and
+//! the checksum of the whole payload. A reader that knows only version 1 refuses such a file
+//! with a clear message instead of misreading it.
 
 use crate::arch::{self, InputConfig};
 use crate::classes::Class;
@@ -29,8 +36,10 @@ use sha2::{Digest, Sha256};
 
 /// File magic.
 pub const MAGIC: &[u8; 12] = b"PNEUMOSCOPE\0";
-/// Current format version.
+/// Format version of a single-network model file.
 pub const FORMAT_VERSION: u32 = 1;
+/// Format version of an ensemble file (several single-network files in one).
+pub const ENSEMBLE_FORMAT_VERSION: u32 = 2;
 /// Largest header accepted, in bytes.
 const MAX_HEADER: u32 = 16 << 20;
 
@@ -104,14 +113,7 @@ impl ModelFile {
 
     /// Serialises the file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let header = serde_json::to_vec_pretty(&self.header).expect("header serialises");
-        let mut out = Vec::with_capacity(20 + header.len() + self.payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&self.payload);
-        out
+        assemble(FORMAT_VERSION, &self.header, &[&self.payload])
     }
 
     /// The header alone (magic, version and JSON checked; the payload neither copied nor
@@ -121,32 +123,17 @@ impl ModelFile {
         Ok(header)
     }
 
-    /// Magic, version and header of a file, and its payload.
+    /// Magic, version and header of a single-network file, and its payload.
     fn split(bytes: &[u8]) -> Result<(ModelHeader, &[u8])> {
-        let bad = |m: String| Error::ModelFile(m);
-        if bytes.len() < 20 || &bytes[..12] != MAGIC {
-            return Err(bad(
-                "not a Pneumoscope model file (wrong magic bytes; expected a file written by \
-                 `pneumoscope export`)"
+        match format_version(bytes)? {
+            FORMAT_VERSION => split_header(bytes),
+            ENSEMBLE_FORMAT_VERSION => Err(Error::ModelFile(
+                "this is an ensemble file (several networks); load it as a whole \
+                 (`inference::Engine`), not as a single network"
                     .into(),
-            ));
+            )),
+            v => unreachable!("format_version accepted {v}"),
         }
-        let version = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
-        if version != FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
-            )));
-        }
-        let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
-        if hlen > MAX_HEADER || 20 + hlen as usize > bytes.len() {
-            return Err(bad(format!(
-                "truncated header (declares {hlen} bytes, the file has {} after the prefix)",
-                bytes.len() - 20
-            )));
-        }
-        let header: ModelHeader = serde_json::from_slice(&bytes[20..20 + hlen as usize])
-            .map_err(|e| bad(format!("unreadable header: {e}")))?;
-        Ok((header, &bytes[20 + hlen as usize..]))
     }
 
     /// Parses and verifies a file: magic, version, header, payload length and checksum, known
@@ -155,20 +142,12 @@ impl ModelFile {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let bad = |m: String| Error::ModelFile(m);
         let (header, payload) = Self::split(bytes)?;
-        if payload.len() as u64 != header.payload_len {
-            return Err(bad(format!(
-                "truncated or padded weights (expected {} bytes, found {})",
-                header.payload_len,
-                payload.len()
-            )));
-        }
-        let sum = sha256_hex(payload);
-        if sum != header.payload_sha256 {
-            return Err(bad(format!(
-                "checksum mismatch (the weights are corrupt: sha256 {sum}, expected {})",
-                header.payload_sha256
-            )));
-        }
+        verify_payload(
+            payload,
+            header.payload_len,
+            &header.payload_sha256,
+            "weights",
+        )?;
         let spec = arch::find(&header.arch).map_err(|e| bad(e.to_string()))?;
         if let Some(ood) = &header.ood {
             ood.validate(spec.feature_dim).map_err(bad)?;
@@ -200,6 +179,246 @@ impl ModelFile {
             })?;
         // Inference state: dropout off, batch norm on running statistics, whatever the input.
         Ok(model.valid())
+    }
+}
+
+/// Checks the magic bytes and returns the format version: [`FORMAT_VERSION`] or
+/// [`ENSEMBLE_FORMAT_VERSION`].
+pub fn format_version(bytes: &[u8]) -> Result<u32> {
+    if bytes.len() < 20 || &bytes[..12] != MAGIC {
+        return Err(Error::ModelFile(
+            "not a Pneumoscope model file (wrong magic bytes; expected a file written by \
+             `pneumoscope export` or `pneumoscope ensemble`)"
+                .into(),
+        ));
+    }
+    match u32::from_le_bytes(bytes[12..16].try_into().unwrap()) {
+        v @ (FORMAT_VERSION | ENSEMBLE_FORMAT_VERSION) => Ok(v),
+        v => Err(Error::ModelFile(format!(
+            "format version {v} is not supported (this build reads versions {FORMAT_VERSION} \
+             and {ENSEMBLE_FORMAT_VERSION}; a newer Pneumoscope may read it)"
+        ))),
+    }
+}
+
+/// The architectures of a file's networks, read from its header alone (nothing verified
+/// beyond the prefix and the JSON): one for a single-network file, the members of an ensemble.
+pub fn network_archs(bytes: &[u8]) -> Result<Vec<String>> {
+    Ok(match format_version(bytes)? {
+        ENSEMBLE_FORMAT_VERSION => split_header::<EnsembleHeader>(bytes)?
+            .0
+            .members
+            .into_iter()
+            .map(|m| m.arch)
+            .collect(),
+        _ => vec![split_header::<ModelHeader>(bytes)?.0.arch],
+    })
+}
+
+/// The JSON header after the prefix, and the payload after it.
+fn split_header<H: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8])> {
+    let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+    if hlen > MAX_HEADER || 20 + hlen as usize > bytes.len() {
+        return Err(Error::ModelFile(format!(
+            "truncated header (declares {hlen} bytes, the file has {} after the prefix)",
+            bytes.len() - 20
+        )));
+    }
+    let header: H = serde_json::from_slice(&bytes[20..20 + hlen as usize])
+        .map_err(|e| Error::ModelFile(format!("unreadable header: {e}")))?;
+    Ok((header, &bytes[20 + hlen as usize..]))
+}
+
+/// The prefix, the JSON header and the payload, in the layout every version shares.
+fn assemble(version: u32, header: &impl Serialize, payload: &[&[u8]]) -> Vec<u8> {
+    let header = serde_json::to_vec_pretty(header).expect("header serialises");
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(20 + header.len() + len);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    for p in payload {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Checks a payload against the length and checksum its header declares.
+fn verify_payload(payload: &[u8], len: u64, sha256: &str, what: &str) -> Result<()> {
+    if payload.len() as u64 != len {
+        return Err(Error::ModelFile(format!(
+            "truncated or padded {what} (expected {len} bytes, found {})",
+            payload.len()
+        )));
+    }
+    let sum = sha256_hex(payload);
+    if sum != sha256 {
+        return Err(Error::ModelFile(format!(
+            "checksum mismatch (the {what} are corrupt: sha256 {sum}, expected {sha256})"
+        )));
+    }
+    Ok(())
+}
+
+/// One member as the ensemble header lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberEntry {
+    /// Architecture of the member.
+    pub arch: String,
+    /// Length of the member's complete model file in bytes.
+    pub len: u64,
+    /// SHA-256 of the member's complete model file, lowercase hex.
+    pub sha256: String,
+}
+
+/// What an ensemble file says about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EnsembleHeader {
+    /// Format version ([`ENSEMBLE_FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Class names in output order (every member has the same).
+    pub classes: Vec<Class>,
+    /// How the members' answers are combined.
+    pub combine: String,
+    /// The members, in payload order.
+    pub members: Vec<MemberEntry>,
+    /// Evaluation metrics of the ensemble as a whole (free-form JSON).
+    pub metrics: serde_json::Value,
+    /// Notes (how the members were chosen, ...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+    /// Version of the software that wrote the file.
+    pub created_by: String,
+    /// Length of the payload (all member files) in bytes.
+    pub payload_len: u64,
+    /// SHA-256 of the payload, lowercase hex.
+    pub payload_sha256: String,
+}
+
+/// How an ensemble combines its members: the mean of their probabilities.
+pub const COMBINE_MEAN: &str = "mean of the members' probabilities";
+
+/// An ensemble file in memory: its header and its verified members.
+#[derive(Clone, Debug)]
+pub struct EnsembleFile {
+    /// The header.
+    pub header: EnsembleHeader,
+    /// The members, each a complete single-network model file.
+    pub members: Vec<ModelFile>,
+}
+
+impl EnsembleFile {
+    /// Puts single-network model files together. Needs at least two; `metrics` and `extra`
+    /// describe the ensemble as a whole.
+    pub fn new(
+        members: Vec<ModelFile>,
+        metrics: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> Result<Self> {
+        if members.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "an ensemble needs at least two member models ({} given)",
+                members.len()
+            )));
+        }
+        let payloads: Vec<Vec<u8>> = members.iter().map(ModelFile::to_bytes).collect();
+        let mut whole = Sha256::new();
+        for p in &payloads {
+            whole.update(p);
+        }
+        let header = EnsembleHeader {
+            format_version: ENSEMBLE_FORMAT_VERSION,
+            classes: Class::ALL.to_vec(),
+            combine: COMBINE_MEAN.into(),
+            members: members
+                .iter()
+                .zip(&payloads)
+                .map(|(m, p)| MemberEntry {
+                    arch: m.header.arch.clone(),
+                    len: p.len() as u64,
+                    sha256: sha256_hex(p),
+                })
+                .collect(),
+            metrics,
+            extra,
+            created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
+            payload_len: payloads.iter().map(|p| p.len() as u64).sum(),
+            payload_sha256: whole
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        };
+        Ok(Self { header, members })
+    }
+
+    /// Serialises the file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let payloads: Vec<Vec<u8>> = self.members.iter().map(ModelFile::to_bytes).collect();
+        let parts: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        assemble(ENSEMBLE_FORMAT_VERSION, &self.header, &parts)
+    }
+
+    /// Parses and verifies an ensemble file: prefix, header, the whole payload's length and
+    /// checksum, then each member as a model file of its own (a damaged member is named by
+    /// its position and architecture).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if format_version(bytes)? != ENSEMBLE_FORMAT_VERSION {
+            return Err(Error::ModelFile(
+                "a single-network model file, not an ensemble".into(),
+            ));
+        }
+        let (header, payload): (EnsembleHeader, _) = split_header(bytes)?;
+        verify_payload(
+            payload,
+            header.payload_len,
+            &header.payload_sha256,
+            "member models",
+        )?;
+        if header.classes != Class::ALL {
+            return Err(Error::ModelFile(format!(
+                "unexpected classes {:?} (expected normal, bacterial, viral, covid19)",
+                header.classes
+            )));
+        }
+        if header.members.len() < 2 {
+            return Err(Error::ModelFile(format!(
+                "an ensemble lists {} member(s); it needs at least two",
+                header.members.len()
+            )));
+        }
+        let mut members = Vec::with_capacity(header.members.len());
+        let mut at = 0usize;
+        for (i, m) in header.members.iter().enumerate() {
+            let end = at.saturating_add(m.len as usize);
+            let part = payload.get(at..end).ok_or_else(|| {
+                Error::ModelFile(format!(
+                    "member {} ({}) runs past the end of the file",
+                    i + 1,
+                    m.arch
+                ))
+            })?;
+            let name = format!("member {} ({})", i + 1, m.arch);
+            verify_payload(part, m.len, &m.sha256, &format!("{name} bytes"))?;
+            let file = ModelFile::from_bytes(part)
+                .map_err(|e| Error::ModelFile(format!("{name}: {e}")))?;
+            if file.header.arch != m.arch {
+                return Err(Error::ModelFile(format!(
+                    "{name}: the member's own header says {}",
+                    file.header.arch
+                )));
+            }
+            members.push(file);
+            at = end;
+        }
+        if at != payload.len() {
+            return Err(Error::ModelFile(format!(
+                "{} bytes after the last member",
+                payload.len() - at
+            )));
+        }
+        Ok(Self { header, members })
     }
 }
 
@@ -281,5 +500,82 @@ mod tests {
                 .to_string()
                 .contains("unknown architecture")
         );
+    }
+
+    #[test]
+    fn ensembles_round_trip_and_name_a_damaged_member() {
+        let device = Device::flex();
+        let member = |arch: &str| {
+            let spec = arch::find(arch).unwrap();
+            let h = ModelHeader {
+                arch: spec.name.into(),
+                input: spec.input.clone(),
+                ..header()
+            };
+            ModelFile::from_classifier(h, Classifier::new(&spec, &device)).unwrap()
+        };
+        let (a, b) = (member("squeezenet1_0"), member("efficientnet_lite0"));
+        let single = a.to_bytes();
+        assert!(
+            EnsembleFile::new(
+                vec![a.clone()],
+                serde_json::Value::Null,
+                serde_json::Value::Null
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("at least two")
+        );
+        let e = EnsembleFile::new(
+            vec![a, b],
+            serde_json::json!({"test": {"macro_f1": 0.5}}),
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let bytes = e.to_bytes();
+        assert_eq!(format_version(&bytes).unwrap(), ENSEMBLE_FORMAT_VERSION);
+        assert_eq!(
+            network_archs(&bytes).unwrap(),
+            ["squeezenet1_0", "efficientnet_lite0"]
+        );
+        let back = EnsembleFile::from_bytes(&bytes).unwrap();
+        assert_eq!(back.header, e.header);
+        assert_eq!(back.members[1].payload, e.members[1].payload);
+        // Each kind refuses to be read as the other, saying what it is.
+        let err = |r: Result<ModelFile>| r.unwrap_err().to_string();
+        assert!(err(ModelFile::from_bytes(&bytes)).contains("ensemble"));
+        assert!(
+            EnsembleFile::from_bytes(&single)
+                .unwrap_err()
+                .to_string()
+                .contains("single-network")
+        );
+        // A flipped byte in the last member: the whole payload's checksum catches it.
+        let mut flipped = bytes.clone();
+        let n = flipped.len() - 10;
+        flipped[n] ^= 1;
+        let msg = EnsembleFile::from_bytes(&flipped).unwrap_err().to_string();
+        assert!(msg.contains("checksum"), "{msg}");
+        // The same damage with the whole payload's checksum updated: the member's own entry
+        // names it.
+        let mut forged = back.clone();
+        forged.members[1].payload[5] ^= 1;
+        let mut h = forged.header.clone();
+        let parts: Vec<Vec<u8>> = forged.members.iter().map(ModelFile::to_bytes).collect();
+        h.payload_sha256 = sha256_hex(&parts.concat());
+        let forged = assemble(ENSEMBLE_FORMAT_VERSION, &h, &[&parts.concat()]);
+        let msg = EnsembleFile::from_bytes(&forged).unwrap_err().to_string();
+        assert!(
+            msg.contains("member 2 (efficientnet_lite0)") && msg.contains("checksum"),
+            "{msg}"
+        );
+        let msg = EnsembleFile::from_bytes(&bytes[..bytes.len() - 100])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("truncated"), "{msg}");
+        let mut future = bytes.clone();
+        future[12] = 3;
+        let msg = format_version(&future).unwrap_err().to_string();
+        assert!(msg.contains("format version 3"), "{msg}");
     }
 }

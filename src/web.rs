@@ -24,8 +24,8 @@
 use crate::classes::Class;
 use crate::gradcam;
 use crate::inference::{Engine, Prediction};
-use crate::model::footprint;
-use crate::model_file::ModelFile;
+use crate::model::{Footprint, footprint};
+use crate::model_file::network_archs;
 use burn::prelude::*;
 use js_sys::{Object, Promise, Reflect, Uint8ClampedArray};
 use serde::Serialize;
@@ -122,6 +122,45 @@ fn classification(p: &Prediction, backend: &'static str, timings: Timings) -> Cl
     }
 }
 
+/// One network's header as a plain object, its out-of-distribution statistics summarised.
+fn network_info(header: &crate::model_file::ModelHeader) -> Result<serde_json::Value, JsValue> {
+    let mut info = serde_json::to_value(header).map_err(js_error)?;
+    if let (Some(o), Some(obj)) = (&header.ood, info.as_object_mut()) {
+        obj.insert(
+            "ood".into(),
+            serde_json::json!({
+                "method": o.method,
+                "dim": o.dim,
+                "components": o.components(),
+                "threshold": o.threshold,
+                "calibration": o.calibration,
+            }),
+        );
+    }
+    Ok(info)
+}
+
+/// The [`Footprint`] of a model file's networks read from its header: parameters summed, the
+/// largest tensor of them all.
+fn file_footprint(model: &[u8]) -> crate::Result<Footprint> {
+    let mut total: Option<Footprint> = None;
+    for arch in network_archs(model)? {
+        let f = footprint(&crate::arch::find(&arch)?);
+        total = Some(match total {
+            None => f,
+            Some(t) => Footprint {
+                parameters: t.parameters + f.parameters,
+                ..if f.largest_tensor_bytes > t.largest_tensor_bytes {
+                    f
+                } else {
+                    t
+                }
+            },
+        });
+    }
+    total.ok_or_else(|| crate::Error::ModelFile("the file names no network".into()))
+}
+
 thread_local! {
     /// The WebGPU device of this thread, once initialised (or why it could not be): the runtime
     /// can be initialised only once, and every model loaded later shares it.
@@ -160,20 +199,16 @@ impl Classifier {
         backend: String,
         gpu_max_buffer_bytes: Option<f64>,
     ) -> Result<Classifier, JsValue> {
-        let header = ModelFile::read_header(&model).map_err(js_error)?;
-        let too_big = match (crate::arch::find(&header.arch), gpu_max_buffer_bytes) {
-            (Ok(spec), Some(limit)) => {
-                let f = footprint(&spec);
-                (f.largest_tensor_bytes as f64 > limit).then(|| {
-                    format!(
-                        "the model's largest tensor ({}, {:.0} MB as f32) exceeds this GPU's \
+        let too_big = match (file_footprint(&model), gpu_max_buffer_bytes) {
+            (Ok(f), Some(limit)) => (f.largest_tensor_bytes as f64 > limit).then(|| {
+                format!(
+                    "the model's largest tensor ({}, {:.0} MB as f32) exceeds this GPU's \
                          largest buffer ({:.0} MB)",
-                        f.largest_tensor,
-                        f.largest_tensor_bytes as f64 / 1e6,
-                        limit / 1e6
-                    )
-                })
-            }
+                    f.largest_tensor,
+                    f.largest_tensor_bytes as f64 / 1e6,
+                    limit / 1e6
+                )
+            }),
             _ => None,
         };
         let (device, name, fallback_reason) = match (backend.as_str(), too_big) {
@@ -201,12 +236,11 @@ impl Classifier {
         })
     }
 
-    /// Parameter count and largest tensor of a model file's architecture (what decides whether
-    /// WebGPU can hold it), without loading its weights.
+    /// Parameter count and largest tensor of a model file's architecture, summed over an
+    /// ensemble's networks (the largest tensor decides whether WebGPU can hold it), without
+    /// loading its weights.
     pub fn footprint(model: &[u8]) -> Result<JsValue, JsValue> {
-        let header = ModelFile::read_header(model).map_err(js_error)?;
-        let spec = crate::arch::find(&header.arch).map_err(js_error)?;
-        to_js(&footprint(&spec))
+        to_js(&file_footprint(model).map_err(js_error)?)
     }
 
     /// The backend in use: `"webgpu"` or `"cpu"`.
@@ -223,23 +257,33 @@ impl Classifier {
 
     /// What the model file says about itself (architecture, classes, input, training,
     /// metrics, ...), as a plain object. The out-of-distribution statistics are summarised
-    /// (method, dimension, components, threshold, calibration), not copied.
+    /// (method, dimension, components, threshold, calibration), not copied. For an ensemble:
+    /// `kind: "ensemble"`, `arch` (`"ensemble of N: a + b + ..."`), `weight_source`,
+    /// `weights_dtype`, `combine`, `metrics`, `extra` and `members` (each member's own info).
     #[wasm_bindgen(getter)]
     pub fn info(&self) -> Result<JsValue, JsValue> {
-        let mut header = serde_json::to_value(&self.engine.header).map_err(js_error)?;
-        if let (Some(o), Some(obj)) = (&self.engine.header.ood, header.as_object_mut()) {
-            obj.insert(
-                "ood".into(),
-                serde_json::json!({
-                    "method": o.method,
-                    "dim": o.dim,
-                    "components": o.components(),
-                    "threshold": o.threshold,
-                    "calibration": o.calibration,
-                }),
-            );
-        }
-        to_js(&header)
+        let members = self
+            .engine
+            .networks
+            .iter()
+            .map(|n| network_info(&n.header))
+            .collect::<Result<Vec<_>, _>>()?;
+        let info = match &self.engine.ensemble {
+            None => members.into_iter().next().expect("one network"),
+            Some(e) => serde_json::json!({
+                "kind": "ensemble",
+                "arch": self.engine.arch(),
+                "weight_source": self.engine.weight_source(),
+                "weights_dtype": self.engine.weights_dtype(),
+                "classes": e.classes,
+                "combine": e.combine,
+                "metrics": e.metrics,
+                "extra": e.extra,
+                "created_by": e.created_by,
+                "members": members,
+            }),
+        };
+        to_js(&info)
     }
 
     /// Side of the square network input in pixels.
@@ -288,13 +332,14 @@ impl Classifier {
             let (view, x) = engine.view_and_input(&image).map_err(js_error)?;
             let t1 = now_ms();
             // The classification's activation tensor serves the Grad-CAM too.
-            let (p, activation) = engine
-                .classify_keeping_activation_async(x)
+            let (p, activations) = engine
+                .classify_keeping_activations_async(x)
                 .await
                 .map_err(js_error)?;
             let t2 = now_ms();
             let target = class.unwrap_or(p.top);
-            let cam = gradcam::grad_cam_from_async(&engine.model, activation, target.index())
+            let cam = engine
+                .grad_cam_async(activations, target)
                 .await
                 .map_err(js_error)?;
             let timings = Timings {

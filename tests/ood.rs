@@ -7,7 +7,7 @@
 mod common;
 use burn::prelude::*;
 use pneumoscope::inference::Engine;
-use pneumoscope::model_file::ModelFile;
+use pneumoscope::model_file::{ENSEMBLE_FORMAT_VERSION, EnsembleFile, ModelFile, format_version};
 use std::path::{Path, PathBuf};
 
 fn engine() -> Engine {
@@ -51,9 +51,11 @@ fn photos_and_ct_slices_are_flagged_and_chest_x_rays_are_not() {
         return;
     };
     let engine = engine();
-    let stats = engine.header.ood.as_ref().unwrap();
-    assert_eq!(stats.calibration.threshold_split, "val");
-    assert!(stats.calibration.fit_n > 1000);
+    for net in &engine.networks {
+        let stats = net.header.ood.as_ref().unwrap();
+        assert_eq!(stats.calibration.threshold_split, "val");
+        assert!(stats.calibration.fit_n > 1000);
+    }
 
     let photos: Vec<PathBuf> = ["chelsea.png", "coffee.png"]
         .iter()
@@ -97,9 +99,27 @@ fn a_model_without_statistics_gives_no_score() {
     let Some(shared) = common::shared() else {
         return;
     };
-    let mut file = ModelFile::from_bytes(&std::fs::read(common::default_model()).unwrap()).unwrap();
-    file.header.ood = None;
-    let engine = Engine::load(&file.to_bytes(), Device::flex()).unwrap();
+    // The default model with the statistics of every network removed.
+    let bytes = std::fs::read(common::default_model()).unwrap();
+    let without = if format_version(&bytes).unwrap() == ENSEMBLE_FORMAT_VERSION {
+        let file = EnsembleFile::from_bytes(&bytes).unwrap();
+        let members = file
+            .members
+            .into_iter()
+            .map(|mut m| {
+                m.header.ood = None;
+                m
+            })
+            .collect();
+        EnsembleFile::new(members, file.header.metrics, file.header.extra)
+            .unwrap()
+            .to_bytes()
+    } else {
+        let mut file = ModelFile::from_bytes(&bytes).unwrap();
+        file.header.ood = None;
+        file.to_bytes()
+    };
+    let engine = Engine::load(&without, Device::flex()).unwrap();
     let image = std::fs::read(&common::sample_images(&shared)[0]).unwrap();
     let p = engine.classify(&image).unwrap();
     assert!(p.ood.is_none());

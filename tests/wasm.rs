@@ -10,7 +10,7 @@
 mod common;
 use burn::prelude::*;
 use pneumoscope::Class;
-use pneumoscope::inference::Engine;
+use pneumoscope::inference::Network;
 use pneumoscope::preprocess;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
@@ -36,8 +36,8 @@ async fn webgpu() -> Device {
 
 #[wasm_bindgen_test]
 async fn cpu_and_webgpu_agree_on_real_xrays() {
-    let cpu = Engine::load(MODEL, Device::flex()).unwrap();
-    let gpu = Engine::load(MODEL, webgpu().await).unwrap();
+    let cpu = Network::load(MODEL, Device::flex()).unwrap();
+    let gpu = Network::load(MODEL, webgpu().await).unwrap();
     for (name, image) in [("normal", NORMAL), ("viral", VIRAL), ("covid", COVID)] {
         let x = cpu.preprocess(image).unwrap();
         let a = cpu
@@ -60,8 +60,8 @@ async fn cpu_and_webgpu_agree_on_real_xrays() {
 
 #[wasm_bindgen_test]
 async fn grad_cam_agrees_between_backends() {
-    let cpu = Engine::load(MODEL, Device::flex()).unwrap();
-    let gpu = Engine::load(MODEL, webgpu().await).unwrap();
+    let cpu = Network::load(MODEL, Device::flex()).unwrap();
+    let gpu = Network::load(MODEL, webgpu().await).unwrap();
     let x = cpu.preprocess(VIRAL).unwrap();
     for class in Class::ALL {
         let a = pneumoscope::gradcam::grad_cam_async(
@@ -139,7 +139,7 @@ async fn the_js_api_classifies_explains_and_refuses_bad_input() {
 
 #[wasm_bindgen_test]
 fn the_network_view_is_the_model_input() {
-    let cpu = Engine::load(MODEL, Device::flex()).unwrap();
+    let cpu = Network::load(MODEL, Device::flex()).unwrap();
     let img = preprocess::decode(VIRAL).unwrap();
     let view = preprocess::eval_view(&img, &cpu.header.input);
     assert_eq!(view.dimensions(), (224, 224));

@@ -279,8 +279,7 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
 fn throughput(model: &Path) -> Result<(f64, usize)> {
     let engine = crate::cli::load_engine(model, &Device::flex())?;
     let batch = 16;
-    let s = engine.input_size();
-    let x = vec![vec![0.1f32; 3 * s * s]; batch];
+    let x = vec![engine.blank_input(); batch];
     engine.classify_batch(&x)?;
     let mut best = f64::MAX;
     for _ in 0..3 {

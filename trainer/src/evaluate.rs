@@ -37,7 +37,7 @@ pub fn run(
     let mut probs: Vec<[f32; NUM_CLASSES]> = Vec::with_capacity(rows.len());
     let mut ood: Vec<Option<OodScore>> = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(32) {
-        let imgs: Vec<Vec<f32>> = chunk
+        let imgs: Vec<pneumoscope::inference::Input> = chunk
             .par_iter()
             .map(|&i| {
                 let p = manifest.resolve(&manifest.records[i]);
@@ -82,14 +82,18 @@ pub fn run(
             .with_context(|| format!("cannot create {}", out.display()))?;
         write_predictions(&out.join("predictions.csv"), &manifest, &rows, &probs, &ood)?;
         // A figure may travel without its table: it says itself when the backbone is random.
-        let random = if engine.header.weight_source == crate::weights::RANDOM_INIT {
+        let random = if engine
+            .networks
+            .iter()
+            .any(|n| n.header.weight_source == crate::weights::RANDOM_INIT)
+        {
             " (random-init backbone)"
         } else {
             ""
         };
         let title = format!(
             "Pneumoscope evaluation: {}{random} on the {split} split",
-            engine.header.arch
+            engine.arch()
         );
         report::confusion_png(&out.join("confusion_matrix.png"), &m.confusion, &title)?;
         let mut cams = Vec::new();
@@ -102,9 +106,8 @@ pub fn run(
             for (j, (_, &i)) in picked.enumerate() {
                 let p = manifest.resolve(&manifest.records[i]);
                 let bytes = std::fs::read(&p)?;
-                let (pred, cam) = engine.explain(&bytes, None)?;
-                let img = pneumoscope::preprocess::decode(&bytes)?;
-                let view = pneumoscope::preprocess::eval_view(&img, &engine.header.input);
+                let (view, x) = engine.view_and_input(&bytes)?;
+                let (pred, cam) = engine.explain_input(x, None)?;
                 let name = format!("gradcam/{}-{j}.png", c.name());
                 pneumoscope::gradcam::overlay(&view, &cam.upsample(engine.input_size()), 0.45)
                     .save(out.join(&name))?;
@@ -129,11 +132,11 @@ pub fn run(
         };
         let desc = format!(
             "Model: {} ({}), weights {}; data: {}, split '{split}'; test-time augmentation {}.{ood_line}",
-            engine.header.arch,
-            engine.header.weights_dtype,
-            engine.header.weight_source,
+            engine.arch(),
+            engine.weights_dtype(),
+            engine.weight_source(),
             data.display(),
-            if engine.tta {
+            if engine.tta() {
                 "on (image and mirror image averaged)"
             } else {
                 "off"
@@ -166,8 +169,8 @@ pub fn run(
         metrics: m,
         sources,
         ood: ood_summary,
-        arch: engine.header.arch.clone(),
-        weight_source: engine.header.weight_source.clone(),
+        arch: engine.arch(),
+        weight_source: engine.weight_source(),
     })
 }
 

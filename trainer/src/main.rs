@@ -8,6 +8,7 @@ mod calibrate;
 mod cli;
 mod data;
 mod device;
+mod ensemble;
 mod evaluate;
 mod export;
 mod fetch;
@@ -124,6 +125,24 @@ enum Command {
         /// file's probabilities are calibrated (the predicted class is unchanged).
         #[arg(long)]
         calibrate: bool,
+    },
+    /// Put several exported model files together into one ensemble file: it answers with the
+    /// mean of its members' probabilities, and its Grad-CAM and out-of-distribution score are
+    /// the mean of theirs. Every verb and the page load it like a single model.
+    Ensemble {
+        /// Output ensemble file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Evaluate the ensemble on this manifest's validation and test splits (the members'
+        /// own manifest) and store the metrics in the file.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// How the members were chosen (stored in the file).
+        #[arg(long)]
+        note: Option<String>,
+        /// Member model files (at least two), written by `pneumoscope export`.
+        #[arg(required = true, num_args = 2..)]
+        members: Vec<PathBuf>,
     },
     /// The paper's comparison: train, export, evaluate and time each architecture, then write
     /// the comparison table and figures (`benchmark merge` joins shards run elsewhere).
@@ -519,6 +538,26 @@ fn run(cli: Cli) -> Result<()> {
                 h.arch,
                 h.weights_dtype,
                 h.payload_sha256
+            );
+        }
+        Command::Ensemble {
+            out,
+            data,
+            note,
+            members,
+        } => {
+            let e = ensemble::run(&members, &out, data.as_deref(), note.as_deref())?;
+            println!(
+                "wrote {} (ensemble of {}: {}, payload sha256 {})",
+                out.display(),
+                e.members.len(),
+                e.header
+                    .members
+                    .iter()
+                    .map(|m| m.arch.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                e.header.payload_sha256
             );
         }
         Command::Benchmark { merge, args } => match merge {

@@ -732,3 +732,155 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
     );
     assert!(!bench.join("runs").exists(), "nothing trained");
 }
+
+/// `predict`'s JSON line for one image.
+fn predict_one(model: &Path, image: &Path) -> serde_json::Value {
+    let out = ok(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn an_ensemble_of_two_runs_answers_with_their_mean() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(&shared, dir.path());
+    let mut members = Vec::new();
+    for seed in ["1", "2"] {
+        let run_dir = dir.path().join(format!("run-{seed}"));
+        train(&shared, &manifest, &run_dir, "2", &["--seed", seed]);
+        let model = dir.path().join(format!("m{seed}.pneumoscope"));
+        ok(&[
+            "export",
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--f16",
+        ]);
+        members.push(model);
+    }
+    let ens = dir.path().join("ensemble.pneumoscope");
+    let (m1, m2, e) = (
+        members[0].to_str().unwrap(),
+        members[1].to_str().unwrap(),
+        ens.to_str().unwrap(),
+    );
+    let m = manifest.to_str().unwrap();
+    let said = ok(&[
+        "ensemble", "--out", e, "--data", m, "--note", "test", m1, m2,
+    ]);
+    assert!(
+        said.contains("ensemble of 2: efficientnet_lite0 + efficientnet_lite0"),
+        "{said}"
+    );
+
+    // The header carries the ensemble's own validation and test metrics.
+    let bytes = std::fs::read(&ens).unwrap();
+    let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[20..20 + hlen]).unwrap();
+    assert_eq!(header["format_version"], 2);
+    assert_eq!(header["metrics"]["val"]["n"], 32);
+    assert_eq!(header["metrics"]["test"]["n"], 24);
+    assert_eq!(header["extra"]["note"], "test");
+
+    // predict: the mean of the members' probabilities and out-of-distribution scores.
+    let images: Vec<PathBuf> = read_csv(&manifest)
+        .iter()
+        .filter(|r| r["split"] == "test")
+        .step_by(7)
+        .map(|r| manifest.parent().unwrap().join(&r["path"]))
+        .collect();
+    for image in &images {
+        let (a, b, both) = (
+            predict_one(&members[0], image),
+            predict_one(&members[1], image),
+            predict_one(&ens, image),
+        );
+        for c in ["normal", "bacterial", "viral", "covid19"] {
+            let mean = (a["probabilities"][c].as_f64().unwrap()
+                + b["probabilities"][c].as_f64().unwrap())
+                / 2.0;
+            let got = both["probabilities"][c].as_f64().unwrap();
+            assert!((got - mean).abs() < 1e-5, "{c}: {got} vs mean {mean}");
+        }
+        let mean =
+            (a["ood"]["score"].as_f64().unwrap() + b["ood"]["score"].as_f64().unwrap()) / 2.0;
+        assert!((both["ood"]["score"].as_f64().unwrap() - mean).abs() < 1e-4);
+    }
+
+    // evaluate and gradcam take it like any model file.
+    let js = ok(&["evaluate", "--model", e, "--data", m, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
+    assert_eq!(v["n"], 24);
+    assert_eq!(
+        v["macro_f1"].as_f64().unwrap(),
+        header["metrics"]["test"]["macro_f1"].as_f64().unwrap()
+    );
+    let image = &images[0];
+    let png = dir.path().join("cam.png");
+    let out = ok(&[
+        "gradcam",
+        "--model",
+        e,
+        "--out",
+        png.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    let g: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(g["map"]["width"], 224);
+    assert!(png.is_file());
+
+    // Refused: one member, a corrupt member (named), members trained on other data, and a
+    // damaged ensemble file.
+    let one = run(&["ensemble", "--out", e, m1]);
+    assert!(!one.status.success());
+    let cut = dir.path().join("cut.pneumoscope");
+    let b1 = std::fs::read(&members[1]).unwrap();
+    std::fs::write(&cut, &b1[..b1.len() / 2]).unwrap();
+    let out = run(&["ensemble", "--out", e, m1, cut.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cut.pneumoscope") && err.contains("truncated"),
+        "{err}"
+    );
+    let other = dir.path().join("other.pneumoscope");
+    ok(&[
+        "untrained",
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        shared
+            .join("weights/efficientnet-lite0-57934424.pth")
+            .to_str()
+            .unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    let out = run(&["ensemble", "--out", e, m1, other.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("other data"), "{err}");
+    let mut damaged = bytes.clone();
+    let n = damaged.len() - 1000;
+    damaged[n] ^= 0x40;
+    let bad = dir.path().join("damaged.pneumoscope");
+    std::fs::write(&bad, &damaged).unwrap();
+    let out = run(&[
+        "predict",
+        "--model",
+        bad.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("damaged.pneumoscope") && err.contains("checksum"),
+        "{err}"
+    );
+}

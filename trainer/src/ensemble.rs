@@ -1,0 +1,79 @@
+//! `pneumoscope ensemble`: several exported model files → one ensemble file whose answer is the
+//! mean of its members' probabilities (see [`pneumoscope::inference::Engine`]).
+
+use crate::data::Split;
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use pneumoscope::model_file::{EnsembleFile, ModelFile};
+use std::path::{Path, PathBuf};
+
+/// Packs the model files `members` into an ensemble file at `out`.
+///
+/// Every member must have been trained on the same split of the same data, or one member's
+/// test images could be another's training images: their headers' image counts per split and
+/// class must agree (the manifest's path may differ, as it was written relative to wherever
+/// training ran). With `data`, the
+/// ensemble is evaluated on its validation and test splits and the metrics are stored in the
+/// header, as `export` stores a run's. `note` says how the members were chosen.
+pub fn run(
+    members: &[PathBuf],
+    out: &Path,
+    data: Option<&Path>,
+    note: Option<&str>,
+) -> Result<EnsembleFile> {
+    let files = members
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            ModelFile::from_bytes(&bytes).with_context(|| format!("{}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest_of = |f: &ModelFile| f.header.data.get("counts").cloned();
+    if let Some((i, f)) = files
+        .iter()
+        .enumerate()
+        .find(|(_, f)| manifest_of(f) != manifest_of(&files[0]))
+    {
+        bail!(
+            "{} was trained on other data than {} (images per split and class: {} vs {}): \
+             members must share one manifest and its split, or one member's test patients may \
+             be another's training patients",
+            members[i].display(),
+            members[0].display(),
+            manifest_of(f).unwrap_or_default(),
+            manifest_of(&files[0]).unwrap_or_default()
+        );
+    }
+    let extra = serde_json::json!({
+        "note": note,
+        "members": members.iter().zip(&files).map(|(p, f)| serde_json::json!({
+            "file": p.file_name().map(|n| n.to_string_lossy().to_string()),
+            "arch": f.header.arch,
+            "mode": f.header.training.pointer("/config/mode"),
+            "calibration": f.header.extra.get("calibration"),
+        })).collect::<Vec<_>>(),
+        "data": files[0].header.data,
+    });
+    let mut file = EnsembleFile::new(files, serde_json::Value::Null, extra)?;
+    if let Some(data) = data {
+        // Evaluate the packed file itself, exactly as every verb will load it.
+        let tmp = out.with_extension("evaluating");
+        crate::fsutil::write_atomic(&tmp, &file.to_bytes())?;
+        let mut metrics = serde_json::Map::new();
+        for split in [Split::Val, Split::Test] {
+            let e = crate::evaluate::run(&tmp, data, split, None, false, &Device::flex());
+            let e = e.inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            eprintln!(
+                "{split}: macro-F1 {:.4}, accuracy {:.4} ({} images)",
+                e.metrics.macro_f1, e.metrics.accuracy, e.metrics.n
+            );
+            metrics.insert(split.to_string(), serde_json::to_value(&e.metrics)?);
+        }
+        std::fs::remove_file(&tmp).ok();
+        file.header.metrics = serde_json::Value::Object(metrics);
+    }
+    crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    Ok(file)
+}
