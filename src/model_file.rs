@@ -388,6 +388,9 @@ impl EnsembleFile {
                 header.members.len()
             )));
         }
+        for (i, m) in header.members.iter().enumerate() {
+            arch::find(&m.arch).map_err(|e| Error::ModelFile(format!("member {}: {e}", i + 1)))?;
+        }
         let mut members = Vec::with_capacity(header.members.len());
         let mut at = 0usize;
         for (i, m) in header.members.iter().enumerate() {

@@ -44,7 +44,8 @@ function ort() {
 async function pneumoscope(browser, backend) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(`${args.url}?backend=${backend}`);
+  // The page's own list names the model; the ONNX reference is the same network.
+  await page.goto(`${args.url}?backend=${backend}&model=${encodeURIComponent(args.model.split("/").pop())}`);
   await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
   const { readyMs, used } = await page.evaluate(() => ({
     readyMs: Number(document.body.dataset.readyMs),

@@ -262,14 +262,32 @@ fn browser_tests(shared: &Path, python: &Path) -> Result<(usize, usize)> {
     Ok(counts)
 }
 
+/// `web/models/index.json`.
+fn model_index() -> Result<serde_json::Value> {
+    let index = root().join("web/models/index.json");
+    serde_json::from_str(&std::fs::read_to_string(&index)?)
+        .with_context(|| format!("{} is not JSON", index.display()))
+}
+
 /// The shipped default model named by `web/models/index.json`.
 fn default_model() -> Result<PathBuf> {
-    let index = root().join("web/models/index.json");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)
-        .with_context(|| format!("{} is not JSON", index.display()))?;
+    let json = model_index()?;
     let name = json["default"]
         .as_str()
-        .with_context(|| format!("{}: no \"default\" entry", index.display()))?;
+        .context("web/models/index.json: no \"default\" entry")?;
+    Ok(root().join("web/models").join(name))
+}
+
+/// The shipped single-network model of architecture `arch` listed in `web/models/index.json`.
+fn shipped_model_of(arch: &str) -> Result<PathBuf> {
+    let json = model_index()?;
+    let name = json["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["arch"] == arch)
+        .and_then(|m| m["file"].as_str())
+        .with_context(|| format!("web/models/index.json lists no {arch} model"))?;
     Ok(root().join("web/models").join(name))
 }
 
@@ -367,7 +385,8 @@ fn bench(args: &[String]) -> Result<()> {
 }
 
 /// `bench-web [--runs N]`: in-browser latency of the page (both backends) next to
-/// onnxruntime-web on the same network, in one headless chromium run.
+/// onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model, which is what the
+/// ONNX reference holds), in one headless chromium run.
 fn bench_web(args: &[String]) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
@@ -400,7 +419,7 @@ fn bench_web(args: &[String]) -> Result<()> {
         .arg("--pkg")
         .arg(&pkg)
         .arg("--model")
-        .arg(default_model()?)
+        .arg(shipped_model_of("efficientnet_lite0")?)
         .arg("--out")
         .arg(&out)
         .args(args)
