@@ -110,8 +110,13 @@ fn cam_tensor(parts: &CamParts) -> Tensor<4> {
         .clamp_min(0.0)
 }
 
-/// Normalises a map read back from the device to [0, 1].
-fn finish(mut values: Vec<f32>, [h, w]: [usize; 2], class: usize, score: f32) -> CamMap {
+/// A map of `[h, w]` values scaled to a maximum of 1 (all zero stays all zero).
+pub(crate) fn normalised(
+    mut values: Vec<f32>,
+    [h, w]: [usize; 2],
+    class: usize,
+    score: f32,
+) -> CamMap {
     let max = values.iter().cloned().fold(0.0f32, f32::max);
     if max > 0.0 {
         values.iter_mut().for_each(|v| *v /= max);
@@ -138,7 +143,7 @@ pub fn combine(parts: CamParts, class: usize) -> Result<CamMap> {
     let cam = cam_tensor(&parts);
     let values: Vec<f32> = cam.into_data().try_to_vec().map_err(read_error)?;
     let score: Vec<f32> = parts.score.into_data().try_to_vec().map_err(read_error)?;
-    Ok(finish(values, [h, w], class, score[0]))
+    Ok(normalised(values, [h, w], class, score[0]))
 }
 
 /// [`combine`] with asynchronous reads (the only kind WebGPU allows).
@@ -158,7 +163,7 @@ pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
         .map_err(read_error)?
         .try_to_vec()
         .map_err(read_error)?;
-    Ok(finish(values, [h, w], class, score[0]))
+    Ok(normalised(values, [h, w], class, score[0]))
 }
 
 /// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.

@@ -185,27 +185,6 @@ impl Network {
         self.predictions(data.map_err(read_error)?)
     }
 
-    /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
-    pub fn classify(&self, image: &[u8]) -> Result<Prediction> {
-        let x = self.preprocess(image)?;
-        Ok(self.classify_batch(&[x])?.remove(0))
-    }
-
-    /// [`Network::classify`] with asynchronous reads.
-    pub async fn classify_async(&self, image: &[u8]) -> Result<Prediction> {
-        let x = self.preprocess(image)?;
-        Ok(self.classify_batch_async(&[x]).await?.remove(0))
-    }
-
-    /// Decodes image bytes once into the grey `crop`x`crop` view the network sees (for
-    /// display) and its normalised `[3, crop, crop]` input.
-    pub fn view_and_input(&self, image: &[u8]) -> Result<(GrayImage, Vec<f32>)> {
-        let img = preprocess::decode(image)?;
-        let view = preprocess::eval_view(&img, &self.header.input);
-        let x = preprocess::normalize_gray(&view, &self.header.input);
-        Ok((view, x))
-    }
-
     /// The Grad-CAM target activation of one preprocessed image, and the class probabilities
     /// computed from it (not yet read back) unless TTA needs the mirror image too.
     fn activation(&self, x: &[f32]) -> (Tensor<4>, Option<Tensor<2>>) {
@@ -518,17 +497,8 @@ impl Engine {
                 *v += u / cams.len() as f32;
             }
         }
-        let max = values.iter().cloned().fold(0f32, f32::max);
-        if max > 0.0 {
-            values.iter_mut().for_each(|v| *v /= max);
-        }
-        CamMap {
-            width: size,
-            height: size,
-            values,
-            class: cams[0].class,
-            score: cams.iter().map(|c| c.score).sum::<f32>() / cams.len() as f32,
-        }
+        let score = cams.iter().map(|c| c.score).sum::<f32>() / cams.len() as f32;
+        gradcam::normalised(values, [size, size], cams[0].class, score)
     }
 
     /// Grad-CAM of one image for `class` (the predicted class when `None`), with the
@@ -589,30 +559,13 @@ fn read_error(e: impl std::fmt::Debug) -> Error {
 mod tests {
     use super::*;
     use crate::arch;
-    use crate::model_file::{EnsembleFile, FORMAT_VERSION};
+    use crate::model_file::EnsembleFile;
 
     /// A random-init model file of `arch` (a distinct random network each call).
     fn member(arch: &str) -> ModelFile {
         let spec = arch::find(arch).unwrap();
-        let header = ModelHeader {
-            format_version: FORMAT_VERSION,
-            arch: spec.name.into(),
-            classes: Class::ALL.to_vec(),
-            input: spec.input.clone(),
-            gradcam_layer: spec.gradcam_layer.into(),
-            weights_dtype: "f32".into(),
-            weight_source: "random-init".into(),
-            training: serde_json::Value::Null,
-            data: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-            extra: serde_json::Value::Null,
-            ood: None,
-            created_by: "test".into(),
-            payload_len: 0,
-            payload_sha256: String::new(),
-        };
         ModelFile::from_classifier(
-            header,
+            crate::model_file::tests::header_of(arch),
             crate::model::Classifier::new(&spec, &Device::flex()),
         )
         .unwrap()

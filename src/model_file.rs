@@ -426,12 +426,14 @@ impl EnsembleFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::arch;
 
-    fn header() -> ModelHeader {
-        let spec = arch::find("efficientnet_lite0").unwrap();
+    /// A random-init header of `arch` for tests (payload fields filled in by
+    /// [`ModelFile::from_classifier`]).
+    pub(crate) fn header_of(arch: &str) -> ModelHeader {
+        let spec = arch::find(arch).unwrap();
         ModelHeader {
             format_version: FORMAT_VERSION,
             arch: spec.name.into(),
@@ -449,6 +451,10 @@ mod tests {
             payload_len: 0,
             payload_sha256: String::new(),
         }
+    }
+
+    fn header() -> ModelHeader {
+        header_of("efficientnet_lite0")
     }
 
     #[test]
@@ -510,12 +516,7 @@ mod tests {
         let device = Device::flex();
         let member = |arch: &str| {
             let spec = arch::find(arch).unwrap();
-            let h = ModelHeader {
-                arch: spec.name.into(),
-                input: spec.input.clone(),
-                ..header()
-            };
-            ModelFile::from_classifier(h, Classifier::new(&spec, &device)).unwrap()
+            ModelFile::from_classifier(header_of(arch), Classifier::new(&spec, &device)).unwrap()
         };
         let (a, b) = (member("squeezenet1_0"), member("efficientnet_lite0"));
         let single = a.to_bytes();

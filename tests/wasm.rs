@@ -10,7 +10,7 @@
 mod common;
 use burn::prelude::*;
 use pneumoscope::Class;
-use pneumoscope::inference::Network;
+use pneumoscope::inference::{Engine, Network};
 use pneumoscope::preprocess;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
@@ -54,8 +54,15 @@ async fn cpu_and_webgpu_agree_on_real_xrays() {
         assert!((s - 1.0).abs() < 1e-4, "{name}: probabilities sum to {s}");
     }
     // The shipped model gets these three right.
-    assert_eq!(cpu.classify_async(NORMAL).await.unwrap().top, Class::Normal);
-    assert_eq!(cpu.classify_async(COVID).await.unwrap().top, Class::Covid19);
+    let engine = Engine::load(MODEL, Device::flex()).unwrap();
+    assert_eq!(
+        engine.classify_async(NORMAL).await.unwrap().top,
+        Class::Normal
+    );
+    assert_eq!(
+        engine.classify_async(COVID).await.unwrap().top,
+        Class::Covid19
+    );
 }
 
 #[wasm_bindgen_test]
