@@ -445,21 +445,6 @@ impl Engine {
         Ok((mean_predictions(predictions).remove(0), activations))
     }
 
-    /// [`Engine::classify_keeping_activations`] with asynchronous reads.
-    pub async fn classify_keeping_activations_async(
-        &self,
-        x: Input,
-    ) -> Result<(Prediction, Vec<Tensor<4>>)> {
-        let mut predictions = Vec::with_capacity(self.networks.len());
-        let mut activations = Vec::with_capacity(self.networks.len());
-        for (n, x) in self.networks.iter().zip(x.0) {
-            let (p, a) = n.classify_keeping_activation_async(x).await?;
-            predictions.push(vec![p]);
-            activations.push(a);
-        }
-        Ok((mean_predictions(predictions).remove(0), activations))
-    }
-
     /// Grad-CAM for `class` from the activations kept by
     /// [`Engine::classify_keeping_activations`].
     pub fn grad_cam(&self, activations: Vec<Tensor<4>>, class: Class) -> Result<CamMap> {
@@ -469,19 +454,6 @@ impl Engine {
             .zip(activations)
             .map(|(n, a)| gradcam::grad_cam_from(&n.model, a, class.index()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(self.mean_cam(cams))
-    }
-
-    /// [`Engine::grad_cam`] with asynchronous reads.
-    pub async fn grad_cam_async(
-        &self,
-        activations: Vec<Tensor<4>>,
-        class: Class,
-    ) -> Result<CamMap> {
-        let mut cams = Vec::with_capacity(self.networks.len());
-        for (n, a) in self.networks.iter().zip(activations) {
-            cams.push(gradcam::grad_cam_from_async(&n.model, a, class.index()).await?);
-        }
         Ok(self.mean_cam(cams))
     }
 
@@ -514,6 +486,98 @@ impl Engine {
         let class = class.unwrap_or(prediction.top);
         let cam = self.grad_cam(activations, class)?;
         Ok((prediction, cam))
+    }
+}
+
+/// Milliseconds spent on each part of one explained image, by the clock the caller passes to
+/// [`Engine::explain_timed_async`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Decoding the bytes and preprocessing them for every network (and the displayed view).
+    pub preprocess_ms: f64,
+    /// Every network's forward pass and the read of its probabilities, summed.
+    pub inference_ms: f64,
+    /// Every network's Grad-CAM (head forward and backward, map read), and averaging the maps
+    /// of an ensemble, summed.
+    pub gradcam_ms: f64,
+    /// The same per network, in the order of the model file.
+    pub members: Vec<MemberTimings>,
+}
+
+/// One network's share of [`Timings`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MemberTimings {
+    /// The network's architecture.
+    pub arch: String,
+    /// Its forward pass and the read of its probabilities.
+    pub inference_ms: f64,
+    /// Its Grad-CAM.
+    pub gradcam_ms: f64,
+}
+
+/// One image classified and explained, with the timings of each step.
+pub struct Explanation {
+    /// The grey image the largest network sees (what the map is drawn over).
+    pub view: GrayImage,
+    /// The (ensemble's) prediction.
+    pub prediction: Prediction,
+    /// The (ensemble's) Grad-CAM map.
+    pub cam: CamMap,
+    /// How long each step took.
+    pub timings: Timings,
+}
+
+impl Engine {
+    /// Decodes, classifies and explains one image (the predicted class when `class` is
+    /// `None`), timing every step with `clock` (milliseconds, e.g. `performance.now()` in the
+    /// browser). Reads asynchronously, so it runs on every backend, WebGPU included.
+    pub async fn explain_timed_async(
+        &self,
+        image: &[u8],
+        class: Option<Class>,
+        clock: impl Fn() -> f64,
+    ) -> Result<Explanation> {
+        let mut timings = Timings::default();
+        let t0 = clock();
+        let (view, x) = self.view_and_input(image)?;
+        timings.preprocess_ms = clock() - t0;
+        let mut predictions = Vec::with_capacity(self.networks.len());
+        let mut activations = Vec::with_capacity(self.networks.len());
+        for (n, x) in self.networks.iter().zip(x.0) {
+            let t = clock();
+            let (p, a) = n.classify_keeping_activation_async(x).await?;
+            predictions.push(vec![p]);
+            activations.push(a);
+            timings.members.push(MemberTimings {
+                arch: n.header.arch.clone(),
+                inference_ms: clock() - t,
+                gradcam_ms: 0.0,
+            });
+        }
+        let prediction = mean_predictions(predictions).remove(0);
+        let class = class.unwrap_or(prediction.top);
+        let mut cams = Vec::with_capacity(self.networks.len());
+        for ((n, a), m) in self
+            .networks
+            .iter()
+            .zip(activations)
+            .zip(&mut timings.members)
+        {
+            let t = clock();
+            cams.push(gradcam::grad_cam_from_async(&n.model, a, class.index()).await?);
+            m.gradcam_ms = clock() - t;
+        }
+        let t = clock();
+        let cam = self.mean_cam(cams);
+        let combine_ms = clock() - t;
+        timings.inference_ms = timings.members.iter().map(|m| m.inference_ms).sum();
+        timings.gradcam_ms = timings.members.iter().map(|m| m.gradcam_ms).sum::<f64>() + combine_ms;
+        Ok(Explanation {
+            view,
+            prediction,
+            cam,
+            timings,
+        })
     }
 }
 

@@ -4,7 +4,9 @@
 // Contract for tests and embedders: `#image-input` (file input), `#result` with `data-top`,
 // `data-probabilities` (JSON) and `data-backend` once a result is shown, `#gradcam` (canvas,
 // with `data-class`, `data-width`, `data-height` and `data-map`: the raw Grad-CAM map as JSON),
-// `#error` for messages. Also `#result[data-timings]` (JSON, milliseconds) and, once a model is
+// `#error` for messages. Also `#result[data-timings]` (JSON, milliseconds: the library's own
+// end-to-end `total_ms` and its parts), `#result[data-wall-ms]` (from choosing the image, or the
+// class, to the result drawn, as the page measured it) and, once a model is
 // loaded, `body[data-model-ready]`, `body[data-backend]` and `body[data-ready-ms]` (time since
 // navigation). `#result[data-ood]` holds `{score, flagged}` as JSON (or `null` when the model has
 // no out-of-distribution statistics); `#ood-warning` is shown when the image is flagged.
@@ -43,6 +45,7 @@ function clearResult() {
   delete r.dataset.probabilities;
   delete r.dataset.backend;
   delete r.dataset.timings;
+  delete r.dataset.wallMs;
   delete r.dataset.ood;
   $("ood-warning").hidden = true;
   const c = $("gradcam");
@@ -92,7 +95,7 @@ async function loadModel(source, label) {
   }
 }
 
-async function analyse(cls) {
+async function analyse(cls, startedAt = performance.now()) {
   const mine = ++generation;
   clearError();
   if (!cls) clearResult();
@@ -102,7 +105,7 @@ async function analyse(cls) {
     const r = await client.explain(current.bytes, cls);
     if (mine !== generation) return;
     explanation = r;
-    show(r);
+    show(r, startedAt);
   } catch (e) {
     if (mine !== generation) return;
     clearResult();
@@ -112,14 +115,20 @@ async function analyse(cls) {
   }
 }
 
-function show(r) {
+/** "decode 12 ms · 5 networks 480 ms · Grad-CAM 30 ms · maps 8 ms · total 530 ms". */
+function timingText(t, wall) {
+  const ms = (v) => `${v.toFixed(0)} ms`;
+  const nets = t.members?.length > 1 ? `${t.members.length} networks` : "inference";
+  return `decode ${ms(t.preprocess_ms)} · ${nets} ${ms(t.inference_ms)} · Grad-CAM ${ms(t.gradcam_ms)}` +
+    (t.maps_ms != null ? ` · maps ${ms(t.maps_ms)}` : "") +
+    ` · total ${ms(t.total_ms)} (${ms(wall)} from choosing to this result)`;
+}
+
+function show(r, startedAt) {
   const result = $("result");
   renderBars($("bars"), r.probabilities, r.top);
   $("top-class").textContent = CLASS_LABELS[r.top];
   $("backend").textContent = r.backend;
-  const t = r.timings;
-  $("timings").textContent = `preprocessing ${t.preprocess_ms.toFixed(0)} ms · inference ${t.inference_ms.toFixed(0)} ms · ` +
-    `Grad-CAM ${t.gradcam_ms.toFixed(0)} ms`;
   $("cam-class").value = r.cam.class;
   $("cam-class-name").textContent = CLASS_LABELS[r.cam.class];
   const canvas = $("gradcam");
@@ -127,7 +136,7 @@ function show(r) {
   canvas.dataset.class = r.cam.class;
   canvas.dataset.width = r.cam.width;
   canvas.dataset.height = r.cam.height;
-  canvas.dataset.map = JSON.stringify(r.cam.values);
+  canvas.dataset.map = JSON.stringify(Array.from(r.cam.values));
   result.dataset.backend = r.backend;
   result.dataset.probabilities = JSON.stringify(r.probabilities);
   result.dataset.timings = JSON.stringify(r.timings);
@@ -137,16 +146,20 @@ function show(r) {
   warning.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
   result.dataset.top = r.top;
   result.hidden = false;
+  const wall = performance.now() - startedAt;
+  $("timings").textContent = timingText(r.timings, wall);
+  result.dataset.wallMs = wall.toFixed(1);
 }
 
 async function takeImage(file) {
   if (!file) return;
+  const startedAt = performance.now();
   const bytes = await file.arrayBuffer();
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   current = { bytes, name: file.name };
-  await analyse();
+  await analyse(undefined, startedAt);
 }
 
 async function init() {

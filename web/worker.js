@@ -110,7 +110,7 @@ self.onmessage = async (event) => {
     if (!(op in ops)) throw new Error(`unknown operation ${op}`);
     const result = await ops[op](args, id);
     const transfer = [];
-    if (result && result.view) transfer.push(result.view.buffer, result.heatmap.buffer);
+    if (result && result.view) transfer.push(result.view.buffer, result.heatmap.buffer, result.cam.values.buffer);
     post({ id, ok: true, result }, transfer);
   } catch (e) {
     post({ id, ok: false, error: messageOf(e) });

@@ -95,6 +95,8 @@ async function readResult(page) {
       oodWarning: warning.hidden ? null : warning.textContent,
       cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
       timings: document.getElementById("timings").textContent,
+      timingsJson: JSON.parse(r.dataset.timings),
+      wallMs: Number(r.dataset.wallMs),
     };
   });
 }
@@ -139,6 +141,27 @@ function compareCam(file, cam, tag) {
   return r;
 }
 
+/**
+ * The library's reported end-to-end time covers what the person waited for: within 20 % of the
+ * wall time the page measured from choosing the image to the result drawn, and the sum of its
+ * parts within its total.
+ */
+function checkTimings(got) {
+  const t = got.timingsJson;
+  for (const k of ["preprocess_ms", "inference_ms", "gradcam_ms", "maps_ms", "total_ms"]) {
+    check(Number.isFinite(t[k]) && t[k] >= 0, `timings.${k} = ${t[k]}`);
+  }
+  check(Array.isArray(t.members) && t.members.length >= 1, `timings.members: ${JSON.stringify(t.members)}`);
+  const members = t.members.reduce((s, m) => s + m.inference_ms, 0);
+  check(Math.abs(members - t.inference_ms) <= 1, `members' inference ${members} vs ${t.inference_ms}`);
+  const parts = t.preprocess_ms + t.inference_ms + t.gradcam_ms + t.maps_ms;
+  check(parts <= t.total_ms + 1, `parts ${parts} ms exceed the total ${t.total_ms} ms`);
+  const wall = got.wallMs;
+  check(Number.isFinite(wall) && wall > 0, `data-wall-ms = ${wall}`);
+  check(Math.abs(t.total_ms - wall) <= 0.2 * wall,
+    `reported total ${t.total_ms.toFixed(0)} ms vs ${wall.toFixed(0)} ms waited (more than 20 % apart)`);
+}
+
 async function visit(browser, backend) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 1500 } });
   const net = watchNetwork(context);
@@ -167,6 +190,7 @@ async function backendSuite(browser, backend) {
       check(got.cam.cls === got.top, `the first Grad-CAM explains ${got.cam.cls}, not the top class ${got.top}`);
       const r = compareCam(file, got.cam, `${backend}-${name}`);
       console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}; ${got.timings}`);
+      checkTimings(got);
     });
   }
   // DICOM decoding is the same Rust code on both backends: tested once, on the CPU backend.
