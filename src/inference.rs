@@ -78,7 +78,7 @@ impl Network {
 
     /// Loads a parsed and verified model file.
     pub fn from_file(file: ModelFile, device: Device) -> Result<Self> {
-        let model = file.load_classifier(&device)?;
+        let model = file.load_classifier(&device)?.fold_batchnorm();
         // A model exported with `--tta` asks for mirror averaging by default.
         let tta = file
             .header

@@ -86,6 +86,15 @@ impl Classifier {
         }
     }
 
+    /// The classifier for inference, with its batch norms folded into the convolutions before
+    /// them (see [`crate::arch::fold`]). Not for training: the batch norms are gone.
+    pub fn fold_batchnorm(self) -> Self {
+        Self {
+            backbone: self.backbone.fold_batchnorm(),
+            head: self.head,
+        }
+    }
+
     /// The Grad-CAM target activation.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         self.backbone.feature_map(x)

@@ -2,6 +2,7 @@
 //! bottleneck width 4). Grad-CAM: `features.norm5` followed by the ReLU the forward applies
 //! (2208x7x7).
 
+use super::fold::{self, opt_bn};
 use super::layers::{avg_pool, bn, conv, max_pool};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
@@ -55,7 +56,7 @@ pub struct DenseFeatures {
     /// 7x7 stem convolution.
     pub conv0: Conv2d,
     /// Stem batch norm.
-    pub norm0: BatchNorm,
+    pub norm0: Option<BatchNorm>,
     /// Stem max pooling.
     pub pool0: MaxPool2d,
     /// Dense block 1.
@@ -119,7 +120,7 @@ impl DenseNet {
         Self {
             features: DenseFeatures {
                 conv0: conv([3, INIT], 7, 2, 3, 1, false, d),
-                norm0: bn(INIT, EPS, d),
+                norm0: Some(bn(INIT, EPS, d)),
                 pool0: max_pool(3, 2, 1, false),
                 denseblock1,
                 transition1,
@@ -134,10 +135,19 @@ impl DenseNet {
         }
     }
 
+    /// The network with its stem batch norm folded into the stem convolution (inference). The
+    /// other batch norms come before a ReLU and a convolution (pre-activation) and cannot fold.
+    pub fn fold_batchnorm(mut self) -> Self {
+        let (conv0, norm0) = fold::conv_opt_bn(self.features.conv0, self.features.norm0);
+        self.features.conv0 = conv0;
+        self.features.norm0 = norm0;
+        self
+    }
+
     /// `relu(features(x))`.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
-        let mut x = f.pool0.forward(relu(f.norm0.forward(f.conv0.forward(x))));
+        let mut x = f.pool0.forward(relu(opt_bn(&f.norm0, f.conv0.forward(x))));
         let stages: [(&DenseBlock, Option<&Transition>); 4] = [
             (&f.denseblock1, Some(&f.transition1)),
             (&f.denseblock2, Some(&f.transition2)),

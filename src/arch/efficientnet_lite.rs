@@ -11,6 +11,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu6;
 
+use super::fold::{self, opt_bn};
+
 /// Width, depth and resolution of one EfficientNet-Lite variant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LiteScale {
@@ -78,12 +80,12 @@ pub struct MbConv {
     pub bn0: Option<BatchNorm>,
     /// Depthwise convolution.
     pub depthwise_conv: Conv2d,
-    /// Batch norm after the depthwise convolution.
-    pub bn1: BatchNorm,
+    /// Batch norm after the depthwise convolution (`None` once folded into it).
+    pub bn1: Option<BatchNorm>,
     /// 1x1 projection.
     pub project_conv: Conv2d,
-    /// Batch norm after the projection.
-    pub bn2: BatchNorm,
+    /// Batch norm after the projection (`None` once folded into it).
+    pub bn2: Option<BatchNorm>,
     /// Whether the block adds its input to its output.
     pub residual: bool,
 }
@@ -107,21 +109,46 @@ impl MbConv {
             expand_conv,
             bn0,
             depthwise_conv: conv(mid, mid, k, stride, mid, device),
-            bn1: bn(mid, device),
+            bn1: Some(bn(mid, device)),
             project_conv: conv(mid, cout, 1, 1, 1, device),
-            bn2: bn(cout, device),
+            bn2: Some(bn(cout, device)),
             residual: stride == 1 && cin == cout,
         }
     }
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
-        if let (Some(c), Some(b)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(b.forward(c.forward(x)));
+        if let Some(c) = &self.expand_conv {
+            x = relu6(opt_bn(&self.bn0, c.forward(x)));
         }
-        x = relu6(self.bn1.forward(self.depthwise_conv.forward(x)));
-        x = self.bn2.forward(self.project_conv.forward(x));
+        x = relu6(opt_bn(
+            &self.bn1,
+            super::depthwise::forward(&self.depthwise_conv, x),
+        ));
+        x = opt_bn(&self.bn2, self.project_conv.forward(x));
         if self.residual { x + input } else { x }
+    }
+
+    /// The block with each batch norm folded into its convolution.
+    fn fold_batchnorm(self) -> Self {
+        let (expand_conv, bn0) = match self.expand_conv {
+            Some(c) => {
+                let (c, b) = fold::conv_opt_bn(c, self.bn0);
+                (Some(c), b)
+            }
+            None => (None, self.bn0),
+        };
+        let (depthwise_conv, bn1) = fold::conv_opt_bn(self.depthwise_conv, self.bn1);
+        let (project_conv, bn2) = fold::conv_opt_bn(self.project_conv, self.bn2);
+        Self {
+            expand_conv,
+            bn0,
+            depthwise_conv,
+            bn1,
+            project_conv,
+            bn2,
+            residual: self.residual,
+        }
     }
 }
 
@@ -130,14 +157,14 @@ impl MbConv {
 pub struct EfficientNetLite {
     /// Stem convolution (3x3, stride 2).
     pub conv_stem: Conv2d,
-    /// Stem batch norm.
-    pub bn0: BatchNorm,
+    /// Stem batch norm (`None` once folded into the stem).
+    pub bn0: Option<BatchNorm>,
     /// The MBConv blocks, all stages in order.
     pub blocks: Vec<MbConv>,
     /// 1x1 head convolution to 1280 channels.
     pub conv_head: Conv2d,
-    /// Head batch norm.
-    pub bn1: BatchNorm,
+    /// Head batch norm (`None` once folded into the head convolution).
+    pub bn1: Option<BatchNorm>,
     /// ImageNet classifier (1280 → 1000), kept only to check a port against the reference.
     pub fc: Option<Linear>,
 }
@@ -164,10 +191,10 @@ impl EfficientNetLite {
         }
         Self {
             conv_stem: conv(3, STEM, 3, 2, 1, device),
-            bn0: bn(STEM, device),
+            bn0: Some(bn(STEM, device)),
             blocks,
             conv_head: conv(cin, HEAD, 1, 1, 1, device),
-            bn1: bn(HEAD, device),
+            bn1: Some(bn(HEAD, device)),
             fc: imagenet_head.then(|| LinearConfig::new(HEAD, 1000).init(device)),
         }
     }
@@ -181,7 +208,7 @@ impl EfficientNetLite {
 
     /// The stem and the first `n` blocks: the input of block `n` (partial fine-tuning caches it).
     pub fn input_of_block(&self, x: Tensor<4>, n: usize) -> Tensor<4> {
-        let mut x = relu6(self.bn0.forward(self.conv_stem.forward(x)));
+        let mut x = relu6(opt_bn(&self.bn0, self.conv_stem.forward(x)));
         for b in &self.blocks[..n] {
             x = b.forward(x);
         }
@@ -193,7 +220,25 @@ impl EfficientNetLite {
         for b in &self.blocks[n..] {
             x = b.forward(x);
         }
-        relu6(self.bn1.forward(self.conv_head.forward(x)))
+        relu6(opt_bn(&self.bn1, self.conv_head.forward(x)))
+    }
+
+    /// The backbone with every batch norm folded into the convolution before it (inference).
+    pub fn fold_batchnorm(self) -> Self {
+        let (conv_stem, bn0) = fold::conv_opt_bn(self.conv_stem, self.bn0);
+        let (conv_head, bn1) = fold::conv_opt_bn(self.conv_head, self.bn1);
+        Self {
+            conv_stem,
+            bn0,
+            blocks: self
+                .blocks
+                .into_iter()
+                .map(MbConv::fold_batchnorm)
+                .collect(),
+            conv_head,
+            bn1,
+            fc: self.fc,
+        }
     }
 
     /// ImageNet logits, when the backbone has its classifier.

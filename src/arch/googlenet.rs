@@ -4,6 +4,7 @@
 //! with), auxiliary classifiers absent (their tensors in the file are ignored). Grad-CAM:
 //! `inception5b` (1024x7x7).
 
+use super::fold::{self, opt_bn};
 use super::layers::{bn, conv, max_pool};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
@@ -18,21 +19,33 @@ const EPS: f64 = 1e-3;
 pub struct BasicConv2d {
     /// The convolution.
     pub conv: Conv2d,
-    /// Its batch norm.
-    pub bn: BatchNorm,
+    /// Its batch norm (`None` once folded).
+    pub bn: Option<BatchNorm>,
 }
 
 impl BasicConv2d {
     fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device) -> Self {
         Self {
             conv: conv([cin, cout], k, stride, pad, 1, false, d),
-            bn: bn(cout, EPS, d),
+            bn: Some(bn(cout, EPS, d)),
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(opt_bn(&self.bn, self.conv.forward(x)))
     }
+
+    fn fold_batchnorm(self) -> Self {
+        let (conv, bn) = fold::conv_opt_bn(self.conv, self.bn);
+        Self { conv, bn }
+    }
+}
+
+fn fold_all(layers: Vec<BasicConv2d>) -> Vec<BasicConv2d> {
+    layers
+        .into_iter()
+        .map(BasicConv2d::fold_batchnorm)
+        .collect()
 }
 
 fn chain(layers: &[BasicConv2d], x: Tensor<4>) -> Tensor<4> {
@@ -78,6 +91,16 @@ impl Inception {
             ],
             branch4: vec![BasicConv2d::new(cin, pp, 1, 1, 0, d)],
             pool: max_pool(3, 1, 1, true),
+        }
+    }
+
+    fn fold_batchnorm(self) -> Self {
+        Self {
+            branch1: self.branch1.fold_batchnorm(),
+            branch2: fold_all(self.branch2),
+            branch3: fold_all(self.branch3),
+            branch4: fold_all(self.branch4),
+            pool: self.pool,
         }
     }
 
@@ -130,6 +153,25 @@ pub struct GoogLeNet {
 }
 
 impl GoogLeNet {
+    /// The network with every batch norm folded into its convolution (inference).
+    pub fn fold_batchnorm(self) -> Self {
+        Self {
+            conv1: self.conv1.fold_batchnorm(),
+            conv2: self.conv2.fold_batchnorm(),
+            conv3: self.conv3.fold_batchnorm(),
+            inception3a: self.inception3a.fold_batchnorm(),
+            inception3b: self.inception3b.fold_batchnorm(),
+            inception4a: self.inception4a.fold_batchnorm(),
+            inception4b: self.inception4b.fold_batchnorm(),
+            inception4c: self.inception4c.fold_batchnorm(),
+            inception4d: self.inception4d.fold_batchnorm(),
+            inception4e: self.inception4e.fold_batchnorm(),
+            inception5a: self.inception5a.fold_batchnorm(),
+            inception5b: self.inception5b.fold_batchnorm(),
+            ..self
+        }
+    }
+
     /// A randomly initialised GoogLeNet.
     pub fn new(imagenet_head: bool, d: &Device) -> Self {
         let inc = |a, b, c, e, f, g, h| Inception::new(a, b, c, e, f, g, h, d);

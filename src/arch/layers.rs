@@ -48,13 +48,19 @@ pub enum Layer {
     Residual(Residual),
     /// SqueezeNet's `Fire` module.
     Fire(Fire),
+    /// The identity: where a batch norm was folded into the convolution before it.
+    Identity(Identity),
 }
+
+/// The identity layer (a folded batch norm's place in a sequence, see [`super::fold`]).
+#[derive(Module, Debug, Default)]
+pub struct Identity;
 
 impl Layer {
     /// Applies the layer.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
-            Layer::Conv(m) => m.forward(x),
+            Layer::Conv(m) => super::depthwise::forward(m, x),
             Layer::Bn(m) => m.forward(x),
             Layer::Linear(m) => m.forward(x),
             Layer::Relu(m) => m.forward(x),
@@ -67,6 +73,7 @@ impl Layer {
             Layer::Se(m) => m.forward(x),
             Layer::Residual(m) => m.forward(x),
             Layer::Fire(m) => m.forward(x),
+            Layer::Identity(_) => x,
         }
     }
 }

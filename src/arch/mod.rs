@@ -3,7 +3,9 @@
 //! of its published ImageNet weights, which layer Grad-CAM targets, and what input it expects.
 
 pub mod densenet;
+pub mod depthwise;
 pub mod efficientnet_lite;
+pub mod fold;
 pub mod googlenet;
 pub mod layers;
 pub mod resnet;
@@ -500,6 +502,19 @@ impl Backbone {
             Backbone::ResNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::DenseNet(m) => m.classifier.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::ShuffleNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
+        }
+    }
+
+    /// The backbone with every batch norm that directly follows a convolution folded into it
+    /// ([`fold`]): the same function with fewer element-wise passes, for inference only.
+    pub fn fold_batchnorm(self) -> Self {
+        match self {
+            Backbone::EfficientNetLite(m) => Backbone::EfficientNetLite(m.fold_batchnorm()),
+            Backbone::SeqNet(m) => Backbone::SeqNet(m.fold_batchnorm()),
+            Backbone::GoogLeNet(m) => Backbone::GoogLeNet(m.fold_batchnorm()),
+            Backbone::ResNet(m) => Backbone::ResNet(m.fold_batchnorm()),
+            Backbone::DenseNet(m) => Backbone::DenseNet(m.fold_batchnorm()),
+            Backbone::ShuffleNet(m) => Backbone::ShuffleNet(m.fold_batchnorm()),
         }
     }
 

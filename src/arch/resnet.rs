@@ -2,6 +2,7 @@
 //! the 3x3 convolution, "ResNet v1.5"). Grad-CAM: `layer4`, the output of the last bottleneck
 //! (2048x7x7).
 
+use super::fold::{self, opt_bn};
 use super::layers::{Layer, bn, conv, max_pool, seq};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
@@ -26,16 +27,16 @@ pub struct ResNetShape {
 pub struct Bottleneck {
     /// 1x1 reduction.
     pub conv1: Conv2d,
-    /// Batch norm after `conv1`.
-    pub bn1: BatchNorm,
+    /// Batch norm after `conv1` (`None` once folded).
+    pub bn1: Option<BatchNorm>,
     /// 3x3 convolution.
     pub conv2: Conv2d,
-    /// Batch norm after `conv2`.
-    pub bn2: BatchNorm,
+    /// Batch norm after `conv2` (`None` once folded).
+    pub bn2: Option<BatchNorm>,
     /// 1x1 expansion.
     pub conv3: Conv2d,
-    /// Batch norm after `conv3`.
-    pub bn3: BatchNorm,
+    /// Batch norm after `conv3` (`None` once folded).
+    pub bn3: Option<BatchNorm>,
     /// Projection shortcut (1x1 conv + BN), empty for the identity.
     pub downsample: Vec<Layer>,
 }
@@ -47,10 +48,25 @@ impl Bottleneck {
         } else {
             seq(&self.downsample, x.clone())
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let y = relu(self.bn2.forward(self.conv2.forward(y)));
-        let y = self.bn3.forward(self.conv3.forward(y));
+        let y = relu(opt_bn(&self.bn1, self.conv1.forward(x)));
+        let y = relu(opt_bn(&self.bn2, self.conv2.forward(y)));
+        let y = opt_bn(&self.bn3, self.conv3.forward(y));
         relu(y + identity)
+    }
+
+    fn fold_batchnorm(self) -> Self {
+        let (conv1, bn1) = fold::conv_opt_bn(self.conv1, self.bn1);
+        let (conv2, bn2) = fold::conv_opt_bn(self.conv2, self.bn2);
+        let (conv3, bn3) = fold::conv_opt_bn(self.conv3, self.bn3);
+        Self {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            conv3,
+            bn3,
+            downsample: fold::layers(self.downsample),
+        }
     }
 }
 
@@ -59,8 +75,8 @@ impl Bottleneck {
 pub struct ResNet {
     /// 7x7 stem convolution, stride 2.
     pub conv1: Conv2d,
-    /// Stem batch norm.
-    pub bn1: BatchNorm,
+    /// Stem batch norm (`None` once folded).
+    pub bn1: Option<BatchNorm>,
     /// 3x3 max pooling, stride 2.
     pub maxpool: MaxPool2d,
     /// Stage 1 (3 blocks).
@@ -94,11 +110,11 @@ impl ResNet {
                     };
                     let b = Bottleneck {
                         conv1: conv([inplanes, width], 1, 1, 0, 1, false, d),
-                        bn1: bn(width, EPS, d),
+                        bn1: Some(bn(width, EPS, d)),
                         conv2: conv([width, width], 3, s, 1, shape.groups, false, d),
-                        bn2: bn(width, EPS, d),
+                        bn2: Some(bn(width, EPS, d)),
                         conv3: conv([width, planes * 4], 1, 1, 0, 1, false, d),
-                        bn3: bn(planes * 4, EPS, d),
+                        bn3: Some(bn(planes * 4, EPS, d)),
                         downsample,
                     };
                     inplanes = planes * 4;
@@ -112,7 +128,7 @@ impl ResNet {
         let layer4 = stage(512, 3, 2);
         Self {
             conv1: conv([3, 64], 7, 2, 3, 1, false, d),
-            bn1: bn(64, EPS, d),
+            bn1: Some(bn(64, EPS, d)),
             maxpool: max_pool(3, 2, 1, false),
             layer1,
             layer2,
@@ -126,7 +142,7 @@ impl ResNet {
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self
             .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+            .forward(relu(opt_bn(&self.bn1, self.conv1.forward(x))));
         for b in self
             .layer1
             .iter()
@@ -137,5 +153,21 @@ impl ResNet {
             x = b.forward(x);
         }
         x
+    }
+
+    /// The network with every batch norm folded into the convolution before it (inference).
+    pub fn fold_batchnorm(self) -> Self {
+        let (conv1, bn1) = fold::conv_opt_bn(self.conv1, self.bn1);
+        let stage = |s: Vec<Bottleneck>| s.into_iter().map(Bottleneck::fold_batchnorm).collect();
+        Self {
+            conv1,
+            bn1,
+            maxpool: self.maxpool,
+            layer1: stage(self.layer1),
+            layer2: stage(self.layer2),
+            layer3: stage(self.layer3),
+            layer4: stage(self.layer4),
+            fc: self.fc,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! AlexNet, VGG-16, SqueezeNet 1.0, MobileNetV2, MobileNetV3-Large and MNASNet 1.0, each built
 //! exactly as torchvision defines it (same layers, same indices, same hyper-parameters).
 
+use super::fold;
 use super::layers::{
     Act, Fire, Layer, Residual, SqueezeExcitation, conv, conv_norm_act, dropout, linear,
     make_divisible, max_pool, seq,
@@ -69,7 +70,20 @@ impl SeqNet {
         Some(y.flatten(1, 3))
     }
 
-    /// Drops the ImageNet classifier.
+    /// The network with every batch norm that directly follows a convolution folded into it
+    /// (inference).
+    pub fn fold_batchnorm(mut self) -> Self {
+        // The two sides of the Grad-CAM split fold apart: a batch norm right after the split
+        // belongs to what the head reads, not to the Grad-CAM target.
+        let after = self.features.split_off(self.cam_split);
+        let mut features = fold::layers(std::mem::take(&mut self.features));
+        features.extend(fold::layers(after));
+        self.features = features;
+        self.classifier = fold::layers(self.classifier);
+        self
+    }
+
+    /// Drops the ImageNet classifier (keeps the layers up to the one the paper replaces).
     pub fn without_imagenet_head(mut self) -> Self {
         self.classifier.truncate(self.tail);
         self

@@ -1,6 +1,7 @@
 //! ShuffleNetV2 x1.0 as torchvision defines it. Grad-CAM: `conv5`, the last 1x1 conv + BN + ReLU
 //! (1024x7x7).
 
+use super::fold;
 use super::layers::{Layer, bn, conv, max_pool, seq};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{Linear, Relu};
@@ -44,6 +45,14 @@ impl ShuffleUnit {
                 Layer::Relu(Relu),
             ],
             stride,
+        }
+    }
+
+    fn fold_batchnorm(self) -> Self {
+        Self {
+            branch1: fold::layers(self.branch1),
+            branch2: fold::layers(self.branch2),
+            stride: self.stride,
         }
     }
 
@@ -120,6 +129,20 @@ impl ShuffleNetV2 {
                 Layer::Relu(Relu),
             ],
             fc: imagenet_head.then(|| super::layers::linear(1024, 1000, d)),
+        }
+    }
+
+    /// The network with every batch norm folded into the convolution before it (inference).
+    pub fn fold_batchnorm(self) -> Self {
+        let stage = |s: Vec<ShuffleUnit>| s.into_iter().map(ShuffleUnit::fold_batchnorm).collect();
+        Self {
+            conv1: fold::layers(self.conv1),
+            maxpool: self.maxpool,
+            stage2: stage(self.stage2),
+            stage3: stage(self.stage3),
+            stage4: stage(self.stage4),
+            conv5: fold::layers(self.conv5),
+            fc: self.fc,
         }
     }
 

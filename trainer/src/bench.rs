@@ -45,10 +45,17 @@ pub struct BenchResult {
     pub batch: usize,
     /// Input side.
     pub size: usize,
-    /// Burn Flex inference, images per second.
+    /// Burn inference with the batch norms as trained, images per second.
     pub burn_inference_img_s: f64,
-    /// Burn Flex training step (forward, backward, Adam), images per second.
+    /// Burn inference with the batch norms folded into the convolutions (what `predict` and
+    /// the page run), images per second.
+    pub burn_inference_folded_img_s: f64,
+    /// Burn training step (forward, backward, Adam), images per second.
     pub burn_train_img_s: f64,
+    /// The same training step with depthwise convolutions through Burn's grouped
+    /// convolution and its per-channel backward (the path before the shifted-slice layer);
+    /// `None` for architectures without depthwise convolutions.
+    pub burn_train_grouped_img_s: Option<f64>,
     /// PyTorch reference (as printed by the script), if run.
     pub pytorch: Option<serde_json::Value>,
     /// Frozen protocol: seconds to extract features once and train the head for all epochs.
@@ -81,6 +88,11 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
         let _: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
     });
     let burn_inference_img_s = (o.batch * o.iters) as f64 / t_inf;
+    let folded = model.clone().fold_batchnorm();
+    let t_fold = time_it(o.iters, || {
+        let _: Vec<f32> = folded.forward(x.clone()).into_data().try_to_vec().unwrap();
+    });
+    let burn_inference_folded_img_s = (o.batch * o.iters) as f64 / t_fold;
 
     let ad = device.clone().autodiff();
     let mut trainable = Classifier::new(&spec, &ad);
@@ -94,12 +106,21 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
         ),
         &ad,
     );
-    let t_train = time_it(o.iters, || {
+    let mut train_step = || {
         let l = loss_fn.forward(trainable.forward(xa.clone()), y.clone());
         let g = GradientsParams::from_grads(l.backward(), &trainable);
         trainable = optim.step(1e-4, trainable.clone(), g);
-    });
+    };
+    let t_train = time_it(o.iters, &mut train_step);
     let burn_train_img_s = (o.batch * o.iters) as f64 / t_train;
+    let burn_train_grouped_img_s = if has_depthwise(&model) {
+        arch::depthwise::use_burn_grouped_backward(true);
+        let t = time_it(o.iters, &mut train_step);
+        arch::depthwise::use_burn_grouped_backward(false);
+        Some((o.batch * o.iters) as f64 / t)
+    } else {
+        None
+    };
 
     // Frozen protocol: one head epoch over `images` cached feature vectors (batch 100).
     let mut head = Head::new(&spec, &ad);
@@ -141,7 +162,9 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
         batch: o.batch,
         size: s,
         burn_inference_img_s,
+        burn_inference_folded_img_s,
         burn_train_img_s,
+        burn_train_grouped_img_s,
         pytorch,
         frozen_cached_s,
         frozen_recomputed_s,
@@ -150,6 +173,23 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
             .unwrap_or(1),
         device: o.device.clone(),
     })
+}
+
+/// Whether `model` has a depthwise convolution: a weight of shape `[c, 1, k, k]` with `c > 1`
+/// and `k > 1` (no network here has a one-channel input, so only depthwise layers have it).
+fn has_depthwise(model: &Classifier) -> bool {
+    struct Find(bool);
+    impl burn::module::ModuleVisitor for Find {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let dims = param.lazy_shape();
+            if D == 4 && dims[0] > 1 && dims[1] == 1 && dims[2] > 1 {
+                self.0 = true;
+            }
+        }
+    }
+    let mut f = Find(false);
+    model.visit(&mut f);
+    f.0
 }
 
 fn torch_reference(
@@ -220,10 +260,24 @@ pub fn table(r: &BenchResult) -> String {
     );
     s += &format!(
         "{:<34}{:>14.1}{:>14}\n",
+        "inference, batch norm folded",
+        r.burn_inference_folded_img_s,
+        py("inference_img_s")
+    );
+    s += &format!(
+        "{:<34}{:>14.1}{:>14}\n",
         "training step (img/s)",
         r.burn_train_img_s,
         py("train_img_s")
     );
+    if let Some(g) = r.burn_train_grouped_img_s {
+        s += &format!(
+            "{:<34}{:>14.1}{:>14}\n",
+            "training, Burn's grouped backward",
+            g,
+            py("train_img_s")
+        );
+    }
     s += &format!(
         "frozen protocol, Burn: features cached {:.0} s vs recomputed every epoch {:.0} s ({:.1}x faster)\n",
         r.frozen_cached_s,

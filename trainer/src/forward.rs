@@ -35,6 +35,15 @@ pub struct CamRequest<'a> {
     pub class: Option<usize>,
 }
 
+/// Whether `forward` folds the batch norms into the convolutions before running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNorm {
+    /// As loaded (as in training).
+    Kept,
+    /// Folded (as in inference).
+    Folded,
+}
+
 /// Runs the backbone (with its ImageNet head when the weights carry one) on `input` (a `.npy`
 /// tensor or an image) and writes the logits to `out`, and optionally the Grad-CAM map of the
 /// first image. Returns the output shape.
@@ -44,6 +53,7 @@ pub fn run(
     input: &Path,
     out: &Path,
     cam: Option<CamRequest>,
+    batch_norm: BatchNorm,
     device: &Device,
 ) -> Result<Vec<usize>> {
     let spec = arch::find(arch_name)?;
@@ -64,6 +74,10 @@ pub fn run(
             weights::load_backbone(&spec, weights_path, false, device)?.backbone,
             false,
         ),
+    };
+    let backbone = match batch_norm {
+        BatchNorm::Kept => backbone,
+        BatchNorm::Folded => backbone.fold_batchnorm(),
     };
     let map = backbone.feature_map(x);
     if let Some(req) = cam {

@@ -225,6 +225,9 @@ enum Command {
         /// ImageNet class the Grad-CAM map explains (default: the top-1 class).
         #[arg(long, requires = "cam_out")]
         cam_class: Option<usize>,
+        /// Fold every batch norm into the convolution before it first, as inference does.
+        #[arg(long)]
+        fold_batchnorm: bool,
     },
 }
 
@@ -644,12 +647,18 @@ fn run(cli: Cli) -> Result<()> {
             out,
             cam_out,
             cam_class,
+            fold_batchnorm,
         } => {
             let cam = cam_out.as_deref().map(|p| forward::CamRequest {
                 out: p,
                 class: cam_class,
             });
-            let dims = forward::run(&arch, &weights, &input, &out, cam, &Device::flex())?;
+            let fold = if fold_batchnorm {
+                forward::BatchNorm::Folded
+            } else {
+                forward::BatchNorm::Kept
+            };
+            let dims = forward::run(&arch, &weights, &input, &out, cam, fold, &Device::flex())?;
             println!("wrote {} {:?}", out.display(), dims);
         }
     }

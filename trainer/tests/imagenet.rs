@@ -14,12 +14,23 @@ fn read_npy(path: &std::path::Path) -> Vec<f32> {
 
 /// Logits of `pneumoscope forward` with the shared Lite0 weights on one input.
 fn forward(shared: &std::path::Path, dir: &std::path::Path, input: &std::path::Path) -> Vec<f32> {
+    forward_with(shared, dir, input, &[])
+}
+
+/// [`forward`] with more arguments.
+fn forward_with(
+    shared: &std::path::Path,
+    dir: &std::path::Path,
+    input: &std::path::Path,
+    extra: &[&str],
+) -> Vec<f32> {
     let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
     let out = dir.join(format!(
-        "{}.npy",
-        input.file_stem().unwrap().to_string_lossy()
+        "{}{}.npy",
+        input.file_stem().unwrap().to_string_lossy(),
+        extra.join("")
     ));
-    ok(&[
+    let mut args = vec![
         "forward",
         "--arch",
         "efficientnet_lite0",
@@ -29,8 +40,51 @@ fn forward(shared: &std::path::Path, dir: &std::path::Path, input: &std::path::P
         input.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    ok(&args);
     read_npy(&out)
+}
+
+/// Batch norms folded into the convolutions (how inference loads a model) give the logits of
+/// the network as published, within 1e-4 of the largest logit, and the same Grad-CAM map.
+#[test]
+fn folded_batch_norms_keep_logits_and_grad_cam() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["chelsea", "coffee"] {
+        let input = shared.join(format!("fixtures/imagenet/{name}_input.npy"));
+        let (cam, cam_folded) = (dir.path().join("cam.npy"), dir.path().join("cam_f.npy"));
+        let kept = forward_with(
+            &shared,
+            dir.path(),
+            &input,
+            &["--cam-out", cam.to_str().unwrap()],
+        );
+        let folded = forward_with(
+            &shared,
+            dir.path(),
+            &input,
+            &[
+                "--fold-batchnorm",
+                "--cam-out",
+                cam_folded.to_str().unwrap(),
+            ],
+        );
+        let scale = kept.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let diff = kept
+            .iter()
+            .zip(&folded)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let r = correlation(&read_npy(&cam), &read_npy(&cam_folded));
+        eprintln!(
+            "{name}: folded max |Δlogit| {:.2e} of max |logit|, Grad-CAM r = {r:.6}",
+            diff / scale
+        );
+        assert!(diff <= 1e-4 * scale, "{name}: {diff} of {scale}");
+        assert!(r >= 0.999, "{name}: Grad-CAM correlation {r}");
+    }
 }
 
 #[test]

@@ -83,21 +83,54 @@ fn check(arch: &str) {
     let out = tempfile::tempdir().unwrap();
     let logits_out = out.path().join("logits.npy");
     let cam_out = out.path().join("cam.npy");
-    ok(&[
-        "forward",
-        "--arch",
-        arch,
-        "--weights",
-        weights.to_str().unwrap(),
-        "--input",
-        dir.join(format!("{arch}_input.npy")).to_str().unwrap(),
-        "--out",
-        logits_out.to_str().unwrap(),
-        "--cam-out",
-        cam_out.to_str().unwrap(),
-        "--cam-class",
-        &class.to_string(),
-    ]);
+    let run = |logits_out: &Path, cam_out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "forward",
+            "--arch",
+            arch,
+            "--weights",
+            weights.to_str().unwrap(),
+        ];
+        let input = dir.join(format!("{arch}_input.npy"));
+        let class = class.to_string();
+        args.extend([
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            logits_out.to_str().unwrap(),
+            "--cam-out",
+            cam_out.to_str().unwrap(),
+            "--cam-class",
+            &class,
+        ]);
+        args.extend(extra);
+        ok(&args);
+    };
+    // Batch norms folded into the convolutions (inference) against the same network as loaded.
+    let (folded_logits, folded_cam) = (out.path().join("f.npy"), out.path().join("fc.npy"));
+    run(&folded_logits, &folded_cam, &["--fold-batchnorm"]);
+    run(&logits_out, &cam_out, &[]);
+    let (_, kept) = read_npy(&logits_out);
+    let (_, folded) = read_npy(&folded_logits);
+    let kept_scale = kept.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    let fold_diff = kept
+        .iter()
+        .zip(&folded)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let r_fold = correlation(&read_npy(&cam_out).1, &read_npy(&folded_cam).1);
+    eprintln!(
+        "{arch}: batch norm folded: max |Δlogit| {:.2e} of max |logit|, Grad-CAM r = {r_fold:.6}",
+        fold_diff / kept_scale
+    );
+    assert!(
+        fold_diff <= 1e-4 * kept_scale,
+        "{arch}: folding the batch norms moved the logits by {fold_diff} (max {kept_scale})"
+    );
+    assert!(
+        r_fold >= 0.999,
+        "{arch}: Grad-CAM after folding correlates at {r_fold}"
+    );
     let (_, got) = read_npy(&logits_out);
     let (_, want) = read_npy(&dir.join(format!("{arch}_logits.npy")));
     assert_eq!(got.len(), 1000, "{arch}: ImageNet logits expected");
