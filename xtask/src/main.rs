@@ -171,7 +171,7 @@ fn test() -> Result<()> {
     web::ensure_tools()?;
     let shared = shared()?;
     // torch, torchvision and pytorch-grad-cam: the parity fixtures of the torchvision ports.
-    let python = venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())?;
+    let python = venv()?;
     std::fs::create_dir_all(target_dir())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     let clippy = ["clippy", "--release", "--all-targets"];
@@ -216,7 +216,7 @@ fn e2e() -> Result<()> {
     ensure_system()?;
     web::ensure_tools()?;
     let shared = shared()?;
-    let python = venv(&PY_TESTS)?;
+    let python = venv()?;
     run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
     let (passed, failed) = browser_tests(&shared, &python)?;
     println!("tests: {passed} passed, {failed} failed");
@@ -331,51 +331,35 @@ fn serve(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Python packages of the test-only environment: (module to import, pip name).
-const PY_TESTS: [(&str, &str); 3] = [
-    ("numpy", "numpy"),
-    ("PIL", "pillow"),
-    ("pydicom", "pydicom"),
-];
-/// ... and those the PyTorch references add (speed, and the parity fixtures of the
-/// torchvision ports).
-const PY_BENCH: [(&str, &str); 5] = [
-    ("torch", "torch"),
-    ("timm", "timm"),
-    ("torchvision", "torchvision"),
-    ("safetensors", "safetensors"),
-    ("pytorch_grad_cam", "grad-cam"),
-];
+/// The pinned requirements of the test-only Python environment.
+const REQUIREMENTS: &str = "tests/requirements.txt";
 
-/// The test-only Python environment under `~/.cache/pneumoscope/venv`, with `packages`
-/// installed (only the missing ones are fetched); returns its interpreter.
-fn venv(packages: &[(&str, &str)]) -> Result<PathBuf> {
+/// The test-only Python environment under `~/.cache/pneumoscope/venv`, with exactly the
+/// versions of `tests/requirements.txt` (reinstalled whenever that file changes, so a figure
+/// measured today can be measured again); returns its interpreter.
+fn venv() -> Result<PathBuf> {
     let dir = cache_dir().join("venv");
     let py = dir.join("bin/python");
+    let requirements = root().join(REQUIREMENTS);
+    let wanted = std::fs::read(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let stamp = dir.join(".requirements.sha256");
+    let key = web::hex_sha256(&wanted);
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && py.exists() {
+        return Ok(py);
+    }
     if !py.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     }
-    let missing: Vec<&str> = packages
-        .iter()
-        .filter(|(module, _)| {
-            !Command::new(&py)
-                .args(["-c", &format!("import {module}")])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|(_, pip)| *pip)
-        .collect();
-    if !missing.is_empty() {
-        run(Command::new(dir.join("bin/pip"))
-            .args(["install", "-q"])
-            .args(&missing))?;
-    }
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, key)?;
     Ok(py)
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    let py = venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())?;
+    let py = venv()?;
     run(cargo().args(["build", "--release", "-p", "pneumoscope-trainer"]))?;
     run(Command::new(target_dir().join("release/pneumoscope"))
         .arg("bench")
@@ -386,11 +370,12 @@ fn bench(args: &[String]) -> Result<()> {
 
 /// `bench-web [--runs N]`: in-browser latency of the page (both backends) next to
 /// onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model, which is what the
-/// ONNX reference holds), in one headless chromium run.
+/// ONNX reference holds), and the default model's choose → result time, in one headless
+/// chromium run.
 fn bench_web(args: &[String]) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
-    let py = venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())?;
+    let py = venv()?;
     let pkg = web::build_pkg()?;
     let onnx = cache_dir().join("bench/efficientnet_lite0.onnx");
     if !onnx.is_file() {
@@ -420,6 +405,8 @@ fn bench_web(args: &[String]) -> Result<()> {
         .arg(&pkg)
         .arg("--model")
         .arg(shipped_model_of("efficientnet_lite0")?)
+        .arg("--default-model")
+        .arg(default_model()?)
         .arg("--out")
         .arg(&out)
         .args(args)
@@ -439,8 +426,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         Some("test") => test(),
         Some("e2e") => e2e(),
         Some("serve") => serve(&args[1..]),
-        Some("venv") => venv(&[PY_TESTS.as_slice(), PY_BENCH.as_slice()].concat())
-            .map(|p| println!("{}", p.display())),
+        Some("venv") => venv().map(|p| println!("{}", p.display())),
         Some("bench") => bench(&args[1..]),
         Some("bench-web") => bench_web(&args[1..]),
         _ => {
