@@ -119,13 +119,13 @@ impl MbConv {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let Some(c) = &self.expand_conv {
-            x = relu6(opt_bn(&self.bn0, c.forward(x)));
+            x = relu6(opt_bn(&self.bn0, super::conv::forward(c, x)));
         }
         x = relu6(opt_bn(
             &self.bn1,
-            super::depthwise::forward(&self.depthwise_conv, x),
+            super::conv::forward(&self.depthwise_conv, x),
         ));
-        x = opt_bn(&self.bn2, self.project_conv.forward(x));
+        x = opt_bn(&self.bn2, super::conv::forward(&self.project_conv, x));
         if self.residual { x + input } else { x }
     }
 
@@ -220,7 +220,7 @@ impl EfficientNetLite {
         for b in &self.blocks[n..] {
             x = b.forward(x);
         }
-        relu6(opt_bn(&self.bn1, self.conv_head.forward(x)))
+        relu6(opt_bn(&self.bn1, super::conv::forward(&self.conv_head, x)))
     }
 
     /// The backbone with every batch norm folded into the convolution before it (inference).

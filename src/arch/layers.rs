@@ -60,7 +60,7 @@ impl Layer {
     /// Applies the layer.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
-            Layer::Conv(m) => super::depthwise::forward(m, x),
+            Layer::Conv(m) => super::conv::forward(m, x),
             Layer::Bn(m) => m.forward(x),
             Layer::Linear(m) => m.forward(x),
             Layer::Relu(m) => m.forward(x),

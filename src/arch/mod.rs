@@ -2,8 +2,8 @@
 //! and by the browser library. An entry says how to build the backbone, how to rename the keys
 //! of its published ImageNet weights, which layer Grad-CAM targets, and what input it expects.
 
+pub mod conv;
 pub mod densenet;
-pub mod depthwise;
 pub mod efficientnet_lite;
 pub mod fold;
 pub mod googlenet;

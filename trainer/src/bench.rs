@@ -52,10 +52,10 @@ pub struct BenchResult {
     pub burn_inference_folded_img_s: f64,
     /// Burn training step (forward, backward, Adam), images per second.
     pub burn_train_img_s: f64,
-    /// The same training step with depthwise convolutions through Burn's grouped
-    /// convolution and its per-channel backward (the path before the shifted-slice layer);
-    /// `None` for architectures without depthwise convolutions.
-    pub burn_train_grouped_img_s: Option<f64>,
+    /// The same training step with every convolution through Burn's own convolution and its
+    /// backward (before `pneumoscope::arch::conv`: a depthwise layer's per-channel loop, 1x1
+    /// convolutions through the generic convolution backward).
+    pub burn_train_burn_conv_img_s: f64,
     /// PyTorch reference (as printed by the script), if run.
     pub pytorch: Option<serde_json::Value>,
     /// Frozen protocol: seconds to extract features once and train the head for all epochs.
@@ -113,14 +113,10 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
     };
     let t_train = time_it(o.iters, &mut train_step);
     let burn_train_img_s = (o.batch * o.iters) as f64 / t_train;
-    let burn_train_grouped_img_s = if has_depthwise(&model) {
-        arch::depthwise::use_burn_grouped_backward(true);
-        let t = time_it(o.iters, &mut train_step);
-        arch::depthwise::use_burn_grouped_backward(false);
-        Some((o.batch * o.iters) as f64 / t)
-    } else {
-        None
-    };
+    arch::conv::use_burn_convolutions(true);
+    let t_burn_conv = time_it(o.iters, &mut train_step);
+    arch::conv::use_burn_convolutions(false);
+    let burn_train_burn_conv_img_s = (o.batch * o.iters) as f64 / t_burn_conv;
 
     // Frozen protocol: one head epoch over `images` cached feature vectors (batch 100).
     let mut head = Head::new(&spec, &ad);
@@ -164,7 +160,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
         burn_inference_img_s,
         burn_inference_folded_img_s,
         burn_train_img_s,
-        burn_train_grouped_img_s,
+        burn_train_burn_conv_img_s,
         pytorch,
         frozen_cached_s,
         frozen_recomputed_s,
@@ -173,23 +169,6 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
             .unwrap_or(1),
         device: o.device.clone(),
     })
-}
-
-/// Whether `model` has a depthwise convolution: a weight of shape `[c, 1, k, k]` with `c > 1`
-/// and `k > 1` (no network here has a one-channel input, so only depthwise layers have it).
-fn has_depthwise(model: &Classifier) -> bool {
-    struct Find(bool);
-    impl burn::module::ModuleVisitor for Find {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            let dims = param.lazy_shape();
-            if D == 4 && dims[0] > 1 && dims[1] == 1 && dims[2] > 1 {
-                self.0 = true;
-            }
-        }
-    }
-    let mut f = Find(false);
-    model.visit(&mut f);
-    f.0
 }
 
 fn torch_reference(
@@ -270,14 +249,12 @@ pub fn table(r: &BenchResult) -> String {
         r.burn_train_img_s,
         py("train_img_s")
     );
-    if let Some(g) = r.burn_train_grouped_img_s {
-        s += &format!(
-            "{:<34}{:>14.1}{:>14}\n",
-            "training, Burn's grouped backward",
-            g,
-            py("train_img_s")
-        );
-    }
+    s += &format!(
+        "{:<34}{:>14.1}{:>14}\n",
+        "training, Burn's own convolutions",
+        r.burn_train_burn_conv_img_s,
+        py("train_img_s")
+    );
     s += &format!(
         "frozen protocol, Burn: features cached {:.0} s vs recomputed every epoch {:.0} s ({:.1}x faster)\n",
         r.frozen_cached_s,
