@@ -14,21 +14,22 @@ fn read_npy(path: &std::path::Path) -> Vec<f32> {
 
 /// Logits of `pneumoscope forward` with the shared Lite0 weights on one input.
 fn forward(shared: &std::path::Path, dir: &std::path::Path, input: &std::path::Path) -> Vec<f32> {
-    forward_with(shared, dir, input, &[])
+    forward_with(shared, dir, input, "", &[])
 }
 
-/// [`forward`] with more arguments.
+/// [`forward`] with more arguments; `tag` names the output file apart.
 fn forward_with(
     shared: &std::path::Path,
     dir: &std::path::Path,
     input: &std::path::Path,
+    tag: &str,
     extra: &[&str],
 ) -> Vec<f32> {
     let weights = shared.join("weights/efficientnet-lite0-57934424.pth");
     let out = dir.join(format!(
         "{}{}.npy",
         input.file_stem().unwrap().to_string_lossy(),
-        extra.join("")
+        tag
     ));
     let mut args = vec![
         "forward",
@@ -59,12 +60,14 @@ fn folded_batch_norms_keep_logits_and_grad_cam() {
             &shared,
             dir.path(),
             &input,
+            "-kept",
             &["--cam-out", cam.to_str().unwrap()],
         );
         let folded = forward_with(
             &shared,
             dir.path(),
             &input,
+            "-folded",
             &[
                 "--fold-batchnorm",
                 "--cam-out",

@@ -189,7 +189,7 @@ fn test() -> Result<()> {
     // Native: unit, CLI and integration tests on the real data.
     add(run_counting(
         cargo()
-            .args(["test", "--workspace", "--release"])
+            .args(["test", "--workspace", "--release", "--no-fail-fast"])
             .env("PNEUMOSCOPE_SHARED", &shared)
             .env("PNEUMOSCOPE_PYTHON", &python),
     )?);
