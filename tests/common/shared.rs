@@ -99,6 +99,20 @@ pub fn default_model() -> PathBuf {
     dir.join(index["default"].as_str().unwrap())
 }
 
+/// The largest absolute value of a series.
+pub fn max_abs(v: &[f32]) -> f32 {
+    v.iter().map(|x| x.abs()).fold(0f32, f32::max)
+}
+
+/// The largest absolute difference of two equally long series.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "series of different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Pearson correlation of two maps (or any two equally long series).
 pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;

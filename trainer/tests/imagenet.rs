@@ -74,12 +74,7 @@ fn folded_batch_norms_keep_logits_and_grad_cam() {
                 cam_folded.to_str().unwrap(),
             ],
         );
-        let scale = kept.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        let diff = kept
-            .iter()
-            .zip(&folded)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let (scale, diff) = (max_abs(&kept), max_abs_diff(&kept, &folded));
         let r = correlation(&read_npy(&cam), &read_npy(&cam_folded));
         eprintln!(
             "{name}: folded max |Δlogit| {:.2e} of max |logit|, Grad-CAM r = {r:.6}",

@@ -112,12 +112,7 @@ fn check(arch: &str) {
     run(&logits_out, &cam_out, &[]);
     let (_, kept) = read_npy(&logits_out);
     let (_, folded) = read_npy(&folded_logits);
-    let kept_scale = kept.iter().map(|v| v.abs()).fold(0f32, f32::max);
-    let fold_diff = kept
-        .iter()
-        .zip(&folded)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let (kept_scale, fold_diff) = (max_abs(&kept), max_abs_diff(&kept, &folded));
     let r_fold = correlation(&read_npy(&cam_out).1, &read_npy(&folded_cam).1);
     eprintln!(
         "{arch}: batch norm folded: max |Δlogit| {:.2e} of max |logit|, Grad-CAM r = {r_fold:.6}",
@@ -134,12 +129,7 @@ fn check(arch: &str) {
     let (_, got) = read_npy(&logits_out);
     let (_, want) = read_npy(&dir.join(format!("{arch}_logits.npy")));
     assert_eq!(got.len(), 1000, "{arch}: ImageNet logits expected");
-    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
-    let diff = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let (scale, diff) = (max_abs(&want), max_abs_diff(&got, &want));
 
     let (shape, cam) = read_npy(&cam_out);
     let (want_shape, want_cam) = read_npy(&dir.join(format!("{arch}_cam.npy")));

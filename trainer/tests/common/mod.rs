@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 #[path = "../../../tests/common/shared.rs"]
 mod shared_dir;
 pub use shared_dir::{
-    correlation, default_model, manifest_dir, run_script, shared, sorted_files, test_python,
-    workspace_dir,
+    correlation, default_model, manifest_dir, max_abs, max_abs_diff, run_script, shared,
+    sorted_files, test_python, workspace_dir,
 };
 
 /// The `pneumoscope` binary.
