@@ -66,20 +66,24 @@ pub struct Metrics {
     pub confusion: [[usize; NUM_CLASSES]; NUM_CLASSES],
 }
 
-fn argmax(p: &[f32; NUM_CLASSES]) -> usize {
+/// The index of the most probable class.
+pub fn argmax(p: &[f32; NUM_CLASSES]) -> usize {
     (0..NUM_CLASSES)
         .max_by(|&a, &b| p[a].total_cmp(&p[b]))
         .unwrap()
 }
 
-/// Confusion matrix of predictions.
+/// Confusion matrix of predictions (rows with a partial label are left out).
 pub fn confusion(
     probs: &[[f32; NUM_CLASSES]],
     labels: &[usize],
 ) -> [[usize; NUM_CLASSES]; NUM_CLASSES] {
     let mut m = [[0usize; NUM_CLASSES]; NUM_CLASSES];
     for (p, &l) in probs.iter().zip(labels) {
-        m[l][argmax(p)] += 1;
+        // A partial label (pneumonia of unknown pathogen) has no row of its own.
+        if l < NUM_CLASSES {
+            m[l][argmax(p)] += 1;
+        }
     }
     m
 }
@@ -179,6 +183,17 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Computes every metric. `patients` groups images for the bootstrap (1000 resamples, seeded).
 pub fn compute(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[String]) -> Metrics {
+    // Rows with a partial label (index NUM_CLASSES: pneumonia of unknown pathogen) have no
+    // class to score against; they are reported by `crate::breakdown`.
+    let keep: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i] < NUM_CLASSES)
+        .collect();
+    if keep.len() < labels.len() {
+        let pick = |v: &[usize]| keep.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let probs: Vec<_> = keep.iter().map(|&i| probs[i]).collect();
+        let pats: Vec<String> = keep.iter().map(|&i| patients[i].clone()).collect();
+        return compute(&probs, &pick(labels), &pats);
+    }
     let m = confusion(probs, labels);
     let (accuracy, macro_f1) = acc_f1(&m);
     let n = labels.len();

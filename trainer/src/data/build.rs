@@ -2,10 +2,9 @@
 //! manifest.
 
 use super::sources::{self, Candidate, Rejected, SourceOutput};
-use super::{Manifest, Record, Split};
+use super::{Label, Manifest, NUM_LABELS, Population, Record, Split};
 use anyhow::{Context, Result, bail};
 use image_hasher::{HashAlg, HasherConfig, ImageHash};
-use pneumoscope::Class;
 use pneumoscope::model_file::sha256_hex;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -24,6 +23,11 @@ pub struct BuildOptions {
     /// A COVID-19 image data collection folder (metadata.csv + images). Repeatable.
     #[arg(long)]
     pub covid: Vec<PathBuf>,
+    /// An NIH ChestX-ray14 folder (`Data_Entry_2017_v2020.csv` and its PNG files in any
+    /// subfolder, any subset of them): "No Finding" is normal, "Pneumonia" the partial label
+    /// (pathogen unknown). Repeatable.
+    #[arg(long)]
+    pub nih: Vec<PathBuf>,
     /// A folder with one subfolder per class (normal, bacterial, viral, covid19). Repeatable.
     #[arg(long)]
     pub folder: Vec<PathBuf>,
@@ -63,15 +67,19 @@ struct Decoded {
     phash: ImageHash,
 }
 
-/// Counts per split x class.
+/// Counts per split x population x label.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Counts {
-    /// Images per split, then per class.
+    /// Images per split, then per label.
     pub images: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Patients per split, then per class (a patient counts under each class it has images of).
+    /// Patients per split, then per label (a patient counts under each label it has images of).
     pub patients: BTreeMap<String, BTreeMap<String, usize>>,
     /// Distinct patients per split.
     pub patients_total: BTreeMap<String, usize>,
+    /// Images per split, population and label (`"train/adult" -> {"normal": 120, ...}`).
+    pub images_by_population: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Patients per split, population and label.
+    pub patients_by_population: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 /// What `summary.json` holds.
@@ -152,8 +160,12 @@ impl UnionFind {
 
 /// Runs the builder and writes its outputs into `opts.out`.
 pub fn run(opts: &BuildOptions) -> Result<Summary> {
-    if opts.kermany.is_empty() && opts.covid.is_empty() && opts.folder.is_empty() {
-        bail!("no source given: use --kermany DIR, --covid DIR and/or --folder DIR");
+    if opts.kermany.is_empty()
+        && opts.covid.is_empty()
+        && opts.nih.is_empty()
+        && opts.folder.is_empty()
+    {
+        bail!("no source given: use --kermany DIR, --covid DIR, --nih DIR and/or --folder DIR");
     }
     if !(0.0..=1.0).contains(&opts.val)
         || !(0.0..=1.0).contains(&opts.test)
@@ -175,6 +187,9 @@ pub fn run(opts: &BuildOptions) -> Result<Summary> {
     }
     for d in &opts.covid {
         absorb(sources::covid(d, opts.covid_all_findings));
+    }
+    for d in &opts.nih {
+        absorb(sources::nih(d));
     }
     for d in &opts.folder {
         absorb(sources::folder(d));
@@ -292,49 +307,11 @@ pub fn run(opts: &BuildOptions) -> Result<Summary> {
         let r = units.find(i);
         unit_members.entry(r).or_default().push(i);
     }
-    // Stratify: a unit's class is its most frequent label (ties: the rarer class overall).
-    let mut class_total = [0usize; 4];
-    for it in &items {
-        class_total[it.cand.label.index()] += 1;
-    }
-    let mut by_class: [Vec<Vec<usize>>; 4] = Default::default();
-    for members in unit_members.into_values() {
-        let mut cnt = [0usize; 4];
-        for &m in &members {
-            cnt[items[m].cand.label.index()] += 1;
-        }
-        let c = (0..4)
-            .max_by(|&a, &b| {
-                cnt[a]
-                    .cmp(&cnt[b])
-                    .then(class_total[b].cmp(&class_total[a]))
-            })
-            .unwrap();
-        by_class[c].push(members);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut split_of = vec![Split::Train; n];
-    for units in by_class.iter_mut() {
-        units.shuffle(&mut rng);
-        let total: usize = units.iter().map(Vec::len).sum();
-        let test_target = (opts.test * total as f64).round() as usize;
-        let val_target = (opts.val * total as f64).round() as usize;
-        let (mut n_test, mut n_val) = (0, 0);
-        for u in units.iter() {
-            let s = if n_test < test_target {
-                n_test += u.len();
-                Split::Test
-            } else if n_val < val_target {
-                n_val += u.len();
-                Split::Val
-            } else {
-                Split::Train
-            };
-            for &m in u {
-                split_of[m] = s;
-            }
-        }
-    }
+    let strata: Vec<(Label, Population)> = items
+        .iter()
+        .map(|it| (it.cand.label, it.cand.population))
+        .collect();
+    let split_of = assign_splits(&strata, unit_members.into_values().collect(), opts);
 
     let mut records: Vec<Record> = items
         .iter()
@@ -351,6 +328,7 @@ pub fn run(opts: &BuildOptions) -> Result<Summary> {
             dup_group: dup_id[i].clone(),
             age: it.cand.age.clone(),
             view: it.cand.view.clone(),
+            population: Some(it.cand.population),
         })
         .collect();
     records.sort_by(|a, b| (a.split, a.label, &a.path).cmp(&(b.split, b.label, &b.path)));
@@ -383,7 +361,7 @@ pub fn run(opts: &BuildOptions) -> Result<Summary> {
         rejected: all.rejected.len(),
         excluded,
         options: serde_json::json!({
-            "kermany": opts.kermany, "covid": opts.covid, "folder": opts.folder,
+            "kermany": opts.kermany, "covid": opts.covid, "nih": opts.nih, "folder": opts.folder,
             "covid_all_findings": opts.covid_all_findings, "val": opts.val, "test": opts.test,
             "seed": opts.seed, "phash_threshold": opts.phash_threshold, "phash_bits": PHASH_BITS,
         }),
@@ -395,17 +373,92 @@ pub fn run(opts: &BuildOptions) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Images and patients per split x class.
+/// The stratum of a split unit (patients joined through duplicates): its most frequent label
+/// and population (ties: the rarer one overall).
+pub fn unit_stratum(strata: &[(Label, Population)], members: &[usize]) -> (Label, Population) {
+    let mut total = [[0usize; 2]; NUM_LABELS];
+    for &(l, p) in strata {
+        total[l.index()][p.index()] += 1;
+    }
+    let mut cnt = [[0usize; 2]; NUM_LABELS];
+    for &m in members {
+        let (l, p) = strata[m];
+        cnt[l.index()][p.index()] += 1;
+    }
+    let cells = (0..NUM_LABELS).flat_map(|l| (0..2).map(move |p| (l, p)));
+    let (l, p) = cells
+        .max_by(|&(a, pa), &(b, pb)| {
+            cnt[a][pa]
+                .cmp(&cnt[b][pb])
+                .then(total[b][pb].cmp(&total[a][pa]))
+        })
+        .expect("labels and populations are not empty");
+    (Label::ALL[l], Population::ALL[p])
+}
+
+/// Splits units (lists of item indices that must stay together) into train / val / test,
+/// stratified by label and population: each stratum's units are shuffled and dealt so that
+/// about `--test` and `--val` of its images land in test and val.
+fn assign_splits(
+    strata: &[(Label, Population)],
+    units: Vec<Vec<usize>>,
+    opts: &BuildOptions,
+) -> Vec<Split> {
+    let mut by_stratum: BTreeMap<(Label, Population), Vec<Vec<usize>>> = BTreeMap::new();
+    for members in units {
+        by_stratum
+            .entry(unit_stratum(strata, &members))
+            .or_default()
+            .push(members);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut split_of = vec![Split::Train; strata.len()];
+    for units in by_stratum.values_mut() {
+        units.shuffle(&mut rng);
+        let total: usize = units.iter().map(Vec::len).sum();
+        let test_target = (opts.test * total as f64).round() as usize;
+        let val_target = (opts.val * total as f64).round() as usize;
+        let (mut n_test, mut n_val) = (0, 0);
+        for u in units.iter() {
+            let s = if n_test < test_target {
+                n_test += u.len();
+                Split::Test
+            } else if n_val < val_target {
+                n_val += u.len();
+                Split::Val
+            } else {
+                Split::Train
+            };
+            for &m in u {
+                split_of[m] = s;
+            }
+        }
+    }
+    split_of
+}
+
+/// Images and patients per split x label, and per split x population x label.
 pub fn counts(records: &[Record]) -> Counts {
     let mut c = Counts::default();
     let mut pats: BTreeMap<(String, String), std::collections::HashSet<&str>> = BTreeMap::new();
+    let mut pats_pop: BTreeMap<(String, String), std::collections::HashSet<&str>> = BTreeMap::new();
     for r in records {
+        let pop_key = format!("{}/{}", r.split, r.population());
         *c.images
             .entry(r.split.to_string())
             .or_default()
             .entry(r.label.to_string())
             .or_insert(0) += 1;
+        *c.images_by_population
+            .entry(pop_key.clone())
+            .or_default()
+            .entry(r.label.to_string())
+            .or_insert(0) += 1;
         pats.entry((r.split.to_string(), r.label.to_string()))
+            .or_default()
+            .insert(&r.patient);
+        pats_pop
+            .entry((pop_key, r.label.to_string()))
             .or_default()
             .insert(&r.patient);
     }
@@ -414,44 +467,56 @@ pub fn counts(records: &[Record]) -> Counts {
         c.patients.entry(s.clone()).or_default().insert(l, p.len());
         per_split.entry(s).or_default().extend(p);
     }
+    for ((k, l), p) in pats_pop {
+        c.patients_by_population
+            .entry(k)
+            .or_default()
+            .insert(l, p.len());
+    }
     c.patients_total = per_split.into_iter().map(|(s, p)| (s, p.len())).collect();
     c
 }
 
-/// The printed table: images (patients) per split x class.
+/// The printed table: images (patients) per split x population x label.
 pub fn table(summary: &Summary) -> String {
-    let mut out = format!("{:<8}", "split");
-    for c in Class::ALL {
-        out += &format!("{:>18}", c.name());
+    let cell = |m: &BTreeMap<String, BTreeMap<String, usize>>, k: &str, l: &str| {
+        m.get(k).and_then(|m| m.get(l)).copied().unwrap_or(0)
+    };
+    let mut out = format!("{:<14}", "split");
+    for l in Label::ALL {
+        out += &format!("{:>17}", l.name());
     }
     out += &format!("{:>18}\n", "total");
     for s in Split::ALL {
         let s = s.to_string();
-        out += &format!("{s:<8}");
-        let mut ti = 0;
-        let tp = summary.counts.patients_total.get(&s).copied().unwrap_or(0);
-        for c in Class::ALL {
-            let i = summary
-                .counts
-                .images
-                .get(&s)
-                .and_then(|m| m.get(c.name()))
-                .copied()
-                .unwrap_or(0);
-            let p = summary
-                .counts
-                .patients
-                .get(&s)
-                .and_then(|m| m.get(c.name()))
-                .copied()
-                .unwrap_or(0);
-            ti += i;
-            out += &format!("{:>18}", format!("{i} ({p} pat.)"));
+        for pop in Population::ALL {
+            let k = format!("{s}/{pop}");
+            if !summary.counts.images_by_population.contains_key(&k) {
+                continue;
+            }
+            out += &format!("{k:<14}");
+            let mut ti = 0;
+            for l in Label::ALL {
+                let i = cell(&summary.counts.images_by_population, &k, l.name());
+                let p = cell(&summary.counts.patients_by_population, &k, l.name());
+                ti += i;
+                out += &format!("{:>17}", format!("{i} ({p} pat.)"));
+            }
+            out += &format!("{:>18}\n", format!("{ti} images"));
         }
-        out += &format!("{:>18}\n", format!("{ti} ({tp} pat.)"));
+        let tp = summary.counts.patients_total.get(&s).copied().unwrap_or(0);
+        let ti: usize = Label::ALL
+            .iter()
+            .map(|l| cell(&summary.counts.images, &s, l.name()))
+            .sum();
+        out += &format!(
+            "{:<14}{:>103}\n",
+            format!("{s} (all)"),
+            format!("{ti} ({tp} pat.)")
+        );
     }
     out += &format!(
-        "(a patient with images of two classes counts in both class columns)\n{} images of {} patients; {} duplicate groups ({} images, {} across patients, {} with \
+        "(pneumonia: pathogen unknown, bacterial or viral; a patient with images of two labels counts in both columns)\n{} images of {} patients; {} duplicate groups ({} images, {} across patients, {} with \
          conflicting labels); {} rejected; {} excluded\n",
         summary.total_images,
         summary.total_patients,

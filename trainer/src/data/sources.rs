@@ -1,6 +1,8 @@
 //! Reading the source collections into candidate images: the Kermany layout, the COVID-19 image
-//! data collection (`metadata.csv`, old and new finding schemas) and plain class folders.
+//! data collection (`metadata.csv`, old and new finding schemas), NIH ChestX-ray14 (its
+//! `Data_Entry_2017*.csv` and image folders) and plain class folders.
 
+use super::{Label, Population};
 use pneumoscope::Class;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +13,8 @@ use walkdir::WalkDir;
 pub struct Candidate {
     /// Image file.
     pub path: PathBuf,
-    /// Class.
-    pub label: Class,
+    /// Class, or the partial label.
+    pub label: Label,
     /// Source-prefixed patient id.
     pub patient: String,
     /// Source name.
@@ -21,6 +23,8 @@ pub struct Candidate {
     pub age: String,
     /// View, when known.
     pub view: String,
+    /// Child or adult.
+    pub population: Population,
 }
 
 /// A file or row left out, and why.
@@ -153,11 +157,12 @@ pub fn kermany(dir: &Path) -> SourceOutput {
         };
         out.candidates.push(Candidate {
             path,
-            label,
+            label: label.into(),
             patient: format!("kermany:{patient}"),
             source: "kermany",
             age: String::new(),
             view: String::new(),
+            population: Population::Child,
         });
     }
     out
@@ -346,12 +351,14 @@ pub fn covid(dir: &Path, all_findings: bool) -> SourceOutput {
             });
             continue;
         }
+        let age = get(c_age).unwrap_or_default();
         out.candidates.push(Candidate {
             path,
-            label,
+            label: label.into(),
             patient: format!("cohen:{pid}"),
             source: "cohen",
-            age: get(c_age).unwrap_or_default(),
+            population: Population::of("cohen", &age),
+            age,
             view,
         });
     }
@@ -389,11 +396,12 @@ pub fn folder(dir: &Path) -> SourceOutput {
                 .unwrap_or(stem);
             out.candidates.push(Candidate {
                 path,
-                label: class,
+                label: class.into(),
                 patient: format!("folder:{}:{patient}", dir.display()),
                 source: "folder",
                 age: String::new(),
                 view: String::new(),
+                population: Population::Adult,
             });
         }
     }
@@ -401,6 +409,177 @@ pub fn folder(dir: &Path) -> SourceOutput {
         out.rejected.push(Rejected {
             path: dir.display().to_string(),
             reason: "no class folder (normal, bacterial, viral, covid19) found".into(),
+        });
+    }
+    out
+}
+
+/// Frontal views of NIH ChestX-ray14's `View Position` column.
+pub const NIH_FRONTAL_VIEWS: [&str; 2] = ["PA", "AP"];
+
+/// Maps NIH ChestX-ray14's `Finding Labels` (`|`-joined) to a label, or says why not:
+/// "No Finding" is normal, any list that includes "Pneumonia" the partial label (the pathogen is
+/// not given, and the collection predates COVID-19), anything else is not used.
+pub fn nih_finding(labels: &str) -> Result<Label, String> {
+    let parts: Vec<&str> = labels.split('|').map(str::trim).collect();
+    if parts.iter().any(|p| p.eq_ignore_ascii_case("pneumonia")) {
+        Ok(Label::Pneumonia)
+    } else if parts.len() == 1 && parts[0].eq_ignore_ascii_case("no finding") {
+        Ok(Label::Known(Class::Normal))
+    } else {
+        Err("NIH finding without pneumonia, not 'No Finding'".into())
+    }
+}
+
+/// The metadata file of an NIH ChestX-ray14 folder: `Data_Entry_2017_v2020.csv`, else the
+/// original `Data_Entry_2017.csv`.
+fn nih_metadata(dir: &Path) -> Option<PathBuf> {
+    ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// NIH ChestX-ray14 as published: the metadata CSV at the top of `dir` and the PNG files in any
+/// folder below it (`images/`, or the release's `images_001/images/` ... `images_012/images/`),
+/// any subset of them. Patient ids are `nih:ID`. A row whose file is absent is reported as
+/// rejected (most copies hold a subset); a malformed row too.
+pub fn nih(dir: &Path) -> SourceOutput {
+    let mut out = SourceOutput::default();
+    let Some(meta) = nih_metadata(dir) else {
+        out.rejected.push(Rejected {
+            path: dir.display().to_string(),
+            reason: "NIH folder has no Data_Entry_2017_v2020.csv or Data_Entry_2017.csv".into(),
+        });
+        return out;
+    };
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for e in WalkDir::new(dir).follow_links(true).into_iter().flatten() {
+        if e.file_type().is_file() && is_image_name(e.path()) {
+            let name = e.file_name().to_string_lossy().to_string();
+            files.entry(name).or_insert_with(|| e.into_path());
+        }
+    }
+    let mut rdr = match csv::ReaderBuilder::new().flexible(true).from_path(&meta) {
+        Ok(r) => r,
+        Err(e) => {
+            out.rejected.push(Rejected {
+                path: meta.display().to_string(),
+                reason: format!("cannot read metadata: {e}"),
+            });
+            return out;
+        }
+    };
+    let headers: Vec<String> = match rdr.headers() {
+        Ok(h) => h.iter().map(|f| f.trim().to_string()).collect(),
+        Err(e) => {
+            out.rejected.push(Rejected {
+                path: meta.display().to_string(),
+                reason: format!("unreadable header: {e}"),
+            });
+            return out;
+        }
+    };
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(c_file), Some(c_find), Some(c_pid), Some(c_age), Some(c_view)) = (
+        col("Image Index"),
+        col("Finding Labels"),
+        col("Patient ID"),
+        col("Patient Age"),
+        col("View Position"),
+    ) else {
+        out.rejected.push(Rejected {
+            path: meta.display().to_string(),
+            reason: "metadata lacks one of the columns Image Index, Finding Labels, Patient ID, \
+                     Patient Age, View Position"
+                .into(),
+        });
+        return out;
+    };
+    let needed = [c_file, c_find, c_pid, c_age, c_view]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    for (i, row) in rdr.records().enumerate() {
+        let line = i + 2;
+        let loc = format!("{}:{line}", meta.display());
+        let row = match row {
+            Ok(r) if r.len() > needed => r,
+            Ok(r) => {
+                out.rejected.push(Rejected {
+                    path: loc,
+                    reason: format!(
+                        "malformed row: {} fields where the header has {}",
+                        r.len(),
+                        headers.len()
+                    ),
+                });
+                continue;
+            }
+            Err(e) => {
+                out.rejected.push(Rejected {
+                    path: loc,
+                    reason: format!("malformed row: {e}"),
+                });
+                continue;
+            }
+        };
+        let get = |c: usize| row.get(c).unwrap_or("").trim().to_string();
+        let (file, pid, age, view) = (get(c_file), get(c_pid), get(c_age), get(c_view));
+        if file.is_empty() || pid.is_empty() {
+            out.rejected.push(Rejected {
+                path: loc,
+                reason: "malformed row: no Image Index or Patient ID".into(),
+            });
+            continue;
+        }
+        let age_ok = age.parse::<f64>().is_ok_and(|a| (0.0..150.0).contains(&a));
+        if !age_ok {
+            out.rejected.push(Rejected {
+                path: loc,
+                reason: format!("malformed row: Patient Age '{age}' is not an age in years"),
+            });
+            continue;
+        }
+        let shown = files
+            .get(&file)
+            .cloned()
+            .unwrap_or_else(|| dir.join("images").join(&file));
+        if !NIH_FRONTAL_VIEWS
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(&view))
+        {
+            out.excluded.push(Rejected {
+                path: shown.display().to_string(),
+                reason: format!("view '{view}' is not frontal (PA, AP)"),
+            });
+            continue;
+        }
+        let label = match nih_finding(&get(c_find)) {
+            Ok(l) => l,
+            Err(reason) => {
+                out.excluded.push(Rejected {
+                    path: shown.display().to_string(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        let Some(path) = files.get(&file).cloned() else {
+            out.rejected.push(Rejected {
+                path: shown.display().to_string(),
+                reason: format!("file listed in {} line {line} is missing", meta.display()),
+            });
+            continue;
+        };
+        out.candidates.push(Candidate {
+            path,
+            label,
+            patient: format!("nih:{pid}"),
+            source: "nih",
+            population: Population::of("nih", &age),
+            age,
+            view,
         });
     }
     out
@@ -446,5 +625,27 @@ mod tests {
         assert_eq!(covid_finding("No Finding", true), Ok(Class::Normal));
         assert!(covid_finding("Pneumocystis", true).is_err());
         assert!(covid_finding("Pneumonia/Fungal/Pneumocystis", true).is_err());
+    }
+
+    #[test]
+    fn nih_findings() {
+        assert_eq!(nih_finding("No Finding"), Ok(Label::Known(Class::Normal)));
+        assert_eq!(nih_finding("Pneumonia"), Ok(Label::Pneumonia));
+        assert_eq!(
+            nih_finding("Edema|Infiltration|Pneumonia"),
+            Ok(Label::Pneumonia)
+        );
+        assert!(nih_finding("Effusion|Infiltration").is_err());
+        assert!(nih_finding("No Finding|Effusion").is_err());
+    }
+
+    #[test]
+    fn populations() {
+        assert_eq!(Population::of("kermany", ""), Population::Child);
+        assert_eq!(Population::of("cohen", ""), Population::Adult);
+        assert_eq!(Population::of("cohen", "12"), Population::Child);
+        assert_eq!(Population::of("nih", "17"), Population::Child);
+        assert_eq!(Population::of("nih", "18"), Population::Adult);
+        assert_eq!(Population::of("folder", "n/a"), Population::Adult);
     }
 }

@@ -1,0 +1,341 @@
+//! Patient-grouped k-fold cross-validation on train + val (`pneumoscope train --folds K`): the
+//! fold assignment, one training run per fold, and the summary across folds that settings and
+//! ensemble members are chosen by. The test split takes no part.
+
+use crate::breakdown::{self, Breakdown, Row};
+use crate::data::build::unit_stratum;
+use crate::data::{Label, Manifest, Population, Split};
+use crate::fsutil::write_atomic;
+use crate::train::{self, Fold, TrainConfig};
+use anyhow::{Context, Result, bail};
+use pneumoscope::NUM_CLASSES;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The fold of each manifest row: `Some(k)` for train and val rows, `None` for test rows. All
+/// images of a patient, and of patients joined by a duplicate group, share a fold; within each
+/// stratum (label x population, as in `data build`) units are shuffled and each goes to the
+/// fold that holds the fewest images of that stratum so far.
+pub fn folds(manifest: &Manifest, k: usize, seed: u64) -> Vec<Option<usize>> {
+    let recs = &manifest.records;
+    let pool: Vec<usize> = (0..recs.len())
+        .filter(|&i| recs[i].split != Split::Test)
+        .collect();
+    // Units: union of patient and duplicate group.
+    let mut parent: Vec<usize> = (0..recs.len()).collect();
+    fn find(p: &mut [usize], mut i: usize) -> usize {
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    let mut first: HashMap<String, usize> = HashMap::new();
+    for &i in &pool {
+        let r = &recs[i];
+        let mut keys = vec![format!("p:{}", r.patient)];
+        if !r.dup_group.is_empty() {
+            keys.push(format!("d:{}", r.dup_group));
+        }
+        for key in keys {
+            match first.get(&key) {
+                Some(&j) => {
+                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[a.max(b)] = a.min(b);
+                }
+                None => {
+                    first.insert(key, i);
+                }
+            }
+        }
+    }
+    let mut units: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &i in &pool {
+        let r = find(&mut parent, i);
+        units.entry(r).or_default().push(i);
+    }
+    let strata: Vec<(Label, Population)> = recs.iter().map(|r| (r.label, r.population())).collect();
+    let mut by_stratum: BTreeMap<(Label, Population), Vec<Vec<usize>>> = BTreeMap::new();
+    for members in units.into_values() {
+        by_stratum
+            .entry(unit_stratum(&strata, &members))
+            .or_default()
+            .push(members);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = vec![None; recs.len()];
+    for units in by_stratum.values_mut() {
+        units.shuffle(&mut rng);
+        let mut load = vec![0usize; k];
+        for u in units.iter() {
+            let f = (0..k).min_by_key(|&f| (load[f], f)).expect("k >= 1");
+            load[f] += u.len();
+            for &m in u {
+                out[m] = Some(f);
+            }
+        }
+    }
+    out
+}
+
+/// Where the folds keep their backbone outputs: beside the manifest, under a key of everything
+/// they depend on (the manifest's images, architecture, mode's cut, weights, augmentation,
+/// seed), so that cross-validations of other head settings on the same data share them.
+fn feature_cache(manifest: &Manifest, cfg: &TrainConfig) -> PathBuf {
+    let images: String = manifest.records.iter().map(|r| r.sha256.as_str()).collect();
+    let key = serde_json::json!({
+        "images": pneumoscope::model_file::sha256_hex(images.as_bytes()),
+        "arch": cfg.arch, "mode": cfg.mode, "tune_blocks": cfg.tune_blocks,
+        "weights": cfg.weights, "augment": cfg.augment, "seed": cfg.seed,
+    });
+    let key = pneumoscope::model_file::sha256_hex(key.to_string().as_bytes());
+    manifest
+        .root
+        .join("cache")
+        .join("features")
+        .join(format!("{}-{}", cfg.arch, &key[..16]))
+}
+
+/// One fold's validation figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct FoldResult {
+    /// Fold index.
+    pub fold: usize,
+    /// Its run folder.
+    pub run: PathBuf,
+    /// Validation images.
+    pub n: usize,
+    /// The breakdown of its validation predictions.
+    pub breakdown: Breakdown,
+}
+
+/// Mean and sample standard deviation of a figure across folds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Spread {
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation (n - 1).
+    pub sd: f64,
+    /// Per fold.
+    pub folds: Vec<f64>,
+}
+
+fn spread(v: Vec<f64>) -> Option<Spread> {
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Some(Spread { mean, sd, folds: v })
+}
+
+/// What `cv.json` holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct CvSummary {
+    /// The configuration every fold shares.
+    pub config: TrainConfig,
+    /// Folds.
+    pub folds: usize,
+    /// Seed of the fold assignment.
+    pub fold_seed: u64,
+    /// Headline figures across folds (mean, sd, per fold).
+    pub spread: BTreeMap<String, Spread>,
+    /// The breakdown of all out-of-fold predictions pooled (every train + val image predicted
+    /// once, by the fold that did not train on it).
+    pub pooled: Breakdown,
+    /// Per fold.
+    pub per_fold: Vec<FoldResult>,
+}
+
+/// Reads a run's `val_predictions.csv` into breakdown rows.
+pub fn read_predictions(path: &Path) -> Result<Vec<Row>> {
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.with_context(|| format!("{}: malformed row {}", path.display(), i + 2))?;
+        let bad = |what: &str| anyhow::anyhow!("{}: row {}: bad {what}", path.display(), i + 2);
+        let label: Label = rec.get(2).unwrap_or("").parse().map_err(|_| bad("label"))?;
+        let population = match rec.get(3).unwrap_or("") {
+            "child" => Population::Child,
+            "adult" => Population::Adult,
+            _ => return Err(bad("population")),
+        };
+        let mut probs = [0f32; NUM_CLASSES];
+        for (c, p) in probs.iter_mut().enumerate() {
+            *p = rec
+                .get(6 + c)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("probability"))?;
+        }
+        rows.push(Row {
+            label: label.index(),
+            population,
+            source: rec.get(4).unwrap_or("").to_string(),
+            patient: rec.get(5).unwrap_or("").to_string(),
+            probs,
+        });
+    }
+    Ok(rows)
+}
+
+/// The figures the spread is reported for, from one breakdown.
+fn headline(b: &Breakdown) -> Vec<(&'static str, Option<f64>)> {
+    let adult = b
+        .groups
+        .iter()
+        .find(|g| g.population == "adult" && g.source == "all");
+    let r = |f: fn(&breakdown::Group) -> &Option<breakdown::Rate>| {
+        adult.and_then(|g| f(g).as_ref().map(|r| r.value))
+    };
+    vec![
+        (
+            "macro_f1_children_and_covid19",
+            b.children_and_covid19.as_ref().map(|m| m.macro_f1),
+        ),
+        (
+            "macro_f1_all_with_a_class",
+            b.all_with_a_class.as_ref().map(|m| m.macro_f1),
+        ),
+        (
+            "adult_normal_called_covid19",
+            r(|g| &g.normal_called_covid19),
+        ),
+        (
+            "adult_normal_called_pneumonia",
+            r(|g| &g.normal_called_pneumonia),
+        ),
+        (
+            "adult_pneumonia_called_covid19",
+            r(|g| &g.pneumonia_called_covid19),
+        ),
+        (
+            "adult_pneumonia_called_normal",
+            r(|g| &g.pneumonia_called_normal),
+        ),
+        ("adult_covid19_recall", r(|g| &g.covid19_recall)),
+    ]
+}
+
+/// Trains (or resumes) every fold of `cfg` into `out/fold-K`, then writes `out/cv.json` and
+/// `out/cv.md`. Folds whose run has finished are not trained again.
+pub fn run(cfg: TrainConfig, out: &Path, k: usize, seed: u64, resume: bool) -> Result<CvSummary> {
+    if k < 2 {
+        bail!("--folds {k}: cross-validation needs at least 2 folds");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let marker = out.join("cv-config.json");
+    if marker.exists() && !resume {
+        bail!(
+            "{} already holds a cross-validation; pass --resume to continue it or choose another --out",
+            out.display()
+        );
+    }
+    let manifest = Manifest::read(&cfg.data)?;
+    let cfg = TrainConfig {
+        fold: None,
+        feature_cache: Some(
+            cfg.feature_cache
+                .clone()
+                .unwrap_or_else(|| feature_cache(&manifest, &cfg)),
+        ),
+        ..cfg
+    };
+    write_atomic(
+        &marker,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"config": cfg, "folds": k, "fold_seed": seed}),
+        )?
+        .as_bytes(),
+    )?;
+    let mut per_fold = Vec::new();
+    let mut pooled = Vec::new();
+    for index in 0..k {
+        let dir = out.join(format!("fold-{index}"));
+        if !dir.join("model.bpk").is_file() {
+            eprintln!("fold {} of {k}", index + 1);
+            let fold_cfg = TrainConfig {
+                fold: Some(Fold { index, of: k, seed }),
+                ..cfg.clone()
+            };
+            train::run(fold_cfg, &dir, dir.join("state.json").is_file())?;
+        }
+        let rows = read_predictions(&dir.join("val_predictions.csv"))?;
+        per_fold.push(FoldResult {
+            fold: index,
+            run: dir,
+            n: rows.len(),
+            breakdown: breakdown::of(&rows),
+        });
+        pooled.extend(rows);
+    }
+    let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for f in &per_fold {
+        for (name, v) in headline(&f.breakdown) {
+            if let Some(v) = v {
+                values.entry(name).or_default().push(v);
+            }
+        }
+    }
+    let spread = values
+        .into_iter()
+        .filter_map(|(n, v)| spread(v).map(|s| (n.to_string(), s)))
+        .collect();
+    let summary = CvSummary {
+        config: cfg,
+        folds: k,
+        fold_seed: seed,
+        spread,
+        pooled: breakdown::of(&pooled),
+        per_fold,
+    };
+    write_atomic(
+        &out.join("cv.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    write_atomic(&out.join("cv.md"), markdown(&summary).as_bytes())?;
+    Ok(summary)
+}
+
+/// The summary as Markdown: the spread table, then the pooled breakdown.
+pub fn markdown(s: &CvSummary) -> String {
+    let mut out = format!(
+        "# Cross-validation: {} {} ({} folds by patient, seed {}), imbalance {:?}\n\n",
+        s.config.arch,
+        format!("{:?}", s.config.mode).to_lowercase(),
+        s.folds,
+        s.fold_seed,
+        s.config.imbalance
+    );
+    out += "| figure | mean | sd | per fold |\n|---|---|---|---|\n";
+    for (name, sp) in &s.spread {
+        let folds: Vec<String> = sp.folds.iter().map(|v| format!("{v:.3}")).collect();
+        out += &format!(
+            "| {name} | {:.3} | {:.3} | {} |\n",
+            sp.mean,
+            sp.sd,
+            folds.join(", ")
+        );
+    }
+    out += "\n## Out-of-fold predictions, pooled\n\n";
+    out += &breakdown::markdown(&s.pooled);
+    out
+}
+
+/// One line for the terminal: the headline means and spreads.
+pub fn line(s: &CvSummary) -> String {
+    s.spread
+        .iter()
+        .map(|(n, sp)| format!("{n} {:.3} ± {:.3}", sp.mean, sp.sd))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
