@@ -220,6 +220,8 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
             device: o.device.clone(),
             dropout: None,
             tune_blocks: None,
+            fold: None,
+            feature_cache: None,
         };
         crate::train::run(cfg, &run_dir, resume)?;
     }

@@ -1,6 +1,7 @@
 //! `pneumoscope evaluate`: a model file on one split of a manifest → metrics, figures and
 //! reports.
 
+use crate::breakdown::{self, Breakdown};
 use crate::cli::load_engine;
 use crate::data::{Manifest, Split};
 use crate::metrics::{self, Metrics};
@@ -59,6 +60,22 @@ pub fn run(
     let pats = manifest.patients(&rows);
     let m = metrics::compute(&probs, &labels, &pats);
     let ood_summary = OodSummary::of(&ood);
+    let by_population = breakdown::of(
+        &rows
+            .iter()
+            .zip(&probs)
+            .map(|(&i, p)| {
+                let r = &manifest.records[i];
+                breakdown::Row {
+                    label: r.label.index(),
+                    population: r.population(),
+                    source: r.source.clone(),
+                    patient: r.patient.clone(),
+                    probs: *p,
+                }
+            })
+            .collect::<Vec<_>>(),
+    );
 
     let mut by_source: BTreeMap<String, (usize, usize, [usize; NUM_CLASSES])> = BTreeMap::new();
     for (k, &i) in rows.iter().enumerate() {
@@ -69,7 +86,8 @@ pub fn run(
             .top
             .index();
         e.0 += 1;
-        e.1 += (pred == labels[k]) as usize;
+        // A partial label is right when the prediction is one of the classes it allows.
+        e.1 += usize::from(crate::data::Label::allowed_of_index(labels[k])[pred]);
         e.2[pred] += 1;
     }
     let sources: SourceBreakdown = by_source
@@ -144,11 +162,11 @@ pub fn run(
         );
         std::fs::write(
             out.join("report.md"),
-            report::markdown(&title, &desc, &m, &sources, &cams),
+            report::markdown(&title, &desc, &m, &sources, &by_population, &cams),
         )?;
         std::fs::write(
             out.join("report.html"),
-            report::html(&title, &desc, &m, &sources, &cams),
+            report::html(&title, &desc, &m, &sources, &by_population, &cams),
         )?;
         std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
         // The Grad-CAM panel as data: overlay, image, truth, prediction.
@@ -168,6 +186,7 @@ pub fn run(
     Ok(Evaluation {
         metrics: m,
         sources,
+        by_population,
         ood: ood_summary,
         arch: engine.arch(),
         weight_source: engine.weight_source(),
@@ -180,6 +199,9 @@ pub struct Evaluation {
     pub metrics: Metrics,
     /// Accuracy and predictions per data source.
     pub sources: SourceBreakdown,
+    /// Per population and source: what adult normals, pneumonia of unknown pathogen and
+    /// COVID-19 were called, with intervals; four-class metrics on children + COVID-19.
+    pub by_population: Breakdown,
     /// How many images the out-of-distribution score flagged (when the model has one).
     pub ood: Option<OodSummary>,
     /// Architecture of the evaluated model.

@@ -4,8 +4,10 @@
 mod augment;
 mod bench;
 mod benchmark;
+mod breakdown;
 mod calibrate;
 mod cli;
+mod cv;
 mod data;
 mod device;
 mod ensemble;
@@ -18,6 +20,7 @@ mod metrics;
 mod npy;
 mod ood;
 mod parallel;
+mod population;
 mod progress;
 mod report;
 mod train;
@@ -373,6 +376,19 @@ struct TrainArgs {
     /// Continue the run in `--out` from its last verified checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Patient-grouped cross-validation on train + val: one run per fold in `OUT/fold-K`
+    /// (validated on that fold, trained on the others), then `OUT/cv.json` and `OUT/cv.md`
+    /// with every figure's mean and spread across folds. The test split takes no part.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    folds: Option<u64>,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 7)]
+    fold_seed: u64,
+    /// Frozen and partial modes: keep the backbone outputs in this folder instead of the
+    /// run's `features/` (a cross-validation keeps them beside the manifest; a final run with
+    /// the same settings can read the same ones).
+    #[arg(long)]
+    feature_cache: Option<PathBuf>,
     /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
     /// a comma-separated list of them for data-parallel training (`--devices cuda:0,cuda:1`):
     /// each step's batch (`--batch-size` in all) is split over the devices and their gradients
@@ -450,8 +466,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Weights { command } => weights_command(command)?,
         Command::Train(a) => {
-            // A resumed run keeps the weights its config.json names.
-            let weights = if a.resume {
+            // A resumed run keeps the weights its config.json names (a cross-validation's
+            // folds yet to start need them named).
+            let weights = if a.resume && a.folds.is_none() {
                 a.weights.clone()
             } else {
                 resolve_weights(&a.arch, a.weights.clone(), a.allow_random_init)?
@@ -472,8 +489,17 @@ fn run(cli: Cli) -> Result<()> {
                 device: a.device,
                 dropout: a.dropout,
                 tune_blocks: a.tune_blocks.map(|n| n as usize),
+                fold: None,
+                feature_cache: a.feature_cache,
             };
-            train::run(cfg, &a.out, a.resume)?;
+            match a.folds {
+                Some(k) => {
+                    let s = cv::run(cfg, &a.out, k as usize, a.fold_seed, a.resume)?;
+                    println!("cross-validation, {k} folds: {}", cv::line(&s));
+                    println!("wrote {}", a.out.join("cv.md").display());
+                }
+                None => train::run(cfg, &a.out, a.resume)?,
+            }
         }
         Command::Evaluate {
             model,
@@ -488,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
                 let mut v = serde_json::to_value(&e.metrics)?;
                 v["split"] = serde_json::json!(split);
                 v["by_source"] = serde_json::json!(e.sources);
+                v["by_population"] = serde_json::to_value(&e.by_population)?;
                 v["ood"] = serde_json::json!(e.ood);
                 v["arch"] = serde_json::json!(e.arch);
                 v["weight_source"] = serde_json::json!(e.weight_source);
@@ -495,6 +522,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("model: {}, weights {}", e.arch, e.weight_source);
                 evaluate::print_table(&e.metrics);
+                println!("\n{}", breakdown::markdown(&e.by_population));
                 if let Some(o) = &e.ood {
                     println!(
                         "out-of-distribution: {} of {} images flagged ({:.1}%), median score {:.2}",

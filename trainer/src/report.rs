@@ -1,6 +1,7 @@
 //! Evaluation reports: the confusion-matrix figure, `report.md`, `report.html` with a Grad-CAM
 //! panel, and the per-source breakdown that exposes the paediatric-vs-adult shortcut.
 
+use crate::breakdown::Breakdown;
 use crate::metrics::Metrics;
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
@@ -172,6 +173,7 @@ pub fn markdown(
     model_desc: &str,
     m: &Metrics,
     sources: &SourceBreakdown,
+    by_population: &Breakdown,
     cams: &[CamEntry],
 ) -> String {
     let mut s = format!("# {title}\n\n{model_desc}\n\n");
@@ -191,6 +193,10 @@ pub fn markdown(
         pct(m.weighted_recall),
         m.macro_auc,
         m.ece
+    );
+    s += &format!(
+        "## Children and adults\n\n{CHILDREN_AND_ADULTS}\n\n{}\n",
+        crate::breakdown::markdown(by_population)
     );
     s += "## Per class\n\n| class | precision | recall | F1 | specificity | ROC-AUC | support |\n|---|---|---|---|---|---|---|\n";
     for c in Class::ALL {
@@ -254,12 +260,16 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// What the "Children and adults" section says before its tables.
+const CHILDREN_AND_ADULTS: &str = "Every public COVID-19 image is an adult's and most paediatric images are pneumonia, so a model can learn \"adult\" instead of \"COVID-19\". These are the headline figures: the four-class macro-F1 on the paper's population (children and COVID-19), and per population and source what adult normals, pneumonia of unknown pathogen (NIH ChestX-ray14: bacterial or viral, never COVID-19) and COVID-19 images were called.";
+
 /// The HTML report (self-contained apart from the PNGs beside it).
 pub fn html(
     title: &str,
     model_desc: &str,
     m: &Metrics,
     sources: &SourceBreakdown,
+    by_population: &Breakdown,
     cams: &[CamEntry],
 ) -> String {
     let mut s = format!(
@@ -280,6 +290,11 @@ pub fn html(
         pct(m.weighted_f1),
         m.macro_auc,
         m.ece
+    );
+    s += &format!(
+        "<h2>Children and adults</h2><p>{}</p>{}",
+        esc(CHILDREN_AND_ADULTS),
+        crate::breakdown::html(by_population)
     );
     s += "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>specificity</th><th>ROC-AUC</th><th>support</th></tr>";
     for c in Class::ALL {

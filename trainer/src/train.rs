@@ -5,14 +5,13 @@
 
 use crate::augment::Augment;
 use crate::data::cache::{self, SquareCache};
-use crate::data::{Manifest, Split};
+use crate::data::{Label, Manifest, NUM_LABELS, Population, Split};
 use crate::fsutil::write_atomic;
 use crate::metrics;
 use crate::parallel::Devices;
 use crate::weights;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::AdamConfig;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
@@ -52,12 +51,27 @@ pub const DEFAULT_TUNE_BLOCKS: usize = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Imbalance {
-    /// Cross-entropy weighted by inverse class frequency.
+    /// Cross-entropy weighted by inverse label frequency (the four classes and the partial
+    /// label "pneumonia, pathogen unknown" counted apart).
     Weighted,
-    /// Each epoch samples every class equally often (with replacement).
+    /// Cross-entropy weighted by inverse frequency of label x population, so that the few
+    /// adult images of a class weigh as much as its many paediatric ones.
+    Group,
+    /// Each epoch samples every label equally often (with replacement).
     Balanced,
     /// Nothing.
     None,
+}
+
+/// Patient-grouped cross-validation: which fold of train + val is this run's validation set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    /// 0-based fold index.
+    pub index: usize,
+    /// Number of folds.
+    pub of: usize,
+    /// Seed of the fold assignment.
+    pub seed: u64,
 }
 
 /// Learning-rate schedule.
@@ -122,6 +136,14 @@ pub struct TrainConfig {
     /// [`DEFAULT_TUNE_BLOCKS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tune_blocks: Option<usize>,
+    /// Cross-validation: train on the other folds of train + val and validate on this one
+    /// (`None`: the manifest's own train and val splits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<Fold>,
+    /// Frozen and partial modes: folder of the cached backbone outputs (`None`: the run's
+    /// `features/`); the folds of a cross-validation share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// One line of `epochs.csv`.
@@ -198,10 +220,45 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 
-/// The labels of a batch of training rows, as a tensor.
-fn label_tensor(batch: &[usize], labels: &[usize], device: &Device) -> Tensor<1, Int> {
-    let y: Vec<i64> = batch.iter().map(|&i| labels[i] as i64).collect();
-    Tensor::from_data(TensorData::new(y, [batch.len()]), device)
+/// Weighted cross-entropy against a set of allowed classes per row:
+/// `sum_i w_i * -log(sum_{c allowed in i} p_ic) / sum_i w_i`. A row that allows one class is
+/// ordinary cross-entropy; the partial label "pneumonia, pathogen unknown" allows bacterial and
+/// viral, so its loss is `-log(p_bacterial + p_viral)` and it never counts as either class.
+pub fn partial_cross_entropy(
+    logits: Tensor<2>,
+    allowed: Tensor<2>,
+    weights: Tensor<1>,
+) -> Tensor<1> {
+    let [n, _] = logits.dims();
+    let lse = |x: Tensor<2>| {
+        let m = x.clone().max_dim(1).detach();
+        (x - m.clone()).exp().sum_dim(1).log() + m
+    };
+    // Classes not allowed are pushed to -1e30: exp() of them is exactly 0.
+    let masked = logits.clone() + (allowed - 1.0) * 1e30;
+    let nll = (lse(logits) - lse(masked)).reshape([n]);
+    (nll * weights.clone()).sum() / weights.sum()
+}
+
+/// The loss of a batch of training rows: [`partial_cross_entropy`] of `logits` against their
+/// labels, with their row weights.
+fn batch_loss(
+    logits: Tensor<2>,
+    batch: &[usize],
+    labels: &[usize],
+    row_w: &[f32],
+    d: &Device,
+) -> Tensor<1> {
+    let allowed: Vec<f32> = batch
+        .iter()
+        .flat_map(|&i| Label::allowed_of_index(labels[i]).map(|a| f32::from(u8::from(a))))
+        .collect();
+    let w: Vec<f32> = batch.iter().map(|&i| row_w[i]).collect();
+    partial_cross_entropy(
+        logits,
+        Tensor::from_data(TensorData::new(allowed, [batch.len(), NUM_CLASSES]), d),
+        Tensor::from_data(TensorData::new(w, [batch.len()]), d),
+    )
 }
 
 /// Stacks normalised images into a tensor.
@@ -313,13 +370,13 @@ pub fn extract_features(
 }
 
 fn features_cached(
-    run: &Path,
+    dir: &Path,
     name: &str,
     n: usize,
     dim: usize,
     compute: impl FnOnce() -> Vec<f32>,
 ) -> Result<(Vec<f32>, bool)> {
-    let path = run.join("features").join(format!("{name}.f32"));
+    let path = dir.join(format!("{name}.f32"));
     if let Ok(bytes) = std::fs::read(&path)
         && bytes.len() == n * dim * 4
     {
@@ -378,9 +435,10 @@ fn pick_views(views: &[Vec<f32>], batch: &[usize], dim: usize, rng: &mut ChaCha8
 }
 
 /// The frozen part's output for the run: `cfg.views` views of each training image (view 0 the
-/// evaluation transform, the others augmentations drawn once) and the validation images,
-/// each computed once and kept in `RUN/features/` (`{tag}train-v{v}.f32`, `{tag}val.f32`).
-/// Records the extraction time in `timing`.
+/// evaluation transform, the others augmentations drawn once) and view 0 of the validation
+/// images. Each view is computed once for every row of train + val (the *pool*, the same for
+/// every fold of a cross-validation) and kept in the feature cache (`cfg.feature_cache`, else
+/// `RUN/features/`) as `{tag}v{v}.f32`. Records the extraction time in `timing`.
 #[allow(clippy::too_many_arguments)]
 fn cached_inputs(
     what: Extract,
@@ -395,29 +453,43 @@ fn cached_inputs(
     timing: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
     let dim = extract_dim(what, backbone, spec, device);
+    let dir = cfg
+        .feature_cache
+        .clone()
+        .unwrap_or_else(|| run.join("features"));
+    let mut pool: Vec<usize> = train_rows.iter().chain(val_rows).copied().collect();
+    pool.sort_unstable();
+    pool.dedup();
+    let at: std::collections::HashMap<usize, usize> =
+        pool.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let gather = |f: &[f32], rows: &[usize]| -> Vec<f32> {
+        rows.iter()
+            .flat_map(|i| f[at[i] * dim..(at[i] + 1) * dim].iter().copied())
+            .collect()
+    };
     let t0 = Instant::now();
     let mut fresh = 0.0;
-    let mut cached = |name: String, rows: &[usize], aug: Option<(&Augment, u64)>| {
-        let t = Instant::now();
-        let label = name.replace('-', " ");
-        let (f, hit) = features_cached(run, &name, rows.len(), dim, || {
-            extract_features(what, backbone, spec, squares, rows, aug, device, &label)
-        })?;
-        if !hit {
-            fresh += t.elapsed().as_secs_f64();
-        }
-        anyhow::Ok(f)
-    };
     let mut train_views = Vec::new();
+    let mut val = Vec::new();
     for v in 0..cfg.views.max(1) {
         let aug = cfg
             .augment
             .as_ref()
             .filter(|_| v > 0)
             .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
-        train_views.push(cached(format!("{tag}train-v{v}"), train_rows, aug)?);
+        let t = Instant::now();
+        let label = format!("{tag}view {v}").replace('-', " ");
+        let (f, hit) = features_cached(&dir, &format!("{tag}v{v}"), pool.len(), dim, || {
+            extract_features(what, backbone, spec, squares, &pool, aug, device, &label)
+        })?;
+        if !hit {
+            fresh += t.elapsed().as_secs_f64();
+        }
+        if v == 0 {
+            val = gather(&f, val_rows);
+        }
+        train_views.push(gather(&f, train_rows));
     }
-    let val = cached(format!("{tag}val"), val_rows, None)?;
     timing.insert("feature_extraction_seconds".into(), fresh.into());
     timing.insert(
         "feature_extraction_wall_seconds".into(),
@@ -426,29 +498,74 @@ fn cached_inputs(
     Ok((train_views, val))
 }
 
-/// Class weights `N / (4 n_c)` of the training labels.
-pub fn class_weights(labels: &[usize]) -> Vec<f32> {
-    let mut cnt = [0usize; NUM_CLASSES];
-    for &l in labels {
-        cnt[l] += 1;
+/// Inverse-frequency weights `N / (K n_g)` of group indices (`K`: the groups present).
+fn inverse_frequency(groups: &[usize], n_groups: usize) -> Vec<f32> {
+    let mut cnt = vec![0usize; n_groups];
+    for &g in groups {
+        cnt[g] += 1;
     }
-    let n = labels.len() as f32;
+    let present = cnt.iter().filter(|&&c| c > 0).count().max(1);
+    let n = groups.len() as f32;
     cnt.iter()
         .map(|&c| {
             if c == 0 {
                 0.0
             } else {
-                n / (NUM_CLASSES as f32 * c as f32)
+                n / (present as f32 * c as f32)
             }
         })
         .collect()
+}
+
+/// Label weights `N / (K n_l)` of the training labels (label indices, see
+/// [`Label::index`]; `K` the labels present).
+pub fn class_weights(labels: &[usize]) -> Vec<f32> {
+    inverse_frequency(labels, NUM_LABELS)
+}
+
+/// Each training row's weight in the loss under `imbalance`.
+pub fn row_weights(labels: &[usize], populations: &[Population], imbalance: Imbalance) -> Vec<f32> {
+    match imbalance {
+        Imbalance::Weighted => {
+            let w = class_weights(labels);
+            labels.iter().map(|&l| w[l]).collect()
+        }
+        Imbalance::Group => {
+            let g: Vec<usize> = labels
+                .iter()
+                .zip(populations)
+                .map(|(&l, p)| l * 2 + p.index())
+                .collect();
+            let w = inverse_frequency(&g, NUM_LABELS * 2);
+            g.iter().map(|&k| w[k]).collect()
+        }
+        Imbalance::Balanced | Imbalance::None => vec![1.0; labels.len()],
+    }
+}
+
+/// The training and validation rows of a run: the manifest's splits, or under `fold` the
+/// other folds of train + val and this fold (patient-grouped, see [`crate::cv::folds`]).
+pub fn run_rows(manifest: &Manifest, fold: Option<Fold>) -> (Vec<usize>, Vec<usize>) {
+    match fold {
+        None => (
+            manifest.split_indices(Split::Train),
+            manifest.split_indices(Split::Val),
+        ),
+        Some(f) => {
+            let of = crate::cv::folds(manifest, f.of, f.seed);
+            let pool = (0..manifest.records.len()).filter(|&i| of[i].is_some());
+            let (val, train): (Vec<usize>, Vec<usize>) =
+                pool.partition(|&i| of[i] == Some(f.index));
+            (train, val)
+        }
+    }
 }
 
 /// The order of training rows for one epoch.
 fn epoch_order(labels: &[usize], imbalance: Imbalance, rng: &mut ChaCha8Rng) -> Vec<usize> {
     match imbalance {
         Imbalance::Balanced => {
-            let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); NUM_CLASSES];
+            let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); NUM_LABELS];
             for (i, &l) in labels.iter().enumerate() {
                 by_class[l].push(i);
             }
@@ -530,8 +647,16 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
             }
         }
     };
-    let train_rows = manifest.split_indices(Split::Train);
-    let val_rows = manifest.split_indices(Split::Val);
+    if let Some(f) = cfg.fold
+        && (f.of < 2 || f.index >= f.of)
+    {
+        bail!(
+            "fold {} of {}: need at least 2 folds and an index below their number",
+            f.index,
+            f.of
+        );
+    }
+    let (train_rows, val_rows) = run_rows(&manifest, cfg.fold);
     if train_rows.is_empty() || val_rows.is_empty() {
         bail!(
             "{}: the manifest needs train and val rows (build it with --val > 0)",
@@ -541,19 +666,17 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     let train_labels = manifest.labels(&train_rows);
     let val_labels = manifest.labels(&val_rows);
     let squares = cache::load_or_build(&manifest, spec.input.resize)?;
-    let loss_weights = (cfg.imbalance == Imbalance::Weighted).then(|| class_weights(&train_labels));
-    // Built on each replica's device (the class weights are a tensor).
-    let loss_fn = |d: &Device| {
-        CrossEntropyLossConfig::new()
-            .with_weights(loss_weights.clone())
-            .init(d)
-    };
+    let row_w = row_weights(
+        &train_labels,
+        &manifest.populations(&train_rows),
+        cfg.imbalance,
+    );
     let mut optim = AdamConfig::new().init();
     ad.seed(cfg.seed);
     let mut timing = serde_json::Map::new();
     let backbone = loaded.backbone;
 
-    let model = match cfg.mode {
+    let (model, val_probs) = match cfg.mode {
         Mode::Frozen => {
             let dim = spec.head_dim();
             let shape = spec.head_shape;
@@ -577,15 +700,14 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 run,
                 head,
                 &mut optim,
-                &train_labels,
+                (&train_labels, &row_w),
                 &val_labels,
                 &mut timing,
                 &replicas,
                 |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
                     let x = pick_views(&train_views, batch, dim, rng);
                     let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), d);
-                    let y = label_tensor(batch, &train_labels, d);
-                    loss_fn(d).forward(m.forward_rows(x, shape), y)
+                    batch_loss(m.forward_rows(x, shape), batch, &train_labels, &row_w, d)
                 },
                 |m: &Head| {
                     probs_rows(to_vec(softmax(
@@ -594,10 +716,17 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                     )))
                 },
             )?;
-            Classifier {
+            // The validation probabilities from the cached features: the backbone is not run
+            // again.
+            let val_probs = probs_rows(to_vec(softmax(
+                head.valid().fork(&device).forward_rows(val_x, shape),
+                1,
+            )));
+            let model = Classifier {
                 backbone,
                 head: head.valid().fork(&device),
-            }
+            };
+            (model, Some(val_probs))
         }
         Mode::Partial => {
             let blocks = backbone
@@ -635,7 +764,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 run,
                 model,
                 &mut optim,
-                &train_labels,
+                (&train_labels, &row_w),
                 &val_labels,
                 &mut timing,
                 &replicas,
@@ -645,8 +774,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                         .backbone
                         .feature_map_from(rows4(x, batch.len(), d), cut)
                         .expect("a backbone with blocks");
-                    let y = label_tensor(batch, &train_labels, d);
-                    loss_fn(d).forward(m.logits_from_map(map), y)
+                    batch_loss(m.logits_from_map(map), batch, &train_labels, &row_w, d)
                 },
                 |m: &Classifier| {
                     let v = m.valid().fork(&device);
@@ -659,7 +787,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                     out
                 },
             )?;
-            model.valid().fork(&device)
+            (model.valid().fork(&device), None)
         }
         Mode::Finetune => {
             let model = trainable(backbone, &spec, &cfg, &ad);
@@ -677,7 +805,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 run,
                 model,
                 &mut optim,
-                &train_labels,
+                (&train_labels, &row_w),
                 &val_labels,
                 &mut timing,
                 &replicas,
@@ -695,8 +823,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                         })
                         .collect();
                     let x = stack(&imgs, spec.input.crop, d);
-                    let y = label_tensor(batch, &train_labels, d);
-                    loss_fn(d).forward(m.forward(x), y)
+                    batch_loss(m.forward(x), batch, &train_labels, &row_w, d)
                 },
                 |m: &Classifier| {
                     let v = m.valid().fork(&device);
@@ -710,7 +837,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                     out
                 },
             )?;
-            model.valid().fork(&device)
+            (model.valid().fork(&device), None)
         }
     };
     finish(
@@ -718,6 +845,7 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
         &spec,
         model,
         &manifest,
+        (&val_rows, val_probs),
         &squares,
         &device,
         timing,
@@ -734,7 +862,7 @@ fn train_loop<M: Module>(
     run: &Path,
     mut module: M,
     optim: &mut burn::optim::ModuleOptimizer,
-    train_labels: &[usize],
+    (train_labels, row_w): (&[usize], &[f32]),
     val_labels: &[usize],
     timing: &mut serde_json::Map<String, serde_json::Value>,
     replicas: &Devices,
@@ -801,15 +929,9 @@ fn train_loop<M: Module>(
         );
         state = saved;
     }
-    // A shard's share of a batch's loss: its rows, or their class weights when the loss is
-    // weighted (its normaliser is then the sum of the batch's weights).
-    let class_w = class_weights(train_labels);
-    let shard_weight = |rows: &[usize]| -> f64 {
-        match cfg.imbalance {
-            Imbalance::Weighted => rows.iter().map(|&i| class_w[train_labels[i]] as f64).sum(),
-            _ => rows.len() as f64,
-        }
-    };
+    // A shard's share of a batch's loss: the sum of its rows' weights (the loss's normaliser
+    // is the sum of the batch's weights).
+    let shard_weight = |rows: &[usize]| -> f64 { rows.iter().map(|&i| row_w[i] as f64).sum() };
     let n = train_labels.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let remaining = cfg.epochs.saturating_sub(state.epochs_done);
@@ -955,33 +1077,65 @@ pub fn predict_rows(
     out
 }
 
+/// Writes `val_predictions.csv`: manifest row, path, label, population, source, patient and
+/// the four probabilities of each validation row.
+fn write_predictions(
+    path: &Path,
+    manifest: &Manifest,
+    rows: &[usize],
+    probs: &[[f32; NUM_CLASSES]],
+) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["row", "path", "label", "population", "source", "patient"];
+    header.extend(pneumoscope::Class::ALL.iter().map(|c| c.name()));
+    w.write_record(&header)?;
+    for (&i, p) in rows.iter().zip(probs) {
+        let r = &manifest.records[i];
+        let mut rec = vec![
+            i.to_string(),
+            r.path.clone(),
+            r.label.to_string(),
+            r.population().to_string(),
+            r.source.clone(),
+            r.patient.clone(),
+        ];
+        rec.extend(p.iter().map(|v| v.to_string()));
+        w.write_record(&rec)?;
+    }
+    write_atomic(path, &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finish(
     run: &Path,
     spec: &ArchSpec,
     model: Classifier,
     manifest: &Manifest,
+    (val_rows, val_probs): (&[usize], Option<Vec<[f32; NUM_CLASSES]>>),
     squares: &SquareCache,
     device: &Device,
     timing: serde_json::Map<String, serde_json::Value>,
     weight_source: &str,
 ) -> Result<()> {
+    // Only the run's own validation rows: the test split is looked at once, at the end of a
+    // study, with `pneumoscope evaluate`, never by every training run.
     let mut report = serde_json::Map::new();
-    for split in [Split::Val, Split::Test] {
-        let rows = manifest.split_indices(split);
-        if rows.is_empty() {
-            continue;
-        }
-        let probs = predict_rows(&model, spec, squares, &rows, device);
-        let labels = manifest.labels(&rows);
-        let pats = manifest.patients(&rows);
-        let m = metrics::compute(&probs, &labels, &pats);
-        println!(
-            "{split}: accuracy {:.4}  macro-F1 {:.4} [{:.4}, {:.4}]  (n = {})",
-            m.accuracy, m.macro_f1, m.macro_f1_ci.low, m.macro_f1_ci.high, m.n
-        );
-        report.insert(split.to_string(), serde_json::to_value(&m)?);
-    }
+    let probs = val_probs.unwrap_or_else(|| predict_rows(&model, spec, squares, val_rows, device));
+    let labels = manifest.labels(val_rows);
+    let pats = manifest.patients(val_rows);
+    let m = metrics::compute(&probs, &labels, &pats);
+    println!(
+        "val: accuracy {:.4}  macro-F1 {:.4} [{:.4}, {:.4}]  (n = {}, {} of them pneumonia of \
+         unknown pathogen, left out of these figures)",
+        m.accuracy,
+        m.macro_f1,
+        m.macro_f1_ci.low,
+        m.macro_f1_ci.high,
+        m.n,
+        labels.iter().filter(|&&l| l >= NUM_CLASSES).count()
+    );
+    report.insert("val".into(), serde_json::to_value(&m)?);
+    write_predictions(&run.join("val_predictions.csv"), manifest, val_rows, &probs)?;
     write_atomic(
         &run.join("metrics.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -998,4 +1152,93 @@ fn finish(
     write_atomic(&run.join("model.bpk"), &bytes)?;
     println!("wrote {}", run.join("model.bpk").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::loss::CrossEntropyLossConfig;
+
+    fn rows(v: Tensor<2>) -> Vec<f32> {
+        v.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// With one allowed class per row it is Burn's weighted cross-entropy; with bacterial and
+    /// viral allowed it is `-log(p_b + p_v)`, and its gradient is `softmax - q`, where `q` is
+    /// the softmax renormalised over the allowed classes.
+    #[test]
+    fn partial_cross_entropy_against_its_definition() {
+        let ad = Device::flex().autodiff();
+        let logits = [
+            1.0f32, 2.0, 0.5, -1.0, 0.2, -0.3, 1.5, 3.0, -2.0, 0.0, 0.7, 0.1,
+        ];
+        let x = || Tensor::<2>::from_data(TensorData::new(logits.to_vec(), [3, 4]), &ad);
+        let labels = [1usize, 3, 0];
+        let w = [0.5f32, 2.0, 1.0];
+        let onehot: Vec<f32> = labels
+            .iter()
+            .flat_map(|&l| (0..4).map(move |c| f32::from(u8::from(c == l))))
+            .collect();
+        let ours = partial_cross_entropy(
+            x(),
+            Tensor::from_data(TensorData::new(onehot, [3, 4]), &ad),
+            Tensor::from_data(TensorData::new(w.to_vec(), [3]), &ad),
+        );
+        let burn = CrossEntropyLossConfig::new()
+            .with_weights(Some(vec![w[2], w[0], 1.0, w[1]]))
+            .init(&ad)
+            .forward(
+                x(),
+                Tensor::from_data(TensorData::new(labels.map(|l| l as i64).to_vec(), [3]), &ad),
+            );
+        let (a, b): (f32, f32) = (ours.into_scalar(), burn.into_scalar());
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+
+        // The partial label on the first row alone.
+        let x0 = Tensor::<2>::from_data(TensorData::new(logits[..4].to_vec(), [1, 4]), &ad)
+            .require_grad();
+        let allowed = Label::Pneumonia.allowed().map(|a| f32::from(u8::from(a)));
+        let loss = partial_cross_entropy(
+            x0.clone(),
+            Tensor::from_data(TensorData::new(allowed.to_vec(), [1, 4]), &ad),
+            Tensor::from_data(TensorData::new(vec![3.0f32], [1]), &ad),
+        );
+        let e: Vec<f64> = logits[..4].iter().map(|&v| (v as f64).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let p: Vec<f64> = e.iter().map(|v| v / z).collect();
+        let want = -(p[1] + p[2]).ln();
+        let got: f32 = loss.clone().into_scalar();
+        let got = got as f64;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        let g = loss.backward();
+        let grad = rows(x0.grad(&g).unwrap());
+        for c in 0..4 {
+            let q = if allowed[c] > 0.0 {
+                p[c] / (p[1] + p[2])
+            } else {
+                0.0
+            };
+            assert!(
+                (grad[c] as f64 - (p[c] - q)).abs() < 1e-5,
+                "class {c}: {} vs {}",
+                grad[c],
+                p[c] - q
+            );
+        }
+    }
+
+    #[test]
+    fn group_weights_balance_label_and_population() {
+        use Population::*;
+        let labels = [0, 0, 0, 0, 0, 0, 3, 3];
+        let pops = [Child, Child, Child, Child, Adult, Adult, Adult, Adult];
+        let w = row_weights(&labels, &pops, Imbalance::Group);
+        // Three groups of 4, 2 and 2 images: each group's weights sum to 8 / 3.
+        let sum = |idx: &[usize]| idx.iter().map(|&i| w[i]).sum::<f32>();
+        for g in [&[0, 1, 2, 3][..], &[4, 5], &[6, 7]] {
+            assert!((sum(g) - 8.0 / 3.0).abs() < 1e-5);
+        }
+        let w = row_weights(&labels, &pops, Imbalance::Weighted);
+        assert!((w[0] - 8.0 / 12.0).abs() < 1e-6 && (w[6] - 2.0).abs() < 1e-6);
+    }
 }

@@ -289,8 +289,13 @@ fn resume_continues_to_the_same_result() {
         serde_json::from_slice(&std::fs::read(straight.join("metrics.json")).unwrap()).unwrap();
     let mb: serde_json::Value =
         serde_json::from_slice(&std::fs::read(split.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(ma["test"]["macro_f1"], mb["test"]["macro_f1"]);
-    assert_eq!(ma["test"]["confusion"], mb["test"]["confusion"]);
+    assert_eq!(ma["val"]["macro_f1"], mb["val"]["macro_f1"]);
+    assert_eq!(ma["val"]["confusion"], mb["val"]["confusion"]);
+    assert_eq!(
+        std::fs::read_to_string(straight.join("val_predictions.csv")).unwrap(),
+        std::fs::read_to_string(split.join("val_predictions.csv")).unwrap(),
+        "the final model's validation probabilities differ"
+    );
 
     // A corrupt latest checkpoint: the run falls back to the one before and still ends with
     // the uninterrupted run's numbers.
@@ -380,7 +385,7 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
         // are being computed.
         (
             "during feature extraction",
-            Box::new(has("features/train-v0.f32")),
+            Box::new(has("features/v0.f32")),
         ),
         // Between epochs, as soon as the second checkpoint lands.
         ("after epoch 2", Box::new(has("checkpoint-0002.bpk"))),
@@ -401,8 +406,8 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
         assert_eq!(
-            m["test"], want_metrics["test"],
-            "killed {when}: test metrics differ"
+            m["val"], want_metrics["val"],
+            "killed {when}: validation metrics differ"
         );
     }
 }
