@@ -73,6 +73,7 @@ pub fn model_file(data: &[u8]) {
             metrics: serde_json::Value::Null,
             extra: serde_json::Value::Null,
             ood: None,
+            population: None,
             created_by: "fuzz".into(),
             payload_len: rest.len() as u64,
             payload_sha256: crate::model_file::sha256_hex(rest),

@@ -12,6 +12,7 @@ use crate::model_file::{
     ENSEMBLE_FORMAT_VERSION, EnsembleFile, EnsembleHeader, ModelFile, ModelHeader, format_version,
 };
 use crate::ood::OodScore;
+use crate::population::{PopulationEstimate, PopulationModel};
 use crate::preprocess;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -28,6 +29,12 @@ pub struct Prediction {
     /// How unlike the training X-rays the image is (`None` when the model file has no
     /// out-of-distribution statistics).
     pub ood: Option<OodScore>,
+    /// Child or adult, estimated from the backbone's features (`None` when the model file has
+    /// no population estimate).
+    pub population: Option<PopulationEstimate>,
+    /// Set when the model saw too few training images of the predicted class from the image's
+    /// population for its answer to mean much (see [`crate::population`]).
+    pub caution: Option<String>,
 }
 
 impl Prediction {
@@ -53,7 +60,17 @@ impl Prediction {
             probabilities,
             top,
             ood: None,
+            population: None,
+            caution: None,
         }
+    }
+
+    /// Sets the population estimate and, from it, the caution.
+    fn with_population(mut self, model: &PopulationModel, adult_probability: f32) -> Self {
+        let estimate = PopulationEstimate::of(adult_probability);
+        self.caution = model.caution(self.top, estimate);
+        self.population = Some(estimate);
+        self
     }
 }
 
@@ -142,7 +159,7 @@ impl Network {
 
     /// Appends the pooled features to the probabilities when the OOD score needs them.
     fn with_features(&self, probabilities: Tensor<2>, pooled: Tensor<2>) -> Tensor<2> {
-        if self.header.ood.is_some() {
+        if self.feature_width() > 0 {
             Tensor::cat(vec![probabilities, pooled], 1)
         } else {
             probabilities
@@ -152,19 +169,31 @@ impl Network {
     /// Splits the rows read back from [`Network::outputs`] into predictions.
     fn predictions(&self, data: TensorData) -> Result<Vec<Prediction>> {
         let data: Vec<f32> = data.try_to_vec().map_err(read_error)?;
-        let width = NUM_CLASSES + self.header.ood.as_ref().map_or(0, |o| o.dim);
+        let width = NUM_CLASSES + self.feature_width();
         Ok(data
             .chunks(width)
             .map(|row| {
                 let mut p = Prediction::from_probabilities([row[0], row[1], row[2], row[3]]);
-                p.ood = self
-                    .header
-                    .ood
-                    .as_ref()
-                    .map(|o| o.score(&row[NUM_CLASSES..]));
-                p
+                let pooled = &row[NUM_CLASSES..];
+                p.ood = self.header.ood.as_ref().map(|o| o.score(pooled));
+                match &self.header.population {
+                    Some(m) => p.with_population(m, m.adult_probability(pooled)),
+                    None => p,
+                }
             })
             .collect())
+    }
+
+    /// Pooled feature values read back beside the probabilities: the backbone's feature
+    /// dimension when the out-of-distribution score or the population estimate needs them.
+    fn feature_width(&self) -> usize {
+        // Both are checked against the architecture's feature dimension on load.
+        let h = &self.header;
+        h.ood
+            .as_ref()
+            .map(|o| o.dim)
+            .or(h.population.as_ref().map(|p| p.dim))
+            .unwrap_or(0)
     }
 
     /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
@@ -265,6 +294,14 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The population estimate that decides an ensemble's caution: the first network's that
+    /// has one.
+    pub fn population_model(&self) -> Option<&PopulationModel> {
+        self.networks
+            .iter()
+            .find_map(|n| n.header.population.as_ref())
+    }
+
     /// Parses, verifies and loads a model file of either kind.
     pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
         if format_version(bytes)? == ENSEMBLE_FORMAT_VERSION {
@@ -407,7 +444,7 @@ impl Engine {
             .enumerate()
             .map(|(k, n)| n.classify_batch(&Self::column(inputs, k)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(mean_predictions(per_network))
+        Ok(mean_predictions(per_network, self.population_model()))
     }
 
     /// [`Engine::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
@@ -416,7 +453,7 @@ impl Engine {
         for (k, n) in self.networks.iter().enumerate() {
             per_network.push(n.classify_batch_async(&Self::column(inputs, k)).await?);
         }
-        Ok(mean_predictions(per_network))
+        Ok(mean_predictions(per_network, self.population_model()))
     }
 
     /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
@@ -442,7 +479,10 @@ impl Engine {
             predictions.push(vec![p]);
             activations.push(a);
         }
-        Ok((mean_predictions(predictions).remove(0), activations))
+        Ok((
+            mean_predictions(predictions, self.population_model()).remove(0),
+            activations,
+        ))
     }
 
     /// Grad-CAM for `class` from the activations kept by
@@ -554,7 +594,7 @@ impl Engine {
                 gradcam_ms: 0.0,
             });
         }
-        let prediction = mean_predictions(predictions).remove(0);
+        let prediction = mean_predictions(predictions, self.population_model()).remove(0);
         let class = class.unwrap_or(prediction.top);
         let mut cams = Vec::with_capacity(self.networks.len());
         for ((n, a), m) in self
@@ -582,8 +622,13 @@ impl Engine {
 }
 
 /// Combines per-network predictions (`[network][image]`) image by image: the mean of the
-/// probabilities, and of the out-of-distribution scores of the networks that have one.
-fn mean_predictions(mut per_network: Vec<Vec<Prediction>>) -> Vec<Prediction> {
+/// probabilities, of the out-of-distribution scores and of the adult probabilities of the
+/// networks that have them; the caution is decided anew for the combined class by
+/// `population` (the first member's, whose training data every member shares).
+fn mean_predictions(
+    mut per_network: Vec<Vec<Prediction>>,
+    population: Option<&PopulationModel>,
+) -> Vec<Prediction> {
     if per_network.len() == 1 {
         return per_network.remove(0);
     }
@@ -608,7 +653,16 @@ fn mean_predictions(mut per_network: Vec<Vec<Prediction>>) -> Vec<Prediction> {
                     flagged: score > 1.0 || score.is_nan(),
                 });
             }
-            combined
+            let adult: Vec<f32> = per_network
+                .iter()
+                .filter_map(|net| net[i].population.map(|p| p.adult_probability))
+                .collect();
+            match population {
+                Some(m) if !adult.is_empty() => {
+                    combined.with_population(m, adult.iter().sum::<f32>() / adult.len() as f32)
+                }
+                _ => combined,
+            }
         })
         .collect()
 }
@@ -702,7 +756,7 @@ mod tests {
             }),
             ..pa.clone()
         };
-        let m = mean_predictions(vec![vec![with(0.5)], vec![with(1.7)]]).remove(0);
+        let m = mean_predictions(vec![vec![with(0.5)], vec![with(1.7)]], None).remove(0);
         assert_eq!(
             m.ood,
             Some(OodScore {

@@ -28,6 +28,7 @@ pub mod inference;
 pub mod model;
 pub mod model_file;
 pub mod ood;
+pub mod population;
 pub mod preprocess;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -27,6 +27,7 @@ use crate::classes::Class;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::ood::OodStats;
+use crate::population::PopulationModel;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
@@ -73,6 +74,10 @@ pub struct ModelHeader {
     /// Out-of-distribution statistics of the training features, when fitted at export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ood: Option<OodStats>,
+    /// The child/adult estimate and the training images per class and population, when
+    /// fitted at export (see [`crate::population`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub population: Option<PopulationModel>,
     /// Version of the software that wrote the file.
     pub created_by: String,
     /// Length of the payload in bytes.
@@ -149,6 +154,9 @@ impl ModelFile {
             "weights",
         )?;
         let spec = arch::find(&header.arch).map_err(|e| bad(e.to_string()))?;
+        if let Some(p) = &header.population {
+            p.validate(spec.feature_dim).map_err(bad)?;
+        }
         if let Some(ood) = &header.ood {
             ood.validate(spec.feature_dim).map_err(bad)?;
         }
@@ -447,6 +455,7 @@ pub(crate) mod tests {
             metrics: serde_json::Value::Null,
             extra: serde_json::Value::Null,
             ood: None,
+            population: None,
             created_by: "test".into(),
             payload_len: 0,
             payload_sha256: String::new(),

@@ -133,7 +133,7 @@ impl OodStats {
 
 /// Long `f32` arrays in the JSON header as base64 of their little-endian bytes: a quarter of
 /// the size of decimal text, and exact.
-mod f32_base64 {
+pub(crate) mod f32_base64 {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};

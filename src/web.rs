@@ -10,6 +10,8 @@
 //! r.probabilities;                     // { normal: 0.01, bacterial: 0.9, viral: 0.08, covid19: 0.01 }
 //! r.timings;                           // { preprocess_ms, inference_ms }
 //! r.ood;                               // { score, flagged } or null: score > 1 = unlike the training X-rays
+//! r.population;                        // { adult_probability, population: "child" | "adult" } or null
+//! r.caution;                           // a sentence, or null: too few such training images for this answer
 //! const e = await model.explain(new Uint8Array(imageBytes), "viral"); // class optional
 //! e.cam;                               // { width, height, values (Float32Array), class, score }: the raw map
 //! e.size;                              // side of the network input (e.g. 224)
@@ -98,6 +100,11 @@ struct Classification {
     timings: Timings,
     /// `{ score, flagged }`, or null when the model has no out-of-distribution statistics.
     ood: Option<crate::ood::OodScore>,
+    /// `{ adult_probability, population }`, or null when the model has no population estimate.
+    population: Option<crate::population::PopulationEstimate>,
+    /// Why this answer deserves less trust (too few training images of the predicted class
+    /// from the image's population), or null.
+    caution: Option<String>,
 }
 
 /// The map's metadata; its values go to JavaScript as one `Float32Array` (a plain array of
@@ -130,12 +137,25 @@ fn classification(p: &Prediction, backend: &'static str, timings: Timings) -> Cl
         backend,
         timings,
         ood: p.ood,
+        population: p.population,
+        caution: p.caution.clone(),
     }
 }
 
 /// One network's header as a plain object, its out-of-distribution statistics summarised.
 fn network_info(header: &crate::model_file::ModelHeader) -> Result<serde_json::Value, JsValue> {
     let mut info = serde_json::to_value(header).map_err(js_error)?;
+    if let (Some(p), Some(obj)) = (&header.population, info.as_object_mut()) {
+        obj.insert(
+            "population".into(),
+            serde_json::json!({
+                "method": p.method,
+                "training_counts": p.training_counts,
+                "min_training_images": p.min_training_images,
+                "fit": p.fit,
+            }),
+        );
+    }
     if let (Some(o), Some(obj)) = (&header.ood, info.as_object_mut()) {
         obj.insert(
             "ood".into(),

@@ -10,6 +10,8 @@
 // loaded, `body[data-model-ready]`, `body[data-backend]` and `body[data-ready-ms]` (time since
 // navigation). `#result[data-ood]` holds `{score, flagged}` as JSON (or `null` when the model has
 // no out-of-distribution statistics); `#ood-warning` is shown when the image is flagged.
+// `#result[data-caution]` holds the model's caution (too few training images of the predicted
+// class from the image's population, child or adult), shown in `#caution`; absent when none.
 
 import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, oodMessage, renderBars, requestedBackend } from "./client.js";
 
@@ -47,7 +49,9 @@ function clearResult() {
   delete r.dataset.timings;
   delete r.dataset.wallMs;
   delete r.dataset.ood;
+  delete r.dataset.caution;
   $("ood-warning").hidden = true;
+  $("caution").hidden = true;
   const c = $("gradcam");
   for (const k of ["class", "width", "height", "map"]) delete c.dataset[k];
 }
@@ -144,6 +148,11 @@ function show(r, startedAt) {
   const warning = $("ood-warning");
   warning.hidden = !r.ood?.flagged;
   warning.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
+  const caution = $("caution");
+  caution.hidden = !r.caution;
+  caution.textContent = r.caution ?? "";
+  if (r.caution) result.dataset.caution = r.caution;
+  else delete result.dataset.caution;
   result.dataset.top = r.top;
   result.hidden = false;
   const wall = performance.now() - startedAt;

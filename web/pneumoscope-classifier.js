@@ -8,7 +8,8 @@
 // Attributes: `model` (URL of a model file; default: the default of models/index.json),
 // `backend` (auto | webgpu | cpu). After each image the element carries `data-top`,
 // `data-probabilities` (JSON), `data-backend` and `data-ood` (JSON `{score, flagged}` or null; a
-// flagged image also shows a warning), and fires a `pneumoscope-result` event whose
+// flagged image also shows a warning) and `data-caution` (present, and the caution shown, when
+// the model saw too few training images of the answer's class from the image's population), and fires a `pneumoscope-result` event whose
 // `detail` is the classification; failures fire `pneumoscope-error` and show the message.
 // Like the page, it runs everything on the user's device in a Web Worker.
 
@@ -25,6 +26,7 @@ const TEMPLATE = `
     <p class="error" role="alert" hidden></p>
     <div class="result" hidden>
       <p class="ood" role="alert" hidden></p>
+      <p class="caution" role="note" hidden></p>
       <canvas width="224" height="224" aria-label="Grad-CAM heatmap"></canvas>
       <div>
         <p class="top"></p>
@@ -132,9 +134,14 @@ class PneumoscopeClassifier extends HTMLElement {
       const ood = this.$(".ood");
       ood.hidden = !r.ood?.flagged;
       ood.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
+      const caution = this.$(".caution");
+      caution.hidden = !r.caution;
+      caution.textContent = r.caution ?? "";
+      if (r.caution) this.dataset.caution = r.caution;
+      else delete this.dataset.caution;
       this.dataset.top = r.top;
       const { top, probabilities, backend, timings } = r;
-      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings, ood: r.ood ?? null } }));
+      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings, ood: r.ood ?? null, caution: r.caution ?? null } }));
     } catch (e) {
       this.$(".result").hidden = true;
       this.fail(`${this.name}: ${e.message}`);

@@ -66,6 +66,24 @@ function testImages(shared) {
 const images = testImages(args.shared);
 const native = new Map(images.map((f) => [f, nativePredict(args.pneumoscope, args.model, f)]));
 
+/** An adult X-ray of NIH ChestX-ray14 (pneumonia, pathogen unknown) that the native CLI
+ * answers with a caution: the model saw few adults with the class it predicts. */
+function cautionedImage(shared) {
+  const nih = join(shared, "data/nih-chestxray14");
+  const [, ...rows] = parseCsv(readFileSync(join(nih, "Data_Entry_2017_v2020.csv"), "utf8"));
+  const files = rows.filter((r) => r[1]?.includes("Pneumonia")).filter((_, i) => i % 6 === 0).slice(0, 40)
+    .map((r) => join(nih, "images", r[0]));
+  for (const f of files) {
+    const p = nativePredict(args.pneumoscope, args.model, f);
+    if (p.caution) {
+      native.set(f, p);
+      return f;
+    }
+  }
+  return null;
+}
+const cautioned = cautionedImage(args.shared);
+
 let onScreen = null; // the file last uploaded to the page
 
 async function upload(page, file) {
@@ -87,7 +105,10 @@ async function readResult(page) {
     const r = document.getElementById("result");
     const c = document.getElementById("gradcam");
     const warning = document.getElementById("ood-warning");
+    const caution = document.getElementById("caution");
     return {
+      caution: r.dataset.caution ?? null,
+      cautionShown: caution.hidden ? null : caution.textContent,
       top: r.dataset.top,
       probabilities: JSON.parse(r.dataset.probabilities),
       backend: r.dataset.backend,
@@ -129,6 +150,10 @@ function compareWithNative(file, got, backend, want = native.get(file)) {
   check(got.ood.flagged === want.ood.flagged, `${file}: flagged ${got.ood.flagged} in the page, ${want.ood.flagged} natively`);
   if ("oodWarning" in got) {
     check(Boolean(got.oodWarning) === got.ood.flagged, `${file}: warning ${JSON.stringify(got.oodWarning)} for flagged = ${got.ood.flagged}`);
+  }
+  if ("caution" in got) {
+    check(got.caution === (want.caution ?? null), `${file}: caution ${JSON.stringify(got.caution)} in the page, ${JSON.stringify(want.caution)} natively`);
+    check(got.cautionShown === got.caution, `${file}: #caution shows ${JSON.stringify(got.cautionShown)} for ${JSON.stringify(got.caution)}`);
   }
 }
 
@@ -225,6 +250,12 @@ async function backendSuite(browser, backend) {
     await page.keyboard.press("Tab");
     const focused = await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
     check(focused === "image-input", `Tab from the drop zone goes to ${focused}, not the file input`);
+  });
+  await t.test(`${backend}: an adult X-ray of a class rare among adults in training shows the CLI's caution`, async () => {
+    check(cautioned, "the native CLI cautions none of 40 adult NIH pneumonia X-rays");
+    const got = await upload(page, cautioned);
+    compareWithNative(cautioned, got, backend);
+    check(/saw only \d+ X-rays of adults/.test(got.cautionShown ?? ""), `#caution shows ${JSON.stringify(got.cautionShown)}`);
   });
   await t.test(`${backend}: a photo is flagged as out of distribution, with the CLI's score`, async () => {
     const photo = join(args.shared, "fixtures/imagenet/chelsea.png");

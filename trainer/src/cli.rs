@@ -47,6 +47,8 @@ pub fn predict(
                         "probabilities": probs,
                         "top": p.top,
                         "ood": p.ood,
+                        "population": p.population,
+                        "caution": p.caution,
                     })
                 );
             }

@@ -1,7 +1,7 @@
 //! `pneumoscope export`: a finished run → one self-describing model file.
 
 use crate::calibrate;
-use crate::data::{Manifest, Split};
+use crate::data::Manifest;
 use crate::train::TrainConfig;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -54,7 +54,10 @@ pub fn run(
     if calibrate {
         let manifest = Manifest::read(&cfg.data)
             .context("calibration needs the run's validation data (or leave out --calibrate)")?;
-        let rows = manifest.split_indices(Split::Val);
+        // The run's validation rows with a definite class (a partial label has no single
+        // class to be calibrated towards).
+        let (_, mut rows) = crate::train::run_rows(&manifest, cfg.fold);
+        rows.retain(|&i| manifest.records[i].label.class().is_some());
         if rows.is_empty() {
             bail!("{}: no validation rows to calibrate on", cfg.data.display());
         }
@@ -118,7 +121,11 @@ pub fn run(
             "the out-of-distribution statistics need the run's training data (or pass --no-ood)",
         )?;
         let exported = file.load_classifier(&device)?;
-        file.header.ood = Some(crate::ood::fit(&exported, &spec, &manifest, &device)?);
+        let pooled = crate::ood::pooled(&exported, &spec, &manifest, &device)?;
+        file.header.ood = Some(crate::ood::fit(&pooled)?);
+        let population = crate::population::fit(&pooled, &manifest)?;
+        eprintln!("population estimate: {}", population.fit);
+        file.header.population = Some(population);
     }
     crate::fsutil::write_atomic(out, &file.to_bytes())?;
     Ok(file.header)
@@ -140,6 +147,7 @@ fn header(spec: &arch::ArchSpec, f16: bool, weight_source: String) -> ModelHeade
         metrics: serde_json::Value::Null,
         extra: serde_json::Value::Null,
         ood: None,
+        population: None,
         created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
         payload_len: 0,
         payload_sha256: String::new(),

@@ -16,15 +16,29 @@ pub const COMPONENTS: usize = 64;
 /// Share of the validation images below the threshold.
 pub const QUANTILE: f64 = 0.99;
 
-/// Fits the statistics of `model` on the training split of `manifest` and calibrates the
-/// threshold on its validation split (on the training split when there is no validation split,
-/// which the calibration record then says).
-pub fn fit(
+/// The pooled features (the global average of the Grad-CAM target) of the training and
+/// validation rows of a manifest: what the out-of-distribution statistics and the population
+/// estimate are fitted on.
+pub struct Pooled {
+    /// Feature dimension.
+    pub dim: usize,
+    /// Training rows (manifest indices).
+    pub train: Vec<usize>,
+    /// Their features, `[train.len(), dim]` row-major.
+    pub train_features: Vec<f32>,
+    /// Validation rows.
+    pub val: Vec<usize>,
+    /// Their features.
+    pub val_features: Vec<f32>,
+}
+
+/// Computes [`Pooled`] for `model` on `manifest`.
+pub fn pooled(
     model: &Classifier,
     spec: &ArchSpec,
     manifest: &Manifest,
     device: &Device,
-) -> Result<OodStats> {
+) -> Result<Pooled> {
     let train = manifest.split_indices(Split::Train);
     if train.len() < 2 {
         bail!(
@@ -34,33 +48,39 @@ pub fn fit(
         );
     }
     let squares = cache::load_or_build(manifest, spec.input.resize)?;
-    let d = spec.feature_dim;
-    let fit_features = extract_features(
-        Extract::Pooled,
-        &model.backbone,
-        spec,
-        &squares,
-        &train,
-        None,
-        device,
-        "OOD statistics: train",
-    );
-    let mut stats = fit_gaussian(&fit_features, d, COMPONENTS);
     let val = manifest.split_indices(Split::Val);
-    let (split, rows, features) = if val.is_empty() {
-        ("train", train.len(), fit_features)
-    } else {
-        let f = extract_features(
+    let features = |rows: &[usize], label: &str| {
+        extract_features(
             Extract::Pooled,
             &model.backbone,
             spec,
             &squares,
-            &val,
+            rows,
             None,
             device,
-            "OOD statistics: val",
-        );
-        ("val", val.len(), f)
+            label,
+        )
+    };
+    Ok(Pooled {
+        dim: spec.feature_dim,
+        train_features: features(&train, "training-data statistics: train"),
+        val_features: features(&val, "training-data statistics: val"),
+        train,
+        val,
+    })
+}
+
+/// Fits the statistics on the training rows of `pooled` and calibrates the threshold on its
+/// validation rows (on the training rows when there are none, which the calibration record
+/// then says).
+pub fn fit(pooled: &Pooled) -> Result<OodStats> {
+    let d = pooled.dim;
+    let train = &pooled.train;
+    let mut stats = fit_gaussian(&pooled.train_features, d, COMPONENTS);
+    let (split, rows, features) = if pooled.val.is_empty() {
+        ("train", train.len(), &pooled.train_features)
+    } else {
+        ("val", pooled.val.len(), &pooled.val_features)
     };
     let mut distances: Vec<f64> = features
         .chunks_exact(d)
