@@ -339,3 +339,102 @@ pub fn line(s: &CvSummary) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// The cross-validation of an ensemble, without training anything: the folds of several
+/// cross-validations of the same manifest and fold seed, their out-of-fold probabilities
+/// averaged image by image (what `pneumoscope ensemble` does with the finished networks).
+/// Writes `out/cv.json` and `out/cv.md` like [`run`].
+pub fn ensemble(dirs: &[PathBuf], out: &Path) -> Result<CvSummary> {
+    if dirs.len() < 2 {
+        bail!("an ensemble cross-validation needs at least 2 cross-validation folders");
+    }
+    let read_cfg = |d: &Path| -> Result<(TrainConfig, usize, u64)> {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.join("cv-config.json"))
+                .with_context(|| format!("{}: not a cross-validation folder", d.display()))?,
+        )?;
+        Ok((
+            serde_json::from_value(v["config"].clone())?,
+            v["folds"].as_u64().unwrap_or(0) as usize,
+            v["fold_seed"].as_u64().unwrap_or(0),
+        ))
+    };
+    let (first, k, seed) = read_cfg(&dirs[0])?;
+    let mut archs = vec![first.arch.clone()];
+    for d in &dirs[1..] {
+        let (c, k2, s2) = read_cfg(d)?;
+        if c.data != first.data || k2 != k || s2 != seed {
+            bail!(
+                "{}: another manifest, fold count or fold seed than {}",
+                d.display(),
+                dirs[0].display()
+            );
+        }
+        archs.push(c.arch);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut per_fold = Vec::new();
+    let mut pooled = Vec::new();
+    for index in 0..k {
+        let mut rows: Option<Vec<Row>> = None;
+        for d in dirs {
+            let path = d.join(format!("fold-{index}/val_predictions.csv"));
+            let these = read_predictions(&path)?;
+            rows = Some(match rows {
+                None => these,
+                Some(mut acc) => {
+                    if acc.len() != these.len()
+                        || acc.iter().zip(&these).any(|(a, b)| a.patient != b.patient)
+                    {
+                        bail!("{}: not the same validation rows", path.display());
+                    }
+                    for (a, b) in acc.iter_mut().zip(&these) {
+                        for (p, q) in a.probs.iter_mut().zip(b.probs) {
+                            *p += q;
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let mut rows = rows.expect("at least two folders");
+        for r in &mut rows {
+            r.probs.iter_mut().for_each(|p| *p /= dirs.len() as f32);
+        }
+        per_fold.push(FoldResult {
+            fold: index,
+            run: out.to_path_buf(),
+            n: rows.len(),
+            breakdown: breakdown::of(&rows),
+        });
+        pooled.extend(rows);
+    }
+    let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for f in &per_fold {
+        for (name, v) in headline(&f.breakdown) {
+            if let Some(v) = v {
+                values.entry(name).or_default().push(v);
+            }
+        }
+    }
+    let summary = CvSummary {
+        config: TrainConfig {
+            arch: format!("ensemble of {}", archs.join(" + ")),
+            ..first
+        },
+        folds: k,
+        fold_seed: seed,
+        spread: values
+            .into_iter()
+            .filter_map(|(n, v)| spread(v).map(|s| (n.to_string(), s)))
+            .collect(),
+        pooled: breakdown::of(&pooled),
+        per_fold,
+    };
+    write_atomic(
+        &out.join("cv.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    write_atomic(&out.join("cv.md"), markdown(&summary).as_bytes())?;
+    Ok(summary)
+}

@@ -57,6 +57,16 @@ enum Command {
     },
     /// Train a classifier (frozen backbone or full fine-tuning).
     Train(Box<TrainArgs>),
+    /// Cross-validate an ensemble from finished cross-validations (`train --folds`) of the
+    /// same manifest and folds: their out-of-fold probabilities averaged, nothing trained.
+    CvEnsemble {
+        /// Output folder (cv.json, cv.md).
+        #[arg(long)]
+        out: PathBuf,
+        /// The cross-validation folders of the members.
+        #[arg(required = true)]
+        members: Vec<PathBuf>,
+    },
     /// Evaluate a model file on a split of a manifest: metrics, confusion matrix, reports.
     Evaluate {
         /// Model file written by `export`.
@@ -500,6 +510,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => train::run(cfg, &a.out, a.resume)?,
             }
+        }
+        Command::CvEnsemble { out, members } => {
+            let s = cv::ensemble(&members, &out)?;
+            println!(
+                "ensemble cross-validation, {} folds: {}",
+                s.folds,
+                cv::line(&s)
+            );
+            println!("wrote {}", out.join("cv.md").display());
         }
         Command::Evaluate {
             model,

@@ -324,6 +324,32 @@ fn cross_validation_by_patient_with_partial_labels() {
         "--resume",
     ]);
     assert_eq!(before, std::fs::read(cv.join("cv.json")).unwrap());
+    // An ensemble of a cross-validation with itself averages equal probabilities: the same
+    // figures as the member's.
+    let ens = dir.path().join("cv-ens");
+    ok(&[
+        "cv-ensemble",
+        "--out",
+        ens.to_str().unwrap(),
+        cv.to_str().unwrap(),
+        cv.to_str().unwrap(),
+    ]);
+    let e: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ens.join("cv.json")).unwrap()).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    for (name, sp) in s["spread"].as_object().unwrap() {
+        let (a, b) = (
+            sp["mean"].as_f64().unwrap(),
+            e["spread"][name]["mean"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{name}: {a} vs {b}");
+    }
+    assert!(
+        e["config"]["arch"]
+            .as_str()
+            .unwrap()
+            .starts_with("ensemble of")
+    );
 }
 
 /// A small manifest: the first `per_cell` rows of each split x label x population of `full`.
@@ -380,7 +406,10 @@ fn predict_cautions_where_training_had_few_such_images() {
         header
     };
     let pop = &header["population"];
-    assert!(pop.is_object(), "the default model has no population estimate");
+    assert!(
+        pop.is_object(),
+        "the default model has no population estimate"
+    );
     let min = pop["min_training_images"].as_u64().unwrap();
     let count = |class: &str, p: &str| pop["training_counts"][class][p].as_u64().unwrap();
     // Adults the model may call anything: NIH pneumonia and the collection's adult
@@ -399,8 +428,16 @@ fn predict_cautions_where_training_had_few_such_images() {
     for sub in ["NORMAL", "PNEUMONIA"] {
         images.extend(sorted_files(&k.join(sub)).into_iter().step_by(40).take(4));
     }
-    images.extend(sorted_files(&shared.join("data/adult-normal/normal")).into_iter().take(6));
-    let mut args: Vec<String> = vec!["predict".into(), "--model".into(), model.display().to_string()];
+    images.extend(
+        sorted_files(&shared.join("data/adult-normal/normal"))
+            .into_iter()
+            .take(6),
+    );
+    let mut args: Vec<String> = vec![
+        "predict".into(),
+        "--model".into(),
+        model.display().to_string(),
+    ];
     args.extend(images.iter().map(|p| p.display().to_string()));
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let (mut cautioned, mut adults) = (0, 0);
@@ -425,6 +462,9 @@ fn predict_cautions_where_training_had_few_such_images() {
         }
     }
     assert_eq!(out.lines().count(), images.len());
-    assert!(adults >= 40, "only {adults} of the adult X-rays estimated adult");
+    assert!(
+        adults >= 40,
+        "only {adults} of the adult X-rays estimated adult"
+    );
     assert!(cautioned >= 1, "no caution among {} images", images.len());
 }
