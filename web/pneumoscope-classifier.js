@@ -2,7 +2,7 @@
 // served from the same origin as these files (copy `web/` with `pkg/` inside it).
 //
 //   <script type="module" src="pneumoscope-classifier.js"></script>
-//   <pneumoscope-classifier model="models/efficientnet_lite0-frozen-v1.pneumoscope"
+//   <pneumoscope-classifier model="models/efficientnet_lite0-adults-v2.pneumoscope"
 //                           backend="auto"></pneumoscope-classifier>
 //
 // Attributes: `model` (URL of a model file; default: the default of models/index.json),

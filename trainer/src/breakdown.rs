@@ -222,17 +222,31 @@ fn cell(r: &Option<Rate>) -> String {
     r.as_ref().map_or("–".into(), Rate::show)
 }
 
+fn f1(m: &Option<Metrics>) -> String {
+    m.as_ref().map_or("–".into(), |m| {
+        format!(
+            "{:.3} [{:.3}, {:.3}] (n = {})",
+            m.macro_f1, m.macro_f1_ci.low, m.macro_f1_ci.high, m.n
+        )
+    })
+}
+
+/// The per-group columns both renderings show, in order.
+fn group_cells(g: &Group) -> [String; 7] {
+    [
+        format!("{} ({})", g.n, g.patients),
+        cell(&g.normal_called_covid19),
+        cell(&g.normal_called_pneumonia),
+        cell(&g.pneumonia_called_normal),
+        cell(&g.pneumonia_called_covid19),
+        cell(&g.covid19_recall),
+        cell(&g.non_covid_called_covid19),
+    ]
+}
+
 /// The breakdown as Markdown: the headline metrics, then one line per group.
 pub fn markdown(b: &Breakdown) -> String {
     let mut out = String::new();
-    let f1 = |m: &Option<Metrics>| {
-        m.as_ref().map_or("–".into(), |m| {
-            format!(
-                "{:.3} [{:.3}, {:.3}] (n = {})",
-                m.macro_f1, m.macro_f1_ci.low, m.macro_f1_ci.high, m.n
-            )
-        })
-    };
     out += &format!(
         "Four-class macro-F1, children + COVID-19: {}\n\nFour-class macro-F1, every image with a class: {}\n\n",
         f1(&b.children_and_covid19),
@@ -241,17 +255,10 @@ pub fn markdown(b: &Breakdown) -> String {
     out += "| population | source | images (patients) | normal → COVID-19 | normal → pneumonia | pneumonia (pathogen unknown) → normal | pneumonia (pathogen unknown) → COVID-19 | COVID-19 recall | not COVID-19 → COVID-19 |\n|---|---|---|---|---|---|---|---|---|\n";
     for g in &b.groups {
         out += &format!(
-            "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} |\n",
             g.population,
             g.source,
-            g.n,
-            g.patients,
-            cell(&g.normal_called_covid19),
-            cell(&g.normal_called_pneumonia),
-            cell(&g.pneumonia_called_normal),
-            cell(&g.pneumonia_called_covid19),
-            cell(&g.covid19_recall),
-            cell(&g.non_covid_called_covid19),
+            group_cells(g).join(" | ")
         );
     }
     out += "\nShares as hits/images = share [95 % interval, patients resampled]. Confusion per group:\n\n";
@@ -269,14 +276,6 @@ pub fn markdown(b: &Breakdown) -> String {
 
 /// The breakdown as HTML tables (the same content as [`markdown`]).
 pub fn html(b: &Breakdown) -> String {
-    let f1 = |m: &Option<Metrics>| {
-        m.as_ref().map_or("–".into(), |m| {
-            format!(
-                "{:.3} [{:.3}, {:.3}] (n = {})",
-                m.macro_f1, m.macro_f1_ci.low, m.macro_f1_ci.high, m.n
-            )
-        })
-    };
     let mut out = format!(
         "<table><tr><th>four-class macro-F1</th><th>value [95 % interval]</th></tr><tr><td>children + COVID-19</td><td>{}</td></tr><tr><td>every image with a class</td><td>{}</td></tr></table>",
         f1(&b.children_and_covid19),
@@ -285,17 +284,10 @@ pub fn html(b: &Breakdown) -> String {
     out += "<table><tr><th>population</th><th>source</th><th>images (patients)</th><th>normal → COVID-19</th><th>normal → pneumonia</th><th>pneumonia (pathogen unknown) → normal</th><th>pneumonia (pathogen unknown) → COVID-19</th><th>COVID-19 recall</th><th>not COVID-19 → COVID-19</th></tr>";
     for g in &b.groups {
         out += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             g.population,
             g.source,
-            g.n,
-            g.patients,
-            cell(&g.normal_called_covid19),
-            cell(&g.normal_called_pneumonia),
-            cell(&g.pneumonia_called_normal),
-            cell(&g.pneumonia_called_covid19),
-            cell(&g.covid19_recall),
-            cell(&g.non_covid_called_covid19),
+            group_cells(g).join("</td><td>")
         );
     }
     out += "</table><p>Shares as hits/images = share [95 % interval, patients resampled].</p>";

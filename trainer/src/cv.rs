@@ -278,6 +278,18 @@ pub fn run(cfg: TrainConfig, out: &Path, k: usize, seed: u64, resume: bool) -> R
         });
         pooled.extend(rows);
     }
+    summarise(cfg, (k, seed), per_fold, &pooled, out)
+}
+
+/// The summary of finished folds: every headline figure's spread across them, the pooled
+/// breakdown; written to `out/cv.json` and `out/cv.md`.
+fn summarise(
+    config: TrainConfig,
+    (folds, fold_seed): (usize, u64),
+    per_fold: Vec<FoldResult>,
+    pooled: &[Row],
+    out: &Path,
+) -> Result<CvSummary> {
     let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for f in &per_fold {
         for (name, v) in headline(&f.breakdown) {
@@ -286,16 +298,15 @@ pub fn run(cfg: TrainConfig, out: &Path, k: usize, seed: u64, resume: bool) -> R
             }
         }
     }
-    let spread = values
-        .into_iter()
-        .filter_map(|(n, v)| spread(v).map(|s| (n.to_string(), s)))
-        .collect();
     let summary = CvSummary {
-        config: cfg,
-        folds: k,
-        fold_seed: seed,
-        spread,
-        pooled: breakdown::of(&pooled),
+        config,
+        folds,
+        fold_seed,
+        spread: values
+            .into_iter()
+            .filter_map(|(n, v)| spread(v).map(|s| (n.to_string(), s)))
+            .collect(),
+        pooled: breakdown::of(pooled),
         per_fold,
     };
     write_atomic(
@@ -409,32 +420,9 @@ pub fn ensemble(dirs: &[PathBuf], out: &Path) -> Result<CvSummary> {
         });
         pooled.extend(rows);
     }
-    let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for f in &per_fold {
-        for (name, v) in headline(&f.breakdown) {
-            if let Some(v) = v {
-                values.entry(name).or_default().push(v);
-            }
-        }
-    }
-    let summary = CvSummary {
-        config: TrainConfig {
-            arch: format!("ensemble of {}", archs.join(" + ")),
-            ..first
-        },
-        folds: k,
-        fold_seed: seed,
-        spread: values
-            .into_iter()
-            .filter_map(|(n, v)| spread(v).map(|s| (n.to_string(), s)))
-            .collect(),
-        pooled: breakdown::of(&pooled),
-        per_fold,
+    let config = TrainConfig {
+        arch: format!("ensemble of {}", archs.join(" + ")),
+        ..first
     };
-    write_atomic(
-        &out.join("cv.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    write_atomic(&out.join("cv.md"), markdown(&summary).as_bytes())?;
-    Ok(summary)
+    summarise(config, (k, seed), per_fold, &pooled, out)
 }

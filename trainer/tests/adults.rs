@@ -201,31 +201,37 @@ fn cross_validation_by_patient_with_partial_labels() {
         "--out",
         full.to_str().unwrap(),
     ]);
-    let manifest = subset_by_population(
+    let manifest = subset_by(
         &full.join("manifest.csv"),
         &dir.path().join("small"),
         [8, 4, 3],
+        &["label", "population"],
     );
     let rows = read_csv(&manifest);
     let cv = dir.path().join("cv");
     let w = shared.join("weights/efficientnet-lite0-57934424.pth");
-    let said = ok(&[
-        "train",
-        "--data",
-        manifest.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--imbalance",
-        "group",
-        "--folds",
-        "3",
-        "--out",
-        cv.to_str().unwrap(),
-    ]);
+    let cv_args = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            manifest.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--imbalance",
+            "group",
+            "--folds",
+            "3",
+            "--out",
+            cv.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        ok(&a)
+    };
+    let said = cv_args(&[]);
     assert!(said.contains("macro_f1_children_and_covid19"), "{said}");
     let mut fold_of: HashMap<String, usize> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
@@ -305,24 +311,7 @@ fn cross_validation_by_patient_with_partial_labels() {
     }
     // Run again with --resume: nothing is retrained, the same summary comes out.
     let before = std::fs::read(cv.join("cv.json")).unwrap();
-    ok(&[
-        "train",
-        "--data",
-        manifest.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--imbalance",
-        "group",
-        "--folds",
-        "3",
-        "--out",
-        cv.to_str().unwrap(),
-        "--resume",
-    ]);
+    cv_args(&["--resume"]);
     assert_eq!(before, std::fs::read(cv.join("cv.json")).unwrap());
     // An ensemble of a cross-validation with itself averages equal probabilities: the same
     // figures as the member's.
@@ -350,40 +339,6 @@ fn cross_validation_by_patient_with_partial_labels() {
             .unwrap()
             .starts_with("ensemble of")
     );
-}
-
-/// A small manifest: the first `per_cell` rows of each split x label x population of `full`.
-fn subset_by_population(full: &Path, out: &Path, per_cell: [usize; 3]) -> std::path::PathBuf {
-    let mut r = csv::Reader::from_path(full).unwrap();
-    let headers = r.headers().unwrap().clone();
-    let col = |n: &str| headers.iter().position(|h| h == n).unwrap();
-    let (cs, cl, cp) = (col("split"), col("label"), col("population"));
-    let mut counts = HashMap::new();
-    std::fs::create_dir_all(out).unwrap();
-    let path = out.join("manifest.csv");
-    let mut w = csv::Writer::from_path(&path).unwrap();
-    w.write_record(&headers).unwrap();
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        let limit = match &rec[cs] {
-            "train" => per_cell[0],
-            "val" => per_cell[1],
-            _ => per_cell[2],
-        };
-        let c = counts
-            .entry((
-                rec[cs].to_string(),
-                rec[cl].to_string(),
-                rec[cp].to_string(),
-            ))
-            .or_insert(0);
-        if *c < limit {
-            *c += 1;
-            w.write_record(&rec).unwrap();
-        }
-    }
-    w.flush().unwrap();
-    path
 }
 
 /// The shipped default's caution through `predict`: every answer carries the population

@@ -567,11 +567,7 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
     let r = partial(&straight, "2", &[]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // The frozen blocks' output is cached per view, like the frozen protocol's features.
-    for f in [
-        "block14-train-v0.f32",
-        "block14-train-v1.f32",
-        "block14-val.f32",
-    ] {
+    for f in ["block14-v0.f32", "block14-v1.f32"] {
         assert!(straight.join("features").join(f).is_file(), "{f} missing");
     }
 

@@ -233,46 +233,15 @@ pub fn covid_finding(finding: &str, all_findings: bool) -> Result<Class, String>
 pub fn covid(dir: &Path, all_findings: bool) -> SourceOutput {
     let mut out = SourceOutput::default();
     let meta = dir.join("metadata.csv");
-    let bytes = match std::fs::read(&meta) {
-        Ok(b) => b,
-        Err(e) => {
-            out.rejected.push(Rejected {
-                path: meta.display().to_string(),
-                reason: format!("cannot read metadata: {e}"),
-            });
-            return out;
-        }
-    };
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(&bytes[..]);
-    let headers: Vec<String> = match rdr.byte_headers() {
-        Ok(h) => h
-            .iter()
-            .map(|f| String::from_utf8_lossy(f).trim().to_string())
-            .collect(),
-        Err(e) => {
-            out.rejected.push(Rejected {
-                path: meta.display().to_string(),
-                reason: format!("unreadable header: {e}"),
-            });
-            return out;
-        }
-    };
+    let (mut rdr, headers, [c_pid, c_find, c_view, c_file]) =
+        match open_metadata(&meta, ["patientid", "finding", "view", "filename"]) {
+            Ok(m) => m,
+            Err(r) => {
+                out.rejected.push(r);
+                return out;
+            }
+        };
     let col = |name: &str| headers.iter().position(|h| h == name);
-    let (Some(c_pid), Some(c_find), Some(c_view), Some(c_file)) = (
-        col("patientid"),
-        col("finding"),
-        col("view"),
-        col("filename"),
-    ) else {
-        out.rejected.push(Rejected {
-            path: meta.display().to_string(),
-            reason: "metadata.csv lacks one of the columns patientid, finding, view, filename"
-                .into(),
-        });
-        return out;
-    };
     let c_mod = col("modality");
     let c_folder = col("folder");
     let c_age = col("age");
@@ -414,6 +383,46 @@ pub fn folder(dir: &Path) -> SourceOutput {
     out
 }
 
+/// An opened metadata CSV: its reader, its column names, the indices of the columns asked for.
+type Metadata<const N: usize> = (
+    csv::Reader<std::io::Cursor<Vec<u8>>>,
+    Vec<String>,
+    [usize; N],
+);
+
+/// A metadata CSV read whole (a flexible reader: rows may be short), its trimmed column names
+/// and the indices of the `N` columns a source needs; or the reason it cannot be used.
+fn open_metadata<const N: usize>(
+    meta: &Path,
+    required: [&str; N],
+) -> Result<Metadata<N>, Rejected> {
+    let reject = |reason: String| Rejected {
+        path: meta.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(meta).map_err(|e| reject(format!("cannot read metadata: {e}")))?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(std::io::Cursor::new(bytes));
+    let headers: Vec<String> = rdr
+        .byte_headers()
+        .map_err(|e| reject(format!("unreadable header: {e}")))?
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        .collect();
+    let mut idx = [0usize; N];
+    for (slot, name) in idx.iter_mut().zip(required) {
+        *slot = headers.iter().position(|h| h == name).ok_or_else(|| {
+            reject(format!(
+                "{} lacks one of the columns {}",
+                meta.file_name().unwrap_or_default().to_string_lossy(),
+                required.join(", ")
+            ))
+        })?;
+    }
+    Ok((rdr, headers, idx))
+}
+
 /// Frontal views of NIH ChestX-ray14's `View Position` column.
 pub const NIH_FRONTAL_VIEWS: [&str; 2] = ["PA", "AP"];
 
@@ -460,47 +469,27 @@ pub fn nih(dir: &Path) -> SourceOutput {
             files.entry(name).or_insert_with(|| e.into_path());
         }
     }
-    let mut rdr = match csv::ReaderBuilder::new().flexible(true).from_path(&meta) {
-        Ok(r) => r,
-        Err(e) => {
-            out.rejected.push(Rejected {
-                path: meta.display().to_string(),
-                reason: format!("cannot read metadata: {e}"),
-            });
+    let (mut rdr, headers, [c_file, c_find, c_pid, c_age, c_view]) = match open_metadata(
+        &meta,
+        [
+            "Image Index",
+            "Finding Labels",
+            "Patient ID",
+            "Patient Age",
+            "View Position",
+        ],
+    ) {
+        Ok(m) => m,
+        Err(r) => {
+            out.rejected.push(r);
             return out;
         }
-    };
-    let headers: Vec<String> = match rdr.headers() {
-        Ok(h) => h.iter().map(|f| f.trim().to_string()).collect(),
-        Err(e) => {
-            out.rejected.push(Rejected {
-                path: meta.display().to_string(),
-                reason: format!("unreadable header: {e}"),
-            });
-            return out;
-        }
-    };
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let (Some(c_file), Some(c_find), Some(c_pid), Some(c_age), Some(c_view)) = (
-        col("Image Index"),
-        col("Finding Labels"),
-        col("Patient ID"),
-        col("Patient Age"),
-        col("View Position"),
-    ) else {
-        out.rejected.push(Rejected {
-            path: meta.display().to_string(),
-            reason: "metadata lacks one of the columns Image Index, Finding Labels, Patient ID, \
-                     Patient Age, View Position"
-                .into(),
-        });
-        return out;
     };
     let needed = [c_file, c_find, c_pid, c_age, c_view]
         .into_iter()
         .max()
         .unwrap_or(0);
-    for (i, row) in rdr.records().enumerate() {
+    for (i, row) in rdr.byte_records().enumerate() {
         let line = i + 2;
         let loc = format!("{}:{line}", meta.display());
         let row = match row {
@@ -524,7 +513,11 @@ pub fn nih(dir: &Path) -> SourceOutput {
                 continue;
             }
         };
-        let get = |c: usize| row.get(c).unwrap_or("").trim().to_string();
+        let get = |c: usize| {
+            String::from_utf8_lossy(row.get(c).unwrap_or(b""))
+                .trim()
+                .to_string()
+        };
         let (file, pid, age, view) = (get(c_file), get(c_pid), get(c_age), get(c_view));
         if file.is_empty() || pid.is_empty() {
             out.rejected.push(Rejected {

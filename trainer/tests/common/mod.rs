@@ -73,10 +73,17 @@ pub fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
 
 /// Writes a small manifest: the first `per_class` rows of each class in each split of `full`.
 pub fn subset(full: &Path, out: &Path, per_class: [usize; 3]) -> PathBuf {
+    subset_by(full, out, per_class, &["label"])
+}
+
+/// Writes a small manifest: the first `per_cell` rows (train, val, test) of each split x the
+/// values of the columns `by` in `full`.
+pub fn subset_by(full: &Path, out: &Path, per_cell: [usize; 3], by: &[&str]) -> PathBuf {
     let mut r = csv::Reader::from_path(full).unwrap();
     let headers = r.headers().unwrap().clone();
-    let split_col = headers.iter().position(|h| h == "split").unwrap();
-    let label_col = headers.iter().position(|h| h == "label").unwrap();
+    let col = |n: &str| headers.iter().position(|h| h == n).unwrap();
+    let split_col = col("split");
+    let by: Vec<usize> = by.iter().map(|n| col(n)).collect();
     let mut counts = std::collections::HashMap::new();
     std::fs::create_dir_all(out).unwrap();
     let path = out.join("manifest.csv");
@@ -85,13 +92,13 @@ pub fn subset(full: &Path, out: &Path, per_class: [usize; 3]) -> PathBuf {
     for rec in r.records() {
         let rec = rec.unwrap();
         let limit = match &rec[split_col] {
-            "train" => per_class[0],
-            "val" => per_class[1],
-            _ => per_class[2],
+            "train" => per_cell[0],
+            "val" => per_cell[1],
+            _ => per_cell[2],
         };
-        let c = counts
-            .entry((rec[split_col].to_string(), rec[label_col].to_string()))
-            .or_insert(0);
+        let mut key = vec![rec[split_col].to_string()];
+        key.extend(by.iter().map(|&c| rec[c].to_string()));
+        let c = counts.entry(key).or_insert(0);
         if *c < limit {
             *c += 1;
             w.write_record(&rec).unwrap();
