@@ -3,7 +3,7 @@
 //! ensemble members are chosen by. The test split takes no part.
 
 use crate::breakdown::{self, Breakdown, Row};
-use crate::data::build::unit_stratum;
+use crate::data::build::{UnionFind, unit_stratum};
 use crate::data::{Label, Manifest, Population, Split};
 use crate::fsutil::write_atomic;
 use crate::train::{self, Fold, TrainConfig};
@@ -26,14 +26,7 @@ pub fn folds(manifest: &Manifest, k: usize, seed: u64) -> Vec<Option<usize>> {
         .filter(|&i| recs[i].split != Split::Test)
         .collect();
     // Units: union of patient and duplicate group.
-    let mut parent: Vec<usize> = (0..recs.len()).collect();
-    fn find(p: &mut [usize], mut i: usize) -> usize {
-        while p[i] != i {
-            p[i] = p[p[i]];
-            i = p[i];
-        }
-        i
-    }
+    let mut sets = UnionFind::new(recs.len());
     let mut first: HashMap<String, usize> = HashMap::new();
     for &i in &pool {
         let r = &recs[i];
@@ -43,10 +36,7 @@ pub fn folds(manifest: &Manifest, k: usize, seed: u64) -> Vec<Option<usize>> {
         }
         for key in keys {
             match first.get(&key) {
-                Some(&j) => {
-                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
-                    parent[a.max(b)] = a.min(b);
-                }
+                Some(&j) => sets.union(i, j),
                 None => {
                     first.insert(key, i);
                 }
@@ -55,8 +45,7 @@ pub fn folds(manifest: &Manifest, k: usize, seed: u64) -> Vec<Option<usize>> {
     }
     let mut units: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for &i in &pool {
-        let r = find(&mut parent, i);
-        units.entry(r).or_default().push(i);
+        units.entry(sets.find(i)).or_default().push(i);
     }
     let strata: Vec<(Label, Population)> = recs.iter().map(|r| (r.label, r.population())).collect();
     let mut by_stratum: BTreeMap<(Label, Population), Vec<Vec<usize>>> = BTreeMap::new();

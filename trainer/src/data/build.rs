@@ -132,12 +132,15 @@ fn decode(c: Candidate, hasher: &image_hasher::Hasher) -> std::result::Result<De
     })
 }
 
-struct UnionFind(Vec<usize>);
+/// Disjoint sets of indices; a set's root is its smallest member.
+pub(crate) struct UnionFind(Vec<usize>);
 impl UnionFind {
-    fn new(n: usize) -> Self {
+    /// `n` singletons.
+    pub(crate) fn new(n: usize) -> Self {
         Self((0..n).collect())
     }
-    fn find(&mut self, i: usize) -> usize {
+    /// The root of `i`'s set.
+    pub(crate) fn find(&mut self, i: usize) -> usize {
         let mut r = i;
         while self.0[r] != r {
             r = self.0[r];
@@ -150,7 +153,8 @@ impl UnionFind {
         }
         r
     }
-    fn union(&mut self, a: usize, b: usize) {
+    /// Joins the sets of `a` and `b`.
+    pub(crate) fn union(&mut self, a: usize, b: usize) {
         let (ra, rb) = (self.find(a), self.find(b));
         if ra != rb {
             self.0[ra.max(rb)] = ra.min(rb);
