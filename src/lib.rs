@@ -13,6 +13,8 @@
 //! - [`model_file`]: the self-describing model file written by `pneumoscope export`;
 //! - [`ood`]: the out-of-distribution score (distance to the training features);
 //! - [`inference`]: load a model file, classify an image, explain it;
+//! - [`lungs`]: the lung segmenter, its file, and the share of a Grad-CAM map inside the lungs;
+//! - [`population`]: the child/adult estimate and the caution it gives;
 //! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/`, replayed by the tests;
 //! - `web` (wasm32 only): the JavaScript API of `pkg/`, built with `wasm-bindgen`.
 //!
@@ -25,6 +27,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod gradcam;
 pub mod inference;
+pub mod lungs;
 pub mod model;
 pub mod model_file;
 pub mod ood;

@@ -202,6 +202,11 @@ pub fn format_version(bytes: &[u8]) -> Result<u32> {
     }
     match u32::from_le_bytes(bytes[12..16].try_into().unwrap()) {
         v @ (FORMAT_VERSION | ENSEMBLE_FORMAT_VERSION) => Ok(v),
+        crate::lungs::LUNGS_FORMAT_VERSION => Err(Error::ModelFile(
+            "this is a lung segmenter file (`pneumoscope lungs train`), not a classifier; \
+             give it where a lung segmenter is asked for (`--lungs`)"
+                .into(),
+        )),
         v => Err(Error::ModelFile(format!(
             "format version {v} is not supported (this build reads versions {FORMAT_VERSION} \
              and {ENSEMBLE_FORMAT_VERSION}; a newer Pneumoscope may read it)"
@@ -224,7 +229,7 @@ pub fn network_archs(bytes: &[u8]) -> Result<Vec<String>> {
 }
 
 /// The JSON header after the prefix, and the payload after it.
-fn split_header<H: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8])> {
+pub(crate) fn split_header<H: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8])> {
     let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
     if hlen > MAX_HEADER || 20 + hlen as usize > bytes.len() {
         return Err(Error::ModelFile(format!(
@@ -238,7 +243,7 @@ fn split_header<H: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8
 }
 
 /// The prefix, the JSON header and the payload, in the layout every version shares.
-fn assemble(version: u32, header: &impl Serialize, payload: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn assemble(version: u32, header: &impl Serialize, payload: &[&[u8]]) -> Vec<u8> {
     let header = serde_json::to_vec_pretty(header).expect("header serialises");
     let len: usize = payload.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(20 + header.len() + len);
@@ -253,7 +258,7 @@ fn assemble(version: u32, header: &impl Serialize, payload: &[&[u8]]) -> Vec<u8>
 }
 
 /// Checks a payload against the length and checksum its header declares.
-fn verify_payload(payload: &[u8], len: u64, sha256: &str, what: &str) -> Result<()> {
+pub(crate) fn verify_payload(payload: &[u8], len: u64, sha256: &str, what: &str) -> Result<()> {
     if payload.len() as u64 != len {
         return Err(Error::ModelFile(format!(
             "truncated or padded {what} (expected {len} bytes, found {})",

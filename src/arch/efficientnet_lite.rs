@@ -215,6 +215,22 @@ impl EfficientNetLite {
         x
     }
 
+    /// The outputs after the first `after[i]` blocks, for each `i` (ascending counts), in one
+    /// pass: the multi-scale features a segmentation decoder reads.
+    pub fn stage_outputs(&self, x: Tensor<4>, after: &[usize]) -> Vec<Tensor<4>> {
+        let mut x = relu6(opt_bn(&self.bn0, self.conv_stem.forward(x)));
+        let mut out = Vec::with_capacity(after.len());
+        let mut done = 0;
+        for &n in after {
+            for b in &self.blocks[done..n] {
+                x = b.forward(x);
+            }
+            done = n;
+            out.push(x.clone());
+        }
+        out
+    }
+
     /// Blocks `n..` and the head convolution: the Grad-CAM target from the input of block `n`.
     pub fn feature_map_from(&self, mut x: Tensor<4>, n: usize) -> Tensor<4> {
         for b in &self.blocks[n..] {

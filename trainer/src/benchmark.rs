@@ -234,6 +234,7 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
         Split::Test,
         Some(&eval_dir),
         false,
+        None,
         &device,
     )?;
     let (inference_img_s, inference_batch) = throughput(&model_path)?;

@@ -68,6 +68,7 @@ pub fn gradcam(
     image: &Path,
     out: &Path,
     class: Option<Class>,
+    lungs: Option<&Path>,
     device: &Device,
 ) -> Result<()> {
     let engine = load_engine(model, device)?;
@@ -78,22 +79,42 @@ pub fn gradcam(
     let (pred, cam) = engine
         .explain_input(x, class)
         .map_err(|e| anyhow!("{}: {e}", image.display()))?;
-    let heat = cam.upsample(engine.input_size());
-    gradcam::overlay(&view, &heat, 0.45)
-        .save(out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
+    let side = engine.input_size();
+    let heat = cam.upsample(side);
+    let mut picture = gradcam::overlay(&view, &heat, 0.45);
     let npy = out.with_extension("npy");
     crate::npy::write_f32(&npy, &[cam.height, cam.width], &cam.values)?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "file": image.display().to_string(),
-            "class": Class::ALL[cam.class],
-            "top": pred.top,
-            "score": cam.score,
-            "map": { "width": cam.width, "height": cam.height, "npy": npy.display().to_string() },
-            "overlay": out.display().to_string(),
-        })
-    );
+    let mut line = serde_json::json!({
+        "file": image.display().to_string(),
+        "class": Class::ALL[cam.class],
+        "top": pred.top,
+        "score": cam.score,
+        "map": { "width": cam.width, "height": cam.height, "npy": npy.display().to_string() },
+        "overlay": out.display().to_string(),
+    });
+    if let Some(path) = lungs {
+        // The lung fields of the whole image, mapped onto the crop the map covers.
+        let net = crate::lungs::load(path, device)?;
+        let img = pneumoscope::preprocess::decode(&bytes)
+            .map_err(|e| anyhow!("{}: {e}", image.display()))?;
+        let mask = net.segment(&img, device);
+        let input = &engine.display_network().header.input;
+        let share = mask.share_of_cam(&heat, side, input);
+        pneumoscope::lungs::draw_outline(&mut picture, &mask.on_crop(input, side, 0));
+        let stem = out.with_extension("");
+        let heat_npy = stem.with_extension("heat.npy");
+        let lungs_npy = stem.with_extension("lungs.npy");
+        crate::npy::write_f32(&heat_npy, &[side, side], &heat)?;
+        let dilated = mask.on_crop(input, side, pneumoscope::lungs::SHARE_DILATION);
+        crate::npy::write_f32(&lungs_npy, &[side, side], &dilated)?;
+        line["lung_share"] = serde_json::json!(share);
+        line["lung_area"] = serde_json::json!(mask.area_fraction());
+        line["heat_npy"] = serde_json::json!(heat_npy.display().to_string());
+        line["lungs_npy"] = serde_json::json!(lungs_npy.display().to_string());
+    }
+    picture
+        .save(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("{line}");
     Ok(())
 }

@@ -61,7 +61,7 @@ pub fn run(
         crate::fsutil::write_atomic(&tmp, &file.to_bytes())?;
         let mut metrics = serde_json::Map::new();
         for split in [Split::Val, Split::Test] {
-            let e = crate::evaluate::run(&tmp, data, split, None, false, &Device::flex());
+            let e = crate::evaluate::run(&tmp, data, split, None, false, None, &Device::flex());
             let e = e.inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;

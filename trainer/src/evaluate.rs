@@ -25,6 +25,7 @@ pub fn run(
     split: Split,
     out: Option<&Path>,
     tta: bool,
+    lungs: Option<&Path>,
     device: &Device,
 ) -> Result<Evaluation> {
     let engine = load_engine(model, device)?;
@@ -76,6 +77,11 @@ pub fn run(
             })
             .collect::<Vec<_>>(),
     );
+
+    let lung_share = match lungs {
+        Some(path) => Some(lung_shares(&engine, path, &manifest, &rows, device)?),
+        None => None,
+    };
 
     let mut by_source: BTreeMap<String, (usize, usize, [usize; NUM_CLASSES])> = BTreeMap::new();
     for (k, &i) in rows.iter().enumerate() {
@@ -169,6 +175,15 @@ pub fn run(
             report::html(&title, &desc, &m, &sources, &by_population, &cams),
         )?;
         std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
+        if let Some(l) = &lung_share {
+            std::fs::write(
+                out.join("lung_share.json"),
+                serde_json::to_string_pretty(&l)?,
+            )?;
+            let mut md = std::fs::read_to_string(out.join("report.md"))?;
+            md += &l.markdown();
+            std::fs::write(out.join("report.md"), md)?;
+        }
         // The Grad-CAM panel as data: overlay, image, truth, prediction.
         let mut w = csv::Writer::from_path(out.join("gradcam.csv"))?;
         w.write_record(["overlay", "image", "truth", "predicted", "confidence"])?;
@@ -190,6 +205,127 @@ pub fn run(
         ood: ood_summary,
         arch: engine.arch(),
         weight_source: engine.weight_source(),
+        lung_share,
+    })
+}
+
+/// Where the evidence lies: the share of each image's Grad-CAM map (predicted class) inside
+/// the dilated lung fields, summarised per predicted class and source.
+#[derive(Clone, Debug, Serialize)]
+pub struct LungShares {
+    /// The segmenter file.
+    pub segmenter: String,
+    /// Per predicted class, then per source (and `all`).
+    pub by_class: BTreeMap<String, BTreeMap<String, ShareSummary>>,
+    /// Images whose lung segmentation found no lung (their share is not counted).
+    pub no_lungs: usize,
+}
+
+/// Distribution of lung shares.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShareSummary {
+    /// Images.
+    pub n: usize,
+    /// Median share.
+    pub median: f64,
+    /// First quartile.
+    pub q1: f64,
+    /// Third quartile.
+    pub q3: f64,
+    /// Share of the images with less than half of the evidence inside the lungs.
+    pub below_half: f64,
+}
+
+impl ShareSummary {
+    fn of(v: &mut [f64]) -> Self {
+        v.sort_by(f64::total_cmp);
+        Self {
+            n: v.len(),
+            median: metrics::percentile(v, 0.5),
+            q1: metrics::percentile(v, 0.25),
+            q3: metrics::percentile(v, 0.75),
+            below_half: v.iter().filter(|&&x| x < 0.5).count() as f64 / v.len() as f64,
+        }
+    }
+}
+
+impl LungShares {
+    /// The summary as a Markdown section of the report.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "\n## Where the evidence lies\n\nShare of each image's Grad-CAM map (for the predicted class) inside the lung fields found by `{}` (dilated by {} of {} grid pixels), per predicted class and source.\n\n| predicted | source | images | median | quartiles | under half inside |\n|---|---|---|---|---|---|\n",
+            self.segmenter,
+            pneumoscope::lungs::SHARE_DILATION,
+            pneumoscope::lungs::MASK_SIDE
+        );
+        for (class, sources) in &self.by_class {
+            for (source, s) in sources {
+                out += &format!(
+                    "| {class} | {source} | {} | {:.2} | {:.2}–{:.2} | {:.0} % |\n",
+                    s.n,
+                    s.median,
+                    s.q1,
+                    s.q3,
+                    100.0 * s.below_half
+                );
+            }
+        }
+        if self.no_lungs > 0 {
+            out += &format!("\n{} images had no lung found.\n", self.no_lungs);
+        }
+        out
+    }
+}
+
+fn lung_shares(
+    engine: &pneumoscope::inference::Engine,
+    path: &Path,
+    manifest: &Manifest,
+    rows: &[usize],
+    device: &Device,
+) -> Result<LungShares> {
+    let net = crate::lungs::load(path, device)?;
+    let input = engine.display_network().header.input.clone();
+    let side = engine.input_size();
+    let mut groups: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut no_lungs = 0;
+    let pb = crate::progress::bar(rows.len() as u64, "lung shares");
+    for &i in rows {
+        let r = &manifest.records[i];
+        let p = manifest.resolve(r);
+        let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let img = pneumoscope::preprocess::decode(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        let x = engine.preprocess(&bytes)?;
+        let (pred, cam) = engine.explain_input(x, None)?;
+        let mask = net.segment(&img, device);
+        match mask.share_of_cam(&cam.upsample(side), side, &input) {
+            Some(share) if mask.area_fraction() > 0.0 => {
+                let class = groups.entry(pred.top.name().to_string()).or_default();
+                for key in ["all", r.source.as_str()] {
+                    class.entry(key.to_string()).or_default().push(share as f64);
+                }
+            }
+            _ => no_lungs += 1,
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(LungShares {
+        segmenter: path.display().to_string(),
+        by_class: groups
+            .into_iter()
+            .map(|(c, sources)| {
+                (
+                    c,
+                    sources
+                        .into_iter()
+                        .map(|(s, mut v)| (s, ShareSummary::of(&mut v)))
+                        .collect(),
+                )
+            })
+            .collect(),
+        no_lungs,
     })
 }
 
@@ -208,6 +344,8 @@ pub struct Evaluation {
     pub arch: String,
     /// Where its backbone weights came from (`random-init` when not from ImageNet).
     pub weight_source: String,
+    /// Where the evidence lies, when a lung segmenter was given.
+    pub lung_share: Option<LungShares>,
 }
 
 /// The out-of-distribution scores of an evaluated split.

@@ -193,7 +193,9 @@ pub fn untrained(
 
 /// Casts every float parameter to f16 except batch-norm statistics and affine terms, which
 /// stay in f32 (their ranges and precision matter more than their size).
-fn to_f16(model: Classifier) -> Classifier {
+/// The module with every weight of two or more dimensions stored in half precision (biases
+/// and batch-norm vectors stay f32).
+pub(crate) fn to_f16<M: Module>(model: M) -> M {
     struct Half;
     impl burn::module::ModuleMapper for Half {
         fn map_float<const D: usize>(

@@ -16,6 +16,7 @@ mod export;
 mod fetch;
 mod forward;
 mod fsutil;
+mod lungs;
 mod metrics;
 mod npy;
 mod ood;
@@ -57,6 +58,11 @@ enum Command {
     },
     /// Train a classifier (frozen backbone or full fine-tuning).
     Train(Box<TrainArgs>),
+    /// The lung segmenter: train it on image/mask pairs, or segment images.
+    Lungs {
+        #[command(subcommand)]
+        command: LungsCommand,
+    },
     /// Cross-validate an ensemble from finished cross-validations (`train --folds`) of the
     /// same manifest and folds: their out-of-fold probabilities averaged, nothing trained.
     CvEnsemble {
@@ -87,6 +93,10 @@ enum Command {
         /// Test-time augmentation: average over the image and its mirror image.
         #[arg(long)]
         tta: bool,
+        /// Lung-segmenter file: adds where the evidence lies (the share of each Grad-CAM map
+        /// inside the lung fields, per predicted class and source).
+        #[arg(long)]
+        lungs: Option<PathBuf>,
     },
     /// Class probabilities of images: one JSON line per image.
     Predict {
@@ -114,6 +124,10 @@ enum Command {
         /// Class to explain (default: the predicted class).
         #[arg(long)]
         class: Option<pneumoscope::Class>,
+        /// Lung-segmenter file: adds the share of the map inside the lung fields
+        /// (`lung_share`) and draws their outline.
+        #[arg(long)]
+        lungs: Option<PathBuf>,
     },
     /// Pack a finished run into one self-describing model file.
     Export {
@@ -299,6 +313,69 @@ struct BenchmarkArgs {
 }
 
 /// `weights` subcommands.
+#[derive(Subcommand)]
+enum LungsCommand {
+    /// Train the decoder on the frozen EfficientNet-Lite0 encoder, evaluate it on held-out
+    /// pairs (Dice, IoU per source) and write RUN/lungs.pneumoscope.
+    Train {
+        /// `pairs.csv` (image, mask, source; paths relative to its folder).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Run folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// EfficientNet-Lite0 ImageNet weights (default: the weights cache).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Share of each source's pairs held out for evaluation.
+        #[arg(long, default_value_t = 0.2)]
+        held_out: f64,
+        /// Epochs.
+        #[arg(long, default_value_t = 40)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Learning rate (Adam).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Seed of the split, the order and the initialisation.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// At most this many pairs per source (quick runs).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Store the weights in half precision.
+        #[arg(long)]
+        f16: bool,
+        /// Continue an interrupted run in --out.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Dice and IoU of a segmenter on the pairs its header lists as held out.
+    Evaluate {
+        /// Lung-segmenter file.
+        #[arg(long)]
+        model: PathBuf,
+        /// `pairs.csv` holding its held-out pairs.
+        #[arg(long)]
+        pairs: PathBuf,
+    },
+    /// Lung masks of images: IMAGE-lungs.png and IMAGE-lungs-overlay.png in --out, one JSON
+    /// line per image.
+    Predict {
+        /// Lung-segmenter file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images (PNG, JPEG or DICOM).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum WeightsCommand {
     /// Download (or copy from --weights-dir) the ImageNet weights of architectures into the
@@ -527,8 +604,17 @@ fn run(cli: Cli) -> Result<()> {
             out,
             json,
             tta,
+            lungs,
         } => {
-            let e = evaluate::run(&model, &data, split, out.as_deref(), tta, &Device::flex())?;
+            let e = evaluate::run(
+                &model,
+                &data,
+                split,
+                out.as_deref(),
+                tta,
+                lungs.as_deref(),
+                &Device::flex(),
+            )?;
             if json {
                 let mut v = serde_json::to_value(&e.metrics)?;
                 v["split"] = serde_json::json!(split);
@@ -537,11 +623,15 @@ fn run(cli: Cli) -> Result<()> {
                 v["ood"] = serde_json::json!(e.ood);
                 v["arch"] = serde_json::json!(e.arch);
                 v["weight_source"] = serde_json::json!(e.weight_source);
+                v["lung_share"] = serde_json::json!(e.lung_share);
                 println!("{v}");
             } else {
                 println!("model: {}, weights {}", e.arch, e.weight_source);
                 evaluate::print_table(&e.metrics);
                 println!("\n{}", breakdown::markdown(&e.by_population));
+                if let Some(l) = &e.lung_share {
+                    println!("{}", l.markdown());
+                }
                 if let Some(o) = &e.ood {
                     println!(
                         "out-of-distribution: {} of {} images flagged ({:.1}%), median score {:.2}",
@@ -556,6 +646,52 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Lungs { command } => match command {
+            LungsCommand::Train {
+                pairs,
+                out,
+                weights,
+                held_out,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                limit,
+                f16,
+                resume,
+            } => {
+                let weights = resolve_weights(pneumoscope::lungs::ENCODER, weights, false)?
+                    .expect("weights are required");
+                let cfg = lungs::LungsConfig {
+                    pairs,
+                    weights,
+                    held_out,
+                    epochs,
+                    batch_size,
+                    lr,
+                    seed,
+                    limit,
+                    f16,
+                };
+                let file = lungs::train(&cfg, &out, resume)?;
+                let metrics = std::fs::read_to_string(out.join("metrics.json"))?;
+                println!("{metrics}");
+                println!("wrote {}", file.display());
+            }
+            LungsCommand::Evaluate { model, pairs } => {
+                let m = lungs::evaluate_file(&model, &pairs)?;
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            }
+            LungsCommand::Predict { model, images, out } => {
+                let failures = lungs::predict(&model, &images, &out)?;
+                if failures > 0 {
+                    anyhow::bail!(
+                        "{failures} of {} images could not be segmented",
+                        images.len()
+                    );
+                }
+            }
+        },
         Command::Predict { model, images, tta } => {
             let failures = cli::predict(&model, &images, tta, &Device::flex())?;
             if failures > 0 {
@@ -570,8 +706,16 @@ fn run(cli: Cli) -> Result<()> {
             image,
             out,
             class,
+            lungs,
         } => {
-            cli::gradcam(&model, &image, &out, class, &Device::flex())?;
+            cli::gradcam(
+                &model,
+                &image,
+                &out,
+                class,
+                lungs.as_deref(),
+                &Device::flex(),
+            )?;
         }
         Command::Export {
             run,

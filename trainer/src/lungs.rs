@@ -1,0 +1,635 @@
+//! `pneumoscope lungs train | predict`: the lung segmenter of [`pneumoscope::lungs`].
+//!
+//! Training reads `pairs.csv` (image, mask, source), holds out a share of the pairs of each
+//! source (split by image, seeded), and trains the decoder on the frozen ImageNet encoder. The
+//! encoder's stage outputs are computed once per training view (the image and its mirror image,
+//! the only augmentation: anything else would need the encoder again every epoch). Each epoch
+//! is a checkpoint; `--resume` continues to the same result as an uninterrupted run. At the
+//! end the segmenter is evaluated on the held-out pairs at each mask's own size (Dice and IoU
+//! per source, with image-bootstrap intervals) and written as `lungs.pneumoscope`.
+
+use crate::fsutil::write_atomic;
+use crate::metrics::percentile;
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use burn::tensor::activation::{log_sigmoid, sigmoid};
+use image::{GrayImage, Rgb, RgbImage};
+use pneumoscope::arch::{self, Backbone};
+use pneumoscope::lungs::{
+    self, INPUT_SIDE, LungDecoder, LungMask, LungNet, LungsFile, LungsHeader, MASK_SIDE, TAPS,
+};
+use pneumoscope::model_file::sha256_hex;
+use rand::SeedableRng;
+use rand::prelude::*;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One image with its lung mask.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    /// The image.
+    pub image: PathBuf,
+    /// Its mask (255 = lung), at the image's size.
+    pub mask: PathBuf,
+    /// Where the mask came from (`openist`: hand-drawn; `cohen`: lungVAE).
+    pub source: String,
+}
+
+/// Reads `pairs.csv` (columns `image`, `mask`, `source`; paths relative to the file's folder).
+/// Rows whose files are missing are returned apart, with their line and reason.
+pub fn read_pairs(path: &Path) -> Result<(Vec<Pair>, Vec<String>)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut r = csv::Reader::from_path(path)
+        .with_context(|| format!("cannot read pairs file {}", path.display()))?;
+    let headers = r.headers()?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| anyhow!("{}: no column '{name}'", path.display()))
+    };
+    let (ci, cm, cs) = (col("image")?, col("mask")?, col("source")?);
+    let (mut pairs, mut rejected) = (Vec::new(), Vec::new());
+    for (i, row) in r.records().enumerate() {
+        let line = i + 2;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                rejected.push(format!("{}:{line}: {e}", path.display()));
+                continue;
+            }
+        };
+        let field = |c: usize| row.get(c).unwrap_or("").trim().to_string();
+        let (image, mask) = (dir.join(field(ci)), dir.join(field(cm)));
+        let missing = [&image, &mask].into_iter().find(|p| !p.is_file());
+        if let Some(p) = missing {
+            rejected.push(format!(
+                "{}:{line}: {} does not exist",
+                path.display(),
+                p.display()
+            ));
+            continue;
+        }
+        pairs.push(Pair {
+            image,
+            mask,
+            source: field(cs),
+        });
+    }
+    if pairs.is_empty() {
+        bail!("{}: no usable pairs", path.display());
+    }
+    Ok((pairs, rejected))
+}
+
+/// Splits pairs into training and held-out indices: per source, a seeded shuffle, the first
+/// `round(held_out * n)` held out (at least one where a source has two or more pairs).
+pub fn split(pairs: &[Pair], held_out: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pairs.iter().enumerate() {
+        by_source.entry(p.source.as_str()).or_default().push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (_, mut idx) in by_source {
+        idx.shuffle(&mut rng);
+        let mut k = (held_out * idx.len() as f64).round() as usize;
+        if idx.len() >= 2 {
+            k = k.clamp(1, idx.len() - 1);
+        }
+        test.extend_from_slice(&idx[..k.min(idx.len())]);
+        train.extend_from_slice(&idx[k.min(idx.len())..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// Decodes a pair: the image, and its mask as lung / not lung at the image's size.
+fn load_pair(p: &Pair) -> Result<(image::DynamicImage, GrayImage)> {
+    let bytes =
+        std::fs::read(&p.image).with_context(|| format!("cannot read {}", p.image.display()))?;
+    let img = pneumoscope::preprocess::decode(&bytes)
+        .map_err(|e| anyhow!("{}: {e}", p.image.display()))?;
+    let mask = image::open(&p.mask)
+        .map_err(|e| anyhow!("{}: not a readable mask image: {e}", p.mask.display()))?
+        .to_luma8();
+    if mask.dimensions() != (img.width(), img.height()) {
+        bail!(
+            "{}: the mask is {}x{} but its image {} is {}x{}",
+            p.mask.display(),
+            mask.width(),
+            mask.height(),
+            p.image.display(),
+            img.width(),
+            img.height()
+        );
+    }
+    Ok((img, mask))
+}
+
+/// The training target: the mask's lung share on the `MASK_SIDE`² grid, in [0, 1].
+fn target(mask: &GrayImage) -> Vec<f32> {
+    let small = image::imageops::resize(
+        mask,
+        MASK_SIDE as u32,
+        MASK_SIDE as u32,
+        image::imageops::FilterType::Triangle,
+    );
+    small.as_raw().iter().map(|&v| v as f32 / 255.0).collect()
+}
+
+fn mirror(plane: &[f32], side: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(plane.len());
+    for row in plane.chunks(side) {
+        out.extend(row.iter().rev());
+    }
+    out
+}
+
+/// One training view: the encoder's stage outputs and the target grid.
+struct View {
+    taps: Vec<Vec<f32>>,
+    target: Vec<f32>,
+}
+
+/// Settings of `lungs train`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LungsConfig {
+    /// The pairs file.
+    pub pairs: PathBuf,
+    /// EfficientNet-Lite0 ImageNet weights.
+    pub weights: PathBuf,
+    /// Share of each source's pairs held out.
+    pub held_out: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rate (Adam).
+    pub lr: f64,
+    /// Seed of the split, the order and the decoder's initialisation.
+    pub seed: u64,
+    /// Use at most this many pairs per source (quick runs); `None`: all.
+    pub limit: Option<usize>,
+    /// Store the weights in half precision.
+    pub f16: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct State {
+    epochs_done: usize,
+    losses: Vec<f64>,
+    decoder_sha256: String,
+    optimizer_sha256: String,
+}
+
+/// Loss of a batch: binary cross-entropy on the logits plus the soft Dice loss.
+fn loss(logits: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
+    let bce = (target.clone() * log_sigmoid(logits.clone())
+        + (target.clone().neg() + 1.0) * log_sigmoid(logits.clone().neg()))
+    .mean()
+    .neg();
+    let p = sigmoid(logits);
+    let inter = (p.clone() * target.clone()).sum();
+    let dice = (inter * 2.0 + 1.0) / (p.sum() + target.sum() + 1.0);
+    bce + dice.neg() + 1.0
+}
+
+/// `lungs train`: trains, evaluates on the held-out pairs and writes `RUN/lungs.pneumoscope`.
+/// With `resume` it continues the run in `run` (the same settings; `epochs` may be raised).
+pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    let cfg_path = run.join("lungs-config.json");
+    let state_path = run.join("state.json");
+    if resume {
+        let saved: LungsConfig = serde_json::from_slice(
+            &std::fs::read(&cfg_path)
+                .with_context(|| format!("--resume: no {} to resume", cfg_path.display()))?,
+        )?;
+        // Only the number of epochs may change: a finished run can be trained further.
+        if saved
+            != (LungsConfig {
+                epochs: saved.epochs,
+                ..cfg.clone()
+            })
+        {
+            bail!(
+                "--resume: {} was started with other settings ({}; only --epochs may change)",
+                run.display(),
+                cfg_path.display()
+            );
+        }
+    } else if state_path.exists() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            run.display()
+        );
+    }
+    write_atomic(&cfg_path, serde_json::to_string_pretty(cfg)?.as_bytes())?;
+
+    let (mut pairs, rejected) = read_pairs(&cfg.pairs)?;
+    for r in &rejected {
+        eprintln!("rejected: {r}");
+    }
+    if let Some(limit) = cfg.limit {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        pairs.retain(|p| {
+            let n = seen.entry(p.source.clone()).or_default();
+            *n += 1;
+            *n <= limit
+        });
+    }
+    let (train_idx, test_idx) = split(&pairs, cfg.held_out, cfg.seed);
+    eprintln!(
+        "{} pairs: {} for training, {} held out",
+        pairs.len(),
+        train_idx.len(),
+        test_idx.len()
+    );
+
+    let device = Device::flex();
+    let spec = arch::find(lungs::ENCODER)?;
+    let loaded = crate::weights::load_backbone(&spec, &cfg.weights, false, &device)?;
+    let Backbone::EfficientNetLite(encoder) = loaded.backbone else {
+        bail!("the lung encoder must be {}", lungs::ENCODER);
+    };
+    let encoder = encoder.valid();
+    let fast = encoder.clone().fold_batchnorm();
+
+    // The encoder's stage outputs of every training view, computed once.
+    let t0 = Instant::now();
+    let pb = crate::progress::bar(train_idx.len() as u64, "encoding");
+    let mut views = Vec::with_capacity(2 * train_idx.len());
+    let plane = INPUT_SIDE * INPUT_SIDE;
+    for &i in &train_idx {
+        let (img, mask) = load_pair(&pairs[i])?;
+        let x = lungs::input(&img);
+        let t = target(&mask);
+        let flipped: Vec<f32> = x
+            .chunks(plane)
+            .flat_map(|c| mirror(c, INPUT_SIDE))
+            .collect();
+        let batch: Vec<f32> = x.into_iter().chain(flipped).collect();
+        let xt = Tensor::<4>::from_data(
+            TensorData::new(batch, [2, 3, INPUT_SIDE, INPUT_SIDE]),
+            &device,
+        );
+        let taps: Vec<Vec<f32>> = fast
+            .stage_outputs(xt, &TAPS)
+            .into_iter()
+            .map(|t| t.into_data().try_into_vec::<f32>().expect("f32"))
+            .collect();
+        for v in 0..2 {
+            views.push(View {
+                taps: taps
+                    .iter()
+                    .map(|all| {
+                        let n = all.len() / 2;
+                        all[v * n..(v + 1) * n].to_vec()
+                    })
+                    .collect(),
+                target: if v == 0 {
+                    t.clone()
+                } else {
+                    mirror(&t, MASK_SIDE)
+                },
+            });
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let encode_s = t0.elapsed().as_secs_f64();
+    let tap_shapes: Vec<[usize; 3]> = {
+        let x = Tensor::<4>::zeros([1, 3, INPUT_SIDE, INPUT_SIDE], &device);
+        fast.stage_outputs(x, &TAPS)
+            .iter()
+            .map(|t| {
+                let [_, c, h, w] = t.dims();
+                [c, h, w]
+            })
+            .collect()
+    };
+
+    let ad = device.clone().autodiff();
+    ad.seed(cfg.seed);
+    let mut decoder = LungDecoder::new(&ad);
+    let mut optim = AdamConfig::new().init();
+    let mut state = State::default();
+    if resume && state_path.exists() {
+        state = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+        let d = std::fs::read(run.join("decoder.bpk"))?;
+        let o = std::fs::read(run.join("optimizer.bpk"))?;
+        if sha256_hex(&d) != state.decoder_sha256 || sha256_hex(&o) != state.optimizer_sha256 {
+            bail!(
+                "{}: the checkpoint does not match state.json (corrupt); delete the run folder to start again",
+                run.display()
+            );
+        }
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(d))
+            .map_err(|e| anyhow!("decoder.bpk: {e:?}"))?;
+        decoder = decoder.load_record(rec);
+        optim = optim
+            .from_bytes(Bytes::from_bytes_vec(o))
+            .map_err(|e| anyhow!("optimizer.bpk: {e:?}"))?;
+        eprintln!("resuming after epoch {}", state.epochs_done);
+    }
+    let t_train = Instant::now();
+    for epoch in state.epochs_done + 1..=cfg.epochs {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) + epoch as u64);
+        let mut order: Vec<usize> = (0..views.len()).collect();
+        order.shuffle(&mut rng);
+        let mut total = 0.0;
+        for batch in order.chunks(cfg.batch_size) {
+            let n = batch.len();
+            let taps: Vec<Tensor<4>> = tap_shapes
+                .iter()
+                .enumerate()
+                .map(|(k, &[c, h, w])| {
+                    let data: Vec<f32> = batch
+                        .iter()
+                        .flat_map(|&v| views[v].taps[k].iter().copied())
+                        .collect();
+                    Tensor::from_data(TensorData::new(data, [n, c, h, w]), &ad)
+                })
+                .collect();
+            let y: Vec<f32> = batch
+                .iter()
+                .flat_map(|&v| views[v].target.iter().copied())
+                .collect();
+            let y = Tensor::from_data(TensorData::new(y, [n, 1, MASK_SIDE, MASK_SIDE]), &ad);
+            let l = loss(decoder.forward(taps), y);
+            total += l.clone().into_scalar::<f32>() as f64 * n as f64;
+            let grads = GradientsParams::from_grads(l.backward(), &decoder);
+            decoder = optim.step(cfg.lr, decoder, grads);
+        }
+        let epoch_loss = total / views.len() as f64;
+        eprintln!("epoch {epoch:>3}/{}: loss {epoch_loss:.4}", cfg.epochs);
+        state.losses.push(epoch_loss);
+        state.epochs_done = epoch;
+        let d = decoder
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let o = optim.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+        state.decoder_sha256 = sha256_hex(&d);
+        state.optimizer_sha256 = sha256_hex(&o);
+        write_atomic(&run.join("decoder.bpk"), &d)?;
+        write_atomic(&run.join("optimizer.bpk"), &o)?;
+        write_atomic(
+            &state_path,
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+        )?;
+    }
+    let train_s = t_train.elapsed().as_secs_f64();
+
+    // The segmenter as it will be used: encoder and decoder, inference state, batch norms folded.
+    let decoder = decoder.valid();
+    let mut net = LungNet {
+        encoder,
+        decoder: decoder.to_device(&device),
+    };
+    if cfg.f16 {
+        net = crate::export::to_f16(net);
+    }
+    let header = LungsHeader {
+        format_version: lungs::LUNGS_FORMAT_VERSION,
+        kind: "lung segmenter".into(),
+        encoder: lungs::ENCODER.into(),
+        input_side: INPUT_SIDE,
+        mask_side: MASK_SIDE,
+        weights_dtype: if cfg.f16 { "f16" } else { "f32" }.into(),
+        weight_source: loaded.source.clone(),
+        training: serde_json::json!({
+            "pairs": cfg.pairs.display().to_string(),
+            "train_pairs": train_idx.len(),
+            "held_out_pairs": test_idx.len(),
+            "held_out": test_idx.iter().map(|&i| pairs[i].image.display().to_string()).collect::<Vec<_>>(),
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "augmentation": "mirror image",
+            "loss": "binary cross-entropy + soft Dice",
+            "encoder": "frozen (ImageNet)",
+            "final_loss": state.losses.last(),
+            "encode_seconds": encode_s, "train_seconds_this_session": train_s,
+        }),
+        metrics: serde_json::Value::Null,
+        created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
+        payload_len: 0,
+        payload_sha256: String::new(),
+    };
+    let file = LungsFile::new(header, net)?;
+    // Evaluated through the file, exactly as every user of it will load it.
+    let model = file.load(&device)?;
+    let held: Vec<&Pair> = test_idx.iter().map(|&i| &pairs[i]).collect();
+    let (scores, metrics) = evaluate(&model, &held, &device)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for s in &scores {
+        w.serialize(s)?;
+    }
+    write_atomic(&run.join("held_out.csv"), &w.into_inner()?)?;
+    write_atomic(
+        &run.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
+    // The metrics go into the header; the payload and its checksum stay as they are.
+    let file = LungsFile {
+        header: LungsHeader {
+            metrics,
+            ..file.header
+        },
+        payload: file.payload,
+    };
+    let out = run.join("lungs.pneumoscope");
+    write_atomic(&out, &file.to_bytes())?;
+    Ok(out)
+}
+
+/// Scores of one held-out pair.
+#[derive(Clone, Debug, Serialize)]
+pub struct Score {
+    /// The image.
+    pub image: String,
+    /// Source of its mask.
+    pub source: String,
+    /// Dice at the mask's size.
+    pub dice: f64,
+    /// IoU at the mask's size.
+    pub iou: f64,
+    /// Predicted lung share of the image.
+    pub area: f64,
+}
+
+/// Mean with a 95 % image-bootstrap interval (1000 resamples, seeded).
+fn mean_ci(values: &[f64]) -> serde_json::Value {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let mut rng = ChaCha8Rng::seed_from_u64(12345);
+    let mut boot: Vec<f64> = (0..1000)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    boot.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "mean": mean, "low": percentile(&boot, 0.025), "high": percentile(&boot, 0.975),
+        "min": values.iter().copied().fold(f64::INFINITY, f64::min), "n": n,
+    })
+}
+
+/// Dice and IoU of the segmenter on pairs, per image and per source.
+pub fn evaluate(
+    model: &LungNet,
+    pairs: &[&Pair],
+    device: &Device,
+) -> Result<(Vec<Score>, serde_json::Value)> {
+    let mut scores = Vec::new();
+    for p in pairs {
+        let (img, mask) = load_pair(p)?;
+        let pred = model.segment(&img, device).to_image();
+        let a: Vec<bool> = pred.as_raw().iter().map(|&v| v >= 128).collect();
+        let b: Vec<bool> = mask.as_raw().iter().map(|&v| v >= 128).collect();
+        let (dice, iou) = lungs::dice_iou(&a, &b);
+        scores.push(Score {
+            image: p.image.display().to_string(),
+            source: p.source.clone(),
+            dice,
+            iou,
+            area: a.iter().filter(|&&v| v).count() as f64 / a.len() as f64,
+        });
+    }
+    let mut by_source = serde_json::Map::new();
+    let mut sources: Vec<&str> = scores.iter().map(|s| s.source.as_str()).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    for s in sources {
+        let of: Vec<&Score> = scores.iter().filter(|x| x.source == s).collect();
+        by_source.insert(
+            s.into(),
+            serde_json::json!({
+                "dice": mean_ci(&of.iter().map(|x| x.dice).collect::<Vec<_>>()),
+                "iou": mean_ci(&of.iter().map(|x| x.iou).collect::<Vec<_>>()),
+            }),
+        );
+    }
+    let metrics = serde_json::json!({
+        "held_out": {
+            "dice": mean_ci(&scores.iter().map(|x| x.dice).collect::<Vec<_>>()),
+            "iou": mean_ci(&scores.iter().map(|x| x.iou).collect::<Vec<_>>()),
+        },
+        "by_source": by_source,
+    });
+    Ok((scores, metrics))
+}
+
+/// `lungs evaluate`: Dice and IoU of a segmenter file on the pairs of `pairs` that its header
+/// lists as held out (the pairs it never trained on).
+pub fn evaluate_file(model: &Path, pairs: &Path) -> Result<serde_json::Value> {
+    let device = Device::flex();
+    let bytes = std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
+    let file = LungsFile::from_bytes(&bytes).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    let held: Vec<String> = serde_json::from_value(file.header.training["held_out"].clone())
+        .map_err(|_| anyhow!("{}: the header lists no held-out pairs", model.display()))?;
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let held: std::collections::BTreeSet<Option<String>> =
+        held.iter().map(|h| name(Path::new(h))).collect();
+    let (all, _) = read_pairs(pairs)?;
+    let chosen: Vec<&Pair> = all
+        .iter()
+        .filter(|p| held.contains(&name(&p.image)))
+        .collect();
+    if chosen.len() != held.len() {
+        bail!(
+            "{}: {} of the {} held-out pairs of {} are in it",
+            pairs.display(),
+            chosen.len(),
+            held.len(),
+            model.display()
+        );
+    }
+    let net = file
+        .load(&device)
+        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    Ok(evaluate(&net, &chosen, &device)?.1)
+}
+
+/// Reads and verifies a lung-segmenter file and loads it for inference.
+pub fn load(path: &Path, device: &Device) -> Result<LungNet> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = LungsFile::from_bytes(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    file.load(device)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The image in grey with the lung fields tinted and outlined.
+pub fn overlay(img: &image::DynamicImage, mask: &GrayImage) -> RgbImage {
+    let grey = img.to_luma8();
+    let (w, h) = grey.dimensions();
+    let inside = |x: i64, y: i64| {
+        x >= 0
+            && y >= 0
+            && x < w as i64
+            && y < h as i64
+            && mask.get_pixel(x as u32, y as u32).0[0] >= 128
+    };
+    let r = (w.max(h) / 256).max(1) as i64;
+    RgbImage::from_fn(w, h, |x, y| {
+        let g = grey.get_pixel(x, y).0[0];
+        let (xi, yi) = (x as i64, y as i64);
+        if inside(xi, yi) {
+            let edge = (-r..=r).any(|d| !inside(xi + d, yi) || !inside(xi, yi + d));
+            if edge {
+                return Rgb([0, 255, 120]);
+            }
+            return Rgb([g / 2, g / 2 + 64, g / 2]);
+        }
+        Rgb([g, g, g])
+    })
+}
+
+/// `lungs predict`: a mask PNG and an overlay PNG per image in `out`, one JSON line each.
+/// Returns how many images failed (each named with its reason on stderr).
+pub fn predict(model: &Path, images: &[PathBuf], out: &Path) -> Result<usize> {
+    let device = Device::flex();
+    let net = load(model, &device)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut failures = 0;
+    for path in images {
+        let result = (|| -> Result<serde_json::Value> {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let img = pneumoscope::preprocess::decode(&bytes).map_err(|e| anyhow!("{e}"))?;
+            let mask: LungMask = net.segment(&img, &device);
+            let png = mask.to_image();
+            let stem = path
+                .file_stem()
+                .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            let mask_path = out.join(format!("{stem}-lungs.png"));
+            let overlay_path = out.join(format!("{stem}-lungs-overlay.png"));
+            png.save(&mask_path)
+                .with_context(|| format!("cannot write {}", mask_path.display()))?;
+            overlay(&img, &png)
+                .save(&overlay_path)
+                .with_context(|| format!("cannot write {}", overlay_path.display()))?;
+            Ok(serde_json::json!({
+                "file": path.display().to_string(),
+                "lung_area": mask.area_fraction(),
+                "mask": mask_path.display().to_string(),
+                "overlay": overlay_path.display().to_string(),
+            }))
+        })();
+        match result {
+            Ok(v) => println!("{v}"),
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: {}: {e:#}", path.display());
+            }
+        }
+    }
+    Ok(failures)
+}

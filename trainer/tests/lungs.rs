@@ -1,0 +1,285 @@
+//! The lung segmenter: a quick one trained on real pairs (held-out Dice, resume to the same
+//! result), masks of real and broken images, the lung share of a Grad-CAM map against an
+//! independent computation, and the shipped segmenter on the pairs it never saw.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn pairs(shared: &Path) -> PathBuf {
+    shared.join("data/lung-masks/pairs.csv")
+}
+
+fn weights(shared: &Path) -> PathBuf {
+    shared.join("weights/efficientnet-lite0-57934424.pth")
+}
+
+/// The shipped segmenter (named in `web/models/index.json`).
+fn shipped_lungs() -> PathBuf {
+    let dir = workspace_dir().join("web/models");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    dir.join(
+        index["lungs"]
+            .as_str()
+            .expect("index.json names the lung segmenter"),
+    )
+}
+
+fn train_args<'a>(p: &'a str, w: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "lungs",
+        "train",
+        "--pairs",
+        p,
+        "--weights",
+        w,
+        "--out",
+        out,
+        "--limit",
+        "10",
+        "--held-out",
+        "0.3",
+        "--epochs",
+        epochs,
+    ]
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn quick_segmenter_learns_and_resumes_to_the_same_result() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (p, w) = (pairs(&shared), weights(&shared));
+    let (p, w) = (p.to_str().unwrap(), w.to_str().unwrap());
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    ok(&train_args(p, w, a.to_str().unwrap(), "3"));
+    // Interrupted after two epochs, then continued to three.
+    ok(&train_args(p, w, b.to_str().unwrap(), "2"));
+    let out = run(&train_args(p, w, b.to_str().unwrap(), "3"));
+    assert!(
+        !out.status.success(),
+        "a second run into the same folder is refused"
+    );
+    let mut args = train_args(p, w, b.to_str().unwrap(), "3");
+    args.push("--resume");
+    ok(&args);
+    // The same losses epoch by epoch and the same held-out scores, to the last bit (the
+    // record bytes themselves differ: they carry the parameters' run-time ids).
+    let (sa, sb) = (json(&a.join("state.json")), json(&b.join("state.json")));
+    assert_eq!(
+        sa["losses"], sb["losses"],
+        "resumed run differs from the uninterrupted one"
+    );
+    assert_eq!(sa["losses"].as_array().unwrap().len(), 3);
+    let m = json(&a.join("metrics.json"));
+    assert_eq!(m, json(&b.join("metrics.json")));
+    assert_eq!(
+        std::fs::read(a.join("held_out.csv")).unwrap(),
+        std::fs::read(b.join("held_out.csv")).unwrap()
+    );
+    // Ten pairs per source, 30 % held out: three per source.
+    let held = &m["held_out"];
+    assert_eq!(held["dice"]["n"], 6, "{m}");
+    for source in ["openist", "cohen"] {
+        assert_eq!(m["by_source"][source]["dice"]["n"], 3, "{m}");
+    }
+    // A decoder that has learnt nothing scores about 0.4 (the lungs' share of the image);
+    // three epochs on fourteen pairs reach about 0.9.
+    let dice = held["dice"]["mean"].as_f64().unwrap();
+    assert!(dice > 0.8, "held-out Dice {dice}");
+    // `lungs evaluate` on the file's own held-out list gives the same figures.
+    let model = a.join("lungs.pneumoscope");
+    let again: serde_json::Value = serde_json::from_str(&ok(&[
+        "lungs",
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        p,
+    ]))
+    .unwrap();
+    assert_eq!(again, m);
+    // A segmenter file is not a classifier, and the reverse.
+    let img = shared.join("data/adult-normal/normal/openist-10-19-500-500-100.jpg");
+    let out = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lung segmenter"));
+    let classifier = default_model();
+    let out = run(&[
+        "lungs",
+        "predict",
+        "--model",
+        classifier.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a lung segmenter"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn masks_of_real_broken_and_tiny_images() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let good = shared.join("data/adult-normal/normal/openist-10-19-500-500-100.jpg");
+    let truncated = dir.path().join("truncated.png");
+    let bytes = std::fs::read(
+        shared.join("data/nih-chestxray14/images").join(
+            sorted_files(&shared.join("data/nih-chestxray14/images"))[0]
+                .file_name()
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let tiny = dir.path().join("tiny.png");
+    image::GrayImage::new(8, 8).save(&tiny).unwrap();
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let out_dir = dir.path().join("masks");
+    let model = shipped_lungs();
+    let out = run(&[
+        "lungs",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        good.to_str().unwrap(),
+        truncated.to_str().unwrap(),
+        tiny.to_str().unwrap(),
+        empty.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "three of four images fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for bad in [&truncated, &tiny, &empty] {
+        assert!(
+            stderr.contains(&format!("error: {}", bad.display())),
+            "{} is named: {stderr}",
+            bad.display()
+        );
+    }
+    assert!(
+        stderr.contains("3 of 4 images could not be segmented"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "the good image is still segmented");
+    let mask = image::open(lines[0]["mask"].as_str().unwrap())
+        .unwrap()
+        .to_luma8();
+    let original = image::open(&good).unwrap();
+    assert_eq!(mask.dimensions(), (original.width(), original.height()));
+    let area = lines[0]["lung_area"].as_f64().unwrap();
+    assert!((0.15..0.6).contains(&area), "lung area {area}");
+    assert!(Path::new(lines[0]["overlay"].as_str().unwrap()).is_file());
+}
+
+#[test]
+fn shipped_segmenter_on_its_held_out_pairs() {
+    let Some(shared) = shared() else { return };
+    let model = shipped_lungs();
+    let p = pairs(&shared);
+    let m: serde_json::Value = serde_json::from_str(&ok(&[
+        "lungs",
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        p.to_str().unwrap(),
+    ]))
+    .unwrap();
+    // The figures the model card reports (held-out pairs, per source).
+    let dice = |s: &str| m["by_source"][s]["dice"]["mean"].as_f64().unwrap();
+    eprintln!(
+        "held-out Dice: openist {}, cohen {}",
+        dice("openist"),
+        dice("cohen")
+    );
+    assert!(dice("openist") >= 0.93, "{m}");
+    assert!(dice("cohen") >= 0.88, "{m}");
+}
+
+#[test]
+fn lung_share_of_a_gradcam_map_against_numpy() {
+    let Some(shared) = shared() else { return };
+    let Some(python) = test_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lungs = shipped_lungs();
+    let model = default_model();
+    for img in [
+        shared.join("data/adult-normal/normal/openist-10-19-500-500-100.jpg"),
+        sorted_files(&shared.join("data/nih-chestxray14/images"))[3].clone(),
+    ] {
+        let out = dir.path().join("cam.png");
+        let line: serde_json::Value = serde_json::from_str(&ok(&[
+            "gradcam",
+            "--model",
+            model.to_str().unwrap(),
+            "--lungs",
+            lungs.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let share = line["lung_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share));
+        let masks = dir.path().join("masks");
+        let m: serde_json::Value = serde_json::from_str(&ok(&[
+            "lungs",
+            "predict",
+            "--model",
+            lungs.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "--out",
+            masks.to_str().unwrap(),
+        ]))
+        .unwrap();
+        // The map covers the display network's centre crop; EfficientNet-Lite resizes the
+        // shorter side to 8/7 of the crop (the registry's rule), e.g. 297 → 260 for Lite2.
+        let side = line["map"]["width"].as_u64().unwrap();
+        let resize = (side * 8 / 7).to_string();
+        let check: serde_json::Value = serde_json::from_str(&run_script(
+            &python,
+            "tests/lungs/share.py",
+            &[
+                Path::new(line["heat_npy"].as_str().unwrap()),
+                Path::new(line["lungs_npy"].as_str().unwrap()),
+                Path::new(m["mask"].as_str().unwrap()),
+                Path::new(&resize),
+                Path::new(&side.to_string()),
+                Path::new("3"),
+            ],
+        ))
+        .unwrap();
+        eprintln!("{}: share {share}, numpy {check}", img.display());
+        let exported = check["share_exported"].as_f64().unwrap();
+        assert!((exported - share).abs() < 1e-4, "{share} vs {check}");
+        let independent = check["share_independent"].as_f64().unwrap();
+        assert!((independent - share).abs() < 0.01, "{share} vs {check}");
+        assert!(
+            check["crop_mask_agreement"].as_f64().unwrap() > 0.98,
+            "{check}"
+        );
+    }
+}
