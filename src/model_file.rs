@@ -592,8 +592,8 @@ pub(crate) mod tests {
             .to_string();
         assert!(msg.contains("truncated"), "{msg}");
         let mut future = bytes.clone();
-        future[12] = 3;
+        future[12] = 4;
         let msg = format_version(&future).unwrap_err().to_string();
-        assert!(msg.contains("format version 3"), "{msg}");
+        assert!(msg.contains("format version 4"), "{msg}");
     }
 }
