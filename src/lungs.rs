@@ -387,26 +387,29 @@ fn bilinear(grid: &[f32], n: usize, x: f32, y: f32) -> f32 {
     top * (1.0 - fy) + bottom * fy
 }
 
-/// Draws the outline of a crop mask (`on_crop`'s values, the view's size) onto an overlay.
-pub fn draw_outline(img: &mut image::RgbImage, crop_mask: &[f32]) {
-    let (w, h) = img.dimensions();
-    let inside = |x: i64, y: i64| {
-        x >= 0
-            && y >= 0
-            && x < w as i64
-            && y < h as i64
-            && crop_mask[(y * w as i64 + x) as usize] > 0.5
+/// The edge of a `w`x`h` mask: the pixels inside it with a pixel outside (or the border)
+/// within `radius` along a row or column. Row-major.
+pub fn edge(w: u32, h: u32, radius: i64, inside: impl Fn(u32, u32) -> bool) -> Vec<bool> {
+    let at = |x: i64, y: i64| {
+        x >= 0 && y >= 0 && x < w as i64 && y < h as i64 && inside(x as u32, y as u32)
     };
+    let mut out = Vec::with_capacity((w * h) as usize);
     for y in 0..h as i64 {
         for x in 0..w as i64 {
-            if inside(x, y)
-                && [(-1, 0), (1, 0), (0, -1), (0, 1)]
-                    .iter()
-                    .any(|(dx, dy)| !inside(x + dx, y + dy))
-            {
-                img.put_pixel(x as u32, y as u32, image::Rgb([255, 255, 255]));
-            }
+            out.push(at(x, y) && (-radius..=radius).any(|d| !at(x + d, y) || !at(x, y + d)));
         }
+    }
+    out
+}
+
+/// Draws the outline of a crop mask (`on_crop`'s values, the view's size) onto an overlay.
+pub fn draw_outline(img: &mut image::RgbImage, crop_mask: &[f32]) {
+    let w = img.width();
+    let edges = edge(w, img.height(), 1, |x, y| {
+        crop_mask[(y * w + x) as usize] > 0.5
+    });
+    for (i, _) in edges.iter().enumerate().filter(|(_, e)| **e) {
+        img.put_pixel(i as u32 % w, i as u32 / w, image::Rgb([255, 255, 255]));
     }
 }
 

@@ -570,25 +570,17 @@ pub fn load(path: &Path, device: &Device) -> Result<LungNet> {
 pub fn overlay(img: &image::DynamicImage, mask: &GrayImage) -> RgbImage {
     let grey = img.to_luma8();
     let (w, h) = grey.dimensions();
-    let inside = |x: i64, y: i64| {
-        x >= 0
-            && y >= 0
-            && x < w as i64
-            && y < h as i64
-            && mask.get_pixel(x as u32, y as u32).0[0] >= 128
-    };
-    let r = (w.max(h) / 256).max(1) as i64;
+    let inside = |x: u32, y: u32| mask.get_pixel(x, y).0[0] >= 128;
+    let edges = lungs::edge(w, h, (w.max(h) / 256).max(1) as i64, inside);
     RgbImage::from_fn(w, h, |x, y| {
         let g = grey.get_pixel(x, y).0[0];
-        let (xi, yi) = (x as i64, y as i64);
-        if inside(xi, yi) {
-            let edge = (-r..=r).any(|d| !inside(xi + d, yi) || !inside(xi, yi + d));
-            if edge {
-                return Rgb([0, 255, 120]);
-            }
-            return Rgb([g / 2, g / 2 + 64, g / 2]);
+        if edges[(y * w + x) as usize] {
+            Rgb([0, 255, 120])
+        } else if inside(x, y) {
+            Rgb([g / 2, g / 2 + 64, g / 2])
+        } else {
+            Rgb([g, g, g])
         }
-        Rgb([g, g, g])
     })
 }
 
