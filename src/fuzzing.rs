@@ -74,6 +74,7 @@ pub fn model_file(data: &[u8]) {
             extra: serde_json::Value::Null,
             ood: None,
             population: None,
+            lungs: None,
             created_by: "fuzz".into(),
             payload_len: rest.len() as u64,
             payload_sha256: crate::model_file::sha256_hex(rest),
@@ -81,6 +82,7 @@ pub fn model_file(data: &[u8]) {
         let bytes = ModelFile {
             header,
             payload: rest.to_vec(),
+            lungs: None,
         }
         .to_bytes();
         ModelFile::from_bytes(&bytes).expect("a well-formed wrapper parses")

@@ -28,6 +28,16 @@ pub struct CamMap {
 }
 
 impl CamMap {
+    /// The map at `size`x`size`: its own values when it has that size already, else
+    /// [`CamMap::upsample`]d.
+    pub fn at_side(&self, size: usize) -> Vec<f32> {
+        if self.width == size && self.height == size {
+            self.values.clone()
+        } else {
+            self.upsample(size)
+        }
+    }
+
     /// The map resized (bilinear) to `size`x`size`, e.g. the network's input crop.
     pub fn upsample(&self, size: usize) -> Vec<f32> {
         let img: ImageBuffer<Luma<f32>, Vec<f32>> =

@@ -3,10 +3,11 @@
 //! [`Engine`] is what every caller uses: it loads a single-network file or an ensemble file
 //! and answers the same way for both. [`Network`] is one network of it.
 
-use crate::arch::global_avg_pool;
+use crate::arch::{Backbone, global_avg_pool};
 use crate::classes::{Class, NUM_CLASSES};
 use crate::error::{Error, Result};
 use crate::gradcam::{self, CamMap};
+use crate::lungs::{LungDecoder, LungMask, LungNet, Lungs};
 use crate::model::Classifier;
 use crate::model_file::{
     ENSEMBLE_FORMAT_VERSION, EnsembleFile, EnsembleHeader, ModelFile, ModelHeader, format_version,
@@ -291,6 +292,8 @@ pub struct Engine {
     pub networks: Vec<Network>,
     /// The ensemble's own header, for an ensemble file.
     pub ensemble: Option<EnsembleHeader>,
+    /// The lung segmenter the file carries, if any (its encoder is one network's backbone).
+    pub lungs: Option<Lungs>,
 }
 
 impl Engine {
@@ -302,23 +305,49 @@ impl Engine {
             .find_map(|n| n.header.population.as_ref())
     }
 
-    /// Parses, verifies and loads a model file of either kind.
+    /// Parses, verifies and loads a model file of either kind, with the lung segmenter it
+    /// carries.
     pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
-        if format_version(bytes)? == ENSEMBLE_FORMAT_VERSION {
+        let (networks, ensemble, section) = if format_version(bytes)? == ENSEMBLE_FORMAT_VERSION {
             let file = EnsembleFile::from_bytes(bytes)?;
             let networks = file
                 .members
                 .into_iter()
                 .map(|m| Network::from_file(m, device.clone()))
-                .collect::<Result<_>>()?;
-            return Ok(Self {
-                networks,
-                ensemble: Some(file.header),
-            });
-        }
+                .collect::<Result<Vec<_>>>()?;
+            let section = file.header.lungs.clone().zip(file.lungs);
+            (networks, Some(file.header), section)
+        } else {
+            let file = ModelFile::from_bytes(bytes)?;
+            let section = file.header.lungs.clone().zip(file.lungs.clone());
+            (
+                vec![Network::from_file(file, device.clone())?],
+                None,
+                section,
+            )
+        };
+        let lungs = match section {
+            None => None,
+            Some((section, decoder)) => {
+                let Backbone::EfficientNetLite(encoder) =
+                    &networks[section.encoder_network].model.backbone
+                else {
+                    return Err(Error::ModelFile(format!(
+                        "the lung segmenter's encoder, network {}, is not an EfficientNet-Lite",
+                        section.encoder_network + 1
+                    )));
+                };
+                let decoder = LungDecoder::from_bytes(&decoder, &device)?;
+                Some(Lungs {
+                    header: section.segmenter,
+                    net: LungNet::from_parts(encoder.clone(), decoder),
+                })
+            }
+        };
         Ok(Self {
-            networks: vec![Network::load(bytes, device)?],
-            ensemble: None,
+            networks,
+            ensemble,
+            lungs,
         })
     }
 
@@ -540,6 +569,9 @@ pub struct Timings {
     /// Every network's Grad-CAM (head forward and backward, map read), and averaging the maps
     /// of an ensemble, summed.
     pub gradcam_ms: f64,
+    /// Segmenting the lungs, when the model file carries a segmenter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lungs_ms: Option<f64>,
     /// The same per network, in the order of the model file.
     pub members: Vec<MemberTimings>,
 }
@@ -563,6 +595,8 @@ pub struct Explanation {
     pub prediction: Prediction,
     /// The (ensemble's) Grad-CAM map.
     pub cam: CamMap,
+    /// The lung fields of the whole image, when the model file carries a segmenter.
+    pub lungs: Option<LungMask>,
     /// How long each step took.
     pub timings: Timings,
 }
@@ -579,7 +613,9 @@ impl Engine {
     ) -> Result<Explanation> {
         let mut timings = Timings::default();
         let t0 = clock();
-        let (view, x) = self.view_and_input(image)?;
+        let img = preprocess::decode(image)?;
+        let view = preprocess::eval_view(&img, &self.display_network().header.input);
+        let x = self.inputs(&img);
         timings.preprocess_ms = clock() - t0;
         let mut predictions = Vec::with_capacity(self.networks.len());
         let mut activations = Vec::with_capacity(self.networks.len());
@@ -612,10 +648,20 @@ impl Engine {
         let combine_ms = clock() - t;
         timings.inference_ms = timings.members.iter().map(|m| m.inference_ms).sum();
         timings.gradcam_ms = timings.members.iter().map(|m| m.gradcam_ms).sum::<f64>() + combine_ms;
+        let lungs = match &self.lungs {
+            None => None,
+            Some(l) => {
+                let t = clock();
+                let mask = l.net.segment_async(&img, &self.networks[0].device).await?;
+                timings.lungs_ms = Some(clock() - t);
+                Some(mask)
+            }
+        };
         Ok(Explanation {
             view,
             prediction,
             cam,
+            lungs,
             timings,
         })
     }
@@ -764,5 +810,109 @@ mod tests {
                 flagged: true
             })
         );
+    }
+
+    /// A lung section: carried by single files and ensembles, its encoder the named network's
+    /// backbone, refused when damaged, truncated or naming the wrong network.
+    #[test]
+    fn a_lung_section_rides_in_the_model_file() {
+        use crate::lungs::{LungsHeader, LungsSection};
+        let device = Device::flex();
+        let decoder = LungDecoder::new(&device);
+        let bytes = decoder.clone().to_bytes().unwrap();
+        let section = |k: usize| LungsSection {
+            encoder_network: k,
+            segmenter: LungsHeader {
+                format_version: crate::lungs::LUNGS_FORMAT_VERSION,
+                kind: "lung segmenter".into(),
+                encoder: crate::lungs::ENCODER.into(),
+                input_side: crate::lungs::INPUT_SIDE,
+                mask_side: crate::lungs::MASK_SIDE,
+                weights_dtype: "f32".into(),
+                weight_source: "random-init".into(),
+                training: serde_json::Value::Null,
+                metrics: serde_json::Value::Null,
+                created_by: "test".into(),
+                payload_len: 0,
+                payload_sha256: String::new(),
+            },
+        };
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                (0..3 * 64 * 64)
+                    .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+                    .collect(),
+                [1, 3, 64, 64],
+            ),
+            &device,
+        );
+        let expect = |e: &Engine, k: usize| {
+            let Backbone::EfficientNetLite(enc) = &e.networks[k].model.backbone else {
+                panic!("a Lite backbone")
+            };
+            let want = LungNet::from_parts(enc.clone(), decoder.clone()).forward(x.clone());
+            let got = e
+                .lungs
+                .as_ref()
+                .expect("a segmenter")
+                .net
+                .forward(x.clone());
+            let d = (got - want).abs().max().into_scalar::<f32>();
+            assert!(d < 1e-6, "embedded segmenter differs by {d}");
+        };
+        // A single network.
+        let single = member("efficientnet_lite0");
+        let plain = single.to_bytes();
+        let with = single
+            .clone()
+            .with_lungs(section(0), bytes.clone())
+            .to_bytes();
+        let e = Engine::load(&with, device.clone()).unwrap();
+        expect(&e, 0);
+        assert!(
+            Engine::load(&plain, device.clone())
+                .unwrap()
+                .lungs
+                .is_none()
+        );
+        // The last byte is the decoder's: a flip is named, a cut is refused.
+        let mut bad = with.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let err = Engine::load(&bad, device.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("lung segmenter weights are corrupt"), "{err}");
+        let err = Engine::load(&with[..with.len() - 1], device.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("of lung segmenter"), "{err}");
+        // An ensemble whose second network is the encoder.
+        let ens = EnsembleFile::new(
+            vec![member("efficientnet_lite1"), member("efficientnet_lite0")],
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let e = Engine::load(
+            &ens.clone().with_lungs(section(1), bytes.clone()).to_bytes(),
+            device.clone(),
+        )
+        .unwrap();
+        expect(&e, 1);
+        let err = Engine::load(
+            &ens.clone().with_lungs(section(0), bytes.clone()).to_bytes(),
+            device.clone(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("must be efficientnet_lite0"), "{err}");
+        let err = Engine::load(&ens.with_lungs(section(2), bytes).to_bytes(), device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("names network 3"), "{err}");
     }
 }

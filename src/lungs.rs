@@ -98,6 +98,26 @@ impl LungDecoder {
         }
         self.out.forward(p)
     }
+
+    /// The decoder's weights as a Burn record (what a model file's lung section holds).
+    pub fn to_bytes(self) -> Result<Vec<u8>> {
+        Ok(self
+            .into_record()
+            .into_bytes()
+            .map_err(|e| Error::ModelFile(format!("cannot serialise the decoder: {e:?}")))?
+            .to_vec())
+    }
+
+    /// A decoder loaded from [`LungDecoder::to_bytes`]'s record.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+            .map_err(|e| Error::ModelFile(format!("unreadable lung decoder weights: {e:?}")))?;
+        Self::new(device)
+            .try_load_record(record.cast_to_module_dtype())
+            .map_err(|e| {
+                Error::ModelFile(format!("the weights do not fit the lung decoder: {e:?}"))
+            })
+    }
 }
 
 /// The lung segmenter: encoder and decoder.
@@ -133,6 +153,12 @@ impl LungNet {
         }
     }
 
+    /// A segmenter of an encoder and a decoder already built (the encoder of a classifier's
+    /// network and the decoder of its model file's lung section, for instance).
+    pub fn from_parts(encoder: EfficientNetLite, decoder: LungDecoder) -> Self {
+        Self { encoder, decoder }
+    }
+
     /// The encoder stages the decoder reads, finest first.
     pub fn taps(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
         self.encoder.stage_outputs(x, &TAPS)
@@ -151,13 +177,18 @@ impl LungNet {
         }
     }
 
-    /// Lung probabilities of one image (decoded), `MASK_SIDE`² values in [0, 1], row-major.
-    pub fn probabilities(&self, img: &DynamicImage, device: &Device) -> Vec<f32> {
-        let x = Tensor::<4>::from_data(
+    /// The input tensor `[1, 3, INPUT_SIDE, INPUT_SIDE]` of one image on `device`.
+    fn input_tensor(img: &DynamicImage, device: &Device) -> Tensor<4> {
+        Tensor::<4>::from_data(
             TensorData::new(input(img), [1, 3, INPUT_SIDE, INPUT_SIDE]),
             device,
-        );
-        sigmoid(self.forward(x))
+        )
+    }
+
+    /// Lung probabilities of one image (decoded), `MASK_SIDE`² values in [0, 1], row-major.
+    /// Reads synchronously; [`LungNet::segment_async`] runs on every backend.
+    pub fn probabilities(&self, img: &DynamicImage, device: &Device) -> Vec<f32> {
+        sigmoid(self.forward(Self::input_tensor(img, device)))
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
@@ -169,6 +200,18 @@ impl LungNet {
     pub fn segment(&self, img: &DynamicImage, device: &Device) -> LungMask {
         LungMask::from_probabilities(self.probabilities(img, device), img.width(), img.height())
             .largest_regions(2)
+    }
+
+    /// [`LungNet::segment`], reading the mask back asynchronously (WebGPU requires it).
+    pub async fn segment_async(&self, img: &DynamicImage, device: &Device) -> Result<LungMask> {
+        let grid = sigmoid(self.forward(Self::input_tensor(img, device)))
+            .into_data_async()
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot read the lung mask back: {e:?}")))?
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Invalid(format!("lung mask of an unexpected type: {e:?}")))?;
+        Ok(LungMask::from_probabilities(grid, img.width(), img.height()).largest_regions(2))
     }
 }
 
@@ -293,6 +336,45 @@ impl LungMask {
         self.components().1.len()
     }
 
+    /// The figures of the mask that tell a frontal chest X-ray from other images.
+    pub fn shape(&self) -> LungShape {
+        let (label, sizes) = self.components();
+        let n = MASK_SIDE;
+        let mut order: Vec<usize> = (0..sizes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+        let centre_x = |region: usize| {
+            let (sum, count) = label
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l == region)
+                .fold((0usize, 0usize), |(s, c), (i, _)| (s + i % n, c + 1));
+            sum as f32 / count.max(1) as f32 / n as f32
+        };
+        let (balance, side_by_side) = match order[..] {
+            [a, b, ..] => {
+                let (xa, xb) = (centre_x(a), centre_x(b));
+                (
+                    sizes[b] as f32 / sizes[a] as f32,
+                    (xa - 0.5) * (xb - 0.5) < 0.0,
+                )
+            }
+            _ => (0.0, false),
+        };
+        let left = (0..n * n)
+            .filter(|&i| i % n < n / 2 && self.grid[i] >= 0.5)
+            .count();
+        let right = (0..n * n)
+            .filter(|&i| i % n >= n / 2 && self.grid[i] >= 0.5)
+            .count();
+        LungShape {
+            regions: sizes.len(),
+            area_fraction: self.area_fraction(),
+            balance,
+            side_by_side,
+            halves: left.min(right) as f32 / left.max(right).max(1) as f32,
+        }
+    }
+
     /// Share of the binary mask's pixels that are lung, on the grid.
     pub fn area_fraction(&self) -> f32 {
         self.grid.iter().filter(|&&p| p >= 0.5).count() as f32 / self.grid.len() as f32
@@ -364,6 +446,73 @@ impl LungMask {
     }
 }
 
+/// The figures of a lung mask that tell a frontal chest X-ray from other images
+/// ([`LungMask::shape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LungShape {
+    /// Lung regions (4-connected, on the grid).
+    pub regions: usize,
+    /// Share of the image that is lung.
+    pub area_fraction: f32,
+    /// Area of the second largest region over the largest (0 with fewer than two).
+    pub balance: f32,
+    /// Whether the two largest regions lie on either side of the image's vertical midline
+    /// (their centroids do).
+    pub side_by_side: bool,
+    /// Lung area in the image's left half over that in its right half, or the reverse: the
+    /// smaller over the larger (0 when one half has none).
+    pub halves: f32,
+}
+
+/// What a frontal chest X-ray's lung fields look like to the segmenter: the bounds within
+/// which [`LungShape::implausible`] says nothing. Chosen on training and validation X-rays of
+/// the classifier's data (children and adults, every collection; `pneumoscope lungs shapes`)
+/// so that under 1 % of them fall outside; see the model card.
+pub struct Plausible {
+    /// Lowest and highest share of the image that is lung.
+    pub area: (f32, f32),
+    /// Lowest lung area in one half of the image (left or right of its midline) over that in
+    /// the other.
+    pub halves: f32,
+}
+
+/// The bounds of [`Plausible`] in use.
+pub const PLAUSIBLE: Plausible = Plausible {
+    area: (0.10, 0.55),
+    halves: 0.5,
+};
+
+impl LungShape {
+    /// Why these lung fields are unlike a frontal chest X-ray's (for the out-of-distribution
+    /// warning), or `None` when they are like one. The connected regions (`regions`,
+    /// `balance`, `side_by_side`) are reported but not judged: children's two lungs often join
+    /// above the heart in the mask.
+    pub fn implausible(&self) -> Option<String> {
+        let p = PLAUSIBLE;
+        let pct = |v: f32| format!("{:.0} %", v * 100.0);
+        if self.regions == 0 {
+            return Some("no lung fields were found".into());
+        }
+        if self.area_fraction < p.area.0 || self.area_fraction > p.area.1 {
+            return Some(format!(
+                "the lung fields cover {} of the image (frontal chest X-rays: {}–{})",
+                pct(self.area_fraction),
+                pct(p.area.0),
+                pct(p.area.1)
+            ));
+        }
+        if self.halves < p.halves {
+            return Some(format!(
+                "the lung fields lie mostly on one side of the image ({} as much lung in one half \
+                 as in the other; frontal chest X-rays: at least {})",
+                pct(self.halves),
+                pct(p.halves)
+            ));
+        }
+        None
+    }
+}
+
 /// The centre crop of the evaluation transform in image pixels: its top-left corner and its
 /// side (the shorter side is resized to `input.resize`, then `input.crop` is cut from the
 /// centre).
@@ -402,13 +551,20 @@ pub fn edge(w: u32, h: u32, radius: i64, inside: impl Fn(u32, u32) -> bool) -> V
     out
 }
 
+/// The outline of a crop mask (`on_crop`'s values, `w`x`h`): the mask's pixels within one
+/// pixel of its edge. Row-major.
+pub fn outline(crop_mask: &[f32], w: u32, h: u32) -> Vec<bool> {
+    edge(w, h, 1, |x, y| crop_mask[(y * w + x) as usize] > 0.5)
+}
+
 /// Draws the outline of a crop mask (`on_crop`'s values, the view's size) onto an overlay.
 pub fn draw_outline(img: &mut image::RgbImage, crop_mask: &[f32]) {
     let w = img.width();
-    let edges = edge(w, img.height(), 1, |x, y| {
-        crop_mask[(y * w + x) as usize] > 0.5
-    });
-    for (i, _) in edges.iter().enumerate().filter(|(_, e)| **e) {
+    for (i, _) in outline(crop_mask, w, img.height())
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| **e)
+    {
         img.put_pixel(i as u32 % w, i as u32 / w, image::Rgb([255, 255, 255]));
     }
 }
@@ -458,6 +614,41 @@ pub struct LungsHeader {
     pub payload_len: u64,
     /// SHA-256 of the payload, lowercase hex.
     pub payload_sha256: String,
+}
+
+impl LungsHeader {
+    /// Checks that this build can run the segmenter the header describes.
+    pub fn check(&self) -> Result<()> {
+        if self.encoder != ENCODER || self.input_side != INPUT_SIDE || self.mask_side != MASK_SIDE {
+            return Err(Error::ModelFile(format!(
+                "unsupported segmenter ({} at {} px, grid {}; this build reads {ENCODER} at \
+                 {INPUT_SIDE} px, grid {MASK_SIDE})",
+                self.encoder, self.input_side, self.mask_side
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A lung segmenter carried inside a classifier's model file: the decoder's weights only, after
+/// the classifier's payload; the encoder is the backbone of one of the file's networks, an
+/// EfficientNet-Lite0 whose ImageNet weights were kept frozen in training, so the segmenter
+/// adds about 0.1 MB (f16) and the page still downloads one file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LungsSection {
+    /// The network of the file (0-based, in file order) whose backbone is the encoder.
+    pub encoder_network: usize,
+    /// The segmenter's description, as in its own file; `payload_len` and `payload_sha256`
+    /// are those of the decoder's weights.
+    pub segmenter: LungsHeader,
+}
+
+/// A lung segmenter ready to run beside a classifier: its description and its network.
+pub struct Lungs {
+    /// What the segmenter says about itself.
+    pub header: LungsHeader,
+    /// The network (encoder shared with a classifier's backbone, batch norms folded).
+    pub net: LungNet,
 }
 
 /// A lung-segmenter file: the model-file prefix with version [`LUNGS_FORMAT_VERSION`], a
@@ -512,16 +703,7 @@ impl LungsFile {
             &header.payload_sha256,
             "weights",
         )?;
-        if header.encoder != ENCODER
-            || header.input_side != INPUT_SIDE
-            || header.mask_side != MASK_SIDE
-        {
-            return Err(Error::ModelFile(format!(
-                "unsupported segmenter ({} at {} px, grid {}; this build reads {ENCODER} at \
-                 {INPUT_SIDE} px, grid {MASK_SIDE})",
-                header.encoder, header.input_side, header.mask_side
-            )));
-        }
+        header.check()?;
         Ok(Self {
             header,
             payload: payload.to_vec(),
@@ -577,6 +759,54 @@ mod tests {
         assert_eq!(kept.regions(), 2);
         assert_eq!(kept.grid[120 * MASK_SIDE + 120], 0.0);
         assert_eq!(kept.grid[50 * MASK_SIDE + 20], 1.0);
+    }
+
+    #[test]
+    fn shape_tells_two_lungs_from_one_side_and_none() {
+        let two = mask_with(
+            |x, y| {
+                (14..54).contains(&x) && (20..100).contains(&y)
+                    || (74..114).contains(&x) && (20..100).contains(&y)
+            },
+            256,
+            256,
+        )
+        .shape();
+        assert_eq!((two.regions, two.side_by_side), (2, true));
+        assert!((two.balance - 1.0).abs() < 1e-6 && (two.halves - 1.0).abs() < 1e-6);
+        assert!(two.implausible().is_none(), "{two:?}");
+        let none = mask_with(|_, _| false, 256, 256).shape();
+        assert_eq!(
+            none.implausible().as_deref(),
+            Some("no lung fields were found")
+        );
+        // Two fields one above the other in the right half: a lateral view's look.
+        let stacked = mask_with(
+            |x, y| (74..114).contains(&x) && ((10..60).contains(&y) || (70..120).contains(&y)),
+            256,
+            256,
+        )
+        .shape();
+        assert_eq!((stacked.regions, stacked.side_by_side), (2, false));
+        assert!(
+            stacked
+                .implausible()
+                .unwrap()
+                .contains("mostly on one side"),
+            "{stacked:?}"
+        );
+        let tiny = mask_with(
+            |x, y| (60..68).contains(&x) && (60..68).contains(&y),
+            256,
+            256,
+        )
+        .shape();
+        assert!(
+            tiny.implausible()
+                .unwrap()
+                .contains("cover 0 % of the image"),
+            "{tiny:?}"
+        );
     }
 
     #[test]

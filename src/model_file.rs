@@ -9,7 +9,8 @@
 //! | 4  | format version (`u32`, currently [`FORMAT_VERSION`]) |
 //! | 4  | header length `n` (`u32`) |
 //! | n  | header: UTF-8 JSON, [`ModelHeader`] |
-//! | rest | payload: the classifier's weights as a Burn burnpack record |
+//! | `payload_len` | payload: the classifier's weights as a Burn burnpack record |
+//! | rest | optional lung section: a lung segmenter's decoder (see below) |
 //!
 //! The header carries the SHA-256 and length of the payload, which are checked before anything
 //! is decoded. The payload is data only (tensors and their names): loading a model file never
@@ -21,10 +22,17 @@
 //! its own header and checksum; the ensemble header lists their lengths and checksums too, and
 //! the checksum of the whole payload. A reader that knows only version 1 refuses such a file
 //! with a clear message instead of misreading it.
+//!
+//! Either kind may carry a **lung segmenter** ([`crate::lungs::LungsSection`] in the header's
+//! `lungs`): the weights of its decoder follow the payload, with their own length and
+//! SHA-256; its encoder is the backbone of one of the file's networks, named by position. A
+//! file without one is byte for byte what earlier builds wrote; an earlier build refuses a
+//! file with one as padded.
 
 use crate::arch::{self, InputConfig};
 use crate::classes::Class;
 use crate::error::{Error, Result};
+use crate::lungs::LungsSection;
 use crate::model::Classifier;
 use crate::ood::OodStats;
 use crate::population::PopulationModel;
@@ -78,9 +86,12 @@ pub struct ModelHeader {
     /// fitted at export (see [`crate::population`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub population: Option<PopulationModel>,
+    /// A lung segmenter whose decoder follows the payload (see [`LungsSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lungs: Option<LungsSection>,
     /// Version of the software that wrote the file.
     pub created_by: String,
-    /// Length of the payload in bytes.
+    /// Length of the payload in bytes (the weights; a lung section follows it).
     pub payload_len: u64,
     /// SHA-256 of the payload, lowercase hex.
     pub payload_sha256: String,
@@ -93,6 +104,8 @@ pub struct ModelFile {
     pub header: ModelHeader,
     /// The weights (burnpack bytes).
     pub payload: Vec<u8>,
+    /// The lung decoder's weights, when the header declares a lung section.
+    pub lungs: Option<Vec<u8>>,
 }
 
 /// Lowercase hex SHA-256 of some bytes.
@@ -113,12 +126,27 @@ impl ModelFile {
         header.format_version = FORMAT_VERSION;
         header.payload_len = payload.len() as u64;
         header.payload_sha256 = sha256_hex(&payload);
-        Ok(Self { header, payload })
+        Ok(Self {
+            header,
+            payload,
+            lungs: None,
+        })
+    }
+
+    /// The file with a lung segmenter's decoder added (or replaced): `decoder` is its weights,
+    /// `section` its description (length and checksum filled in here).
+    pub fn with_lungs(mut self, mut section: LungsSection, decoder: Vec<u8>) -> Self {
+        section.segmenter.payload_len = decoder.len() as u64;
+        section.segmenter.payload_sha256 = sha256_hex(&decoder);
+        self.header.lungs = Some(section);
+        self.lungs = Some(decoder);
+        self
     }
 
     /// Serialises the file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        assemble(FORMAT_VERSION, &self.header, &[&self.payload])
+        let lungs = self.lungs.as_deref().unwrap_or_default();
+        assemble(FORMAT_VERSION, &self.header, &[&self.payload, lungs])
     }
 
     /// The header alone (magic, version and JSON checked; the payload neither copied nor
@@ -146,7 +174,8 @@ impl ModelFile {
     /// [`ModelFile::load_classifier`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let bad = |m: String| Error::ModelFile(m);
-        let (header, payload) = Self::split(bytes)?;
+        let (header, rest) = Self::split(bytes)?;
+        let (payload, lungs) = split_lungs(rest, header.payload_len, header.lungs.as_ref(), 1)?;
         verify_payload(
             payload,
             header.payload_len,
@@ -154,6 +183,9 @@ impl ModelFile {
             "weights",
         )?;
         let spec = arch::find(&header.arch).map_err(|e| bad(e.to_string()))?;
+        if let Some(l) = &header.lungs {
+            check_encoder(l, &[header.arch.as_str()])?;
+        }
         if let Some(p) = &header.population {
             p.validate(spec.feature_dim).map_err(bad)?;
         }
@@ -169,6 +201,7 @@ impl ModelFile {
         Ok(Self {
             header,
             payload: payload.to_vec(),
+            lungs: lungs.map(<[u8]>::to_vec),
         })
     }
 
@@ -274,6 +307,57 @@ pub(crate) fn verify_payload(payload: &[u8], len: u64, sha256: &str, what: &str)
     Ok(())
 }
 
+/// Splits what follows a header into the payload of `payload_len` bytes and, when the header
+/// declares a lung section, the decoder's weights after it (length and checksum verified).
+/// `networks` is the number of networks in the file.
+fn split_lungs<'a>(
+    rest: &'a [u8],
+    payload_len: u64,
+    lungs: Option<&LungsSection>,
+    networks: usize,
+) -> Result<(&'a [u8], Option<&'a [u8]>)> {
+    let Some(section) = lungs else {
+        return Ok((rest, None));
+    };
+    let decoder_len = section.segmenter.payload_len;
+    let want = payload_len.saturating_add(decoder_len);
+    if rest.len() as u64 != want {
+        return Err(Error::ModelFile(format!(
+            "truncated or padded file (the header declares {payload_len} bytes of weights and \
+             {decoder_len} of lung segmenter, {want} in all; found {})",
+            rest.len()
+        )));
+    }
+    if section.encoder_network >= networks {
+        return Err(Error::ModelFile(format!(
+            "the lung section names network {} as its encoder; the file has {networks}",
+            section.encoder_network + 1
+        )));
+    }
+    section.segmenter.check()?;
+    let (payload, decoder) = rest.split_at(payload_len as usize);
+    verify_payload(
+        decoder,
+        decoder_len,
+        &section.segmenter.payload_sha256,
+        "lung segmenter weights",
+    )?;
+    Ok((payload, Some(decoder)))
+}
+
+/// Checks that the network a lung section names is of the encoder's architecture.
+fn check_encoder(section: &LungsSection, archs: &[&str]) -> Result<()> {
+    let arch = archs[section.encoder_network];
+    if arch != crate::lungs::ENCODER {
+        return Err(Error::ModelFile(format!(
+            "the lung segmenter's encoder is network {} ({arch}); it must be {}",
+            section.encoder_network + 1,
+            crate::lungs::ENCODER
+        )));
+    }
+    Ok(())
+}
+
 /// One member as the ensemble header lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MemberEntry {
@@ -301,9 +385,12 @@ pub struct EnsembleHeader {
     /// Notes (how the members were chosen, ...).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// A lung segmenter whose decoder follows the member files (see [`LungsSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lungs: Option<LungsSection>,
     /// Version of the software that wrote the file.
     pub created_by: String,
-    /// Length of the payload (all member files) in bytes.
+    /// Length of the payload (all member files) in bytes; a lung section follows it.
     pub payload_len: u64,
     /// SHA-256 of the payload, lowercase hex.
     pub payload_sha256: String,
@@ -319,6 +406,8 @@ pub struct EnsembleFile {
     pub header: EnsembleHeader,
     /// The members, each a complete single-network model file.
     pub members: Vec<ModelFile>,
+    /// The lung decoder's weights, when the header declares a lung section.
+    pub lungs: Option<Vec<u8>>,
 }
 
 impl EnsembleFile {
@@ -355,6 +444,7 @@ impl EnsembleFile {
                 .collect(),
             metrics,
             extra,
+            lungs: None,
             created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
             payload_len: payloads.iter().map(|p| p.len() as u64).sum(),
             payload_sha256: whole
@@ -363,13 +453,28 @@ impl EnsembleFile {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
         };
-        Ok(Self { header, members })
+        Ok(Self {
+            header,
+            members,
+            lungs: None,
+        })
+    }
+
+    /// The file with a lung segmenter's decoder added (or replaced); see
+    /// [`ModelFile::with_lungs`].
+    pub fn with_lungs(mut self, mut section: LungsSection, decoder: Vec<u8>) -> Self {
+        section.segmenter.payload_len = decoder.len() as u64;
+        section.segmenter.payload_sha256 = sha256_hex(&decoder);
+        self.header.lungs = Some(section);
+        self.lungs = Some(decoder);
+        self
     }
 
     /// Serialises the file.
     pub fn to_bytes(&self) -> Vec<u8> {
         let payloads: Vec<Vec<u8>> = self.members.iter().map(ModelFile::to_bytes).collect();
-        let parts: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let mut parts: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        parts.extend(self.lungs.as_deref());
         assemble(ENSEMBLE_FORMAT_VERSION, &self.header, &parts)
     }
 
@@ -382,7 +487,13 @@ impl EnsembleFile {
                 "a single-network model file, not an ensemble".into(),
             ));
         }
-        let (header, payload): (EnsembleHeader, _) = split_header(bytes)?;
+        let (header, rest): (EnsembleHeader, _) = split_header(bytes)?;
+        let (payload, lungs) = split_lungs(
+            rest,
+            header.payload_len,
+            header.lungs.as_ref(),
+            header.members.len(),
+        )?;
         verify_payload(
             payload,
             header.payload_len,
@@ -403,6 +514,10 @@ impl EnsembleFile {
         }
         for (i, m) in header.members.iter().enumerate() {
             arch::find(&m.arch).map_err(|e| Error::ModelFile(format!("member {}: {e}", i + 1)))?;
+        }
+        if let Some(l) = &header.lungs {
+            let archs: Vec<&str> = header.members.iter().map(|m| m.arch.as_str()).collect();
+            check_encoder(l, &archs)?;
         }
         let mut members = Vec::with_capacity(header.members.len());
         let mut at = 0usize;
@@ -434,7 +549,11 @@ impl EnsembleFile {
                 payload.len() - at
             )));
         }
-        Ok(Self { header, members })
+        Ok(Self {
+            header,
+            members,
+            lungs: lungs.map(<[u8]>::to_vec),
+        })
     }
 }
 
@@ -461,6 +580,7 @@ pub(crate) mod tests {
             extra: serde_json::Value::Null,
             ood: None,
             population: None,
+            lungs: None,
             created_by: "test".into(),
             payload_len: 0,
             payload_sha256: String::new(),
@@ -514,6 +634,7 @@ pub(crate) mod tests {
         let foreign = ModelFile {
             header: other,
             payload: vec![],
+            lungs: None,
         };
         let mut f = foreign.clone();
         f.header.payload_sha256 = sha256_hex(&[]);

@@ -17,6 +17,8 @@
 //! e.size;                              // side of the network input (e.g. 224)
 //! e.view;                              // Uint8ClampedArray RGBA: what the network saw
 //! e.heatmap;                           // Uint8ClampedArray RGBA: the map, jet colours
+//! e.lungs;                             // null, or { share, area_fraction, regions, shape, reason, mask, outline }:
+//!                                      // the lung fields, when the model file carries a segmenter
 //! ```
 //!
 //! Everything runs in the calling thread (the page runs it in a Web Worker): the image is
@@ -87,6 +89,8 @@ struct Timings {
     gradcam_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     maps_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lungs_ms: Option<f64>,
     total_ms: f64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     members: Vec<crate::inference::MemberTimings>,
@@ -115,6 +119,53 @@ struct CamOut {
     height: usize,
     class: Class,
     score: f32,
+}
+
+/// The lung fields as JavaScript receives them (`lungs` of an explanation): `share` of the
+/// Grad-CAM map's mass inside the dilated lung mask (null for an all-zero map),
+/// `area_fraction`, `regions` and `shape` of the mask, `reason` (why they are unlike a frontal
+/// chest X-ray's, or null) and, both `size`x`size` over the view, `mask` (1 inside the lungs)
+/// and `outline` (1 on their edge).
+#[derive(Serialize)]
+struct LungsOut {
+    share: Option<f32>,
+    area_fraction: f32,
+    regions: usize,
+    shape: crate::lungs::LungShape,
+    reason: Option<String>,
+}
+
+fn lungs_out(
+    mask: &crate::lungs::LungMask,
+    heat: &[f32],
+    size: usize,
+    input: &crate::arch::InputConfig,
+) -> Result<JsValue, JsValue> {
+    let shape = mask.shape();
+    let out = to_js(&LungsOut {
+        share: mask.share_of_cam(heat, size, input),
+        area_fraction: shape.area_fraction,
+        regions: shape.regions,
+        shape,
+        reason: shape.implausible(),
+    })?;
+    let crop = mask.on_crop(input, size, 0);
+    let inside: Vec<u8> = crop.iter().map(|&v| u8::from(v > 0.5)).collect();
+    let edge: Vec<u8> = crate::lungs::outline(&crop, size as u32, size as u32)
+        .into_iter()
+        .map(u8::from)
+        .collect();
+    Reflect::set(
+        &out,
+        &"mask".into(),
+        &js_sys::Uint8Array::from(&inside[..]).into(),
+    )?;
+    Reflect::set(
+        &out,
+        &"outline".into(),
+        &js_sys::Uint8Array::from(&edge[..]).into(),
+    )?;
+    Ok(out)
 }
 
 fn js_error(e: impl std::fmt::Display) -> JsValue {
@@ -343,6 +394,7 @@ impl Classifier {
                 inference_ms: now_ms() - t1,
                 gradcam_ms: None,
                 maps_ms: None,
+                lungs_ms: None,
                 total_ms: 0.0,
                 members: Vec::new(),
             };
@@ -370,10 +422,10 @@ impl Classifier {
                 .map_err(js_error)?;
             let t_maps = now_ms();
             let size = engine.input_size();
-            let heat = if e.cam.width == size && e.cam.height == size {
-                e.cam.values.clone()
-            } else {
-                e.cam.upsample(size)
+            let heat = e.cam.at_side(size);
+            let lungs_js = match &e.lungs {
+                None => JsValue::NULL,
+                Some(mask) => lungs_out(mask, &heat, size, &engine.display_network().header.input)?,
             };
             let view_rgba: Vec<u8> = e
                 .view
@@ -407,6 +459,7 @@ impl Classifier {
                 inference_ms: t.inference_ms,
                 gradcam_ms: Some(t.gradcam_ms),
                 maps_ms: Some(now_ms() - t_maps),
+                lungs_ms: t.lungs_ms,
                 total_ms: 0.0,
                 members: t.members,
             };
@@ -417,6 +470,7 @@ impl Classifier {
             set("size", &JsValue::from(size as u32))?;
             set("view", &view_js)?;
             set("heatmap", &heat_js)?;
+            set("lungs", &lungs_js)?;
             Ok(Object::from(out).into())
         })
     }

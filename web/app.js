@@ -12,8 +12,14 @@
 // no out-of-distribution statistics); `#ood-warning` is shown when the image is flagged.
 // `#result[data-caution]` holds the model's caution (too few training images of the predicted
 // class from the image's population, child or adult), shown in `#caution`; absent when none.
+// When the model file carries a lung segmenter: `#result[data-lung-share]` (the share of the
+// Grad-CAM map's mass inside the dilated lung fields, 0..1, or "none" for an empty map), the
+// sentence in `#lung-share`, the outline drawn over the heatmap and `#gradcam[data-lung-mask]`
+// (the lung mask over the view, one "0"/"1" character a pixel, row-major); all absent otherwise.
+// `#result[data-lung-reason]` says why the lung fields are unlike a frontal X-ray's (no lungs,
+// an odd area or shape); the reason is added to `#ood-warning`, which it shows by itself too.
 
-import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, oodMessage, renderBars, requestedBackend } from "./client.js";
+import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
 const client = new PneumoscopeClient();
@@ -50,10 +56,13 @@ function clearResult() {
   delete r.dataset.wallMs;
   delete r.dataset.ood;
   delete r.dataset.caution;
+  delete r.dataset.lungShare;
+  delete r.dataset.lungReason;
   $("ood-warning").hidden = true;
   $("caution").hidden = true;
+  $("lung-share").hidden = true;
   const c = $("gradcam");
-  for (const k of ["class", "width", "height", "map"]) delete c.dataset[k];
+  for (const k of ["class", "width", "height", "map", "lungMask"]) delete c.dataset[k];
 }
 
 async function loadModel(source, label) {
@@ -124,6 +133,7 @@ function timingText(t, wall) {
   const ms = (v) => `${v.toFixed(0)} ms`;
   const nets = t.members?.length > 1 ? `${t.members.length} networks` : "inference";
   return `decode ${ms(t.preprocess_ms)} · ${nets} ${ms(t.inference_ms)} · Grad-CAM ${ms(t.gradcam_ms)}` +
+    (t.lungs_ms != null ? ` · lungs ${ms(t.lungs_ms)}` : "") +
     (t.maps_ms != null ? ` · maps ${ms(t.maps_ms)}` : "") +
     ` · total ${ms(t.total_ms)} (${ms(wall)} from choosing to this result)`;
 }
@@ -141,13 +151,26 @@ function show(r, startedAt) {
   canvas.dataset.width = r.cam.width;
   canvas.dataset.height = r.cam.height;
   canvas.dataset.map = JSON.stringify(Array.from(r.cam.values));
+  const share = $("lung-share");
+  share.hidden = !r.lungs;
+  share.textContent = lungShareText(r.lungs);
+  if (r.lungs) {
+    result.dataset.lungShare = r.lungs.share == null ? "none" : String(r.lungs.share);
+    canvas.dataset.lungMask = Array.from(r.lungs.mask).join("");
+  } else {
+    delete result.dataset.lungShare;
+    delete canvas.dataset.lungMask;
+  }
   result.dataset.backend = r.backend;
   result.dataset.probabilities = JSON.stringify(r.probabilities);
   result.dataset.timings = JSON.stringify(r.timings);
   result.dataset.ood = JSON.stringify(r.ood ?? null);
   const warning = $("ood-warning");
-  warning.hidden = !r.ood?.flagged;
-  warning.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
+  const lungReason = r.lungs?.reason ?? null;
+  warning.hidden = !r.ood?.flagged && !lungReason;
+  warning.textContent = oodMessage(r.ood, lungReason);
+  if (lungReason) result.dataset.lungReason = lungReason;
+  else delete result.dataset.lungReason;
   const caution = $("caution");
   caution.hidden = !r.caution;
   caution.textContent = r.caution ?? "";

@@ -80,9 +80,12 @@ function copy(bytes) {
   return bytes instanceof ArrayBuffer ? bytes.slice(0) : new Uint8Array(bytes).buffer.slice(0);
 }
 
-/** Draws the network's view with the Grad-CAM heatmap over it at `opacity` (0..1). */
+/**
+ * Draws the network's view with the Grad-CAM heatmap over it at `opacity` (0..1) and, when the
+ * model found the lung fields, their outline in white.
+ */
 export function drawOverlay(canvas, explanation, opacity) {
-  const { size, view, heatmap } = explanation;
+  const { size, view, heatmap, lungs } = explanation;
   canvas.width = size;
   canvas.height = size;
   const ctx = canvas.getContext("2d");
@@ -92,6 +95,21 @@ export function drawOverlay(canvas, explanation, opacity) {
   ctx.globalAlpha = opacity;
   ctx.drawImage(layer, 0, 0);
   ctx.globalAlpha = 1;
+  if (lungs) {
+    const image = ctx.getImageData(0, 0, size, size);
+    for (let i = 0; i < lungs.outline.length; i++) {
+      if (lungs.outline[i]) image.data.set([255, 255, 255, 255], 4 * i);
+    }
+    ctx.putImageData(image, 0, 0);
+  }
+}
+
+/** "62 % of the evidence lies in the lung fields", or why there is no such figure. */
+export function lungShareText(lungs) {
+  if (!lungs) return "";
+  if (lungs.regions === 0) return "No lung fields were found in this image.";
+  if (lungs.share == null) return "The Grad-CAM map is empty: no share of evidence to measure.";
+  return `${Math.round(lungs.share * 100)} % of the evidence lies in the lung fields (outlined).`;
 }
 
 /** Fills `container` with one labelled bar per class. */
@@ -123,9 +141,18 @@ export function renderBars(container, probabilities, top) {
   }
 }
 
-/** The warning shown for an image the out-of-distribution score flags. */
-export function oodMessage(score) {
-  return `This image looks unlike the chest X-rays the model was trained on (out-of-distribution score ` +
-    `${score.toFixed(2)}; above 1 is unusual). It may be a photo, a CT slice, a lateral view or an image ` +
-    `from a very different population: do not trust the result.`;
+/**
+ * The warning shown for an image the out-of-distribution score flags (`ood`: `{score, flagged}`
+ * or null), or whose lung fields are unlike a frontal chest X-ray's (`lungReason`); "" when
+ * neither holds.
+ */
+export function oodMessage(ood, lungReason = null) {
+  const flagged = Boolean(ood?.flagged);
+  if (!flagged && !lungReason) return "";
+  const why = [];
+  if (flagged) why.push(`out-of-distribution score ${ood.score.toFixed(2)}; above 1 is unusual`);
+  if (lungReason) why.push(`${lungReason}`);
+  return `This image looks unlike the chest X-rays the model was trained on (${why.join("; ")}). ` +
+    `It may be a photo, a CT slice, a lateral view or an image from a very different population: ` +
+    `do not trust the result.`;
 }

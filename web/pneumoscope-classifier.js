@@ -9,11 +9,13 @@
 // `backend` (auto | webgpu | cpu). After each image the element carries `data-top`,
 // `data-probabilities` (JSON), `data-backend` and `data-ood` (JSON `{score, flagged}` or null; a
 // flagged image also shows a warning) and `data-caution` (present, and the caution shown, when
-// the model saw too few training images of the answer's class from the image's population), and fires a `pneumoscope-result` event whose
+// the model saw too few training images of the answer's class from the image's population) and
+// `data-lung-share` (when the model carries a lung segmenter: the share of the evidence inside
+// the lung fields, whose outline is drawn over the heatmap), and fires a `pneumoscope-result` event whose
 // `detail` is the classification; failures fire `pneumoscope-error` and show the message.
 // Like the page, it runs everything on the user's device in a Web Worker.
 
-import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, oodMessage, renderBars } from "./client.js";
+import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars } from "./client.js";
 
 const TEMPLATE = `
   <link rel="stylesheet" href="${new URL("./pneumoscope-classifier.css", import.meta.url)}">
@@ -30,6 +32,7 @@ const TEMPLATE = `
       <canvas width="224" height="224" aria-label="Grad-CAM heatmap"></canvas>
       <div>
         <p class="top"></p>
+        <p class="lungs" hidden></p>
         <div class="bars"></div>
         <label>Explain <select class="cam-class"></select></label>
       </div>
@@ -132,16 +135,23 @@ class PneumoscopeClassifier extends HTMLElement {
       this.dataset.backend = r.backend;
       this.dataset.ood = JSON.stringify(r.ood ?? null);
       const ood = this.$(".ood");
-      ood.hidden = !r.ood?.flagged;
-      ood.textContent = r.ood?.flagged ? oodMessage(r.ood.score) : "";
+      const lungReason = r.lungs?.reason ?? null;
+      ood.hidden = !r.ood?.flagged && !lungReason;
+      ood.textContent = oodMessage(r.ood, lungReason);
       const caution = this.$(".caution");
       caution.hidden = !r.caution;
       caution.textContent = r.caution ?? "";
       if (r.caution) this.dataset.caution = r.caution;
       else delete this.dataset.caution;
+      const lungs = this.$(".lungs");
+      lungs.hidden = !r.lungs;
+      lungs.textContent = lungShareText(r.lungs);
+      if (r.lungs) this.dataset.lungShare = r.lungs.share == null ? "none" : String(r.lungs.share);
+      else delete this.dataset.lungShare;
       this.dataset.top = r.top;
       const { top, probabilities, backend, timings } = r;
-      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings, ood: r.ood ?? null, caution: r.caution ?? null } }));
+      const lungShare = r.lungs ? r.lungs.share : null;
+      this.dispatchEvent(new CustomEvent("pneumoscope-result", { detail: { top, probabilities, backend, timings, ood: r.ood ?? null, caution: r.caution ?? null, lungShare } }));
     } catch (e) {
       this.$(".result").hidden = true;
       this.fail(`${this.name}: ${e.message}`);

@@ -111,6 +111,7 @@ self.onmessage = async (event) => {
     const result = await ops[op](args, id);
     const transfer = [];
     if (result && result.view) transfer.push(result.view.buffer, result.heatmap.buffer, result.cam.values.buffer);
+    if (result && result.lungs) transfer.push(result.lungs.mask.buffer, result.lungs.outline.buffer);
     post({ id, ok: true, result }, transfer);
   } catch (e) {
     post({ id, ok: false, error: messageOf(e) });

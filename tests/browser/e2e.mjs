@@ -12,7 +12,7 @@
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { check, correlation, harness, launch, nativeGradcam, nativePredict, parseArgs, watchNetwork } from "./lib.mjs";
+import { check, correlation, harness, iou, launch, nativeGradcam, nativePredict, parseArgs, readNpy, watchNetwork } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
 for (const k of ["url", "shared", "pneumoscope", "model", "artifacts"]) {
@@ -115,6 +115,10 @@ async function readResult(page) {
       ood: JSON.parse(r.dataset.ood),
       oodWarning: warning.hidden ? null : warning.textContent,
       cam: { cls: c.dataset.class, values: JSON.parse(c.dataset.map), width: +c.dataset.width, height: +c.dataset.height },
+      lungShare: r.dataset.lungShare ?? null,
+      lungReason: r.dataset.lungReason ?? null,
+      lungMask: c.dataset.lungMask ?? null,
+      lungText: document.getElementById("lung-share").hidden ? null : document.getElementById("lung-share").textContent,
       timings: document.getElementById("timings").textContent,
       timingsJson: JSON.parse(r.dataset.timings),
       wallMs: Number(r.dataset.wallMs),
@@ -149,7 +153,8 @@ function compareWithNative(file, got, backend, want = native.get(file)) {
   check(d <= 1e-3 * Math.max(1, want.ood.score), `${file}: OOD score ${got.ood.score} in the page vs ${want.ood.score} natively`);
   check(got.ood.flagged === want.ood.flagged, `${file}: flagged ${got.ood.flagged} in the page, ${want.ood.flagged} natively`);
   if ("oodWarning" in got) {
-    check(Boolean(got.oodWarning) === got.ood.flagged, `${file}: warning ${JSON.stringify(got.oodWarning)} for flagged = ${got.ood.flagged}`);
+    const warn = got.ood.flagged || Boolean(got.lungReason);
+    check(Boolean(got.oodWarning) === warn, `${file}: warning ${JSON.stringify(got.oodWarning)} for flagged = ${got.ood.flagged}, lung reason ${got.lungReason}`);
   }
   if ("caution" in got) {
     check(got.caution === (want.caution ?? null), `${file}: caution ${JSON.stringify(got.caution)} in the page, ${JSON.stringify(want.caution)} natively`);
@@ -163,7 +168,30 @@ function compareCam(file, cam, tag) {
     `map ${cam.height}x${cam.width} in the page, ${want.shape} natively`);
   const r = correlation(cam.values, want.data);
   check(r >= 0.99, `${file}: Grad-CAM (${cam.cls}) correlation with the native map ${r.toFixed(4)} < 0.99`);
-  return r;
+  return { r, native: want.line };
+}
+
+/**
+ * The lung fields in the page equal the native CLI's for the same model file: the mask over the
+ * view (IoU ≥ 0.99), the share of the evidence inside them (±0.01) and the sentence that says it.
+ * Returns the page's share and the IoU.
+ */
+function compareLungs(file, got, native) {
+  check("lung_share" in native, `${file}: the native CLI found no lung segmenter in ${args.model}`);
+  check(got.lungMask && got.lungShare != null, `${file}: the page shows no lung fields (data-lung-share ${got.lungShare})`);
+  const want = readNpy(native.lung_mask_npy);
+  const mask = Array.from(got.lungMask, Number);
+  const overlap = iou(mask, want.data);
+  check(overlap >= 0.99, `${file}: lung mask IoU ${overlap.toFixed(4)} between the page and the native CLI (< 0.99)`);
+  check(got.lungReason === (native.lung_reason ?? null), `${file}: lung reason ${JSON.stringify(got.lungReason)} in the page, ${JSON.stringify(native.lung_reason)} natively`);
+  const share = got.lungShare === "none" ? null : Number(got.lungShare);
+  check((share == null) === (native.lung_share == null), `${file}: lung share ${share} in the page, ${native.lung_share} natively`);
+  if (share != null) {
+    check(Math.abs(share - native.lung_share) <= 0.01, `${file}: lung share ${share} in the page vs ${native.lung_share} natively`);
+    const pct = `${Math.round(share * 100)} % of the evidence lies in the lung fields`;
+    check(got.lungText?.startsWith(pct), `${file}: #lung-share says ${JSON.stringify(got.lungText)}, expected "${pct}…"`);
+  }
+  return { share, overlap };
 }
 
 /**
@@ -213,8 +241,10 @@ async function backendSuite(browser, backend) {
       const got = await upload(page, file);
       compareWithNative(file, got, backend);
       check(got.cam.cls === got.top, `the first Grad-CAM explains ${got.cam.cls}, not the top class ${got.top}`);
-      const r = compareCam(file, got.cam, `${backend}-${name}`);
-      console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}; ${got.timings}`);
+      const { r, native: line } = compareCam(file, got.cam, `${backend}-${name}`);
+      const lungs = compareLungs(file, got, line);
+      console.log(`#   ${name}: top ${got.top}, Grad-CAM r = ${r.toFixed(5)}, lung share ${lungs.share?.toFixed(3)} ` +
+        `(native ${line.lung_share?.toFixed(3)}, mask IoU ${lungs.overlap.toFixed(4)}); ${got.timings}`);
       checkTimings(got);
     });
   }

@@ -108,10 +108,24 @@ export function nativePredict(bin, model, file) {
   return JSON.parse(out.trim().split("\n")[0]);
 }
 
-/** Native `pneumoscope gradcam` of one file for one class: the raw map. */
+/** Native `pneumoscope gradcam` of one file for one class: the raw map, and the CLI's JSON line
+ * (`line`; with `lung_share` and `lung_mask_npy` when the model carries a lung segmenter). */
 export function nativeGradcam(bin, model, file, cls, outPng) {
-  execFileSync(bin, ["gradcam", "--model", model, "--class", cls, "--out", outPng, file], { encoding: "utf8" });
-  return readNpy(outPng.replace(/\.png$/, ".npy"));
+  const out = execFileSync(bin, ["gradcam", "--model", model, "--class", cls, "--out", outPng, file], { encoding: "utf8" });
+  const line = JSON.parse(out.trim().split("\n").pop());
+  return { ...readNpy(outPng.replace(/\.png$/, ".npy")), line };
+}
+
+/** Intersection over union of two equal-length binary masks (1 when both are empty). */
+export function iou(a, b) {
+  if (a.length !== b.length) throw new Error(`lengths differ: ${a.length} vs ${b.length}`);
+  let inter = 0, union = 0;
+  for (let i = 0; i < a.length; i++) {
+    const p = a[i] > 0.5, q = b[i] > 0.5;
+    if (p && q) inter++;
+    if (p || q) union++;
+  }
+  return union === 0 ? 1 : inter / union;
 }
 
 /** A small test harness printing `ok - name` / `not ok - name: reason` lines. */

@@ -80,7 +80,7 @@ pub fn gradcam(
         .explain_input(x, class)
         .map_err(|e| anyhow!("{}: {e}", image.display()))?;
     let side = engine.input_size();
-    let heat = cam.upsample(side);
+    let heat = cam.at_side(side);
     let mut picture = gradcam::overlay(&view, &heat, 0.45);
     let npy = out.with_extension("npy");
     crate::npy::write_f32(&npy, &[cam.height, cam.width], &cam.values)?;
@@ -92,25 +92,39 @@ pub fn gradcam(
         "map": { "width": cam.width, "height": cam.height, "npy": npy.display().to_string() },
         "overlay": out.display().to_string(),
     });
-    if let Some(path) = lungs {
-        // The lung fields of the whole image, mapped onto the crop the map covers.
-        let net = crate::lungs::load(path, device)?;
+    // The lung fields of the whole image, mapped onto the crop the map covers: by the
+    // segmenter given, else by the one the model file carries.
+    let own;
+    let net = match lungs {
+        Some(path) => {
+            own = crate::lungs::load(path, device)?;
+            Some(&own)
+        }
+        None => engine.lungs.as_ref().map(|l| &l.net),
+    };
+    if let Some(net) = net {
         let img = pneumoscope::preprocess::decode(&bytes)
             .map_err(|e| anyhow!("{}: {e}", image.display()))?;
         let mask = net.segment(&img, device);
         let input = &engine.display_network().header.input;
         let share = mask.share_of_cam(&heat, side, input);
-        pneumoscope::lungs::draw_outline(&mut picture, &mask.on_crop(input, side, 0));
+        let crop = mask.on_crop(input, side, 0);
+        pneumoscope::lungs::draw_outline(&mut picture, &crop);
         let stem = out.with_extension("");
         let heat_npy = stem.with_extension("heat.npy");
         let lungs_npy = stem.with_extension("lungs.npy");
+        let mask_npy = stem.with_extension("mask.npy");
         crate::npy::write_f32(&heat_npy, &[side, side], &heat)?;
         let dilated = mask.on_crop(input, side, pneumoscope::lungs::SHARE_DILATION);
         crate::npy::write_f32(&lungs_npy, &[side, side], &dilated)?;
+        crate::npy::write_f32(&mask_npy, &[side, side], &crop)?;
         line["lung_share"] = serde_json::json!(share);
         line["lung_area"] = serde_json::json!(mask.area_fraction());
+        line["lung_shape"] = serde_json::json!(mask.shape());
+        line["lung_reason"] = serde_json::json!(mask.shape().implausible());
         line["heat_npy"] = serde_json::json!(heat_npy.display().to_string());
         line["lungs_npy"] = serde_json::json!(lungs_npy.display().to_string());
+        line["lung_mask_npy"] = serde_json::json!(mask_npy.display().to_string());
     }
     picture
         .save(out)

@@ -148,6 +148,7 @@ fn header(spec: &arch::ArchSpec, f16: bool, weight_source: String) -> ModelHeade
         extra: serde_json::Value::Null,
         ood: None,
         population: None,
+        lungs: None,
         created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
         payload_len: 0,
         payload_sha256: String::new(),

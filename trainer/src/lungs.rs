@@ -1,4 +1,5 @@
-//! `pneumoscope lungs train | predict`: the lung segmenter of [`pneumoscope::lungs`].
+//! `pneumoscope lungs train | evaluate | predict | embed`: the lung segmenter of
+//! [`pneumoscope::lungs`].
 //!
 //! Training reads `pairs.csv` (image, mask, source), holds out a share of the pairs of each
 //! source (split by image, seeded), and trains the decoder on the frozen ImageNet encoder. The
@@ -19,6 +20,7 @@ use burn::tensor::Bytes;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use image::{GrayImage, Rgb, RgbImage};
 use pneumoscope::arch::{self, Backbone};
+use pneumoscope::inference::Engine;
 use pneumoscope::lungs::{
     self, INPUT_SIDE, LungDecoder, LungMask, LungNet, LungsFile, LungsHeader, MASK_SIDE, TAPS,
 };
@@ -558,12 +560,139 @@ pub fn evaluate_file(model: &Path, pairs: &Path) -> Result<serde_json::Value> {
     Ok(evaluate(&net, &chosen, &device)?.1)
 }
 
-/// Reads and verifies a lung-segmenter file and loads it for inference.
+/// Reads and verifies a lung segmenter and loads it for inference: a segmenter's own file, or a
+/// classifier's model file that carries one.
 pub fn load(path: &Path, device: &Device) -> Result<LungNet> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = LungsFile::from_bytes(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    file.load(device)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))
+    let named = |e: pneumoscope::Error| anyhow!("{}: {e}", path.display());
+    if bytes.len() >= 16 && bytes[12..16] == lungs::LUNGS_FORMAT_VERSION.to_le_bytes() {
+        let file = LungsFile::from_bytes(&bytes).map_err(named)?;
+        return file.load(device).map_err(named);
+    }
+    let engine = Engine::load(&bytes, device.clone()).map_err(named)?;
+    match engine.lungs {
+        Some(l) => Ok(l.net),
+        None => bail!(
+            "{}: this model file carries no lung segmenter (add one with `pneumoscope lungs \
+             embed`, or give a segmenter's own file)",
+            path.display()
+        ),
+    }
+}
+
+/// A fixed, image-like input of the segmenter (smooth gradients and edges), for comparing
+/// encoders.
+fn probe_input(device: &Device) -> Tensor<4> {
+    let n = INPUT_SIDE;
+    let plane: Vec<f32> = (0..n * n)
+        .map(|i| {
+            let (x, y) = ((i % n) as f32 / n as f32, (i / n) as f32 / n as f32);
+            ((x * 9.0).sin() * (y * 5.0).cos() + if (x - 0.5).abs() < 0.2 { 0.5 } else { -0.5 })
+                .clamp(-1.0, 1.0)
+        })
+        .collect();
+    let data: Vec<f32> = plane.iter().cycle().take(3 * n * n).copied().collect();
+    Tensor::from_data(TensorData::new(data, [1, 3, n, n]), device)
+}
+
+/// Largest absolute difference of two lists of tensors, relative to the largest absolute value
+/// of the second.
+fn relative_difference(a: Vec<Tensor<4>>, b: Vec<Tensor<4>>) -> f32 {
+    let mut diff = 0f32;
+    let mut scale = 0f32;
+    for (a, b) in a.into_iter().zip(b) {
+        diff = diff.max((a - b.clone()).abs().max().into_scalar::<f32>());
+        scale = scale.max(b.abs().max().into_scalar::<f32>());
+    }
+    diff / scale.max(f32::MIN_POSITIVE)
+}
+
+/// `lungs embed`: writes `out`, the classifier's model file `model` with the segmenter of
+/// `segmenter` inside it (its decoder in f16; its encoder is the backbone of the file's
+/// EfficientNet-Lite0 network, which must compute the segmenter's encoder features: a frozen
+/// ImageNet backbone does, a fine-tuned one does not and is refused). Returns a summary.
+pub fn embed(model: &Path, segmenter: &Path, out: &Path) -> Result<serde_json::Value> {
+    let device = Device::flex();
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let bytes = read(model)?;
+    let seg_bytes = read(segmenter)?;
+    let seg_file =
+        LungsFile::from_bytes(&seg_bytes).map_err(|e| anyhow!("{}: {e}", segmenter.display()))?;
+    let seg = seg_file
+        .load(&device)
+        .map_err(|e| anyhow!("{}: {e}", segmenter.display()))?;
+    let engine =
+        Engine::load(&bytes, device.clone()).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    let k = engine
+        .networks
+        .iter()
+        .position(|n| n.header.arch == lungs::ENCODER)
+        .with_context(|| {
+            format!(
+                "{}: no {} network to share its backbone with the segmenter",
+                model.display(),
+                lungs::ENCODER
+            )
+        })?;
+    let Backbone::EfficientNetLite(encoder) = &engine.networks[k].model.backbone else {
+        bail!(
+            "{}: network {} is not an EfficientNet-Lite",
+            model.display(),
+            k + 1
+        );
+    };
+    let x = probe_input(&device);
+    let d = relative_difference(
+        encoder.stage_outputs(x.clone(), &TAPS),
+        seg.encoder.stage_outputs(x.clone(), &TAPS),
+    );
+    if d > 1e-5 {
+        bail!(
+            "{}: network {}'s backbone does not compute the segmenter's encoder features \
+             (largest difference {d:.2e} of their scale): it was fine-tuned, or comes from \
+             other weights; the segmenter cannot share it",
+            model.display(),
+            k + 1
+        );
+    }
+    let decoder = crate::export::to_f16(seg.decoder.clone())
+        .to_bytes()
+        .map_err(|e| anyhow!("{e}"))?;
+    let section = lungs::LungsSection {
+        encoder_network: k,
+        segmenter: LungsHeader {
+            weights_dtype: "f16".into(),
+            ..seg_file.header.clone()
+        },
+    };
+    let written = match pneumoscope::model_file::format_version(&bytes)? {
+        pneumoscope::model_file::ENSEMBLE_FORMAT_VERSION => {
+            pneumoscope::model_file::EnsembleFile::from_bytes(&bytes)?
+                .with_lungs(section, decoder.clone())
+                .to_bytes()
+        }
+        _ => pneumoscope::model_file::ModelFile::from_bytes(&bytes)?
+            .with_lungs(section, decoder.clone())
+            .to_bytes(),
+    };
+    // What was written reads back and segments as the segmenter's own file does.
+    let back = Engine::load(&written, device.clone())
+        .map_err(|e| anyhow!("the file written does not read back: {e}"))?;
+    let net = &back.lungs.as_ref().expect("a lung section was written").net;
+    let agreement = relative_difference(vec![net.forward(x.clone())], vec![seg.forward(x)]);
+    if agreement > 1e-4 {
+        bail!("the embedded segmenter's logits differ from its own file's by {agreement:.2e}");
+    }
+    write_atomic(out, &written)?;
+    Ok(serde_json::json!({
+        "model": out.display().to_string(),
+        "encoder_network": k + 1,
+        "encoder_difference": d,
+        "logit_difference": agreement,
+        "decoder_bytes": decoder.len(),
+        "file_bytes": written.len(),
+        "added_bytes": written.len() as i64 - bytes.len() as i64,
+    }))
 }
 
 /// The image in grey with the lung fields tinted and outlined.
@@ -611,6 +740,8 @@ pub fn predict(model: &Path, images: &[PathBuf], out: &Path) -> Result<usize> {
             Ok(serde_json::json!({
                 "file": path.display().to_string(),
                 "lung_area": mask.area_fraction(),
+                "shape": mask.shape(),
+                "implausible": mask.shape().implausible(),
                 "mask": mask_path.display().to_string(),
                 "overlay": overlay_path.display().to_string(),
             }))
@@ -624,4 +755,133 @@ pub fn predict(model: &Path, images: &[PathBuf], out: &Path) -> Result<usize> {
         }
     }
     Ok(failures)
+}
+
+/// One group of images in [`shapes`]: how the plausibility rules score them.
+#[derive(Default)]
+struct ShapeGroup {
+    areas: Vec<f64>,
+    halves: Vec<f64>,
+    reasons: BTreeMap<String, usize>,
+    flagged: usize,
+    unreadable: usize,
+}
+
+impl ShapeGroup {
+    fn add(&mut self, shape: &lungs::LungShape) {
+        self.areas.push(shape.area_fraction as f64);
+        self.halves.push(shape.halves as f64);
+        if let Some(r) = shape.implausible() {
+            self.flagged += 1;
+            // The reason's kind, without its figures.
+            let kind = r.split(" (").next().unwrap_or(&r);
+            let kind = if kind.starts_with("the lung fields cover") {
+                "area out of bounds"
+            } else if kind.starts_with("the lung fields lie mostly") {
+                "on one side"
+            } else {
+                kind
+            };
+            *self.reasons.entry(kind.to_string()).or_default() += 1;
+        }
+    }
+
+    fn summary(mut self) -> serde_json::Value {
+        self.areas.sort_by(f64::total_cmp);
+        self.halves.sort_by(f64::total_cmp);
+        let n = self.areas.len();
+        let q = |v: &[f64], p: f64| (percentile(v, p) * 1000.0).round() / 1000.0;
+        serde_json::json!({
+            "images": n,
+            "unreadable": self.unreadable,
+            "flagged": self.flagged,
+            "flagged_share": if n > 0 { self.flagged as f64 / n as f64 } else { f64::NAN },
+            "reasons": self.reasons,
+            "area": { "p0.5": q(&self.areas, 0.005), "p1": q(&self.areas, 0.01),
+                      "median": q(&self.areas, 0.5), "p99": q(&self.areas, 0.99),
+                      "p99.5": q(&self.areas, 0.995) },
+            "halves": { "p0.5": q(&self.halves, 0.005), "p1": q(&self.halves, 0.01),
+                        "median": q(&self.halves, 0.5) },
+        })
+    }
+}
+
+/// `lungs shapes`: the lung shapes ([`lungs::LungShape`]) of a manifest's images per split x
+/// population x source, of the images an `excluded.csv` left out for their modality or view
+/// (CT slices, lateral views), and of any other images given, with how often and why the
+/// plausibility rules ([`lungs::PLAUSIBLE`]) flag them: the figures that choose those bounds
+/// (on train and validation) and that say what they catch. At most `limit` images per group.
+pub fn shapes(
+    model: &Path,
+    manifest: &Path,
+    excluded: Option<&Path>,
+    others: &[PathBuf],
+    limit: Option<usize>,
+) -> Result<serde_json::Value> {
+    let device = Device::flex();
+    let net = load(model, &device)?;
+    let m = crate::data::Manifest::read(manifest)?;
+    let mut jobs: Vec<(String, PathBuf)> = m
+        .records
+        .iter()
+        .map(|r| {
+            (
+                format!("{}/{}/{}", r.split, r.population(), r.source),
+                m.resolve(r),
+            )
+        })
+        .collect();
+    if let Some(path) = excluded {
+        let mut rdr = csv::Reader::from_path(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for row in rdr.records() {
+            let row = row.with_context(|| format!("{}: malformed row", path.display()))?;
+            let (file, reason) = (row.get(0).unwrap_or(""), row.get(1).unwrap_or(""));
+            // Left out for what the image is (CT, a lateral view), not for its finding.
+            if reason.starts_with("modality") || reason.starts_with("view") {
+                let kind = reason.split(" is not").next().unwrap_or(reason);
+                jobs.push((format!("excluded/{kind}"), PathBuf::from(file)));
+            }
+        }
+    }
+    jobs.extend(
+        others
+            .iter()
+            .map(|p| ("given images".to_string(), p.clone())),
+    );
+    let mut taken: BTreeMap<String, usize> = BTreeMap::new();
+    jobs.retain(|(g, _)| {
+        let k = taken.entry(g.clone()).or_default();
+        *k += 1;
+        limit.is_none_or(|l| *k <= l)
+    });
+    let bar = crate::progress::bar(jobs.len() as u64, "lung shapes");
+    let mut groups: BTreeMap<String, ShapeGroup> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for (group, path) in &jobs {
+        let g = groups.entry(group.clone()).or_default();
+        let img = std::fs::read(path)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|b| pneumoscope::preprocess::decode(&b).map_err(|e| anyhow!("{e}")));
+        match img {
+            Ok(img) => {
+                let shape = net.segment(&img, &device).shape();
+                g.add(&shape);
+                rows.push(serde_json::json!({
+                    "group": group, "path": path.display().to_string(), "shape": shape,
+                    "implausible": shape.implausible(),
+                }));
+            }
+            Err(_) => g.unreadable += 1,
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let bounds = lungs::PLAUSIBLE;
+    Ok(serde_json::json!({
+        "model": model.display().to_string(),
+        "bounds": { "area": [bounds.area.0, bounds.area.1], "halves": bounds.halves },
+        "groups": groups.into_iter().map(|(k, g)| (k, g.summary())).collect::<BTreeMap<_, _>>(),
+        "images": rows,
+    }))
 }

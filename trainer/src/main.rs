@@ -125,7 +125,8 @@ enum Command {
         #[arg(long)]
         class: Option<pneumoscope::Class>,
         /// Lung-segmenter file: adds the share of the map inside the lung fields
-        /// (`lung_share`) and draws their outline.
+        /// (`lung_share`) and draws their outline (default: the segmenter the model file
+        /// carries, if any).
         #[arg(long)]
         lungs: Option<PathBuf>,
     },
@@ -361,10 +362,47 @@ enum LungsCommand {
         #[arg(long)]
         pairs: PathBuf,
     },
+    /// Put a segmenter into a classifier's model file, so that one file carries both: only its
+    /// decoder is stored (f16); its encoder is the backbone of the file's EfficientNet-Lite0
+    /// network, which must compute the segmenter's encoder features (a frozen ImageNet
+    /// backbone; a fine-tuned one is refused).
+    Embed {
+        /// Classifier's model file (single network or ensemble).
+        #[arg(long)]
+        model: PathBuf,
+        /// Lung-segmenter file (`lungs train`).
+        #[arg(long)]
+        lungs: PathBuf,
+        /// Model file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// How the lung-plausibility rules score a manifest's images (per split x population x
+    /// source), the CT slices and lateral views its build left out, and other images: shares
+    /// flagged, reasons, area and balance percentiles (JSON).
+    Shapes {
+        /// Lung-segmenter file, or a model file that carries one.
+        #[arg(long)]
+        model: PathBuf,
+        /// `manifest.csv` of `data build`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// `excluded.csv` of the same build (its CT slices and non-frontal views are scored).
+        #[arg(long)]
+        excluded: Option<PathBuf>,
+        /// At most this many images per group.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write the JSON here too, with every image's shape and reason.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Other images to score (photos, ...).
+        images: Vec<PathBuf>,
+    },
     /// Lung masks of images: IMAGE-lungs.png and IMAGE-lungs-overlay.png in --out, one JSON
     /// line per image.
     Predict {
-        /// Lung-segmenter file.
+        /// Lung-segmenter file, or a model file that carries one.
         #[arg(long)]
         model: PathBuf,
         /// Images (PNG, JPEG or DICOM).
@@ -681,6 +719,29 @@ fn run(cli: Cli) -> Result<()> {
             LungsCommand::Evaluate { model, pairs } => {
                 let m = lungs::evaluate_file(&model, &pairs)?;
                 println!("{}", serde_json::to_string_pretty(&m)?);
+            }
+            LungsCommand::Shapes {
+                model,
+                manifest,
+                excluded,
+                limit,
+                out,
+                images,
+            } => {
+                let summary =
+                    lungs::shapes(&model, &manifest, excluded.as_deref(), &images, limit)?;
+                if let Some(out) = out {
+                    let all = serde_json::to_string_pretty(&summary)?;
+                    crate::fsutil::write_atomic(&out, all.as_bytes())?;
+                }
+                // Per image only in --out; the groups here.
+                let mut groups = summary;
+                groups.as_object_mut().map(|o| o.remove("images"));
+                println!("{}", serde_json::to_string_pretty(&groups)?);
+            }
+            LungsCommand::Embed { model, lungs, out } => {
+                let summary = lungs::embed(&model, &lungs, &out)?;
+                println!("{summary}");
             }
             LungsCommand::Predict { model, images, out } => {
                 let failures = lungs::predict(&model, &images, &out)?;

@@ -114,7 +114,8 @@ fn quick_segmenter_learns_and_resumes_to_the_same_result() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lung segmenter"));
-    let classifier = default_model();
+    // A classifier without a lung section (the earlier light model) is no segmenter.
+    let classifier = workspace_dir().join("web/models/efficientnet_lite0-frozen-v1.pneumoscope");
     let out = run(&[
         "lungs",
         "predict",
@@ -126,9 +127,199 @@ fn quick_segmenter_learns_and_resumes_to_the_same_result() {
     ]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a lung segmenter"),
+        String::from_utf8_lossy(&out.stderr).contains("carries no lung segmenter"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The npy file of a float32 map (little-endian, as `pneumoscope` writes them).
+fn npy(path: &str) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Both shipped classifiers carry the shipped segmenter (decoder only, their Lite0 network's
+/// frozen backbone as its encoder): `gradcam` without `--lungs` gives the lung share, mask and
+/// reason that the segmenter's own file gives; `lungs embed` puts it into a model file whose
+/// Lite0 backbone has the ImageNet weights, refuses a file without a Lite0 network and a
+/// damaged segmenter, and a damaged lung section is refused by name.
+#[test]
+fn the_shipped_classifiers_carry_the_segmenter() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lungs = shipped_lungs();
+    let img = sorted_files(&shared.join("data/nih-chestxray14/images"))[5].clone();
+    let light = workspace_dir().join("web/models/efficientnet_lite0-adults-v2.pneumoscope");
+    for (k, model) in [default_model(), light].iter().enumerate() {
+        let cam = |extra: &[&str], name: &str| -> serde_json::Value {
+            let out = dir.path().join(format!("{k}-{name}.png"));
+            let mut args = vec!["gradcam", "--model", model.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            args.extend([img.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+            serde_json::from_str(&ok(&args)).unwrap()
+        };
+        let inside = cam(&[], "inside");
+        let apart = cam(&["--lungs", lungs.to_str().unwrap()], "apart");
+        eprintln!("{}: {inside}", model.display());
+        let share = |l: &serde_json::Value| l["lung_share"].as_f64().expect("a lung share");
+        assert!(
+            (share(&inside) - share(&apart)).abs() < 1e-4,
+            "{inside} vs {apart}"
+        );
+        assert_eq!(inside["lung_reason"], apart["lung_reason"]);
+        assert_eq!(
+            inside["lung_shape"]["regions"],
+            apart["lung_shape"]["regions"]
+        );
+        let (a, b) = (
+            npy(inside["lung_mask_npy"].as_str().unwrap()),
+            npy(apart["lung_mask_npy"].as_str().unwrap()),
+        );
+        let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert!(
+            differ * 1000 <= a.len(),
+            "{differ} of {} mask pixels differ",
+            a.len()
+        );
+        let bytes = std::fs::read(model).unwrap();
+        let n = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[20..20 + n]).unwrap();
+        assert!(
+            header["lungs"]["encoder_network"].is_u64(),
+            "{} has no lung section",
+            model.display()
+        );
+    }
+    // Embedding: into a model file made afresh from the ImageNet Lite0 weights.
+    let weights = weights(&shared);
+    let plain = dir.path().join("lite0.pneumoscope");
+    ok(&[
+        "untrained",
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--f16",
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    let with = dir.path().join("lite0-lungs.pneumoscope");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&[
+        "lungs",
+        "embed",
+        "--model",
+        plain.to_str().unwrap(),
+        "--lungs",
+        lungs.to_str().unwrap(),
+        "--out",
+        with.to_str().unwrap(),
+    ]))
+    .unwrap();
+    eprintln!("embed: {summary}");
+    assert!(
+        summary["encoder_difference"].as_f64().unwrap() <= 1e-5,
+        "{summary}"
+    );
+    let added = summary["added_bytes"].as_i64().unwrap();
+    assert!((50_000..3_000_000).contains(&added), "{summary}");
+    let masks = dir.path().join("masks");
+    let line: serde_json::Value = serde_json::from_str(&ok(&[
+        "lungs",
+        "predict",
+        "--model",
+        with.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--out",
+        masks.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert!(line["lung_area"].as_f64().unwrap() > 0.05, "{line}");
+    // A damaged lung section is refused by name, and so is a file without a Lite0 network.
+    let mut bytes = std::fs::read(&with).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x40;
+    let bad = dir.path().join("bad.pneumoscope");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = run(&[
+        "predict",
+        "--model",
+        bad.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("lung segmenter weights"),
+        "{err}"
+    );
+    let lite1 = dir.path().join("lite1.pneumoscope");
+    let made = bin()
+        .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
+        .args([
+            "untrained",
+            "--arch",
+            "efficientnet_lite1",
+            "--out",
+            lite1.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = run(&[
+        "lungs",
+        "embed",
+        "--model",
+        lite1.to_str().unwrap(),
+        "--lungs",
+        lungs.to_str().unwrap(),
+        "--out",
+        dir.path().join("x.pneumoscope").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no efficientnet_lite0 network"),
+        "{err}"
+    );
+    // A random-init Lite0 computes other features than the segmenter's encoder: refused.
+    let random = dir.path().join("random.pneumoscope");
+    let made = bin()
+        .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
+        .args([
+            "untrained",
+            "--arch",
+            "efficientnet_lite0",
+            "--out",
+            random.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = run(&[
+        "lungs",
+        "embed",
+        "--model",
+        random.to_str().unwrap(),
+        "--lungs",
+        lungs.to_str().unwrap(),
+        "--out",
+        dir.path().join("y.pneumoscope").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not compute the segmenter's encoder features"),
+        "{err}"
     );
 }
 
