@@ -816,26 +816,13 @@ mod tests {
     /// backbone, refused when damaged, truncated or naming the wrong network.
     #[test]
     fn a_lung_section_rides_in_the_model_file() {
-        use crate::lungs::{LungsHeader, LungsSection};
+        use crate::lungs::LungsSection;
         let device = Device::flex();
         let decoder = LungDecoder::new(&device);
         let bytes = decoder.clone().to_bytes().unwrap();
         let section = |k: usize| LungsSection {
             encoder_network: k,
-            segmenter: LungsHeader {
-                format_version: crate::lungs::LUNGS_FORMAT_VERSION,
-                kind: "lung segmenter".into(),
-                encoder: crate::lungs::ENCODER.into(),
-                input_side: crate::lungs::INPUT_SIDE,
-                mask_side: crate::lungs::MASK_SIDE,
-                weights_dtype: "f32".into(),
-                weight_source: "random-init".into(),
-                training: serde_json::Value::Null,
-                metrics: serde_json::Value::Null,
-                created_by: "test".into(),
-                payload_len: 0,
-                payload_sha256: String::new(),
-            },
+            segmenter: crate::lungs::test_header(),
         };
         let x = Tensor::<4>::from_data(
             TensorData::new(

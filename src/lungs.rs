@@ -723,6 +723,25 @@ impl LungsFile {
     }
 }
 
+/// A random-init segmenter's header for tests (length and checksum filled in by the file).
+#[cfg(test)]
+pub(crate) fn test_header() -> LungsHeader {
+    LungsHeader {
+        format_version: LUNGS_FORMAT_VERSION,
+        kind: "lung segmenter".into(),
+        encoder: ENCODER.into(),
+        input_side: INPUT_SIDE,
+        mask_side: MASK_SIDE,
+        weights_dtype: "f32".into(),
+        weight_source: "random-init".into(),
+        training: serde_json::Value::Null,
+        metrics: serde_json::Value::Null,
+        created_by: "test".into(),
+        payload_len: 0,
+        payload_sha256: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,21 +876,7 @@ mod tests {
     #[test]
     fn file_round_trip_and_damage() {
         let device = Device::flex();
-        let header = LungsHeader {
-            format_version: 0,
-            kind: "lung segmenter".into(),
-            encoder: ENCODER.into(),
-            input_side: INPUT_SIDE,
-            mask_side: MASK_SIDE,
-            weights_dtype: "f32".into(),
-            weight_source: "random-init".into(),
-            training: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-            created_by: "test".into(),
-            payload_len: 0,
-            payload_sha256: String::new(),
-        };
-        let file = LungsFile::new(header, LungNet::new(&device)).unwrap();
+        let file = LungsFile::new(test_header(), LungNet::new(&device)).unwrap();
         let bytes = file.to_bytes();
         let back = LungsFile::from_bytes(&bytes).unwrap();
         assert_eq!(back.header, file.header);

@@ -135,10 +135,8 @@ impl ModelFile {
 
     /// The file with a lung segmenter's decoder added (or replaced): `decoder` is its weights,
     /// `section` its description (length and checksum filled in here).
-    pub fn with_lungs(mut self, mut section: LungsSection, decoder: Vec<u8>) -> Self {
-        section.segmenter.payload_len = decoder.len() as u64;
-        section.segmenter.payload_sha256 = sha256_hex(&decoder);
-        self.header.lungs = Some(section);
+    pub fn with_lungs(mut self, section: LungsSection, decoder: Vec<u8>) -> Self {
+        self.header.lungs = Some(sealed(section, &decoder));
         self.lungs = Some(decoder);
         self
     }
@@ -307,6 +305,13 @@ pub(crate) fn verify_payload(payload: &[u8], len: u64, sha256: &str, what: &str)
     Ok(())
 }
 
+/// A lung section with the decoder's length and checksum filled in.
+fn sealed(mut section: LungsSection, decoder: &[u8]) -> LungsSection {
+    section.segmenter.payload_len = decoder.len() as u64;
+    section.segmenter.payload_sha256 = sha256_hex(decoder);
+    section
+}
+
 /// Splits what follows a header into the payload of `payload_len` bytes and, when the header
 /// declares a lung section, the decoder's weights after it (length and checksum verified).
 /// `networks` is the number of networks in the file.
@@ -462,10 +467,8 @@ impl EnsembleFile {
 
     /// The file with a lung segmenter's decoder added (or replaced); see
     /// [`ModelFile::with_lungs`].
-    pub fn with_lungs(mut self, mut section: LungsSection, decoder: Vec<u8>) -> Self {
-        section.segmenter.payload_len = decoder.len() as u64;
-        section.segmenter.payload_sha256 = sha256_hex(&decoder);
-        self.header.lungs = Some(section);
+    pub fn with_lungs(mut self, section: LungsSection, decoder: Vec<u8>) -> Self {
+        self.header.lungs = Some(sealed(section, &decoder));
         self.lungs = Some(decoder);
         self
     }

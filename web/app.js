@@ -138,6 +138,13 @@ function timingText(t, wall) {
     ` · total ${ms(t.total_ms)} (${ms(wall)} from choosing to this result)`;
 }
 
+/** A 0/1 mask as one "0"/"1" character a pixel (fast: one byte array, decoded once). */
+function maskText(mask) {
+  const chars = new Uint8Array(mask.length);
+  for (let i = 0; i < mask.length; i++) chars[i] = mask[i] ? 49 : 48;
+  return new TextDecoder().decode(chars);
+}
+
 function show(r, startedAt) {
   const result = $("result");
   renderBars($("bars"), r.probabilities, r.top);
@@ -156,7 +163,7 @@ function show(r, startedAt) {
   share.textContent = lungShareText(r.lungs);
   if (r.lungs) {
     result.dataset.lungShare = r.lungs.share == null ? "none" : String(r.lungs.share);
-    canvas.dataset.lungMask = Array.from(r.lungs.mask).join("");
+    canvas.dataset.lungMask = maskText(r.lungs.mask);
   } else {
     delete result.dataset.lungShare;
     delete canvas.dataset.lungMask;

@@ -256,71 +256,45 @@ fn the_shipped_classifiers_carry_the_segmenter() {
         !out.status.success() && err.contains("lung segmenter weights"),
         "{err}"
     );
-    let lite1 = dir.path().join("lite1.pneumoscope");
-    let made = bin()
-        .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
-        .args([
-            "untrained",
-            "--arch",
-            "efficientnet_lite1",
-            "--out",
-            lite1.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let out = run(&[
-        "lungs",
-        "embed",
-        "--model",
-        lite1.to_str().unwrap(),
-        "--lungs",
-        lungs.to_str().unwrap(),
-        "--out",
-        dir.path().join("x.pneumoscope").to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no efficientnet_lite0 network"),
-        "{err}"
-    );
-    // A random-init Lite0 computes other features than the segmenter's encoder: refused.
-    let random = dir.path().join("random.pneumoscope");
-    let made = bin()
-        .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
-        .args([
-            "untrained",
-            "--arch",
+    // Model files made without ImageNet weights: a Lite1 (no Lite0 network to lend its
+    // backbone) and a random-init Lite0 (other features than the segmenter's encoder).
+    for (arch, why) in [
+        ("efficientnet_lite1", "no efficientnet_lite0 network"),
+        (
             "efficientnet_lite0",
+            "does not compute the segmenter's encoder features",
+        ),
+    ] {
+        let model = dir.path().join(format!("{arch}-random.pneumoscope"));
+        let made = bin()
+            .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
+            .args([
+                "untrained",
+                "--arch",
+                arch,
+                "--out",
+                model.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let out = run(&[
+            "lungs",
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--lungs",
+            lungs.to_str().unwrap(),
             "--out",
-            random.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let out = run(&[
-        "lungs",
-        "embed",
-        "--model",
-        random.to_str().unwrap(),
-        "--lungs",
-        lungs.to_str().unwrap(),
-        "--out",
-        dir.path().join("y.pneumoscope").to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("does not compute the segmenter's encoder features"),
-        "{err}"
-    );
+            dir.path().join("refused.pneumoscope").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{arch}: {err}");
+    }
 }
 
 #[test]
