@@ -6,7 +6,8 @@
 // with `data-class`, `data-width`, `data-height` and `data-map`: the raw Grad-CAM map as JSON),
 // `#error` for messages. Also `#result[data-timings]` (JSON, milliseconds: the library's own
 // end-to-end `total_ms` and its parts), `#result[data-wall-ms]` (from choosing the image, or the
-// class, to the result drawn, as the page measured it) and, once a model is
+// class, to the result drawn, as the page measured it), `#result[data-call-ms]` (around the
+// library call, worker round trip included) and, once a model is
 // loaded, `body[data-model-ready]`, `body[data-backend]` and `body[data-ready-ms]` (time since
 // navigation). `#result[data-ood]` holds `{score, flagged}` as JSON (or `null` when the model has
 // no out-of-distribution statistics); `#ood-warning` is shown when the image is flagged.
@@ -54,6 +55,7 @@ function clearResult() {
   delete r.dataset.backend;
   delete r.dataset.timings;
   delete r.dataset.wallMs;
+  delete r.dataset.callMs;
   delete r.dataset.ood;
   delete r.dataset.caution;
   delete r.dataset.lungShare;
@@ -115,10 +117,13 @@ async function analyse(cls, startedAt = performance.now()) {
   setBusy("Classifying and explaining…");
   try {
     await modelReady;
+    const callStart = performance.now();
     const r = await client.explain(current.bytes, cls);
+    const callMs = performance.now() - callStart;
     if (mine !== generation) return;
     explanation = r;
     show(r, startedAt);
+    $("result").dataset.callMs = callMs.toFixed(1);
   } catch (e) {
     if (mine !== generation) return;
     clearResult();
