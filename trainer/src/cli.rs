@@ -120,8 +120,9 @@ pub fn gradcam(
         crate::npy::write_f32(&mask_npy, &[side, side], &crop)?;
         line["lung_share"] = serde_json::json!(share);
         line["lung_area"] = serde_json::json!(mask.area_fraction());
-        line["lung_shape"] = serde_json::json!(mask.shape());
-        line["lung_reason"] = serde_json::json!(mask.shape().implausible());
+        let shape = mask.shape();
+        line["lung_shape"] = serde_json::json!(shape);
+        line["lung_reason"] = serde_json::json!(shape.implausible());
         line["heat_npy"] = serde_json::json!(heat_npy.display().to_string());
         line["lungs_npy"] = serde_json::json!(lungs_npy.display().to_string());
         line["lung_mask_npy"] = serde_json::json!(mask_npy.display().to_string());

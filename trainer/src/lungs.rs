@@ -726,6 +726,7 @@ pub fn predict(model: &Path, images: &[PathBuf], out: &Path) -> Result<usize> {
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let img = pneumoscope::preprocess::decode(&bytes).map_err(|e| anyhow!("{e}"))?;
             let mask: LungMask = net.segment(&img, &device);
+            let shape = mask.shape();
             let png = mask.to_image();
             let stem = path
                 .file_stem()
@@ -740,8 +741,8 @@ pub fn predict(model: &Path, images: &[PathBuf], out: &Path) -> Result<usize> {
             Ok(serde_json::json!({
                 "file": path.display().to_string(),
                 "lung_area": mask.area_fraction(),
-                "shape": mask.shape(),
-                "implausible": mask.shape().implausible(),
+                "shape": shape,
+                "implausible": shape.implausible(),
                 "mask": mask_path.display().to_string(),
                 "overlay": overlay_path.display().to_string(),
             }))
