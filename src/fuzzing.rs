@@ -75,6 +75,7 @@ pub fn model_file(data: &[u8]) {
             ood: None,
             population: None,
             lungs: None,
+            region: Default::default(),
             created_by: "fuzz".into(),
             payload_len: rest.len() as u64,
             payload_sha256: crate::model_file::sha256_hex(rest),

@@ -7,18 +7,76 @@ use crate::arch::{Backbone, global_avg_pool};
 use crate::classes::{Class, NUM_CLASSES};
 use crate::error::{Error, Result};
 use crate::gradcam::{self, CamMap};
-use crate::lungs::{LungDecoder, LungMask, LungNet, Lungs};
+use crate::lungs::{LungDecoder, LungMask, LungNet, Lungs, Rect};
 use crate::model::Classifier;
 use crate::model_file::{
     ENSEMBLE_FORMAT_VERSION, EnsembleFile, EnsembleHeader, ModelFile, ModelHeader, format_version,
 };
 use crate::ood::OodScore;
 use crate::population::{PopulationEstimate, PopulationModel};
-use crate::preprocess;
+use crate::preprocess::{self, InputRegion};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use image::GrayImage;
+use image::{DynamicImage, GrayImage};
 use serde::Serialize;
+
+/// An image as an engine's networks see it ([`Engine::frame`]).
+#[derive(Clone, Debug)]
+pub struct Framed {
+    /// What the networks are given: the decoded image, or under lung-focused input its lung
+    /// crop.
+    pub image: DynamicImage,
+    /// Under lung-focused input, the lung mask of `image` (found on the whole image, then
+    /// resampled onto the crop).
+    pub lungs: Option<LungMask>,
+    /// Where `image` was cut from the decoded image, when it is a crop.
+    pub crop: Option<Rect>,
+}
+
+impl Framed {
+    /// The whole image.
+    pub fn whole(image: DynamicImage) -> Self {
+        Self {
+            image,
+            lungs: None,
+            crop: None,
+        }
+    }
+
+    /// The part `rect` of `image` squashed to a square of its longer side.
+    pub fn cut(image: &DynamicImage, rect: Rect) -> DynamicImage {
+        let side = rect.width.max(rect.height);
+        preprocess::crop(image, rect).resize_exact(
+            side,
+            side,
+            image::imageops::FilterType::Triangle,
+        )
+    }
+
+    /// Lung-focused input: the part [`LungMask::crop_rect`] of `image`, squashed to a square
+    /// of its longer side (so the usual transform cuts none of it), and the mask on it; or the
+    /// whole image and its mask when the mask holds no lung.
+    pub fn lungs(image: DynamicImage, mask: LungMask) -> Self {
+        match mask.crop_rect() {
+            Some(rect) => {
+                let square = Self::cut(&image, rect);
+                let side = square.width();
+                let mut lungs = mask.within(rect);
+                (lungs.width, lungs.height) = (side, side);
+                Self {
+                    image: square,
+                    lungs: Some(lungs),
+                    crop: Some(rect),
+                }
+            }
+            None => Self {
+                image,
+                lungs: Some(mask),
+                crop: None,
+            },
+        }
+    }
+}
 
 /// The answer for one image.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -344,11 +402,59 @@ impl Engine {
                 })
             }
         };
+        let region = networks[0].header.region;
+        if let Some(n) = networks.iter().find(|n| n.header.region != region) {
+            return Err(Error::ModelFile(format!(
+                "the ensemble's members are given different parts of the image ({} takes the \
+                 {region} image, {} the {} image); their Grad-CAM maps could not be averaged",
+                networks[0].header.arch, n.header.arch, n.header.region
+            )));
+        }
         Ok(Self {
             networks,
             ensemble,
             lungs,
         })
+    }
+
+    /// The part of the image the networks are given (the same for all of them).
+    pub fn region(&self) -> InputRegion {
+        self.networks[0].header.region
+    }
+
+    fn lung_net(&self) -> Result<&LungNet> {
+        self.lungs.as_ref().map(|l| &l.net).ok_or_else(|| {
+            Error::ModelFile(
+                "the model takes lung-focused input but its file carries no lung segmenter".into(),
+            )
+        })
+    }
+
+    /// Frames a decoded image for the networks: with lung-focused input, segments it and
+    /// cuts out the lungs ([`Framed::lungs`]); otherwise keeps it whole. Reads synchronously;
+    /// use [`Engine::frame_async`] on WebGPU.
+    pub fn frame(&self, img: DynamicImage) -> Result<Framed> {
+        match self.region() {
+            InputRegion::Whole => Ok(Framed::whole(img)),
+            InputRegion::Lungs => {
+                let mask = self.lung_net()?.segment(&img, &self.networks[0].device);
+                Ok(Framed::lungs(img, mask))
+            }
+        }
+    }
+
+    /// [`Engine::frame`], reading the lung mask back asynchronously.
+    pub async fn frame_async(&self, img: DynamicImage) -> Result<Framed> {
+        match self.region() {
+            InputRegion::Whole => Ok(Framed::whole(img)),
+            InputRegion::Lungs => {
+                let mask = self
+                    .lung_net()?
+                    .segment_async(&img, &self.networks[0].device)
+                    .await?;
+                Ok(Framed::lungs(img, mask))
+            }
+        }
     }
 
     /// Turns test-time augmentation on or off for every network (the default comes from each
@@ -417,7 +523,14 @@ impl Engine {
 
     /// Decodes image bytes (PNG, JPEG or DICOM) once and preprocesses them for every network.
     pub fn preprocess(&self, image: &[u8]) -> Result<Input> {
-        Ok(self.inputs(&preprocess::decode(image)?))
+        Ok(self.inputs(&self.frame(preprocess::decode(image)?)?.image))
+    }
+
+    /// [`Engine::preprocess`] for every backend (lung-focused input reads its mask back
+    /// asynchronously).
+    pub async fn preprocess_async(&self, image: &[u8]) -> Result<Input> {
+        let framed = self.frame_async(preprocess::decode(image)?).await?;
+        Ok(self.inputs(&framed.image))
     }
 
     fn inputs(&self, img: &image::DynamicImage) -> Input {
@@ -454,9 +567,17 @@ impl Engine {
     /// Decodes image bytes once into the grey view the largest network sees (for display) and
     /// the input of every network.
     pub fn view_and_input(&self, image: &[u8]) -> Result<(GrayImage, Input)> {
-        let img = preprocess::decode(image)?;
-        let view = preprocess::eval_view(&img, &self.display_network().header.input);
-        Ok((view, self.inputs(&img)))
+        let (_, view, x) = self.prepare(image)?;
+        Ok((view, x))
+    }
+
+    /// Decodes and frames image bytes once: the framed image (with its lung mask under
+    /// lung-focused input), the grey view the largest network sees and every network's input.
+    pub fn prepare(&self, image: &[u8]) -> Result<(Framed, GrayImage, Input)> {
+        let framed = self.frame(preprocess::decode(image)?)?;
+        let view = preprocess::eval_view(&framed.image, &self.display_network().header.input);
+        let x = self.inputs(&framed.image);
+        Ok((framed, view, x))
     }
 
     /// Network `k`'s share of a batch of inputs.
@@ -569,7 +690,8 @@ pub struct Timings {
     /// Every network's Grad-CAM (head forward and backward, map read), and averaging the maps
     /// of an ensemble, summed.
     pub gradcam_ms: f64,
-    /// Segmenting the lungs, when the model file carries a segmenter.
+    /// Segmenting the lungs, when the model file carries a segmenter (under lung-focused
+    /// input before the networks run, to find the crop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lungs_ms: Option<f64>,
     /// The same per network, in the order of the model file.
@@ -595,8 +717,11 @@ pub struct Explanation {
     pub prediction: Prediction,
     /// The (ensemble's) Grad-CAM map.
     pub cam: CamMap,
-    /// The lung fields of the whole image, when the model file carries a segmenter.
+    /// The lung fields of the image the networks saw, when the model file carries a
+    /// segmenter.
     pub lungs: Option<LungMask>,
+    /// Under lung-focused input, where the networks' crop lies in the decoded image.
+    pub crop: Option<Rect>,
     /// How long each step took.
     pub timings: Timings,
 }
@@ -614,9 +739,19 @@ impl Engine {
         let mut timings = Timings::default();
         let t0 = clock();
         let img = preprocess::decode(image)?;
-        let view = preprocess::eval_view(&img, &self.display_network().header.input);
-        let x = self.inputs(&img);
-        timings.preprocess_ms = clock() - t0;
+        let decode_ms = clock() - t0;
+        let framed = if self.region() == InputRegion::Lungs {
+            let t = clock();
+            let framed = self.frame_async(img).await?;
+            timings.lungs_ms = Some(clock() - t);
+            framed
+        } else {
+            Framed::whole(img)
+        };
+        let t = clock();
+        let view = preprocess::eval_view(&framed.image, &self.display_network().header.input);
+        let x = self.inputs(&framed.image);
+        timings.preprocess_ms = decode_ms + clock() - t;
         let mut predictions = Vec::with_capacity(self.networks.len());
         let mut activations = Vec::with_capacity(self.networks.len());
         for (n, x) in self.networks.iter().zip(x.0) {
@@ -648,11 +783,16 @@ impl Engine {
         let combine_ms = clock() - t;
         timings.inference_ms = timings.members.iter().map(|m| m.inference_ms).sum();
         timings.gradcam_ms = timings.members.iter().map(|m| m.gradcam_ms).sum::<f64>() + combine_ms;
-        let lungs = match &self.lungs {
-            None => None,
-            Some(l) => {
+        let crop = framed.crop;
+        let lungs = match (framed.lungs, &self.lungs) {
+            (Some(mask), _) => Some(mask),
+            (None, None) => None,
+            (None, Some(l)) => {
                 let t = clock();
-                let mask = l.net.segment_async(&img, &self.networks[0].device).await?;
+                let mask = l
+                    .net
+                    .segment_async(&framed.image, &self.networks[0].device)
+                    .await?;
                 timings.lungs_ms = Some(clock() - t);
                 Some(mask)
             }
@@ -662,6 +802,7 @@ impl Engine {
             prediction,
             cam,
             lungs,
+            crop,
             timings,
         })
     }
@@ -814,6 +955,26 @@ mod tests {
 
     /// A lung section: carried by single files and ensembles, its encoder the named network's
     /// backbone, refused when damaged, truncated or naming the wrong network.
+    #[test]
+    fn lung_focused_input_needs_its_segmenter_and_one_region_per_ensemble() {
+        let device = Device::flex();
+        let mut focused = member("efficientnet_lite0");
+        focused.header.region = InputRegion::Lungs;
+        let e = Engine::load(&focused.to_bytes(), device.clone()).unwrap();
+        assert_eq!(e.region(), InputRegion::Lungs);
+        let err = e.classify(&png()).unwrap_err().to_string();
+        assert!(err.contains("carries no lung segmenter"), "{err}");
+        let mixed = EnsembleFile::new(
+            vec![focused, member("efficientnet_lite1")],
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        )
+        .unwrap()
+        .to_bytes();
+        let err = Engine::load(&mixed, device).err().unwrap().to_string();
+        assert!(err.contains("different parts of the image"), "{err}");
+    }
+
     #[test]
     fn a_lung_section_rides_in_the_model_file() {
         use crate::lungs::LungsSection;

@@ -47,6 +47,11 @@ pub const LUNGS_FORMAT_VERSION: u32 = 3;
 /// map inside it is measured (3 of 128: about 2 % of the image's side, for the pleura and the
 /// mask's own error).
 pub const SHARE_DILATION: usize = 3;
+/// Margin of lung-focused input ([`LungMask::crop_rect`]): the share of the lungs' bounding
+/// box's width (height) added on its left and right (top and bottom). The crop is then
+/// squashed to a square, so the classifier's centre crop (224 of 256, say) still holds the
+/// whole box: 0.875 x 1.2 = 1.05 times it.
+pub const CROP_MARGIN: f32 = 0.10;
 /// Normalisation of the encoder's ImageNet weights (grey level scaled to [0, 1]).
 const MEAN: f32 = 0.5;
 const STD: f32 = 0.5;
@@ -200,6 +205,28 @@ impl LungNet {
     pub fn segment(&self, img: &DynamicImage, device: &Device) -> LungMask {
         LungMask::from_probabilities(self.probabilities(img, device), img.width(), img.height())
             .largest_regions(2)
+    }
+
+    /// [`LungNet::segment`] of several images in one batch (reads synchronously).
+    pub fn segment_batch(&self, imgs: &[DynamicImage], device: &Device) -> Vec<LungMask> {
+        if imgs.is_empty() {
+            return Vec::new();
+        }
+        let n = INPUT_SIDE;
+        let flat: Vec<f32> = imgs.iter().flat_map(input).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(flat, [imgs.len(), 3, n, n]), device);
+        let grid = sigmoid(self.forward(x))
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 mask");
+        grid.chunks_exact(MASK_SIDE * MASK_SIDE)
+            .zip(imgs)
+            .map(|(g, img)| {
+                LungMask::from_probabilities(g.to_vec(), img.width(), img.height())
+                    .largest_regions(2)
+            })
+            .collect()
     }
 
     /// [`LungNet::segment`], reading the mask back asynchronously (WebGPU requires it).
@@ -375,6 +402,66 @@ impl LungMask {
         }
     }
 
+    /// The bounding box of the lung pixels (probability ≥ 0.5), in image pixels; `None` when
+    /// the mask holds no lung.
+    pub fn bounding_box(&self) -> Option<Rect> {
+        let n = MASK_SIDE;
+        let (mut x0, mut y0, mut x1, mut y1) = (n, n, 0, 0);
+        for (i, _) in self.grid.iter().enumerate().filter(|(_, p)| **p >= 0.5) {
+            let (x, y) = (i % n, i / n);
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+        }
+        if x1 == 0 {
+            return None;
+        }
+        let to_x = |g: usize| (g as f64 * self.width as f64 / n as f64).round() as u32;
+        let to_y = |g: usize| (g as f64 * self.height as f64 / n as f64).round() as u32;
+        let (x, y) = (to_x(x0), to_y(y0));
+        Some(Rect {
+            x,
+            y,
+            width: (to_x(x1) - x).max(1),
+            height: (to_y(y1) - y).max(1),
+        })
+    }
+
+    /// The part of the image lung-focused input keeps: the lungs' bounding box widened by
+    /// [`CROP_MARGIN`] of its width on the left and the right and of its height at the top and
+    /// the bottom, cut to the image. `None` when the mask holds no lung.
+    pub fn crop_rect(&self) -> Option<Rect> {
+        let b = self.bounding_box()?;
+        let widen = |start: u32, len: u32, limit: u32| {
+            let m = len as f32 * CROP_MARGIN;
+            let lo = (start as f32 - m).round().max(0.0) as u32;
+            let hi = ((start + len) as f32 + m).round().min(limit as f32) as u32;
+            (lo, (hi - lo).max(1))
+        };
+        let (x, width) = widen(b.x, b.width, self.width);
+        let (y, height) = widen(b.y, b.height, self.height);
+        Some(Rect {
+            x,
+            y,
+            width,
+            height,
+        })
+    }
+
+    /// This mask on a part of its image: the probabilities resampled over `rect` (bilinear),
+    /// for an image of `rect`'s size.
+    pub fn within(&self, rect: Rect) -> LungMask {
+        let n = MASK_SIDE as f32;
+        let grid = (0..MASK_SIDE * MASK_SIDE)
+            .map(|i| {
+                let (gx, gy) = ((i % MASK_SIDE) as f32, (i / MASK_SIDE) as f32);
+                self.probability_at(
+                    rect.x as f32 + (gx + 0.5) / n * rect.width as f32,
+                    rect.y as f32 + (gy + 0.5) / n * rect.height as f32,
+                )
+            })
+            .collect();
+        LungMask::from_probabilities(grid, rect.width, rect.height)
+    }
+
     /// Share of the binary mask's pixels that are lung, on the grid.
     pub fn area_fraction(&self) -> f32 {
         self.grid.iter().filter(|&&p| p >= 0.5).count() as f32 / self.grid.len() as f32
@@ -444,6 +531,19 @@ impl LungMask {
             .sum();
         Some((within / total) as f32)
     }
+}
+
+/// A rectangle of image pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rect {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
 }
 
 /// The figures of a lung mask that tell a frontal chest X-ray from other images
@@ -751,6 +851,46 @@ mod tests {
             .map(|i| f(i % MASK_SIDE, i / MASK_SIDE) as u8 as f32)
             .collect();
         LungMask::from_probabilities(grid, w, h)
+    }
+
+    #[test]
+    fn the_lung_crop_is_the_box_with_its_margin_inside_the_image() {
+        // Lungs on grid columns 32..96 and rows 16..80 of a 1024x2048 image: in pixels
+        // x 256..768, y 256..1280 (a 512x1024 box).
+        let m = mask_with(
+            |x, y| (32..96).contains(&x) && (16..80).contains(&y),
+            1024,
+            2048,
+        );
+        let b = m.bounding_box().unwrap();
+        assert_eq!((b.x, b.y, b.width, b.height), (256, 256, 512, 1024));
+        // A tenth of the width on either side, of the height above and below.
+        let r = m.crop_rect().unwrap();
+        assert_eq!(
+            (r.x, r.y, r.width, r.height),
+            (205, 154, 614, 1228),
+            "{r:?}"
+        );
+        // At the image's edges the margin is cut.
+        let low = mask_with(
+            |x, y| (0..88).contains(&x) && (100..128).contains(&y),
+            512,
+            512,
+        );
+        let r = low.crop_rect().unwrap();
+        assert_eq!((r.x, r.y + r.height), (0, 512), "{r:?}");
+        // The mask seen within the crop: the same lung pixels, now relative to the crop.
+        let r = m.crop_rect().unwrap();
+        let inner = m.within(r);
+        assert_eq!((inner.width, inner.height), (r.width, r.height));
+        let b2 = inner.bounding_box().unwrap();
+        let near = |u: u32, v: u32| u.abs_diff(v) <= 12;
+        assert!(near(b2.x + r.x, 256) && near(b2.y + r.y, 256), "{b2:?}");
+        assert!(near(b2.width, 512) && near(b2.height, 1024), "{b2:?}");
+        // No lungs, no crop.
+        let none = mask_with(|_, _| false, 300, 300);
+        assert_eq!(none.bounding_box(), None);
+        assert_eq!(none.crop_rect(), None);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::lungs::LungsSection;
 use crate::model::Classifier;
 use crate::ood::OodStats;
 use crate::population::PopulationModel;
+use crate::preprocess::InputRegion;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
@@ -89,6 +90,10 @@ pub struct ModelHeader {
     /// A lung segmenter whose decoder follows the payload (see [`LungsSection`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lungs: Option<LungsSection>,
+    /// The part of the image the network is given (absent: the whole image). Lung-focused
+    /// input needs the file's lung segmenter.
+    #[serde(default, skip_serializing_if = "InputRegion::is_whole")]
+    pub region: InputRegion,
     /// Version of the software that wrote the file.
     pub created_by: String,
     /// Length of the payload in bytes (the weights; a lung section follows it).
@@ -584,6 +589,7 @@ pub(crate) mod tests {
             ood: None,
             population: None,
             lungs: None,
+            region: Default::default(),
             created_by: "test".into(),
             payload_len: 0,
             payload_sha256: String::new(),

@@ -11,7 +11,57 @@ use crate::arch::InputConfig;
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits};
+use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+
+/// The part of the image a network is given (the trainer's `--input`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputRegion {
+    /// The whole image, through the transform above.
+    #[default]
+    Whole,
+    /// Lung-focused input: the lungs' bounding box and a margin
+    /// ([`crate::lungs::LungMask::crop_rect`]), found by the lung segmenter on the whole image
+    /// and cut from it at full size before the same transform; the whole image when the
+    /// segmenter finds no lung.
+    Lungs,
+}
+
+impl InputRegion {
+    /// Whether this is the whole image (the default, left out of model files).
+    pub fn is_whole(&self) -> bool {
+        *self == InputRegion::Whole
+    }
+}
+
+impl std::fmt::Display for InputRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputRegion::Whole => "whole",
+            InputRegion::Lungs => "lungs",
+        })
+    }
+}
+
+impl std::str::FromStr for InputRegion {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "whole" => Ok(InputRegion::Whole),
+            "lungs" => Ok(InputRegion::Lungs),
+            other => Err(Error::Invalid(format!(
+                "unknown input region {other:?} (expected whole or lungs)"
+            ))),
+        }
+    }
+}
+
+/// The part `rect` of an image (the lung crop of lung-focused input).
+pub fn crop(img: &DynamicImage, rect: crate::lungs::Rect) -> DynamicImage {
+    img.crop_imm(rect.x, rect.y, rect.width, rect.height)
+}
 
 /// Largest accepted width or height, in pixels (decompression-bomb guard).
 pub const MAX_SIDE: u32 = 16_384;

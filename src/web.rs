@@ -382,7 +382,7 @@ impl Classifier {
         let backend = self.backend;
         let t0 = now_ms();
         future_to_promise(async move {
-            let x = engine.preprocess(&image).map_err(js_error)?;
+            let x = engine.preprocess_async(&image).await.map_err(js_error)?;
             let t1 = now_ms();
             let p = engine
                 .classify_batch_async(&[x])
@@ -471,6 +471,7 @@ impl Classifier {
             set("view", &view_js)?;
             set("heatmap", &heat_js)?;
             set("lungs", &lungs_js)?;
+            set("crop", &to_js(&e.crop)?)?;
             Ok(Object::from(out).into())
         })
     }

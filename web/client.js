@@ -105,11 +105,12 @@ export function drawOverlay(canvas, explanation, opacity) {
 }
 
 /** "62 % of the evidence lies in the lung fields", or why there is no such figure. */
-export function lungShareText(lungs) {
+export function lungShareText(lungs, crop = null) {
   if (!lungs) return "";
-  if (lungs.regions === 0) return "No lung fields were found in this image.";
-  if (lungs.share == null) return "The Grad-CAM map is empty: no share of evidence to measure.";
-  return `${Math.round(lungs.share * 100)} % of the evidence lies in the lung fields (outlined).`;
+  const framed = crop ? " The model looks at the lung fields only: the image is cut to them." : "";
+  if (lungs.regions === 0) return "No lung fields were found in this image." + framed;
+  if (lungs.share == null) return "The Grad-CAM map is empty: no share of evidence to measure." + framed;
+  return `${Math.round(lungs.share * 100)} % of the evidence lies in the lung fields (outlined).` + framed;
 }
 
 /** Fills `container` with one labelled bar per class. */

@@ -222,6 +222,8 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
             tune_blocks: None,
             fold: None,
             feature_cache: None,
+            region: Default::default(),
+            lungs: None,
         };
         crate::train::run(cfg, &run_dir, resume)?;
     }

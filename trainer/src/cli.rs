@@ -73,8 +73,8 @@ pub fn gradcam(
 ) -> Result<()> {
     let engine = load_engine(model, device)?;
     let bytes = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
-    let (view, x) = engine
-        .view_and_input(&bytes)
+    let (framed, view, x) = engine
+        .prepare(&bytes)
         .map_err(|e| anyhow!("{}: {e}", image.display()))?;
     let (pred, cam) = engine
         .explain_input(x, class)
@@ -92,20 +92,21 @@ pub fn gradcam(
         "map": { "width": cam.width, "height": cam.height, "npy": npy.display().to_string() },
         "overlay": out.display().to_string(),
     });
-    // The lung fields of the whole image, mapped onto the crop the map covers: by the
-    // segmenter given, else by the one the model file carries.
-    let own;
-    let net = match lungs {
-        Some(path) => {
-            own = crate::lungs::load(path, device)?;
-            Some(&own)
-        }
-        None => engine.lungs.as_ref().map(|l| &l.net),
+    // The lung fields of the image the networks saw (the whole image, or under lung-focused
+    // input its lung crop), mapped onto the crop the map covers: by the segmenter given, else
+    // by the one the model file carries.
+    let mask = match lungs {
+        Some(path) => Some(crate::lungs::load(path, device)?.segment(&framed.image, device)),
+        None => match (framed.lungs, &engine.lungs) {
+            (Some(mask), _) => Some(mask),
+            (None, Some(l)) => Some(l.net.segment(&framed.image, device)),
+            (None, None) => None,
+        },
     };
-    if let Some(net) = net {
-        let img = pneumoscope::preprocess::decode(&bytes)
-            .map_err(|e| anyhow!("{}: {e}", image.display()))?;
-        let mask = net.segment(&img, device);
+    if let Some(crop) = framed.crop {
+        line["lung_crop"] = serde_json::json!(crop);
+    }
+    if let Some(mask) = mask {
         let input = &engine.display_network().header.input;
         let share = mask.share_of_cam(&heat, side, input);
         let crop = mask.on_crop(input, side, 0);

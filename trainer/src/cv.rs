@@ -81,6 +81,14 @@ fn feature_cache(manifest: &Manifest, cfg: &TrainConfig) -> PathBuf {
         "arch": cfg.arch, "mode": cfg.mode, "tune_blocks": cfg.tune_blocks,
         "weights": cfg.weights, "augment": cfg.augment, "seed": cfg.seed,
     });
+    let mut key = key;
+    if !cfg.region.is_whole() {
+        // Lung-focused input: the segmenter that found the crops too (by its file's bytes).
+        let segmenter = cfg.lungs.as_ref().and_then(|p| std::fs::read(p).ok());
+        key["region"] = serde_json::json!(cfg.region);
+        key["lungs"] =
+            serde_json::json!(segmenter.map(|b| pneumoscope::model_file::sha256_hex(&b)));
+    }
     let key = pneumoscope::model_file::sha256_hex(key.to_string().as_bytes());
     manifest
         .root

@@ -4,6 +4,7 @@
 use crate::data::Split;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use pneumoscope::lungs::LungsSection;
 use pneumoscope::model_file::{EnsembleFile, ModelFile};
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,21 @@ pub fn run(
         })).collect::<Vec<_>>(),
         "data": files[0].header.data,
     });
+    // A member's lung segmenter serves the whole ensemble (lung-focused input needs it).
+    let lungs = files.iter().enumerate().find_map(|(k, f)| {
+        let section = f.header.lungs.as_ref()?;
+        Some((
+            LungsSection {
+                encoder_network: k,
+                segmenter: section.segmenter.clone(),
+            },
+            f.lungs.clone()?,
+        ))
+    });
     let mut file = EnsembleFile::new(files, serde_json::Value::Null, extra)?;
+    if let Some((section, decoder)) = lungs {
+        file = file.with_lungs(section, decoder);
+    }
     if let Some(data) = data {
         // Evaluate the packed file itself, exactly as every verb will load it.
         let tmp = out.with_extension("evaluating");

@@ -294,11 +294,15 @@ fn lung_shares(
         let r = &manifest.records[i];
         let p = manifest.resolve(r);
         let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let img = pneumoscope::preprocess::decode(&bytes)
+        let (framed, _, x) = engine
+            .prepare(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        let x = engine.preprocess(&bytes)?;
         let (pred, cam) = engine.explain_input(x, None)?;
-        let mask = net.segment(&img, device);
+        // The lungs of what the networks saw (under lung-focused input, its own mask).
+        let mask = match framed.lungs {
+            Some(mask) => mask,
+            None => net.segment(&framed.image, device),
+        };
         match mask.share_of_cam(&cam.upsample(side), side, &input) {
             Some(share) if mask.area_fraction() > 0.0 => {
                 let class = groups.entry(pred.top.name().to_string()).or_default();

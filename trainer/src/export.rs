@@ -12,6 +12,7 @@ use pneumoscope::Class;
 use pneumoscope::arch;
 use pneumoscope::model::Classifier;
 use pneumoscope::model_file::{FORMAT_VERSION, ModelFile, ModelHeader};
+use pneumoscope::preprocess::InputRegion;
 use std::path::Path;
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -44,6 +45,7 @@ pub fn run(
     }
     let spec = arch::find(&cfg.arch)?;
     let device = Device::flex();
+    let framing = crate::data::cache::Framing::of(&cfg)?;
     let bytes = std::fs::read(&model_path)?;
     let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
         .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e:?}", model_path.display()))?;
@@ -61,7 +63,7 @@ pub fn run(
         if rows.is_empty() {
             bail!("{}: no validation rows to calibrate on", cfg.data.display());
         }
-        let squares = crate::data::cache::load_or_build(&manifest, spec.input.resize)?;
+        let squares = crate::data::cache::load_or_build(&manifest, spec.input.resize, &framing)?;
         let probs = crate::train::predict_rows(&model, &spec, &squares, &rows, &device);
         let labels = manifest.labels(&rows);
         let t = calibrate::fit_temperature(&probs, &labels);
@@ -115,19 +117,36 @@ pub fn run(
                 .unwrap_or_else(|_| "unknown".into()),
         )
     };
+    let mut header = header;
+    header.region = cfg.region;
     let mut file = ModelFile::from_classifier(header, model)?;
     if ood {
         let manifest = Manifest::read(&cfg.data).context(
             "the out-of-distribution statistics need the run's training data (or pass --no-ood)",
         )?;
         let exported = file.load_classifier(&device)?;
-        let pooled = crate::ood::pooled(&exported, &spec, &manifest, &device)?;
+        let pooled = crate::ood::pooled(&exported, &spec, &manifest, &framing, &device)?;
         file.header.ood = Some(crate::ood::fit(&pooled)?);
         let population = crate::population::fit(&pooled, &manifest)?;
         eprintln!("population estimate: {}", population.fit);
         file.header.population = Some(population);
     }
     crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    if let (InputRegion::Lungs, Some(segmenter)) = (cfg.region, &cfg.lungs) {
+        // Lung-focused input needs the segmenter beside the network at inference; it shares
+        // an EfficientNet-Lite0 backbone, so another network gets it in an ensemble with one.
+        if spec.name == pneumoscope::lungs::ENCODER {
+            crate::lungs::embed(out, segmenter, out)?;
+            return Ok(ModelFile::from_bytes(&std::fs::read(out)?)?.header);
+        }
+        eprintln!(
+            "note: {} takes lung-focused input but cannot carry the segmenter itself (it shares \
+             an {} backbone): use it in an ensemble with such a network and `lungs embed` the \
+             ensemble",
+            spec.name,
+            pneumoscope::lungs::ENCODER
+        );
+    }
     Ok(file.header)
 }
 
@@ -149,6 +168,7 @@ fn header(spec: &arch::ArchSpec, f16: bool, weight_source: String) -> ModelHeade
         ood: None,
         population: None,
         lungs: None,
+        region: Default::default(),
         created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
         payload_len: 0,
         payload_sha256: String::new(),

@@ -520,6 +520,14 @@ struct TrainArgs {
     /// added on the first.
     #[arg(long, visible_alias = "devices", default_value = "cpu")]
     device: String,
+    /// The part of each image the network is given: `whole`, or `lungs` (the lungs' bounding
+    /// box and a margin, found by `--lungs`, cut from the full-size image before the usual
+    /// resize; the whole image where no lung is found).
+    #[arg(long = "input", default_value = "whole")]
+    region: pneumoscope::preprocess::InputRegion,
+    /// `--input lungs`: the lung segmenter's own file (`web/models/lungs-v1.pneumoscope`).
+    #[arg(long)]
+    lungs: Option<PathBuf>,
 }
 
 /// A probability in [0, 1).
@@ -616,7 +624,12 @@ fn run(cli: Cli) -> Result<()> {
                 tune_blocks: a.tune_blocks.map(|n| n as usize),
                 fold: None,
                 feature_cache: a.feature_cache,
+                region: a.region,
+                lungs: a.lungs,
             };
+            if cfg.region == pneumoscope::preprocess::InputRegion::Lungs && cfg.lungs.is_none() {
+                anyhow::bail!("--input lungs needs the lung segmenter: --lungs FILE");
+            }
             match a.folds {
                 Some(k) => {
                     let s = cv::run(cfg, &a.out, k as usize, a.fold_seed, a.resume)?;

@@ -37,6 +37,7 @@ pub fn pooled(
     model: &Classifier,
     spec: &ArchSpec,
     manifest: &Manifest,
+    framing: &cache::Framing,
     device: &Device,
 ) -> Result<Pooled> {
     let train = manifest.split_indices(Split::Train);
@@ -47,7 +48,7 @@ pub fn pooled(
             train.len()
         );
     }
-    let squares = cache::load_or_build(manifest, spec.input.resize)?;
+    let squares = cache::load_or_build(manifest, spec.input.resize, framing)?;
     let val = manifest.split_indices(Split::Val);
     let features = |rows: &[usize], label: &str| {
         extract_features(

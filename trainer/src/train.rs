@@ -4,7 +4,7 @@
 //! checkpoint every epoch and `--resume`.
 
 use crate::augment::Augment;
-use crate::data::cache::{self, SquareCache};
+use crate::data::cache::{self, Framing, SquareCache};
 use crate::data::{Label, Manifest, NUM_LABELS, Population, Split};
 use crate::fsutil::write_atomic;
 use crate::metrics;
@@ -21,6 +21,7 @@ use pneumoscope::NUM_CLASSES;
 use pneumoscope::arch::{self, ArchSpec, global_avg_pool};
 use pneumoscope::model::{Classifier, Head};
 use pneumoscope::model_file::sha256_hex;
+use pneumoscope::preprocess::InputRegion;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -144,6 +145,13 @@ pub struct TrainConfig {
     /// `features/`); the folds of a cross-validation share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_cache: Option<PathBuf>,
+    /// The part of each image the network is given (`--input`): whole, or lung-focused.
+    #[serde(default, skip_serializing_if = "InputRegion::is_whole")]
+    pub region: InputRegion,
+    /// Lung-focused input: the lung segmenter's own file, which finds the crop (and which
+    /// `export` puts into the model file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lungs: Option<PathBuf>,
 }
 
 /// One line of `epochs.csv`.
@@ -665,7 +673,8 @@ pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     }
     let train_labels = manifest.labels(&train_rows);
     let val_labels = manifest.labels(&val_rows);
-    let squares = cache::load_or_build(&manifest, spec.input.resize)?;
+    let framing = Framing::of(&cfg)?;
+    let squares = cache::load_or_build(&manifest, spec.input.resize, &framing)?;
     let row_w = row_weights(
         &train_labels,
         &manifest.populations(&train_rows),

@@ -350,16 +350,12 @@ fn cross_validation_by_patient_with_partial_labels() {
 fn predict_cautions_where_training_had_few_such_images() {
     let Some(shared) = shared() else { return };
     let model = default_model();
-    let header_of = |bytes: &[u8]| -> serde_json::Value {
-        let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-        serde_json::from_slice(&bytes[20..20 + hlen]).unwrap()
-    };
     let bytes = std::fs::read(&model).unwrap();
-    let mut header = header_of(&bytes);
+    let mut header = header_json(&bytes);
     if header.get("members").is_some() {
         // An ensemble: the member files follow its header; the first member's estimate decides.
         let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-        header = header_of(&bytes[20 + hlen..]);
+        header = header_json(&bytes[20 + hlen..]);
     }
     let pop = &header["population"];
     assert!(

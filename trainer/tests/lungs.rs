@@ -187,8 +187,7 @@ fn the_shipped_classifiers_carry_the_segmenter() {
             a.len()
         );
         let bytes = std::fs::read(model).unwrap();
-        let n = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[20..20 + n]).unwrap();
+        let header = header_json(&bytes);
         assert!(
             header["lungs"]["encoder_network"].is_u64(),
             "{} has no lung section",
@@ -447,4 +446,181 @@ fn lung_share_of_a_gradcam_map_against_numpy() {
             "{check}"
         );
     }
+}
+
+/// The bounding box (x0, y0, x1, y1) of the white pixels of a mask PNG.
+fn white_box(path: &str) -> Option<(u32, u32, u32, u32)> {
+    let m = image::open(path).unwrap().to_luma8();
+    let mut b: Option<(u32, u32, u32, u32)> = None;
+    for (x, y, p) in m.enumerate_pixels().filter(|(_, _, p)| p.0[0] > 127) {
+        let _ = p;
+        b = Some(match b {
+            None => (x, y, x + 1, y + 1),
+            Some((a, c, d, e)) => (a.min(x), c.min(y), d.max(x + 1), e.max(y + 1)),
+        });
+    }
+    b
+}
+
+#[test]
+fn lung_focused_input_trains_exports_and_explains() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let full = build_full(&shared, &dir.path().join("full"));
+    let manifest = subset(&full, &dir.path().join("small"), [6, 3, 2]);
+    let rows = read_csv(&manifest);
+    let (m, w) = (manifest.to_str().unwrap(), weights(&shared));
+    let lungs = shipped_lungs();
+    let run_dir = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            m,
+            "--weights",
+            w.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--input",
+            "lungs",
+            "--out",
+            run_dir.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let refused = train(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--lungs"),
+        "{err}"
+    );
+    let done = train(&["--lungs", lungs.to_str().unwrap()]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(json(&run_dir.join("config.json"))["region"], "lungs");
+
+    // Every image's crop, against the segmenter's own mask of the whole image (`lungs
+    // predict`): it holds the lungs' box, with a margin no wider than the rule's.
+    let cache = dir.path().join("small/cache");
+    let crops_csv = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("crops-") && n.ends_with(".csv")
+        })
+        .expect("the lung crops beside the cache");
+    let crops = read_csv(&crops_csv);
+    assert_eq!(crops.len(), rows.len());
+    let masks = dir.path().join("masks");
+    let mut args = vec![
+        "lungs".to_string(),
+        "predict".into(),
+        "--model".into(),
+        lungs.display().to_string(),
+        "--out".into(),
+        masks.display().to_string(),
+    ];
+    let resolved: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let p = Path::new(&r["path"]);
+            if p.is_absolute() {
+                p.display().to_string()
+            } else {
+                dir.path().join("small").join(p).display().to_string()
+            }
+        })
+        .collect();
+    args.extend(resolved.iter().cloned());
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = ok(&arg_refs);
+    let mut found = 0;
+    for (line, c) in lines.lines().zip(&crops) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some((x0, y0, x1, y1)) = white_box(v["mask"].as_str().unwrap()) else {
+            assert_eq!(c["lungs_found"], "false", "{line}");
+            continue;
+        };
+        assert_eq!(c["lungs_found"], "true", "{line}");
+        found += 1;
+        let n = |k: &str| c[k].parse::<u32>().unwrap();
+        let (cx, cy, cw, ch) = (n("x"), n("y"), n("width"), n("height"));
+        let (w, h) = image::image_dimensions(v["file"].as_str().unwrap()).unwrap();
+        assert!(cx + cw <= w && cy + ch <= h, "crop {c:?} outside {w}x{h}");
+        // The mask PNG is bilinear at full size, the crop from the grid: a few pixels apart.
+        let slack = (w.max(h) / 64).max(4);
+        assert!(
+            cx <= x0 + slack && cy <= y0 + slack && cx + cw + slack >= x1 && cy + ch + slack >= y1,
+            "crop {c:?} does not hold the lungs ({x0}, {y0})-({x1}, {y1})"
+        );
+        let (bw, bh) = ((x1 - x0) as f32, (y1 - y0) as f32);
+        let allowed = |box_len: f32| box_len * 1.2 + 2.0 * slack as f32;
+        assert!(
+            cw as f32 <= allowed(bw) && ch as f32 <= allowed(bh),
+            "crop {c:?} larger than the margin allows for a {bw}x{bh} box"
+        );
+    }
+    assert!(
+        found * 10 >= rows.len() * 9,
+        "{found} of {} with lungs",
+        rows.len()
+    );
+
+    // Exported, the file says it takes lung-focused input and carries the segmenter; the
+    // Grad-CAM of an image covers its lung crop, in which the lungs fill more of the view.
+    let model = dir.path().join("lungs-input.pneumoscope");
+    ok(&[
+        "export",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--f16",
+    ]);
+    let bytes = std::fs::read(&model).unwrap();
+    let header = header_json(&bytes);
+    assert_eq!(header["region"], "lungs");
+    assert!(header["lungs"]["encoder_network"].is_u64(), "{header}");
+    let img = &resolved[0];
+    let cam = |model: &Path, name: &str| -> serde_json::Value {
+        let out = dir.path().join(format!("{name}.png"));
+        serde_json::from_str(&ok(&[
+            "gradcam",
+            "--model",
+            model.to_str().unwrap(),
+            img,
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+        .unwrap()
+    };
+    let focused = cam(&model, "focused");
+    let whole = cam(&default_model(), "whole");
+    eprintln!("lung crop: {focused}\nwhole: {whole}");
+    let crop = &focused["lung_crop"];
+    assert_eq!(crop["x"].to_string(), crops[0]["x"], "{focused}");
+    assert_eq!(crop["width"].to_string(), crops[0]["width"], "{focused}");
+    let area = |v: &serde_json::Value| v["lung_area"].as_f64().unwrap();
+    assert!(
+        area(&focused) > area(&whole) * 1.2,
+        "lung area {} in the crop vs {} in the whole image",
+        area(&focused),
+        area(&whole)
+    );
+    assert!(whole.get("lung_crop").is_none());
+    let p: serde_json::Value = serde_json::from_str(
+        ok(&["predict", "--model", model.to_str().unwrap(), img])
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(p["top"].is_string(), "{p}");
 }

@@ -782,8 +782,7 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
 
     // The header carries the ensemble's own validation and test metrics.
     let bytes = std::fs::read(&ens).unwrap();
-    let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[20..20 + hlen]).unwrap();
+    let header = header_json(&bytes);
     assert_eq!(header["format_version"], 2);
     assert_eq!(header["metrics"]["val"]["n"], 32);
     assert_eq!(header["metrics"]["test"]["n"], 24);

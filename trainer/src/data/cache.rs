@@ -3,11 +3,16 @@
 //! the manifest so that training epochs never decode a full-size image again.
 
 use super::Manifest;
+use crate::train::TrainConfig;
 use anyhow::{Context, Result, bail};
-use image::GrayImage;
+use burn::prelude::*;
+use image::{DynamicImage, GrayImage};
+use pneumoscope::inference::Framed;
+use pneumoscope::lungs::{LungNet, Rect};
 use pneumoscope::model_file::sha256_hex;
+use pneumoscope::preprocess::InputRegion;
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// All squares of a manifest, in manifest order.
 pub struct SquareCache {
@@ -30,19 +35,77 @@ impl SquareCache {
     }
 }
 
-/// Where the cache of a manifest at a given side lives.
-pub fn cache_path(manifest: &Manifest, side: usize) -> PathBuf {
-    let key: String = manifest.records.iter().map(|r| r.sha256.as_str()).collect();
-    let key = &sha256_hex(key.as_bytes())[..16];
-    manifest
-        .root
-        .join("cache")
-        .join(format!("squares-{side}-{key}.bin"))
+/// How each image is framed before the transform (a run's `--input`).
+pub enum Framing {
+    /// The whole image.
+    Whole,
+    /// Cut to the lungs ([`pneumoscope::lungs::LungMask::crop_rect`]) that this segmenter
+    /// finds on the whole image.
+    Lungs {
+        /// The segmenter.
+        net: Box<LungNet>,
+        /// The start of the SHA-256 of its file: part of the caches' names.
+        key: String,
+    },
 }
 
-/// Loads the cache, building it first if it is missing or of the wrong size.
-pub fn load_or_build(manifest: &Manifest, side: usize) -> Result<SquareCache> {
-    let path = cache_path(manifest, side);
+impl Framing {
+    /// The framing of a run's configuration (loads its segmenter).
+    pub fn of(cfg: &TrainConfig) -> Result<Self> {
+        match cfg.region {
+            InputRegion::Whole => Ok(Framing::Whole),
+            InputRegion::Lungs => {
+                let Some(path) = &cfg.lungs else {
+                    bail!("--input lungs needs the lung segmenter (--lungs FILE)");
+                };
+                Self::lungs(path)
+            }
+        }
+    }
+
+    /// Lung-focused framing by the segmenter in `path`.
+    pub fn lungs(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let net = crate::lungs::load(path, &Device::flex())?;
+        Ok(Framing::Lungs {
+            net: Box::new(net),
+            key: sha256_hex(&bytes)[..12].to_string(),
+        })
+    }
+
+    /// What the caches' names add for this framing (`None` for the whole image).
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Framing::Whole => None,
+            Framing::Lungs { key, .. } => Some(format!(
+                "lungs-{key}-m{:.2}",
+                pneumoscope::lungs::CROP_MARGIN
+            )),
+        }
+    }
+}
+
+/// Where the cache of a manifest at a given side and framing lives.
+pub fn cache_path(manifest: &Manifest, side: usize, framing: &Framing) -> PathBuf {
+    let key: String = manifest.records.iter().map(|r| r.sha256.as_str()).collect();
+    let key = &sha256_hex(key.as_bytes())[..16];
+    let name = match framing.key() {
+        None => format!("squares-{side}-{key}.bin"),
+        Some(f) => format!("squares-{side}-{key}-{f}.bin"),
+    };
+    manifest.root.join("cache").join(name)
+}
+
+/// Images decoded and segmented at a time when framing by the lungs.
+const LUNG_BATCH: usize = 16;
+
+/// Loads the cache, building it first if it is missing or of the wrong size. Lung-focused
+/// framing also writes, beside the cache, the crop of every image ([`crops_path`]: file,
+/// whether lungs were found, the crop's rectangle in the image's pixels), and reuses them for
+/// the caches of other sides.
+pub fn load_or_build(manifest: &Manifest, side: usize, framing: &Framing) -> Result<SquareCache> {
+    let path = cache_path(manifest, side, framing);
     let expected = manifest.records.len() * side * side;
     if let Ok(data) = std::fs::read(&path) {
         if data.len() == expected {
@@ -51,28 +114,134 @@ pub fn load_or_build(manifest: &Manifest, side: usize) -> Result<SquareCache> {
         tracing::warn!("cache {} has the wrong size, rebuilding", path.display());
     }
     let pb = crate::progress::bar(manifest.records.len() as u64, "caching");
-    let squares: Vec<Result<Vec<u8>>> = manifest
-        .records
-        .par_iter()
-        .map(|r| {
-            let p = manifest.resolve(r);
-            let bytes =
-                std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            let img = pneumoscope::preprocess::decode(&bytes)
-                .with_context(|| format!("{}", p.display()))?;
-            pb.inc(1);
-            Ok(pneumoscope::preprocess::to_square_gray(&img, side).into_raw())
-        })
-        .collect();
-    pb.finish_and_clear();
+    let decode = |r: &super::Record| -> Result<DynamicImage> {
+        let p = manifest.resolve(r);
+        let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        pneumoscope::preprocess::decode(&bytes).with_context(|| format!("{}", p.display()))
+    };
     let mut data = Vec::with_capacity(expected);
-    for s in squares {
-        data.extend(s?);
+    let mut crops = Vec::new();
+    match framing {
+        Framing::Whole => {
+            let squares: Vec<Result<Vec<u8>>> = manifest
+                .records
+                .par_iter()
+                .map(|r| {
+                    let img = decode(r)?;
+                    pb.inc(1);
+                    Ok(pneumoscope::preprocess::to_square_gray(&img, side).into_raw())
+                })
+                .collect();
+            for s in squares {
+                data.extend(s?);
+            }
+        }
+        Framing::Lungs { net, .. } => {
+            // The crops do not depend on the side: a cache of another side made them already.
+            let known = read_crops(&crops_path(manifest, framing), manifest);
+            let device = Device::flex();
+            for (c, chunk) in manifest.records.chunks(LUNG_BATCH).enumerate() {
+                let imgs = chunk.par_iter().map(decode).collect::<Result<Vec<_>>>()?;
+                let framed: Vec<(Vec<u8>, Option<Rect>)> = match &known {
+                    Some(k) => {
+                        let k = &k[c * LUNG_BATCH..c * LUNG_BATCH + chunk.len()];
+                        imgs.into_par_iter()
+                            .zip(k)
+                            .map(|(img, crop)| {
+                                let img = match crop {
+                                    Some(r) => Framed::cut(&img, *r),
+                                    None => img,
+                                };
+                                let sq = pneumoscope::preprocess::to_square_gray(&img, side);
+                                (sq.into_raw(), *crop)
+                            })
+                            .collect()
+                    }
+                    None => {
+                        let masks = net.segment_batch(&imgs, &device);
+                        imgs.into_par_iter()
+                            .zip(masks)
+                            .map(|(img, mask)| {
+                                let f = Framed::lungs(img, mask);
+                                let sq = pneumoscope::preprocess::to_square_gray(&f.image, side);
+                                (sq.into_raw(), f.crop)
+                            })
+                            .collect()
+                    }
+                };
+                for (r, (sq, crop)) in chunk.iter().zip(framed) {
+                    data.extend(sq);
+                    crops.push((r.path.clone(), crop));
+                }
+                pb.inc(chunk.len() as u64);
+            }
+        }
     }
+    pb.finish_and_clear();
     if data.len() != expected {
         bail!("internal error: cache size mismatch");
     }
     std::fs::create_dir_all(path.parent().unwrap())?;
+    if framing.key().is_some() {
+        write_crops(&crops_path(manifest, framing), &crops)?;
+    }
     crate::fsutil::write_atomic(&path, &data)?;
     Ok(SquareCache { side, data })
+}
+
+/// Where lung-focused framing keeps the crop of every image of a manifest.
+pub fn crops_path(manifest: &Manifest, framing: &Framing) -> PathBuf {
+    let key: String = manifest.records.iter().map(|r| r.sha256.as_str()).collect();
+    let key = &sha256_hex(key.as_bytes())[..16];
+    let f = framing.key().unwrap_or_else(|| "whole".into());
+    manifest
+        .root
+        .join("cache")
+        .join(format!("crops-{key}-{f}.csv"))
+}
+
+/// The crops of an earlier build, when they cover exactly this manifest's images.
+fn read_crops(path: &Path, manifest: &Manifest) -> Option<Vec<Option<Rect>>> {
+    let mut r = csv::Reader::from_path(path).ok()?;
+    let mut out = Vec::new();
+    for (rec, want) in r.records().zip(&manifest.records) {
+        let rec = rec.ok()?;
+        if rec.get(0)? != want.path {
+            return None;
+        }
+        let n = |i: usize| rec.get(i)?.parse::<u32>().ok();
+        out.push(match rec.get(1)? {
+            "true" => Some(Rect {
+                x: n(2)?,
+                y: n(3)?,
+                width: n(4)?,
+                height: n(5)?,
+            }),
+            _ => None,
+        });
+    }
+    (out.len() == manifest.records.len()).then_some(out)
+}
+
+fn write_crops(path: &Path, crops: &[(String, Option<Rect>)]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["path", "lungs_found", "x", "y", "width", "height"])?;
+    for (p, c) in crops {
+        let r = c.unwrap_or(Rect {
+            x: 0,
+            y: 0,
+            width: 0,
+            height: 0,
+        });
+        w.write_record([
+            p.clone(),
+            c.is_some().to_string(),
+            r.x.to_string(),
+            r.y.to_string(),
+            r.width.to_string(),
+            r.height.to_string(),
+        ])?;
+    }
+    crate::fsutil::write_atomic(path, &w.into_inner()?)?;
+    Ok(())
 }

@@ -107,3 +107,10 @@ pub fn subset_by(full: &Path, out: &Path, per_cell: [usize; 3], by: &[&str]) -> 
     w.flush().unwrap();
     path
 }
+
+/// The JSON header of a model file's bytes (after the magic, version and header length).
+#[allow(dead_code)]
+pub fn header_json(bytes: &[u8]) -> serde_json::Value {
+    let n = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[20..20 + n]).unwrap()
+}
