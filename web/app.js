@@ -19,6 +19,9 @@
 // (the lung mask over the view, one "0"/"1" character a pixel, row-major); all absent otherwise.
 // `#result[data-lung-reason]` says why the lung fields are unlike a frontal X-ray's (no lungs,
 // an odd area or shape); the reason is added to `#ood-warning`, which it shows by itself too.
+// The example row (`examples/examples.json`): one `button[data-example=FILE]` per example; its
+// result carries `#result[data-example-label]` (the label in its collection), written out in
+// `#example-truth` with the image's source and licence.
 
 import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
 
@@ -28,6 +31,7 @@ const backend = requestedBackend();
 
 let modelReady = null; // Promise of the current model's load result
 let lastGood = null; // the last model that loaded, still in use when another fails
+let modelLabel = ""; // its file name
 let current = null; // { bytes, name } of the image on screen
 let explanation = null; // the last explain() result
 let generation = 0; // ignores answers to requests that a newer one superseded
@@ -60,6 +64,9 @@ function clearResult() {
   delete r.dataset.caution;
   delete r.dataset.lungShare;
   delete r.dataset.lungReason;
+  delete r.dataset.exampleLabel;
+  $("example-truth").hidden = true;
+  $("announce").textContent = "";
   $("ood-warning").hidden = true;
   $("caution").hidden = true;
   $("lung-share").hidden = true;
@@ -67,10 +74,16 @@ function clearResult() {
   for (const k of ["class", "width", "height", "map", "lungMask"]) delete c.dataset[k];
 }
 
-async function loadModel(source, label) {
+/** " (19.5 MB)", or nothing when the size is not known. */
+const sizeText = (bytes) => (bytes ? ` (${(bytes / 1e6).toFixed(1)} MB)` : "");
+
+async function loadModel(source, label, bytes = null) {
   const status = $("model-status");
   const progress = $("model-progress");
-  status.textContent = `Loading ${label}…`;
+  const retry = $("model-retry");
+  retry.hidden = true;
+  // The download size is said before the download starts.
+  status.textContent = `Loading ${label}${sizeText(bytes)}…`;
   progress.hidden = false;
   progress.removeAttribute("value");
   const promise = client.load({ ...source, backend, name: label }, (loaded, total) => {
@@ -78,7 +91,8 @@ async function loadModel(source, label) {
       progress.max = total;
       progress.value = loaded;
     }
-    status.textContent = `Loading ${label}… ${(loaded / 1e6).toFixed(1)} MB`;
+    const of = total ? ` of ${(total / 1e6).toFixed(1)}` : "";
+    status.textContent = `Loading ${label}… ${(loaded / 1e6).toFixed(1)}${of} MB`;
   });
   modelReady = promise;
   try {
@@ -91,6 +105,8 @@ async function loadModel(source, label) {
     status.textContent = `${m.info.arch}${randomInit}${untrained} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
       `loaded in ${Math.round(t.wasm_init_ms + t.download_ms + t.model_init_ms)} ms`;
     lastGood = m;
+    modelLabel = label;
+    if (source.url) keepOffline(source.url);
     document.body.dataset.readyMs = performance.now().toFixed(1);
     document.body.dataset.modelReady = "true";
     document.body.dataset.backend = m.backend;
@@ -104,9 +120,48 @@ async function loadModel(source, label) {
       status.textContent = "No model loaded.";
     }
     showError(e.message);
+    if (source.url) {
+      // A download that failed (the network, the server) can be tried again.
+      retry.hidden = false;
+      retry.onclick = () => {
+        clearError();
+        loadModel(source, label, bytes).catch(() => {});
+      };
+    }
     throw e;
   } finally {
     progress.hidden = true;
+  }
+}
+
+/**
+ * Offline after the first visit: the service worker (sw.js) keeps the site's files, and is
+ * asked to keep the model just loaded. `body[data-offline]` becomes "ready" (with the cache's
+ * name in `data-offline-cache`) once it has, "unavailable" where the browser has no service
+ * worker for this page (an insecure origin, say); the page works either way.
+ */
+async function keepOffline(modelUrl) {
+  const body = document.body;
+  if (!("serviceWorker" in navigator)) {
+    body.dataset.offline = "unavailable";
+    return;
+  }
+  try {
+    await navigator.serviceWorker.register("sw.js");
+    const registration = await navigator.serviceWorker.ready;
+    const reply = await new Promise((resolve) => {
+      const channel = new MessageChannel();
+      channel.port1.onmessage = (e) => resolve(e.data);
+      registration.active.postMessage({ keep: new URL(modelUrl, location.href).href }, [channel.port2]);
+    });
+    if (reply.kept) {
+      body.dataset.offline = "ready";
+      body.dataset.offlineCache = reply.cache;
+    } else {
+      body.dataset.offline = "unavailable";
+    }
+  } catch {
+    body.dataset.offline = "unavailable";
   }
 }
 
@@ -154,6 +209,11 @@ function show(r, startedAt) {
   const result = $("result");
   renderBars($("bars"), r.probabilities, r.top);
   $("top-class").textContent = CLASS_LABELS[r.top];
+  const percent = `${Math.round(r.probabilities[r.top] * 100)} %`;
+  $("top-probability").textContent = percent;
+  // What a screen reader says when the result arrives.
+  $("announce").textContent = `Most probable: ${CLASS_LABELS[r.top]}, ${percent}.` +
+    (r.caution ? ` ${r.caution}` : "") + (r.ood?.flagged ? " Warning: this image is unlike the X-rays the model was trained on." : "");
   $("backend").textContent = r.backend;
   $("cam-class").value = r.cam.class;
   $("cam-class-name").textContent = CLASS_LABELS[r.cam.class];
@@ -165,7 +225,7 @@ function show(r, startedAt) {
   canvas.dataset.map = JSON.stringify(Array.from(r.cam.values));
   const share = $("lung-share");
   share.hidden = !r.lungs;
-  share.textContent = lungShareText(r.lungs);
+  share.textContent = lungShareText(r.lungs, r.crop);
   if (r.lungs) {
     result.dataset.lungShare = r.lungs.share == null ? "none" : String(r.lungs.share);
     canvas.dataset.lungMask = maskText(r.lungs.mask);
@@ -188,11 +248,128 @@ function show(r, startedAt) {
   caution.textContent = r.caution ?? "";
   if (r.caution) result.dataset.caution = r.caution;
   else delete result.dataset.caution;
+  const example = current?.example;
+  const truth = $("example-truth");
+  truth.hidden = !example;
+  if (example) {
+    truth.textContent = exampleText(example);
+    result.dataset.exampleLabel = example.label;
+  } else {
+    delete result.dataset.exampleLabel;
+  }
   result.dataset.top = r.top;
   result.hidden = false;
   const wall = performance.now() - startedAt;
   $("timings").textContent = timingText(r.timings, wall);
   result.dataset.wallMs = wall.toFixed(1);
+}
+
+const COLLECTION_NAMES = {
+  kermany: "Kermany et al., children aged 1–5",
+  nih: "NIH ChestX-ray14",
+  cohen: "the COVID-19 image data collection",
+};
+
+/** "Labelled viral pneumonia in its collection (…); a test image, never trained on. Image: …". */
+function exampleText(ex) {
+  return `Labelled ${CLASS_LABELS[ex.label] ?? ex.label} in its collection (${COLLECTION_NAMES[ex.source] ?? ex.source}); ` +
+    `a test image the model was never trained or tuned on. Image: ${ex.credit} (${ex.licence}).`;
+}
+
+/** The example row, from `examples/examples.json` (none when the site has no examples). */
+async function loadExamples() {
+  let examples;
+  try {
+    const response = await fetch("examples/examples.json");
+    if (!response.ok) return;
+    examples = (await response.json()).examples;
+  } catch {
+    return;
+  }
+  const list = $("example-list");
+  for (const ex of examples) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "example";
+    button.dataset.example = ex.file;
+    button.title = `${ex.title}. ${ex.credit} (${ex.licence})`;
+    const img = document.createElement("img");
+    img.src = `examples/${ex.file}`;
+    img.alt = "";
+    const name = document.createElement("span");
+    name.textContent = ex.title;
+    const licence = document.createElement("small");
+    licence.textContent = ex.licence;
+    button.append(img, name, licence);
+    button.addEventListener("click", () => takeExample(ex));
+    const item = document.createElement("li");
+    item.append(button);
+    list.append(item);
+  }
+  $("examples").hidden = examples.length === 0;
+}
+
+async function takeExample(ex) {
+  const startedAt = performance.now();
+  let blob;
+  try {
+    const response = await fetch(`examples/${ex.file}`);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    blob = await response.blob();
+  } catch (e) {
+    showError(`examples/${ex.file}: cannot load the example (${e.message})`);
+    return;
+  }
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(blob);
+  current = { bytes: await blob.arrayBuffer(), name: ex.file, example: ex };
+  await analyse(undefined, startedAt);
+}
+
+/**
+ * "Save result": one PNG made here in the browser (nothing is sent): the image, the Grad-CAM
+ * overlay, the probabilities, the model and "not a diagnosis", for a slide or a worksheet.
+ */
+async function saveResult() {
+  if (!explanation || !lastGood) return;
+  const r = explanation;
+  const side = 360;
+  const canvas = document.createElement("canvas");
+  canvas.width = 2 * side + 60;
+  canvas.height = side + 260;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#ffffff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const preview = $("preview");
+  await preview.decode().catch(() => {});
+  const scale = Math.min(side / preview.naturalWidth, side / preview.naturalHeight) || 1;
+  const [w, h] = [preview.naturalWidth * scale, preview.naturalHeight * scale];
+  ctx.drawImage(preview, 20 + (side - w) / 2, 20 + (side - h) / 2, w, h);
+  ctx.drawImage($("gradcam"), side + 40, 20, side, side);
+  ctx.fillStyle = "#111111";
+  ctx.font = "bold 20px sans-serif";
+  let y = side + 52;
+  ctx.fillText(`Most probable: ${CLASS_LABELS[r.top]}, ${Math.round(r.probabilities[r.top] * 100)} %`, 20, y);
+  ctx.font = "16px sans-serif";
+  for (const c of CLASSES) {
+    y += 24;
+    ctx.fillText(`${CLASS_LABELS[c]}: ${(r.probabilities[c] * 100).toFixed(1)} %`, 20, y);
+  }
+  y += 30;
+  ctx.fillText(`Grad-CAM for ${CLASS_LABELS[r.cam.class]}. Model: ${modelLabel} (${lastGood.info.arch})`.slice(0, 110), 20, y);
+  y += 26;
+  ctx.fillStyle = "#a00000";
+  ctx.font = "bold 16px sans-serif";
+  ctx.fillText("Pneumoscope, a research and teaching tool: NOT A DIAGNOSIS.", 20, y);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `pneumoscope-${current?.name?.replace(/\.[^.]*$/, "") ?? "result"}.png`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
 
 async function takeImage(file) {
@@ -219,12 +396,6 @@ async function init() {
     takeImage(file);
   });
   const zone = $("drop-zone");
-  zone.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") {
-      e.preventDefault();
-      $("image-input").click();
-    }
-  });
   zone.addEventListener("dragover", (e) => {
     e.preventDefault();
     zone.classList.add("over");
@@ -236,6 +407,7 @@ async function init() {
     takeImage(e.dataTransfer.files[0]);
   });
   $("cam-class").addEventListener("change", (e) => current && analyse(e.target.value));
+  $("save-result").addEventListener("click", () => saveResult());
   $("opacity").addEventListener("input", (e) => explanation && drawOverlay($("gradcam"), explanation, Number(e.target.value)));
   $("model-file").addEventListener("change", async (e) => {
     const f = e.target.files[0];
@@ -244,6 +416,7 @@ async function init() {
     loadModel({ bytes: await f.arrayBuffer() }, f.name).catch(() => {});
   });
 
+  loadExamples();
   let index;
   try {
     const response = await fetch("models/index.json");
@@ -258,16 +431,17 @@ async function init() {
   for (const m of index.models) {
     const o = document.createElement("option");
     o.value = m.file;
-    o.textContent = m.description ? `${m.arch} — ${m.description}` : m.arch;
+    o.textContent = (m.description ? `${m.arch} — ${m.description}` : m.arch) + sizeText(m.bytes);
     select.append(o);
   }
+  const bytesOf = (file) => index.models.find((m) => m.file === file)?.bytes ?? null;
   const wanted = new URLSearchParams(location.search).get("model");
   select.value = index.models.some((m) => m.file === wanted) ? wanted : index.default;
   select.addEventListener("change", () => {
     clearError();
-    loadModel({ url: `models/${select.value}` }, select.value).catch(() => {});
+    loadModel({ url: `models/${select.value}` }, select.value, bytesOf(select.value)).catch(() => {});
   });
-  loadModel({ url: `models/${select.value}` }, select.value).catch(() => {});
+  loadModel({ url: `models/${select.value}` }, select.value, bytesOf(select.value)).catch(() => {});
 }
 
 init();

@@ -1,5 +1,5 @@
 // <pneumoscope-classifier>: the classifier as one HTML element, for embedding in any page
-// served from the same origin as these files (copy `web/` with `pkg/` inside it).
+// served from the same origin as these files (copy the site folder that `cargo xtask dist` builds).
 //
 //   <script type="module" src="pneumoscope-classifier.js"></script>
 //   <pneumoscope-classifier model="models/efficientnet_lite0-adults-v2.pneumoscope"
@@ -145,7 +145,7 @@ class PneumoscopeClassifier extends HTMLElement {
       else delete this.dataset.caution;
       const lungs = this.$(".lungs");
       lungs.hidden = !r.lungs;
-      lungs.textContent = lungShareText(r.lungs);
+      lungs.textContent = lungShareText(r.lungs, r.crop);
       if (r.lungs) this.dataset.lungShare = r.lungs.share == null ? "none" : String(r.lungs.share);
       else delete this.dataset.lungShare;
       this.dataset.top = r.top;

@@ -12,7 +12,12 @@ function post(message, transfer = []) {
 }
 
 async function fetchWithProgress(url, id) {
-  const response = await fetch(url);
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`cannot download the model ${url} (${messageOf(e)}): check the connection and try again`);
+  }
   if (!response.ok) {
     throw new Error(`cannot download the model ${url}: HTTP ${response.status}`);
   }
@@ -24,7 +29,13 @@ async function fetchWithProgress(url, id) {
   const chunks = [];
   let loaded = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let part;
+    try {
+      part = await reader.read();
+    } catch (e) {
+      throw new Error(`the download of the model ${url} broke off after ${(loaded / 1e6).toFixed(1)} MB (${messageOf(e)}): try again`);
+    }
+    const { done, value } = part;
     if (done) break;
     chunks.push(value);
     loaded += value.length;

@@ -1,21 +1,23 @@
 // End-to-end tests of the served page in Debian's chromium, for both backends.
 //
-//   node tests/browser/e2e.mjs --url http://127.0.0.1:PORT/ --shared ../shared \
+//   node tests/browser/e2e.mjs --url http://127.0.0.1:PORT/SUB/PATH/ --site DIR --shared ../shared \
 //        --pneumoscope target/release/pneumoscope --model web/models/X.pneumoscope --artifacts DIR \
 //        [--python VENV/bin/python]   (with pydicom: DICOM uploads are tested too)
 //
 // Run by `cargo xtask test`, which serves the page first. Real chest X-rays from the shared
 // data are uploaded through `#image-input`; the page's probabilities and Grad-CAM maps are
 // compared with the native CLI's; every request of every page and worker is recorded and must
-// stay on loopback without a body.
+// stay inside the site's folder (on loopback) without a body. `cargo xtask test` serves the
+// built site (`cargo xtask dist`) under a sub-path with a plain static server, as a host would.
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { check, correlation, harness, iou, launch, nativeGradcam, nativePredict, parseArgs, readNpy, watchNetwork } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
-for (const k of ["url", "shared", "pneumoscope", "model", "artifacts"]) {
+for (const k of ["url", "site", "shared", "pneumoscope", "model", "artifacts"]) {
   if (!args[k]) {
     console.error(`missing --${k}`);
     process.exit(2);
@@ -221,7 +223,7 @@ function checkTimings(got) {
 
 async function visit(browser, backend) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 1500 } });
-  const net = watchNetwork(context);
+  const net = watchNetwork(context, args.url);
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
@@ -278,12 +280,13 @@ async function backendSuite(browser, backend) {
         e.preventDefault();
       }, { once: true });
     });
-    await page.focus("#drop-zone");
-    await page.keyboard.press("Enter");
-    check(await page.evaluate(() => window.__chooserOpened), "Enter on the drop zone did not open the file input");
-    await page.keyboard.press("Tab");
-    const focused = await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
-    check(focused === "image-input", `Tab from the drop zone goes to ${focused}, not the file input`);
+    // The file input itself takes the focus (its label is the visible button; the drop zone
+    // around it is not a control of its own, which would nest one control in another).
+    await page.focus("#image-input");
+    const focused = await page.evaluate(() => document.activeElement?.id);
+    check(focused === "image-input", `the file input cannot take the focus (${focused} has it)`);
+    await page.keyboard.press("Space");
+    check(await page.evaluate(() => window.__chooserOpened), "Space on the file input did not open it");
   });
   await t.test(`${backend}: an adult X-ray of a class rare among adults in training shows the CLI's caution`, async () => {
     check(cautioned, "the native CLI cautions none of 40 adult NIH pneumonia X-rays");
@@ -400,10 +403,11 @@ async function backendSuite(browser, backend) {
       local: localStorage.length,
       session: sessionStorage.length,
       indexedDB: (await indexedDB.databases()).length,
-      caches: (await caches.keys()).length,
       cookies: document.cookie.length,
     }));
     check(Object.values(stored).every((n) => n === 0), `something was stored: ${JSON.stringify(stored)}`);
+    // The Cache API holds the service worker's copy of the site, and nothing else.
+    await checkCaches(page, [...images, onScreen].filter(Boolean));
   });
   await t.test(`${backend}: no errors in the console`, async () => {
     // The broken upload is reported in #error, not as an uncaught error.
@@ -456,6 +460,8 @@ async function negativeControl(browser) {
     await page.goto(args.url);
     // A same-origin upload with a body (the page's policy allows same-origin requests) ...
     await page.evaluate(() => fetch("leak-check", { method: "POST", body: "pixels" }).catch(() => {}));
+    // ... a same-origin request outside the site's folder ...
+    await page.evaluate(() => fetch("/outside-the-site").catch(() => {}));
     // ... and a request to another machine, from a page without the policy.
     const other = await context.newPage();
     await other.setContent("<p>control</p>");
@@ -464,6 +470,7 @@ async function negativeControl(browser) {
     const bad = net.violations();
     check(bad.some((r) => r.bodyBytes > 0), `a body was not caught: ${JSON.stringify(net.requests)}`);
     check(bad.some((r) => r.url.startsWith("http://192.0.2.1/")), `a foreign address was not caught: ${JSON.stringify(net.requests)}`);
+    check(bad.some((r) => r.url.endsWith("/outside-the-site")), `a request outside the site's folder was not caught: ${JSON.stringify(net.requests)}`);
     await context.close();
   });
 }
@@ -490,6 +497,274 @@ async function embedSuite(browser) {
     check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
     await context.close();
   });
+}
+
+/**
+ * The example row: every example of `examples/examples.json` is offered, under 100 KB with a
+ * licence; choosing one classifies the file the site serves exactly as the CLI does, and the
+ * page says what its collection labelled it.
+ */
+async function exampleSuite(browser) {
+  await t.test("an example from the row classifies like the CLI and says its label", async () => {
+    const { context, net, page, errors } = await visit(browser, "cpu");
+    await page.goto(`${args.url}?backend=cpu`);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    await page.waitForSelector("#examples:not([hidden])", { state: "attached", ...WAIT });
+    const dir = join(dirname(args.model), "..", "examples");
+    const listed = JSON.parse(readFileSync(join(dir, "examples.json"), "utf8")).examples;
+    const offered = await page.$$eval("button[data-example]", (bs) => bs.map((b) => b.dataset.example));
+    check(JSON.stringify(offered) === JSON.stringify(listed.map((e) => e.file)), `offered ${offered}, listed ${listed.map((e) => e.file)}`);
+    check(listed.length >= 5 && listed.length <= 6, `${listed.length} examples`);
+    for (const ex of listed) {
+      check(statSync(join(dir, ex.file)).size <= 100_000, `${ex.file} is over 100 KB`);
+      check(/^(CC BY|public)/.test(ex.licence), `${ex.file}: licence ${ex.licence}`);
+      check(ex.source !== "folder", `${ex.file} comes from the teaching set, which states no licence`);
+    }
+    for (const file of ["child-viral.jpg", "adult-covid19.jpg"]) {
+      const ex = listed.find((e) => e.file === file);
+      check(ex, `no example ${file}`);
+      await page.evaluate(() => delete document.getElementById("result").dataset.top);
+      await page.click(`button[data-example="${file}"]`);
+      await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+      const got = await readResult(page);
+      const path = join(dir, file);
+      compareWithNative(path, got, "cpu", nativePredict(args.pneumoscope, args.model, path));
+      const truth = await page.evaluate(() => ({
+        label: document.getElementById("result").dataset.exampleLabel,
+        text: document.getElementById("example-truth").textContent,
+        hidden: document.getElementById("example-truth").hidden,
+      }));
+      check(truth.label === ex.label && !truth.hidden && truth.text.includes(ex.licence),
+        `${file}: ${JSON.stringify(truth)} for ${JSON.stringify(ex)}`);
+      console.log(`#   ${file}: labelled ${ex.label}, the page says ${got.top}`);
+    }
+    // "Save result": a PNG made in the page (nothing sent), the size the page draws it at.
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#save-result")]);
+    const saved = join(args.artifacts, "saved-result.png");
+    await download.saveAs(saved);
+    const png = readFileSync(saved);
+    check(png.subarray(1, 4).toString() === "PNG", "the saved result is not a PNG");
+    const [w, h] = [png.readUInt32BE(16), png.readUInt32BE(20)];
+    check(w === 780 && h === 620, `the saved result is ${w}x${h}`);
+    check(download.suggestedFilename() === "pneumoscope-adult-covid19.png", `saved as ${download.suggestedFilename()}`);
+    // An image of one's own afterwards carries no label.
+    await upload(page, images[0]);
+    const after = await page.evaluate(() => document.getElementById("result").dataset.exampleLabel ?? null);
+    check(after === null, `an uploaded image shows the example's label ${after}`);
+    check(net.violations().length === 0, `requests that break the rule: ${JSON.stringify(net.violations())}`);
+    check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+    await context.close();
+  });
+}
+
+const AXE = readFileSync(join(process.cwd(), "node_modules/axe-core/axe.min.js"), "utf8");
+
+/** Runs axe-core on the page; no serious or critical violation may remain. */
+async function axeCheck(page, what) {
+  await page.addScriptTag({ content: AXE });
+  const r = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = r.violations.filter((v) => ["serious", "critical"].includes(v.impact));
+  const say = (v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`;
+  check(bad.length === 0, `${what}: ${bad.map(say).join("; ")}`);
+  console.log(`#   axe-core, ${what}: ${r.violations.length} violations, none serious or critical` +
+    (r.violations.length ? ` (${r.violations.map((v) => `${v.id}: ${v.impact}`).join(", ")})` : ""));
+}
+
+/**
+ * For people: axe-core finds no serious or critical violation on the empty page, a result, an
+ * error and the embed example; the whole flow works from the keyboard; the result is announced
+ * as text. (axe-core is injected as a script, which the page's policy forbids: this context
+ * bypasses the policy, which the policy suite tests on its own.)
+ */
+async function accessibilitySuite(browser) {
+  const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1100, height: 1500 } });
+  const page = await context.newPage();
+  await t.test("accessibility: axe-core on the empty page, a result, an error and the embed example", async () => {
+    await page.goto(`${args.url}?backend=cpu`);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    await page.waitForSelector("#examples:not([hidden])", { state: "attached", ...WAIT });
+    await axeCheck(page, "empty page");
+    await upload(page, images[3]);
+    await axeCheck(page, "a result");
+    const broken = join(args.artifacts, "broken-a11y.png");
+    writeFileSync(broken, "not an image");
+    await expectError(page, "broken-a11y.png", () => page.setInputFiles("#image-input", broken));
+    await axeCheck(page, "an error");
+    await page.goto(`${args.url}embed.html?backend=cpu`);
+    await page.setInputFiles("pneumoscope-classifier input[type=file]", images[1]);
+    await page.waitForSelector("pneumoscope-classifier[data-top]", { state: "attached", ...WAIT });
+    await axeCheck(page, "the embed example with a result");
+  });
+  await t.test("keyboard: an example, then an image of one's own, without a mouse; the result is announced", async () => {
+    await page.goto(`${args.url}?backend=cpu`);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    await page.waitForSelector("#examples:not([hidden])", { state: "attached", ...WAIT });
+    const focusOn = async (selector) => {
+      for (let i = 0; i < 60; i++) {
+        await page.keyboard.press("Tab");
+        if (await page.evaluate((sel) => document.activeElement?.matches(sel), selector)) return;
+      }
+      throw new Error(`Tab never reaches ${selector}`);
+    };
+    await focusOn('button[data-example="child-bacterial.jpg"]');
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+    const said = await page.evaluate(() => ({
+      text: document.getElementById("announce").textContent,
+      live: document.getElementById("announce").getAttribute("aria-live"),
+      top: document.getElementById("result").dataset.top,
+      p: JSON.parse(document.getElementById("result").dataset.probabilities),
+    }));
+    const labels = { normal: "Normal", bacterial: "Bacterial pneumonia", viral: "Viral pneumonia", covid19: "COVID-19" };
+    const want = `Most probable: ${labels[said.top]}, ${Math.round(said.p[said.top] * 100)} %.`;
+    check(said.live === "polite" && said.text.startsWith(want), `announced ${JSON.stringify(said.text)}, expected "${want}…"`);
+    // The file chooser opens from the keyboard.
+    await page.evaluate(() => delete document.getElementById("result").dataset.top);
+    await focusOn("#image-input");
+    const [chooser] = await Promise.all([page.waitForEvent("filechooser"), page.keyboard.press("Space")]);
+    await chooser.setFiles(images[2]);
+    await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+    // The class selector and the opacity slider are reachable too.
+    await focusOn("#cam-class");
+    await focusOn("#opacity");
+  });
+  await context.close();
+}
+
+/**
+ * The default model's download size is said before it is fetched; a download that fails says
+ * why, and "Try again" loads it.
+ */
+async function downloadSuite(browser) {
+  await t.test("the model's size is shown before its download, and a failed download can be tried again", async () => {
+    const { context, page } = await visit(browser, "cpu");
+    const index = JSON.parse(readFileSync(join(args.site, "models/index.json"), "utf8"));
+    const entry = index.models.find((m) => m.file === index.default);
+    check(entry?.bytes === statSync(join(args.site, "models", index.default)).size, `index.json: ${JSON.stringify(entry)}`);
+    const size = `(${(entry.bytes / 1e6).toFixed(1)} MB)`;
+    let attempts = 0;
+    await context.route("**/models/*.pneumoscope", (route) => (attempts++ === 0 ? route.abort("connectionreset") : route.continue()));
+    await page.addInitScript(() => {
+      window.__statuses = [];
+      new MutationObserver(() => {
+        const s = document.getElementById("model-status");
+        if (s && window.__statuses.at(-1) !== s.textContent) window.__statuses.push(s.textContent);
+      }).observe(document, { subtree: true, childList: true, characterData: true });
+    });
+    await page.goto(`${args.url}?backend=cpu`);
+    await page.waitForSelector("#model-retry:not([hidden])", { state: "attached", ...WAIT });
+    const error = await page.textContent("#error");
+    check(error.includes(index.default) && /try again/i.test(error), `the error does not name the model and the remedy: ${error}`);
+    await page.click("#model-retry");
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    const statuses = await page.evaluate(() => window.__statuses);
+    // The first thing said of the model, before any byte of it arrived.
+    const first = statuses.find((s) => s.startsWith(`Loading ${index.default}`));
+    check(first === `Loading ${index.default} ${size}…`, `first status ${JSON.stringify(first)}; all: ${JSON.stringify(statuses.slice(0, 6))}`);
+    check(attempts === 2, `${attempts} download attempts`);
+    check(await page.isHidden("#model-retry"), "Try again is still shown after the model loaded");
+    const option = await page.textContent(`#model-select option[value="${index.default}"]`);
+    check(option.endsWith(size), `the menu does not give the size: ${option}`);
+    await context.close();
+  });
+}
+
+/** Every entry of the page's Cache API: cache name, URL, size and SHA-256 of the body. */
+async function cacheEntries(page) {
+  return page.evaluate(async () => {
+    const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
+    const out = [];
+    for (const name of await caches.keys()) {
+      const cache = await caches.open(name);
+      for (const request of await cache.keys()) {
+        const body = await (await cache.match(request)).arrayBuffer();
+        out.push({ name, url: request.url, bytes: body.byteLength, sha256: hex(await crypto.subtle.digest("SHA-256", body)) });
+      }
+    }
+    return out;
+  });
+}
+
+const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
+/**
+ * Every Cache API entry is a file of the site, byte for byte, in a cache of the site's own, and
+ * none holds the bytes of an image that was uploaded. Returns the entries.
+ */
+async function checkCaches(page, uploadedFiles) {
+  const entries = await cacheEntries(page);
+  const uploaded = new Set(uploadedFiles.map((f) => sha256(readFileSync(f))));
+  for (const e of entries) {
+    check(e.name.startsWith("pneumoscope-"), `a cache that is not the site's: ${e.name}`);
+    check(e.url.startsWith(args.url), `a cached response from outside the site: ${e.url}`);
+    const rel = decodeURIComponent(e.url.slice(args.url.length).split("?")[0]);
+    const onDisk = rel === "" ? join(args.site, "index.html") : join(args.site, rel);
+    check(existsSync(onDisk) && statSync(onDisk).isFile(), `a cached entry that is not a file of the site: ${e.url}`);
+    check(sha256(readFileSync(onDisk)) === e.sha256, `${e.url}: the cached body is not the site's file`);
+    check(!uploaded.has(e.sha256), `${e.url}: the bytes of an uploaded image are cached`);
+  }
+  return entries;
+}
+
+/**
+ * Offline after the first visit (the service worker, sw.js): the page reloads with no network
+ * and classifies an example as the CLI does; its caches hold only the site's own files, never
+ * the bytes of an image the visitor chose; and a new version of the site replaces the old cache.
+ */
+async function offlineSuite(browser) {
+  const { context, page, errors } = await visit(browser, "cpu");
+  let cacheName = null;
+  await t.test("offline after the first visit: reload with no network and classify an example", async () => {
+    await page.goto(`${args.url}?backend=cpu`);
+    await page.waitForSelector("body[data-offline=ready]", { state: "attached", ...WAIT });
+    cacheName = await page.evaluate(() => document.body.dataset.offlineCache);
+    await upload(page, images[2]);
+    await context.setOffline(true);
+    try {
+      await page.reload();
+      await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+      await page.waitForSelector("#examples:not([hidden])", { state: "attached", ...WAIT });
+      await page.click('button[data-example="child-normal.jpg"]');
+      await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+      const got = await readResult(page);
+      const file = join(args.site, "examples/child-normal.jpg");
+      compareWithNative(file, got, "cpu", nativePredict(args.pneumoscope, args.model, file));
+      // An image of one's own, offline too.
+      const mine = await upload(page, images[0]);
+      compareWithNative(images[0], mine, "cpu");
+    } finally {
+      await context.setOffline(false);
+    }
+    check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+  });
+  await t.test("the caches hold only the site's own files, never an image the visitor chose", async () => {
+    const entries = await checkCaches(page, [images[0], images[2]]);
+    check(entries.length > 0, "nothing is cached");
+    check(entries.every((e) => e.name === cacheName), `a cache other than the site's: ${entries.map((e) => e.name)}`);
+    check(entries.some((e) => e.url.endsWith(".pneumoscope")), `the model is not cached: ${entries.map((e) => e.url)}`);
+    console.log(`#   ${entries.length} cached files in ${cacheName}, ${(entries.reduce((s, e) => s + e.bytes, 0) / 1e6).toFixed(1)} MB`);
+  });
+  await t.test("a new version of the site replaces the old cache", async () => {
+    const sw = join(args.site, "sw.js");
+    const original = readFileSync(sw, "utf8");
+    const next = original.replace(/const VERSION = "([^"]*)";/, 'const VERSION = "$1-next";');
+    check(next !== original, "sw.js has no version line");
+    writeFileSync(sw, next);
+    try {
+      await page.evaluate(async () => (await navigator.serviceWorker.getRegistration()).update());
+      const deadline = Date.now() + 120_000;
+      let names = [];
+      while (Date.now() < deadline) {
+        names = await page.evaluate(() => caches.keys());
+        if (names.length === 1 && names[0] === `${cacheName}-next`) break;
+        await page.waitForTimeout(250);
+      }
+      check(names.length === 1 && names[0] === `${cacheName}-next`, `caches after the update: ${names}`);
+    } finally {
+      writeFileSync(sw, original);
+    }
+  });
+  await context.close();
 }
 
 const ARCHS = ["alexnet", "vgg16", "googlenet", "resnet50", "wide_resnet50_2", "resnext50_32x4d", "densenet161",
@@ -592,8 +867,12 @@ try {
     await architectureSuite(browser, "webgpu", ["squeezenet1_0", "shufflenet_v2_x1_0", "mobilenet_v3_large"]);
   }
   await embedSuite(browser);
+  await exampleSuite(browser);
   await policySuite(browser);
   await negativeControl(browser);
+  await accessibilitySuite(browser);
+  await downloadSuite(browser);
+  await offlineSuite(browser);
 } finally {
   await browser.close();
 }

@@ -43,7 +43,7 @@ export async function launch({ webgpu = true } = {}) {
  * size and, for a request that never completed, why (e.g. net::ERR_BLOCKED_BY_CSP). `violations()` lists the ones that break the privacy rule:
  * a non-loopback address, or any body at all.
  */
-export function watchNetwork(context) {
+export function watchNetwork(context, site = null) {
   const requests = [];
   const byRequest = new Map();
   context.on("request", (r) => {
@@ -59,9 +59,18 @@ export function watchNetwork(context) {
   return {
     requests,
     violations() {
-      return requests.filter((r) => !isLoopbackUrl(r.url) || r.bodyBytes > 0 || !["GET", "HEAD"].includes(r.method));
+      return requests.filter((r) => !isLoopbackUrl(r.url) || (site && !insideSite(r.url, site)) || r.bodyBytes > 0 ||
+        !["GET", "HEAD"].includes(r.method));
     },
   };
+}
+
+/** Whether a URL lies inside the site's folder (`site`: its address, ending in "/") or never
+ * touches the network. */
+export function insideSite(url, site) {
+  const u = new URL(url);
+  if (["blob:", "data:", "about:"].includes(u.protocol)) return true;
+  return url.startsWith(site);
 }
 
 /** Whether a URL stays on this machine (loopback host) or never touches the network. */

@@ -12,6 +12,7 @@
 //! Builds share one target directory that survives between runs:
 //! `$CARGO_TARGET_DIR`, or `$HOME/.cache/pneumoscope/target` when it is not set.
 
+mod dist;
 mod server;
 mod web;
 
@@ -226,23 +227,113 @@ fn e2e() -> Result<()> {
     Ok(())
 }
 
-/// Builds `pkg/`, serves the page on a free loopback port and runs `tests/browser/e2e.mjs`.
-fn browser_tests(shared: &Path, python: &Path) -> Result<(usize, usize)> {
+/// Builds `pkg/` and the site folder into `out` (`cargo xtask dist`); returns `out`.
+fn site(out: &Path) -> Result<PathBuf> {
     let pkg = web::build_pkg()?;
-    let running = server::start(
-        server::Site {
-            web: root().join("web"),
-            pkg,
-        },
-        ([127, 0, 0, 1], 0).into(),
-    )?;
+    let files = dist::build(&root(), &pkg, out)?;
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(out.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "site: {} files, {:.1} MB in {}",
+        files.len(),
+        bytes as f64 / 1e6,
+        out.display()
+    );
+    Ok(out.to_path_buf())
+}
+
+/// The site's default folder: `dist/` in the repository.
+fn dist_dir() -> PathBuf {
+    root().join("dist")
+}
+
+/// `dist [--out DIR]`: builds the static site.
+fn dist_command(args: &[String]) -> Result<()> {
+    let out = match args {
+        [] => dist_dir(),
+        [flag, dir] if flag == "--out" => PathBuf::from(dir),
+        _ => bail!("usage: cargo xtask dist [--out DIR]"),
+    };
+    let out = site(&out)?;
+    println!(
+        "copy {} to any static host (see its README.txt)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// A plain static server that knows nothing of the project: Python's `http.server` on a free
+/// loopback port, serving `dir`. Stopped when dropped.
+struct PlainServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PlainServer {
+    fn start(dir: &Path) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .arg("0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start python3 -m http.server")?;
+        let stdout = child.stdout.take().context("no output from http.server")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("http.server said {line:?}"))?;
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sub-path the page tests put the site under, as a course page would.
+const SUB_PATH: &str = "course/pneumoscope";
+
+/// Builds the site under a sub-path, serves it with a plain static server (no policy headers:
+/// the page's own `<meta>` policy must hold) and runs `tests/browser/e2e.mjs` against it.
+fn browser_tests(shared: &Path, python: &Path) -> Result<(usize, usize)> {
+    let top = target_dir().join("test-site");
+    let folder = site(&top.join(SUB_PATH))?;
+    let plain = PlainServer::start(&top)?;
+    let url = format!("http://127.0.0.1:{}/{SUB_PATH}/", plain.port);
     let artifacts = target_dir().join("test-artifacts/browser");
-    let model = default_model()?;
+    let model = folder.join("models").join(
+        default_model()?
+            .file_name()
+            .context("the default model has no file name")?,
+    );
     let counts = run_counting(
         Command::new("node")
             .arg(root().join("tests/browser/e2e.mjs"))
             .arg("--url")
-            .arg(running.url())
+            .arg(&url)
+            .arg("--site")
+            .arg(&folder)
             .arg("--shared")
             .arg(shared)
             .arg("--pneumoscope")
@@ -314,11 +405,9 @@ fn serve(args: &[String]) -> Result<()> {
             ),
         }
     }
-    let pkg = web::build_pkg()?;
     let running = server::start(
         server::Site {
-            web: root().join("web"),
-            pkg,
+            root: site(&dist_dir())?,
         },
         (host, port).into(),
     )?;
@@ -326,7 +415,10 @@ fn serve(args: &[String]) -> Result<()> {
         eprintln!("warning: serving on {host}, which other machines may reach");
     }
     println!("Pneumoscope is served at {}", running.url());
-    println!("(the shipped default model is web/models/; press Ctrl-C to stop)");
+    println!(
+        "(the site folder {} with the shipped default model; press Ctrl-C to stop)",
+        dist_dir().display()
+    );
     running.wait();
     Ok(())
 }
@@ -376,7 +468,6 @@ fn bench_web(args: &[String]) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
     let py = venv()?;
-    let pkg = web::build_pkg()?;
     let onnx = cache_dir().join("bench/efficientnet_lite0.onnx");
     if !onnx.is_file() {
         std::fs::create_dir_all(onnx.parent().unwrap())?;
@@ -385,10 +476,10 @@ fn bench_web(args: &[String]) -> Result<()> {
             .arg(shared.join("weights/efficientnet-lite0-57934424.pth"))
             .arg(&onnx))?;
     }
+    let folder = site(&target_dir().join("bench-site"))?;
     let running = server::start(
         server::Site {
-            web: root().join("web"),
-            pkg: pkg.clone(),
+            root: folder.clone(),
         },
         ([127, 0, 0, 1], 0).into(),
     )?;
@@ -402,7 +493,7 @@ fn bench_web(args: &[String]) -> Result<()> {
         .arg("--onnx")
         .arg(&onnx)
         .arg("--pkg")
-        .arg(&pkg)
+        .arg(folder.join("pkg"))
         .arg("--model")
         .arg(shipped_model_of("efficientnet_lite0")?)
         .arg("--default-model")
@@ -426,12 +517,13 @@ fn dispatch(args: &[String]) -> Result<()> {
         Some("test") => test(),
         Some("e2e") => e2e(),
         Some("serve") => serve(&args[1..]),
+        Some("dist") => dist_command(&args[1..]),
         Some("venv") => venv().map(|p| println!("{}", p.display())),
         Some("bench") => bench(&args[1..]),
         Some("bench-web") => bench_web(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | e2e | serve [--port N] [--host ADDR] | venv | \
+                "usage: cargo xtask test | e2e | serve [--port N] [--host ADDR] | dist [--out DIR] | venv | \
                  bench [ARGS OF pneumoscope bench] | bench-web [--runs N]"
             );
             std::process::exit(2);

@@ -1,6 +1,6 @@
-//! The static file server of `cargo xtask serve`: `web/` at `/` and the generated `pkg/` at
-//! `/pkg/`, on loopback, GET and HEAD only, with the page's Content-Security-Policy on every
-//! response and no way out of those two folders.
+//! The static file server of `cargo xtask serve`: the site folder that `cargo xtask dist` builds,
+//! on loopback, GET and HEAD only, with the page's Content-Security-Policy on every response
+//! and no way out of that folder.
 
 use anyhow::{Context, Result};
 use percent_encoding::percent_decode_str;
@@ -16,13 +16,11 @@ pub const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval';
 connect-src 'self'; img-src 'self' blob:; style-src 'self'; object-src 'none'; base-uri 'none'; \
 form-action 'none'";
 
-/// The two folders the server exposes.
+/// The folder the server exposes.
 #[derive(Clone, Debug)]
 pub struct Site {
-    /// The page (`web/`), served at `/`.
-    pub web: PathBuf,
-    /// The generated wasm package (`pkg/`), served at `/pkg/`.
-    pub pkg: PathBuf,
+    /// The site (`cargo xtask dist`), served at `/`.
+    pub root: PathBuf,
 }
 
 impl Site {
@@ -49,12 +47,9 @@ impl Site {
                 _ => return None,
             }
         }
-        let (base, rest) = match parts.split_first() {
-            Some((&"pkg", rest)) => (&self.pkg, rest),
-            _ => (&self.web, &parts[..]),
-        };
+        let base = &self.root;
         let mut file = base.clone();
-        file.extend(rest);
+        file.extend(&parts);
         if file.is_dir() {
             file.push("index.html");
         }
@@ -208,8 +203,8 @@ mod tests {
 
     fn site() -> (tempdir::Dir, Site) {
         let dir = tempdir::Dir::new();
-        let web = dir.0.join("web");
-        let pkg = dir.0.join("pkg");
+        let web = dir.0.join("site");
+        let pkg = web.join("pkg");
         std::fs::create_dir_all(web.join("models")).unwrap();
         std::fs::create_dir_all(&pkg).unwrap();
         std::fs::write(web.join("index.html"), "<p>page</p>").unwrap();
@@ -218,7 +213,7 @@ mod tests {
         std::fs::write(pkg.join("lib.wasm"), [0, 97, 115, 109]).unwrap();
         std::fs::write(dir.0.join("outside.txt"), "private").unwrap();
         std::os::unix::fs::symlink(dir.0.join("outside.txt"), web.join("link.txt")).unwrap();
-        (dir, Site { web, pkg })
+        (dir, Site { root: web })
     }
 
     mod tempdir {
@@ -248,7 +243,7 @@ mod tests {
     #[test]
     fn resolve_stays_inside_the_site() {
         let (_d, s) = site();
-        assert!(s.resolve("/").unwrap().ends_with("web/index.html"));
+        assert!(s.resolve("/").unwrap().ends_with("site/index.html"));
         assert!(
             s.resolve("/models/m.bin?x=1")
                 .unwrap()
