@@ -337,7 +337,7 @@ async function saveResult() {
   const side = 360;
   const canvas = document.createElement("canvas");
   canvas.width = 2 * side + 60;
-  canvas.height = side + 260;
+  canvas.height = side + 282;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#ffffff";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
@@ -358,6 +358,8 @@ async function saveResult() {
   }
   y += 30;
   ctx.fillText(`Grad-CAM for ${CLASS_LABELS[r.cam.class]}. Model: ${modelLabel} (${lastGood.info.arch})`.slice(0, 110), 20, y);
+  y += 22;
+  ctx.fillText(`Pneumoscope ${lastGood.version ?? ""}, ${r.backend} backend, ${new Date().toISOString().slice(0, 10)}`, 20, y);
   y += 26;
   ctx.fillStyle = "#a00000";
   ctx.font = "bold 16px sans-serif";

@@ -545,7 +545,7 @@ async function exampleSuite(browser) {
     const png = readFileSync(saved);
     check(png.subarray(1, 4).toString() === "PNG", "the saved result is not a PNG");
     const [w, h] = [png.readUInt32BE(16), png.readUInt32BE(20)];
-    check(w === 780 && h === 620, `the saved result is ${w}x${h}`);
+    check(w === 780 && h === 642, `the saved result is ${w}x${h}`);
     check(download.suggestedFilename() === "pneumoscope-adult-covid19.png", `saved as ${download.suggestedFilename()}`);
     // An image of one's own afterwards carries no label.
     await upload(page, images[0]);
