@@ -224,35 +224,44 @@ pub fn table(r: &BenchResult) -> String {
         format!("Burn ({})", r.device),
         "PyTorch"
     );
+    // Three significant figures at least: a large network trains at under 1 img/s on two
+    // cores, where one decimal would hide a ratio.
+    let fig = |v: f64| {
+        if v < 10.0 {
+            format!("{v:.2}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
     let py = |k: &str| {
         r.pytorch
             .as_ref()
             .and_then(|p| p[k].as_f64())
-            .map(|v| format!("{v:.1}"))
+            .map(fig)
             .unwrap_or_else(|| "—".into())
     };
     s += &format!(
-        "{:<34}{:>14.1}{:>14}\n",
+        "{:<34}{:>14}{:>14}\n",
         "inference (img/s)",
-        r.burn_inference_img_s,
+        fig(r.burn_inference_img_s),
         py("inference_img_s")
     );
     s += &format!(
-        "{:<34}{:>14.1}{:>14}\n",
+        "{:<34}{:>14}{:>14}\n",
         "inference, batch norm folded",
-        r.burn_inference_folded_img_s,
+        fig(r.burn_inference_folded_img_s),
         py("inference_img_s")
     );
     s += &format!(
-        "{:<34}{:>14.1}{:>14}\n",
+        "{:<34}{:>14}{:>14}\n",
         "training step (img/s)",
-        r.burn_train_img_s,
+        fig(r.burn_train_img_s),
         py("train_img_s")
     );
     s += &format!(
-        "{:<34}{:>14.1}{:>14}\n",
+        "{:<34}{:>14}{:>14}\n",
         "training, Burn's own convolutions",
-        r.burn_train_burn_conv_img_s,
+        fig(r.burn_train_burn_conv_img_s),
         py("train_img_s")
     );
     s += &format!(
