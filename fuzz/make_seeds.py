@@ -7,8 +7,9 @@
 - corpus/dicom: the DICOM variants of tests/dicom/make_dicom.py made from the grey gradient,
   without their 128-byte preamble and `DICM` magic (the target adds them);
 - corpus/model_file: MODEL_FILE's header with an empty payload (mode byte 0: a whole file), an
-  ensemble file of two such members (mode byte 0), and the first 4 KiB of its weights (mode
-  byte 1: a payload the target wraps in a valid header).
+  ensemble file of two such members (mode byte 0), each in the current sealed format (4 and 5)
+  and in the earlier unsealed one (1 and 2), and the first 4 KiB of its weights (mode byte 1: a
+  payload the target wraps in a valid header).
 Needs numpy, Pillow and pydicom (the test-only venv).
 """
 
@@ -76,33 +77,45 @@ def main() -> None:
             write("dicom", os.path.basename(path), data[132:])
 
     data = open(model, "rb").read()
-    (hlen,) = struct.unpack("<I", data[16:20])
-    header = json.loads(data[20 : 20 + hlen])
-    payload = data[20 + hlen :]
+    (version, hlen) = struct.unpack("<II", data[12:20])
+    start = 52 if version >= 4 else 20  # sealed formats: a SHA-256 after the prefix
+    header = json.loads(data[start : start + hlen])
+    payload = data[start + hlen :]
     header.pop("ood", None)
     header["payload_len"] = 0
-    header["payload_sha256"] = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    text = json.dumps(header).encode()
-    write("model_file", "header-empty-payload", b"\x00" + data[:16] + struct.pack("<I", len(text)) + text)
+    header["payload_sha256"] = hashlib.sha256(b"").hexdigest()
     write("model_file", "payload-head-4k", b"\x01" + payload[:4096])
-    # An ensemble (format version 2) of two copies of that empty-payload file.
-    member = data[:16] + struct.pack("<I", len(text)) + text
-    digest = hashlib.sha256(member).hexdigest()
-    ens = {
-        "format_version": 2,
-        "classes": header["classes"],
-        "combine": "mean of the members' probabilities",
-        "members": [{"arch": header["arch"], "len": len(member), "sha256": digest}] * 2,
-        "metrics": None,
-        "extra": None,
-        "created_by": "seed",
-        "payload_len": 2 * len(member),
-        "payload_sha256": hashlib.sha256(member + member).hexdigest(),
-    }
-    etext = json.dumps(ens).encode()
-    prefix = data[:12] + struct.pack("<II", 2, len(etext))
-    write("model_file", "ensemble-two-empty-members", b"\x00" + prefix + etext + member + member)
+    for sealed, single, ensemble in [(False, 1, 2), (True, 4, 5)]:
+        header["format_version"] = single
+        member = assemble(single, header, sealed)
+        digest = hashlib.sha256(member).hexdigest()
+        ens = {
+            "format_version": ensemble,
+            "classes": header["classes"],
+            "combine": "mean of the members' probabilities",
+            "members": [{"arch": header["arch"], "len": len(member), "sha256": digest}] * 2,
+            "metrics": None,
+            "extra": None,
+            "created_by": "seed",
+            "payload_len": 2 * len(member),
+            "payload_sha256": hashlib.sha256(member + member).hexdigest(),
+        }
+        tag = "sealed-" if sealed else ""
+        write("model_file", f"{tag}header-empty-payload", b"\x00" + member)
+        whole = assemble(ensemble, ens, sealed) + member + member
+        write("model_file", f"{tag}ensemble-two-empty-members", b"\x00" + whole)
 
+
+def assemble(version: int, header: dict, sealed: bool) -> bytes:
+    """Magic, version, header length, the seal (SHA-256 of those and the header) and the header.
+
+    The JSON is written as the library writes it (indented by two, UTF-8, fields in the order
+    read), so that a sealed seed is byte for byte the file its parts serialise to.
+    """
+    text = json.dumps(header, indent=2, ensure_ascii=False).encode()
+    prefix = b"PNEUMOSCOPE\x00" + struct.pack("<II", version, len(text))
+    seal = hashlib.sha256(prefix + text).digest() if sealed else b""
+    return prefix + seal + text
 
 if __name__ == "__main__":
     main()

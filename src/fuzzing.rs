@@ -4,7 +4,7 @@
 
 use crate::arch;
 use crate::model_file::{
-    ENSEMBLE_FORMAT_VERSION, EnsembleFile, FORMAT_VERSION, ModelFile, ModelHeader, format_version,
+    EnsembleFile, FORMAT_VERSION, FileKind, ModelFile, ModelHeader, format_of,
 };
 use crate::preprocess;
 use burn::prelude::*;
@@ -41,13 +41,22 @@ pub fn dicom(data: &[u8]) {
 /// Model-file target: `data[0]` even → `data[1..]` is a whole file (single network or
 /// ensemble); odd → `data[1..]` is a payload, wrapped in a valid EfficientNet-Lite0 header whose
 /// length and checksum match, then loaded into the network.
+///
+/// A whole file of the current (sealed) format that loads must be byte for byte the file its
+/// parts serialise to: no byte of it can change without being refused.
 pub fn model_file(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     let file = if mode % 2 == 0 {
-        if format_version(rest).ok() == Some(ENSEMBLE_FORMAT_VERSION) {
+        let Ok(format) = format_of(rest) else {
+            return;
+        };
+        if format.kind == FileKind::Ensemble {
             if let Ok(e) = EnsembleFile::from_bytes(rest) {
+                if format.sealed {
+                    assert!(e.to_bytes() == rest, "a changed ensemble file was accepted");
+                }
                 for m in e.members {
                     let _ = m.load_classifier(&Device::flex());
                 }
@@ -55,7 +64,12 @@ pub fn model_file(data: &[u8]) {
             return;
         }
         match ModelFile::from_bytes(rest) {
-            Ok(f) => f,
+            Ok(f) => {
+                if format.sealed {
+                    assert!(f.to_bytes() == rest, "a changed model file was accepted");
+                }
+                f
+            }
             Err(_) => return,
         }
     } else {
@@ -84,6 +98,7 @@ pub fn model_file(data: &[u8]) {
             header,
             payload: rest.to_vec(),
             lungs: None,
+            format: crate::model_file::Format::of(FORMAT_VERSION).expect("current version"),
         }
         .to_bytes();
         ModelFile::from_bytes(&bytes).expect("a well-formed wrapper parses")

@@ -10,7 +10,7 @@ use crate::gradcam::{self, CamMap};
 use crate::lungs::{LungDecoder, LungMask, LungNet, Lungs, Rect};
 use crate::model::Classifier;
 use crate::model_file::{
-    ENSEMBLE_FORMAT_VERSION, EnsembleFile, EnsembleHeader, ModelFile, ModelHeader, format_version,
+    EnsembleFile, EnsembleHeader, FileKind, Format, ModelFile, ModelHeader, classifier_format,
 };
 use crate::ood::OodScore;
 use crate::population::{PopulationEstimate, PopulationModel};
@@ -352,9 +352,17 @@ pub struct Engine {
     pub ensemble: Option<EnsembleHeader>,
     /// The lung segmenter the file carries, if any (its encoder is one network's backbone).
     pub lungs: Option<Lungs>,
+    /// The file's format: whether its header was verified (see [`Engine::notice`]).
+    pub format: Format,
 }
 
 impl Engine {
+    /// What the user should be told about the file itself: "header not verified (format vN)"
+    /// for a file of an earlier format, whose header carries no checksum; nothing otherwise.
+    pub fn notice(&self) -> Option<String> {
+        self.format.notice()
+    }
+
     /// The population estimate that decides an ensemble's caution: the first network's that
     /// has one.
     pub fn population_model(&self) -> Option<&PopulationModel> {
@@ -366,7 +374,8 @@ impl Engine {
     /// Parses, verifies and loads a model file of either kind, with the lung segmenter it
     /// carries.
     pub fn load(bytes: &[u8], device: Device) -> Result<Self> {
-        let (networks, ensemble, section) = if format_version(bytes)? == ENSEMBLE_FORMAT_VERSION {
+        let format = classifier_format(bytes)?;
+        let (networks, ensemble, section) = if format.kind == FileKind::Ensemble {
             let file = EnsembleFile::from_bytes(bytes)?;
             let networks = file
                 .members
@@ -414,6 +423,7 @@ impl Engine {
             networks,
             ensemble,
             lungs,
+            format,
         })
     }
 

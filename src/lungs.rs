@@ -41,8 +41,9 @@ pub const TAPS: [usize; 5] = [1, 3, 5, 11, 16];
 pub const TAP_CHANNELS: [usize; 5] = [16, 24, 40, 112, 320];
 /// Channels of the decoder.
 pub const DECODER_WIDTH: usize = 32;
-/// Format version of a lung-segmenter file (the model-file prefix; see [`crate::model_file`]).
-pub const LUNGS_FORMAT_VERSION: u32 = 3;
+/// Format version of a lung-segmenter file (the model-file prefix and seal; see
+/// [`crate::model_file`]). Files of the earlier version 3 (no seal) still load.
+pub const LUNGS_FORMAT_VERSION: u32 = 6;
 /// Radius, in mask pixels, by which the lung mask is dilated before the share of a Grad-CAM
 /// map inside it is measured (3 of 128: about 2 % of the image's side, for the pleura and the
 /// mask's own error).
@@ -759,6 +760,14 @@ pub struct LungsFile {
     pub header: LungsHeader,
     /// The weights.
     pub payload: Vec<u8>,
+    /// The format it was read in (the current one for a file built in memory).
+    pub format: model_file::Format,
+}
+
+impl model_file::Versioned for LungsHeader {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl LungsFile {
@@ -772,15 +781,25 @@ impl LungsFile {
         header.format_version = LUNGS_FORMAT_VERSION;
         header.payload_len = payload.len() as u64;
         header.payload_sha256 = sha256_hex(&payload);
-        Ok(Self { header, payload })
+        Ok(Self {
+            header,
+            payload,
+            format: model_file::Format::of(LUNGS_FORMAT_VERSION).expect("current version"),
+        })
     }
 
-    /// Serialises the file.
+    /// Serialises the file in the current format (version, length and checksum derived from
+    /// the weights).
     pub fn to_bytes(&self) -> Vec<u8> {
-        model_file::assemble(LUNGS_FORMAT_VERSION, &self.header, &[&self.payload])
+        let mut header = self.header.clone();
+        header.format_version = LUNGS_FORMAT_VERSION;
+        header.payload_len = self.payload.len() as u64;
+        header.payload_sha256 = sha256_hex(&self.payload);
+        model_file::assemble(LUNGS_FORMAT_VERSION, &header, &[&self.payload])
     }
 
-    /// Parses and verifies a file: prefix, version, header, payload length and checksum.
+    /// Parses and verifies a file: prefix, version, the header's seal, payload length and
+    /// checksum, and the segmenter's shape.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < 20 || &bytes[..12] != MAGIC {
             return Err(Error::ModelFile(
@@ -789,14 +808,16 @@ impl LungsFile {
                     .into(),
             ));
         }
-        let version = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-        if version != LUNGS_FORMAT_VERSION {
+        let format = model_file::verified_format(bytes)?;
+        if format.kind != model_file::FileKind::LungSegmenter {
             return Err(Error::ModelFile(format!(
-                "format version {version} is not a lung segmenter (version \
-                 {LUNGS_FORMAT_VERSION}); is this a classifier's model file?"
+                "format version {} is not a lung segmenter (version \
+                 {LUNGS_FORMAT_VERSION}); is this a classifier's model file?",
+                format.version
             )));
         }
-        let (header, payload): (LungsHeader, _) = model_file::split_header(bytes)?;
+        let parsed: model_file::Parsed<'_, LungsHeader> = model_file::split_header(bytes)?;
+        let (header, payload) = (parsed.header, parsed.rest);
         model_file::verify_payload(
             payload,
             header.payload_len,
@@ -807,6 +828,7 @@ impl LungsFile {
         Ok(Self {
             header,
             payload: payload.to_vec(),
+            format,
         })
     }
 

@@ -8,26 +8,35 @@
 //! | 12 | magic `PNEUMOSCOPE\0` |
 //! | 4  | format version (`u32`, currently [`FORMAT_VERSION`]) |
 //! | 4  | header length `n` (`u32`) |
+//! | 32 | SHA-256 of the 20 bytes above and the header (the header's seal) |
 //! | n  | header: UTF-8 JSON, [`ModelHeader`] |
 //! | `payload_len` | payload: the classifier's weights as a Burn burnpack record |
 //! | rest | optional lung section: a lung segmenter's decoder (see below) |
 //!
-//! The header carries the SHA-256 and length of the payload, which are checked before anything
-//! is decoded. The payload is data only (tensors and their names): loading a model file never
-//! executes anything from it.
+//! **Every byte is covered by one chain of SHA-256 checksums, checked before any value of the
+//! header is used.** The seal covers the prefix and the header; the header carries the length
+//! and SHA-256 of the payload (and of each part after it), which are checked before anything is
+//! decoded. A damaged or edited file is refused with a message that names the part: the
+//! header, the weights, a member of an ensemble, the lung segmenter. The header's values are
+//! then checked too (sizes, ranges, finite numbers, class order), so a file written by a buggy
+//! exporter gets a clear error rather than strange numbers. The payload is data only (tensors
+//! and their names): loading a model file never executes anything from it.
+//!
+//! Files of the earlier format versions (1, 2 and 3: the same layout without the seal) still
+//! load; their header cannot be verified, which [`Format::notice`] says ("header not verified
+//! (format v1)") and the CLI and the page repeat. `pneumoscope upgrade` rewrites such a file in
+//! the current format.
 //!
 //! An **ensemble file** (written by `pneumoscope ensemble`) has the same prefix with format
 //! version [`ENSEMBLE_FORMAT_VERSION`]; its header is an [`EnsembleHeader`] and its payload the
 //! complete single-network model files of its members, one after the other. Each member keeps
 //! its own header and checksum; the ensemble header lists their lengths and checksums too, and
-//! the checksum of the whole payload. A reader that knows only version 1 refuses such a file
-//! with a clear message instead of misreading it.
+//! the checksum of the whole payload. A reader that knows only single networks refuses such a
+//! file with a clear message instead of misreading it.
 //!
 //! Either kind may carry a **lung segmenter** ([`crate::lungs::LungsSection`] in the header's
 //! `lungs`): the weights of its decoder follow the payload, with their own length and
-//! SHA-256; its encoder is the backbone of one of the file's networks, named by position. A
-//! file without one is byte for byte what earlier builds wrote; an earlier build refuses a
-//! file with one as padded.
+//! SHA-256; its encoder is the backbone of one of the file's networks, named by position.
 
 use crate::arch::{self, InputConfig};
 use crate::classes::Class;
@@ -47,11 +56,92 @@ use sha2::{Digest, Sha256};
 /// File magic.
 pub const MAGIC: &[u8; 12] = b"PNEUMOSCOPE\0";
 /// Format version of a single-network model file.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 4;
 /// Format version of an ensemble file (several single-network files in one).
-pub const ENSEMBLE_FORMAT_VERSION: u32 = 2;
+pub const ENSEMBLE_FORMAT_VERSION: u32 = 5;
 /// Largest header accepted, in bytes.
 const MAX_HEADER: u32 = 16 << 20;
+/// Length of the prefix before the seal: magic, version, header length.
+const PREFIX: usize = 20;
+/// Length of the seal (a SHA-256).
+const SEAL: usize = 32;
+
+/// What a file holds, as its format version says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// One classifier network ([`ModelFile`]).
+    Network,
+    /// Several classifier networks ([`EnsembleFile`]).
+    Ensemble,
+    /// A lung segmenter on its own ([`crate::lungs::LungsFile`]).
+    LungSegmenter,
+}
+
+/// A format version this build reads: what kind of file it is, and whether its header is
+/// sealed by a checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// The version number in the file's prefix.
+    pub version: u32,
+    /// What the file holds.
+    pub kind: FileKind,
+    /// Whether a SHA-256 of the prefix and header follows the prefix (versions 4 to 6); the
+    /// earlier versions 1 to 3 have the same layout without it.
+    pub sealed: bool,
+}
+
+impl Format {
+    /// The format of a version number, if this build reads it.
+    pub fn of(version: u32) -> Option<Self> {
+        use FileKind::*;
+        let (kind, sealed) = match version {
+            1 => (Network, false),
+            2 => (Ensemble, false),
+            3 => (LungSegmenter, false),
+            FORMAT_VERSION => (Network, true),
+            ENSEMBLE_FORMAT_VERSION => (Ensemble, true),
+            crate::lungs::LUNGS_FORMAT_VERSION => (LungSegmenter, true),
+            _ => return None,
+        };
+        Some(Self {
+            version,
+            kind,
+            sealed,
+        })
+    }
+
+    /// The version this build writes for a kind of file.
+    pub fn current(kind: FileKind) -> u32 {
+        match kind {
+            FileKind::Network => FORMAT_VERSION,
+            FileKind::Ensemble => ENSEMBLE_FORMAT_VERSION,
+            FileKind::LungSegmenter => crate::lungs::LUNGS_FORMAT_VERSION,
+        }
+    }
+
+    /// What a reader should be told about a file of this format: nothing for a sealed one;
+    /// "header not verified (format vN)" for an earlier one.
+    pub fn notice(&self) -> Option<String> {
+        (!self.sealed).then(|| {
+            format!(
+                "header not verified (format v{}; `pneumoscope upgrade` rewrites it as v{})",
+                self.version,
+                Self::current(self.kind)
+            )
+        })
+    }
+
+    /// Where the header starts.
+    fn header_start(&self) -> usize {
+        if self.sealed { PREFIX + SEAL } else { PREFIX }
+    }
+}
+
+/// The format version written in a header, checked against the file's prefix.
+pub(crate) trait Versioned {
+    /// The header's `format_version`.
+    fn format_version(&self) -> u32;
+}
 
 /// Everything a model file says about itself.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -102,6 +192,94 @@ pub struct ModelHeader {
     pub payload_sha256: String,
 }
 
+/// Largest input side a header may ask for, in pixels.
+const MAX_SIDE: usize = 2048;
+/// Smallest input side a header may ask for, in pixels.
+const MIN_SIDE: usize = 16;
+
+impl ModelHeader {
+    /// Checks the header's values: a known architecture, the four classes in their order,
+    /// input sizes and normalisation in range, a known weight precision, the Grad-CAM layer of
+    /// the architecture, and finite, consistent out-of-distribution and population statistics.
+    /// A model file is untrusted input, and a buggy exporter should get a clear error.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Error::ModelFile(format!("invalid header: {m}"));
+        let spec = arch::find(&self.arch).map_err(|e| bad(e.to_string()))?;
+        check_classes(&self.classes).map_err(|e| bad(e.to_string()))?;
+        check_input(&self.input).map_err(bad)?;
+        if self.gradcam_layer != spec.gradcam_layer {
+            return Err(bad(format!(
+                "Grad-CAM layer {:?}; {} explains at {:?}",
+                self.gradcam_layer, spec.name, spec.gradcam_layer
+            )));
+        }
+        if !matches!(self.weights_dtype.as_str(), "f32" | "f16") {
+            return Err(bad(format!(
+                "weights precision {:?} (expected f32 or f16)",
+                self.weights_dtype
+            )));
+        }
+        if let Some(tta) = self.extra.get("tta")
+            && !tta.is_boolean()
+        {
+            return Err(bad(format!("extra.tta is {tta}, not true or false")));
+        }
+        if let Some(p) = &self.population {
+            p.validate(spec.feature_dim).map_err(bad)?;
+        }
+        if let Some(ood) = &self.ood {
+            ood.validate(spec.feature_dim).map_err(bad)?;
+        }
+        if let Some(l) = &self.lungs {
+            l.segmenter.check()?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an input configuration: sides in [`MIN_SIDE`, `MAX_SIDE`], the crop no larger than
+/// the resize, means in [0, 1] and standard deviations in (0, 1].
+fn check_input(input: &InputConfig) -> std::result::Result<(), String> {
+    let InputConfig {
+        resize,
+        crop,
+        mean,
+        std,
+    } = input;
+    if !(MIN_SIDE..=MAX_SIDE).contains(crop) || !(*crop..=MAX_SIDE).contains(resize) {
+        return Err(format!(
+            "input crop {crop} px after a resize to {resize} px (expected \
+             {MIN_SIDE} <= crop <= resize <= {MAX_SIDE})"
+        ));
+    }
+    if !mean.iter().all(|m| (0.0..=1.0).contains(m)) {
+        return Err(format!("input mean {mean:?} (expected values in [0, 1])"));
+    }
+    if !std.iter().all(|s| *s > 0.0 && *s <= 1.0) {
+        return Err(format!("input std {std:?} (expected values in (0, 1])"));
+    }
+    Ok(())
+}
+
+/// Checks that a file's classes are the four known ones, in their order.
+fn check_classes(classes: &[Class]) -> Result<()> {
+    if classes != Class::ALL {
+        return Err(Error::ModelFile(format!(
+            "unexpected classes {classes:?} (expected normal, bacterial, viral, covid19)"
+        )));
+    }
+    Ok(())
+}
+
+/// The error for a lung-segmenter file given where a classifier is expected.
+fn not_a_classifier() -> Error {
+    Error::ModelFile(
+        "this is a lung segmenter file (`pneumoscope lungs train`), not a classifier; give it \
+         where a lung segmenter is asked for (`--lungs`)"
+            .into(),
+    )
+}
+
 /// A model file in memory.
 #[derive(Clone, Debug)]
 pub struct ModelFile {
@@ -111,6 +289,25 @@ pub struct ModelFile {
     pub payload: Vec<u8>,
     /// The lung decoder's weights, when the header declares a lung section.
     pub lungs: Option<Vec<u8>>,
+    /// The format it was read in (the current one for a file built in memory).
+    pub format: Format,
+}
+
+impl Versioned for ModelHeader {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
+}
+
+impl Versioned for EnsembleHeader {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
+}
+
+/// The format of files this build writes.
+fn current(kind: FileKind) -> Format {
+    Format::of(Format::current(kind)).expect("the current versions are known")
 }
 
 /// Lowercase hex SHA-256 of some bytes.
@@ -135,6 +332,7 @@ impl ModelFile {
             header,
             payload,
             lungs: None,
+            format: current(FileKind::Network),
         })
     }
 
@@ -146,38 +344,48 @@ impl ModelFile {
         self
     }
 
-    /// Serialises the file.
+    /// Serialises the file in the current format. The header's version, lengths and checksums
+    /// are derived from the parts, whatever the in-memory header says.
     pub fn to_bytes(&self) -> Vec<u8> {
         let lungs = self.lungs.as_deref().unwrap_or_default();
-        assemble(FORMAT_VERSION, &self.header, &[&self.payload, lungs])
+        let mut header = self.header.clone();
+        header.format_version = FORMAT_VERSION;
+        header.payload_len = self.payload.len() as u64;
+        header.payload_sha256 = sha256_hex(&self.payload);
+        if let (Some(section), Some(decoder)) = (header.lungs.take(), self.lungs.as_deref()) {
+            header.lungs = Some(sealed(section, decoder));
+        }
+        assemble(FORMAT_VERSION, &header, &[&self.payload, lungs])
     }
 
-    /// The header alone (magic, version and JSON checked; the payload neither copied nor
-    /// verified): enough to decide how to load the file.
+    /// The header alone (magic, version, seal and JSON checked; the payload neither copied
+    /// nor verified): enough to decide how to load the file.
     pub fn read_header(bytes: &[u8]) -> Result<ModelHeader> {
-        let (header, _) = Self::split(bytes)?;
-        Ok(header)
+        Ok(Self::split(bytes)?.header)
     }
 
-    /// Magic, version and header of a single-network file, and its payload.
-    fn split(bytes: &[u8]) -> Result<(ModelHeader, &[u8])> {
-        match format_version(bytes)? {
-            FORMAT_VERSION => split_header(bytes),
-            ENSEMBLE_FORMAT_VERSION => Err(Error::ModelFile(
+    /// Magic, version, seal and header of a single-network file, and its payload.
+    fn split(bytes: &[u8]) -> Result<Parsed<'_, ModelHeader>> {
+        match verified_format(bytes)?.kind {
+            FileKind::Network => split_header(bytes),
+            FileKind::Ensemble => Err(Error::ModelFile(
                 "this is an ensemble file (several networks); load it as a whole \
                  (`inference::Engine`), not as a single network"
                     .into(),
             )),
-            v => unreachable!("format_version accepted {v}"),
+            FileKind::LungSegmenter => Err(not_a_classifier()),
         }
     }
 
-    /// Parses and verifies a file: magic, version, header, payload length and checksum, known
-    /// architecture and class order. The weights themselves are decoded by
-    /// [`ModelFile::load_classifier`].
+    /// Parses and verifies a file: magic, version, the header's seal, payload length and
+    /// checksum, then the header's values ([`ModelHeader::validate`]). The weights themselves
+    /// are decoded by [`ModelFile::load_classifier`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let bad = |m: String| Error::ModelFile(m);
-        let (header, rest) = Self::split(bytes)?;
+        let Parsed {
+            header,
+            rest,
+            format,
+        } = Self::split(bytes)?;
         let (payload, lungs) = split_lungs(rest, header.payload_len, header.lungs.as_ref(), 1)?;
         verify_payload(
             payload,
@@ -185,26 +393,15 @@ impl ModelFile {
             &header.payload_sha256,
             "weights",
         )?;
-        let spec = arch::find(&header.arch).map_err(|e| bad(e.to_string()))?;
+        header.validate()?;
         if let Some(l) = &header.lungs {
             check_encoder(l, &[header.arch.as_str()])?;
-        }
-        if let Some(p) = &header.population {
-            p.validate(spec.feature_dim).map_err(bad)?;
-        }
-        if let Some(ood) = &header.ood {
-            ood.validate(spec.feature_dim).map_err(bad)?;
-        }
-        if header.classes != Class::ALL {
-            return Err(bad(format!(
-                "unexpected classes {:?} (expected normal, bacterial, viral, covid19)",
-                header.classes
-            )));
         }
         Ok(Self {
             header,
             payload: payload.to_vec(),
             lungs: lungs.map(<[u8]>::to_vec),
+            format,
         })
     }
 
@@ -226,66 +423,133 @@ impl ModelFile {
     }
 }
 
-/// Checks the magic bytes and returns the format version: [`FORMAT_VERSION`] or
-/// [`ENSEMBLE_FORMAT_VERSION`].
-pub fn format_version(bytes: &[u8]) -> Result<u32> {
-    if bytes.len() < 20 || &bytes[..12] != MAGIC {
+/// Checks the magic bytes and returns the file's format, if this build reads it.
+pub fn format_of(bytes: &[u8]) -> Result<Format> {
+    if bytes.len() < PREFIX || &bytes[..12] != MAGIC {
         return Err(Error::ModelFile(
             "not a Pneumoscope model file (wrong magic bytes; expected a file written by \
              `pneumoscope export` or `pneumoscope ensemble`)"
                 .into(),
         ));
     }
-    match u32::from_le_bytes(bytes[12..16].try_into().unwrap()) {
-        v @ (FORMAT_VERSION | ENSEMBLE_FORMAT_VERSION) => Ok(v),
-        crate::lungs::LUNGS_FORMAT_VERSION => Err(Error::ModelFile(
-            "this is a lung segmenter file (`pneumoscope lungs train`), not a classifier; \
-             give it where a lung segmenter is asked for (`--lungs`)"
-                .into(),
-        )),
-        v => Err(Error::ModelFile(format!(
-            "format version {v} is not supported (this build reads versions {FORMAT_VERSION} \
-             and {ENSEMBLE_FORMAT_VERSION}; a newer Pneumoscope may read it)"
-        ))),
+    let v = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    Format::of(v).ok_or_else(|| {
+        Error::ModelFile(format!(
+            "format version {v} is not supported (this build reads versions 1 to \
+             {ENSEMBLE_FORMAT_VERSION} and {}; a newer Pneumoscope may read it)",
+            crate::lungs::LUNGS_FORMAT_VERSION
+        ))
+    })
+}
+
+/// [`format_of`], with the header's seal checked in a sealed format: a damaged prefix or
+/// header (a changed version number included) is refused here, before anything in it is used.
+pub fn verified_format(bytes: &[u8]) -> Result<Format> {
+    let format = format_of(bytes)?;
+    header_bytes(bytes, format)?;
+    Ok(format)
+}
+
+/// The header's bytes, its seal checked in a sealed format.
+fn header_bytes(bytes: &[u8], format: Format) -> Result<&[u8]> {
+    let start = format.header_start();
+    let hlen = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let end = start.saturating_add(hlen as usize);
+    if hlen > MAX_HEADER || end > bytes.len() {
+        return Err(Error::ModelFile(format!(
+            "truncated header (declares {hlen} bytes, the file has {} after the prefix)",
+            bytes.len().saturating_sub(start)
+        )));
     }
+    if format.sealed {
+        let mut seal = Sha256::new();
+        seal.update(&bytes[..PREFIX]);
+        seal.update(&bytes[start..end]);
+        if seal.finalize().as_slice() != &bytes[PREFIX..start] {
+            return Err(Error::ModelFile(
+                "header checksum mismatch (the header or the prefix before it is corrupt or \
+                 was edited; a model file cannot be changed by hand, export it again)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(&bytes[start..end])
+}
+
+/// The verified format of a classifier's file (one network or an ensemble); a lung
+/// segmenter's file is refused with a message that says what it is.
+pub fn classifier_format(bytes: &[u8]) -> Result<Format> {
+    let format = verified_format(bytes)?;
+    if format.kind == FileKind::LungSegmenter {
+        return Err(not_a_classifier());
+    }
+    Ok(format)
 }
 
 /// The architectures of a file's networks, read from its header alone (nothing verified
 /// beyond the prefix and the JSON): one for a single-network file, the members of an ensemble.
 pub fn network_archs(bytes: &[u8]) -> Result<Vec<String>> {
-    Ok(match format_version(bytes)? {
-        ENSEMBLE_FORMAT_VERSION => split_header::<EnsembleHeader>(bytes)?
-            .0
+    Ok(match classifier_format(bytes)?.kind {
+        FileKind::Ensemble => split_header::<EnsembleHeader>(bytes)?
+            .header
             .members
             .into_iter()
             .map(|m| m.arch)
             .collect(),
-        _ => vec![split_header::<ModelHeader>(bytes)?.0.arch],
+        _ => vec![split_header::<ModelHeader>(bytes)?.header.arch],
     })
 }
 
-/// The JSON header after the prefix, and the payload after it.
-pub(crate) fn split_header<H: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(H, &[u8])> {
-    let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
-    if hlen > MAX_HEADER || 20 + hlen as usize > bytes.len() {
-        return Err(Error::ModelFile(format!(
-            "truncated header (declares {hlen} bytes, the file has {} after the prefix)",
-            bytes.len() - 20
-        )));
-    }
-    let header: H = serde_json::from_slice(&bytes[20..20 + hlen as usize])
-        .map_err(|e| Error::ModelFile(format!("unreadable header: {e}")))?;
-    Ok((header, &bytes[20 + hlen as usize..]))
+/// A file's header, what follows it, and the format it was read in.
+pub(crate) struct Parsed<'a, H> {
+    /// The header (sealed formats: its seal checked; nothing else verified yet).
+    pub header: H,
+    /// The bytes after the header.
+    pub rest: &'a [u8],
+    /// The file's format.
+    pub format: Format,
 }
 
-/// The prefix, the JSON header and the payload, in the layout every version shares.
+/// The JSON header after the prefix, and what follows it. In a sealed format the seal is
+/// checked before the JSON is read; in every format the header's own `format_version` must be
+/// the prefix's.
+pub(crate) fn split_header<H: serde::de::DeserializeOwned + Versioned>(
+    bytes: &[u8],
+) -> Result<Parsed<'_, H>> {
+    let format = format_of(bytes)?;
+    let text = header_bytes(bytes, format)?;
+    let end = format.header_start() + text.len();
+    let header: H = serde_json::from_slice(text)
+        .map_err(|e| Error::ModelFile(format!("unreadable header: {e}")))?;
+    if header.format_version() != format.version {
+        return Err(Error::ModelFile(format!(
+            "invalid header: it says format version {}, the file's prefix {}",
+            header.format_version(),
+            format.version
+        )));
+    }
+    Ok(Parsed {
+        header,
+        rest: &bytes[end..],
+        format,
+    })
+}
+
+/// The prefix, the header's seal (sealed formats), the JSON header and the payload.
 pub(crate) fn assemble(version: u32, header: &impl Serialize, payload: &[&[u8]]) -> Vec<u8> {
+    let format = Format::of(version).expect("a version this build reads");
     let header = serde_json::to_vec_pretty(header).expect("header serialises");
     let len: usize = payload.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(20 + header.len() + len);
+    let mut out = Vec::with_capacity(PREFIX + SEAL + header.len() + len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    if format.sealed {
+        let mut seal = Sha256::new();
+        seal.update(&out);
+        seal.update(&header);
+        out.extend_from_slice(&seal.finalize());
+    }
     out.extend_from_slice(&header);
     for p in payload {
         out.extend_from_slice(p);
@@ -418,6 +682,33 @@ pub struct EnsembleFile {
     pub members: Vec<ModelFile>,
     /// The lung decoder's weights, when the header declares a lung section.
     pub lungs: Option<Vec<u8>>,
+    /// The format it was read in (the current one for a file built in memory).
+    pub format: Format,
+}
+
+/// The member entries of an ensemble header, and the length and SHA-256 of the whole payload,
+/// for members serialised as `payloads`.
+fn member_entries(members: &[ModelFile], payloads: &[Vec<u8>]) -> (Vec<MemberEntry>, u64, String) {
+    let mut whole = Sha256::new();
+    for p in payloads {
+        whole.update(p);
+    }
+    let entries = members
+        .iter()
+        .zip(payloads)
+        .map(|(m, p)| MemberEntry {
+            arch: m.header.arch.clone(),
+            len: p.len() as u64,
+            sha256: sha256_hex(p),
+        })
+        .collect();
+    let len = payloads.iter().map(|p| p.len() as u64).sum();
+    let sha = whole
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (entries, len, sha)
 }
 
 impl EnsembleFile {
@@ -435,38 +726,24 @@ impl EnsembleFile {
             )));
         }
         let payloads: Vec<Vec<u8>> = members.iter().map(ModelFile::to_bytes).collect();
-        let mut whole = Sha256::new();
-        for p in &payloads {
-            whole.update(p);
-        }
+        let (entries, payload_len, payload_sha256) = member_entries(&members, &payloads);
         let header = EnsembleHeader {
             format_version: ENSEMBLE_FORMAT_VERSION,
             classes: Class::ALL.to_vec(),
             combine: COMBINE_MEAN.into(),
-            members: members
-                .iter()
-                .zip(&payloads)
-                .map(|(m, p)| MemberEntry {
-                    arch: m.header.arch.clone(),
-                    len: p.len() as u64,
-                    sha256: sha256_hex(p),
-                })
-                .collect(),
+            members: entries,
             metrics,
             extra,
             lungs: None,
             created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
-            payload_len: payloads.iter().map(|p| p.len() as u64).sum(),
-            payload_sha256: whole
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            payload_len,
+            payload_sha256,
         };
         Ok(Self {
             header,
             members,
             lungs: None,
+            format: current(FileKind::Ensemble),
         })
     }
 
@@ -478,24 +755,36 @@ impl EnsembleFile {
         self
     }
 
-    /// Serialises the file.
+    /// Serialises the file in the current format, members included. The header's version,
+    /// member entries, lengths and checksums are derived from the parts.
     pub fn to_bytes(&self) -> Vec<u8> {
         let payloads: Vec<Vec<u8>> = self.members.iter().map(ModelFile::to_bytes).collect();
+        let mut header = self.header.clone();
+        header.format_version = ENSEMBLE_FORMAT_VERSION;
+        (header.members, header.payload_len, header.payload_sha256) =
+            member_entries(&self.members, &payloads);
+        if let (Some(section), Some(decoder)) = (header.lungs.take(), self.lungs.as_deref()) {
+            header.lungs = Some(sealed(section, decoder));
+        }
         let mut parts: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         parts.extend(self.lungs.as_deref());
-        assemble(ENSEMBLE_FORMAT_VERSION, &self.header, &parts)
+        assemble(ENSEMBLE_FORMAT_VERSION, &header, &parts)
     }
 
-    /// Parses and verifies an ensemble file: prefix, header, the whole payload's length and
-    /// checksum, then each member as a model file of its own (a damaged member is named by
-    /// its position and architecture).
+    /// Parses and verifies an ensemble file: prefix, the header's seal, the whole payload's
+    /// length and checksum, the header's values, then each member as a model file of its own
+    /// (a damaged member is named by its position and architecture).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        if format_version(bytes)? != ENSEMBLE_FORMAT_VERSION {
+        if classifier_format(bytes)?.kind != FileKind::Ensemble {
             return Err(Error::ModelFile(
                 "a single-network model file, not an ensemble".into(),
             ));
         }
-        let (header, rest): (EnsembleHeader, _) = split_header(bytes)?;
+        let Parsed {
+            header,
+            rest,
+            format,
+        }: Parsed<'_, EnsembleHeader> = split_header(bytes)?;
         let (payload, lungs) = split_lungs(
             rest,
             header.payload_len,
@@ -508,10 +797,11 @@ impl EnsembleFile {
             &header.payload_sha256,
             "member models",
         )?;
-        if header.classes != Class::ALL {
+        check_classes(&header.classes)?;
+        if header.combine != COMBINE_MEAN {
             return Err(Error::ModelFile(format!(
-                "unexpected classes {:?} (expected normal, bacterial, viral, covid19)",
-                header.classes
+                "invalid header: members combined by {:?}; this build knows the {COMBINE_MEAN}",
+                header.combine
             )));
         }
         if header.members.len() < 2 {
@@ -561,6 +851,7 @@ impl EnsembleFile {
             header,
             members,
             lungs: lungs.map(<[u8]>::to_vec),
+            format,
         })
     }
 }
@@ -644,15 +935,206 @@ pub(crate) mod tests {
             header: other,
             payload: vec![],
             lungs: None,
+            format: current(FileKind::Network),
         };
-        let mut f = foreign.clone();
-        f.header.payload_sha256 = sha256_hex(&[]);
         assert!(
-            ModelFile::from_bytes(&f.to_bytes())
+            ModelFile::from_bytes(&foreign.to_bytes())
                 .unwrap_err()
                 .to_string()
                 .contains("unknown architecture")
         );
+    }
+
+    /// A small single-network file: SqueezeNet 1.0, random init, with a header as the
+    /// exporter writes it (the payload fields filled in).
+    fn small_file() -> ModelFile {
+        let spec = arch::find("squeezenet1_0").unwrap();
+        let model = Classifier::new(&spec, &Device::flex());
+        let mut h = header_of("squeezenet1_0");
+        h.extra = serde_json::json!({"tta": false, "note": "byte-flip test"});
+        ModelFile::from_classifier(h, model).unwrap()
+    }
+
+    /// The part of a damaged file a refusal names, by the message.
+    fn part_named(message: &str) -> &'static str {
+        for (needle, part) in [
+            ("magic", "magic"),
+            ("format version", "version"),
+            ("header", "header"),
+            ("lung segmenter weights", "lungs"),
+            ("weights", "weights"),
+            ("member models", "members"),
+        ] {
+            if message.contains(needle) {
+                return part;
+            }
+        }
+        panic!("a refusal that names no part: {message}")
+    }
+
+    #[test]
+    fn every_byte_of_the_header_and_a_sample_of_the_payload_is_covered() {
+        let file = small_file();
+        let bytes = file.to_bytes();
+        assert_eq!(format_of(&bytes).unwrap(), current(FileKind::Network));
+        let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        let payload_at = PREFIX + SEAL + hlen;
+        // A changed version number is either unknown or caught by the seal.
+        let expected = |i: usize, part: &str| match i {
+            0..12 => part == "magic",
+            12..16 => part == "version" || part == "header",
+            _ if i < payload_at => part == "header",
+            _ => part == "weights",
+        };
+        let refused = |at: usize, mask: u8| {
+            let mut b = bytes.clone();
+            b[at] ^= mask;
+            match ModelFile::from_bytes(&b) {
+                Ok(_) => panic!("byte {at} ^ {mask:#04x} was accepted"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let part = part_named(&msg);
+                    assert!(expected(at, part), "byte {at} ^ {mask:#04x}: {msg}");
+                }
+            }
+        };
+        // Every byte of the prefix, the seal and the header, one bit and all bits.
+        for at in 0..payload_at {
+            refused(at, 0x01);
+            refused(at, 0xff);
+        }
+        // A few hundred bytes of the payload, spread over it.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = payload_at + (state % (bytes.len() - payload_at) as u64) as usize;
+            refused(at, 1 << (state >> 61));
+        }
+        // The issue's two edits: the input mean and a number further on.
+        let text = String::from_utf8_lossy(&bytes[PREFIX + SEAL..payload_at]).into_owned();
+        let edited = text.replacen("0.485", "0.985", 1);
+        assert_ne!(edited, text);
+        let mut b = bytes[..PREFIX + SEAL].to_vec();
+        b.extend_from_slice(edited.as_bytes());
+        b.extend_from_slice(&bytes[payload_at..]);
+        let msg = ModelFile::from_bytes(&b).unwrap_err().to_string();
+        assert!(msg.contains("header checksum mismatch"), "{msg}");
+        // Read back unchanged, the file is the bytes it came from.
+        assert_eq!(ModelFile::from_bytes(&bytes).unwrap().to_bytes(), bytes);
+    }
+
+    #[test]
+    fn a_lung_section_and_ensemble_members_are_covered_and_named() {
+        let device = Device::flex();
+        let spec = arch::find("efficientnet_lite0").unwrap();
+        let decoder = vec![7u8; 999];
+        let section = LungsSection {
+            encoder_network: 0,
+            segmenter: crate::lungs::test_header(),
+        };
+        let lite = ModelFile::from_classifier(header(), Classifier::new(&spec, &device))
+            .unwrap()
+            .with_lungs(section, decoder);
+        let bytes = lite.to_bytes();
+        let mut b = bytes.clone();
+        *b.last_mut().unwrap() ^= 1;
+        let msg = ModelFile::from_bytes(&b).unwrap_err().to_string();
+        assert_eq!(part_named(&msg), "lungs", "{msg}");
+        // An ensemble: its header, then each member's bytes, by the whole payload's checksum.
+        let e = EnsembleFile::new(
+            vec![small_file(), small_file()],
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let bytes = e.to_bytes();
+        let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        let payload_at = PREFIX + SEAL + hlen;
+        for at in (16..payload_at).step_by(7) {
+            let mut b = bytes.clone();
+            b[at] ^= 0x20;
+            let msg = EnsembleFile::from_bytes(&b).unwrap_err().to_string();
+            assert_eq!(part_named(&msg), "header", "byte {at}: {msg}");
+        }
+        for at in (payload_at..bytes.len()).step_by(bytes.len() / 50) {
+            let mut b = bytes.clone();
+            b[at] ^= 0x20;
+            let msg = EnsembleFile::from_bytes(&b).unwrap_err().to_string();
+            assert_eq!(part_named(&msg), "members", "byte {at}: {msg}");
+        }
+        assert_eq!(EnsembleFile::from_bytes(&bytes).unwrap().to_bytes(), bytes);
+    }
+
+    #[test]
+    fn earlier_formats_load_with_a_notice_and_upgrade_to_a_sealed_file() {
+        let file = small_file();
+        let mut h = file.header.clone();
+        h.format_version = 1;
+        let legacy = assemble(1, &h, &[&file.payload]);
+        let read = ModelFile::from_bytes(&legacy).unwrap();
+        assert!(!read.format.sealed);
+        let notice = read.format.notice().unwrap();
+        assert!(
+            notice.starts_with("header not verified (format v1"),
+            "{notice}"
+        );
+        // Without a seal, an edit of the header goes unseen: the reason for the notice.
+        let edited =
+            String::from_utf8(legacy[20..20 + legacy.len() - 20 - file.payload.len()].to_vec())
+                .unwrap()
+                .replacen("byte-flip test", "byte-flip tesT", 1);
+        let mut b = legacy[..20].to_vec();
+        b.extend_from_slice(edited.as_bytes());
+        b.extend_from_slice(&file.payload);
+        assert!(ModelFile::from_bytes(&b).is_ok());
+        // Written again, it is the current format, sealed, with the same header otherwise.
+        let upgraded = read.to_bytes();
+        let back = ModelFile::from_bytes(&upgraded).unwrap();
+        assert!(back.format.sealed && back.format.notice().is_none());
+        assert_eq!(
+            back.header,
+            ModelHeader {
+                format_version: FORMAT_VERSION,
+                ..h
+            }
+        );
+        assert_eq!(upgraded, file.to_bytes());
+        // The header's version must be the prefix's.
+        let mut h2 = file.header.clone();
+        h2.format_version = 1;
+        let msg = ModelFile::from_bytes(&assemble(FORMAT_VERSION, &h2, &[&file.payload]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("says format version 1"), "{msg}");
+    }
+
+    #[test]
+    fn header_values_are_checked() {
+        let file = small_file();
+        let refused = |edit: &dyn Fn(&mut ModelHeader), want: &str| {
+            let mut f = file.clone();
+            edit(&mut f.header);
+            let msg = ModelFile::from_bytes(&f.to_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(want), "expected {want:?}: {msg}");
+        };
+        refused(&|h| h.input.mean[1] = 1.5, "input mean");
+        refused(&|h| h.input.std[0] = 0.0, "input std");
+        refused(&|h| h.input.crop = h.input.resize + 1, "input crop");
+        refused(&|h| h.input.crop = 4, "input crop");
+        refused(&|h| h.weights_dtype = "f8".into(), "weights precision");
+        refused(&|h| h.gradcam_layer = "features.0".into(), "Grad-CAM layer");
+        refused(
+            &|h| h.extra = serde_json::json!({"tta": "yes"}),
+            "extra.tta",
+        );
+        refused(&|h| h.classes.swap(0, 1), "unexpected classes");
+        refused(&|h| h.arch = "resnet9000".into(), "unknown architecture");
+        // A non-finite number cannot be written as JSON: it reads back as null and is refused.
+        refused(&|h| h.input.mean[0] = f32::NAN, "unreadable header");
     }
 
     #[test]
@@ -681,7 +1163,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let bytes = e.to_bytes();
-        assert_eq!(format_version(&bytes).unwrap(), ENSEMBLE_FORMAT_VERSION);
+        assert_eq!(format_of(&bytes).unwrap().version, ENSEMBLE_FORMAT_VERSION);
         assert_eq!(
             network_archs(&bytes).unwrap(),
             ["squeezenet1_0", "efficientnet_lite0"]
@@ -722,8 +1204,8 @@ pub(crate) mod tests {
             .to_string();
         assert!(msg.contains("truncated"), "{msg}");
         let mut future = bytes.clone();
-        future[12] = 4;
-        let msg = format_version(&future).unwrap_err().to_string();
-        assert!(msg.contains("format version 4"), "{msg}");
+        future[12] = 7;
+        let msg = format_of(&future).unwrap_err().to_string();
+        assert!(msg.contains("format version 7"), "{msg}");
     }
 }

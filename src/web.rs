@@ -342,6 +342,8 @@ impl Classifier {
     /// (method, dimension, components, threshold, calibration), not copied. For an ensemble:
     /// `kind: "ensemble"`, `arch` (`"ensemble of N: a + b + ..."`), `weight_source`,
     /// `weights_dtype`, `combine`, `metrics`, `extra` and `members` (each member's own info).
+    /// Either kind adds `format_version`, `header_verified` and `notice` ("header not verified
+    /// (format vN)" for a file of an earlier format, `null` otherwise).
     #[wasm_bindgen(getter)]
     pub fn info(&self) -> Result<JsValue, JsValue> {
         let members = self
@@ -350,7 +352,7 @@ impl Classifier {
             .iter()
             .map(|n| network_info(&n.header))
             .collect::<Result<Vec<_>, _>>()?;
-        let info = match &self.engine.ensemble {
+        let mut info = match &self.engine.ensemble {
             None => members.into_iter().next().expect("one network"),
             Some(e) => serde_json::json!({
                 "kind": "ensemble",
@@ -365,6 +367,10 @@ impl Classifier {
                 "members": members,
             }),
         };
+        // Whether the header was verified: a file of an earlier format has no seal.
+        info["format_version"] = self.engine.format.version.into();
+        info["header_verified"] = self.engine.format.sealed.into();
+        info["notice"] = self.engine.notice().into();
         to_js(&info)
     }
 

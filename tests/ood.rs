@@ -7,7 +7,7 @@
 mod common;
 use burn::prelude::*;
 use pneumoscope::inference::Engine;
-use pneumoscope::model_file::{ENSEMBLE_FORMAT_VERSION, EnsembleFile, ModelFile, format_version};
+use pneumoscope::model_file::{EnsembleFile, FileKind, ModelFile, format_of};
 use std::path::{Path, PathBuf};
 
 fn engine() -> Engine {
@@ -101,7 +101,7 @@ fn a_model_without_statistics_gives_no_score() {
     };
     // The default model with the statistics of every network removed.
     let bytes = std::fs::read(common::default_model()).unwrap();
-    let without = if format_version(&bytes).unwrap() == ENSEMBLE_FORMAT_VERSION {
+    let without = if format_of(&bytes).unwrap().kind == FileKind::Ensemble {
         let file = EnsembleFile::from_bytes(&bytes).unwrap();
         let members = file
             .members

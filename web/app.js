@@ -102,7 +102,10 @@ async function loadModel(source, label, bytes = null) {
     // A model trained without ImageNet weights says so wherever it is used.
     const randomInit = m.info.weight_source === "random-init" ? " · random-init (no ImageNet weights)" : "";
     const untrained = m.info.training?.untrained ? " · UNTRAINED (deployment test only: its answers mean nothing)" : "";
-    status.textContent = `${m.info.arch}${randomInit}${untrained} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
+    // A file of an earlier format has no checksum over its header, and the page says so.
+    const unverified = m.info.notice ? ` · ${m.info.notice}` : "";
+    document.body.dataset.headerVerified = String(m.info.header_verified);
+    status.textContent = `${m.info.arch}${randomInit}${untrained}${unverified} ready on ${m.backend}${fallback} · ${(m.modelBytes / 1e6).toFixed(1)} MB · ` +
       `loaded in ${Math.round(t.wasm_init_ms + t.download_ms + t.model_init_ms)} ms`;
     lastGood = m;
     modelLabel = label;

@@ -221,6 +221,25 @@ function checkTimings(got) {
     `reported total ${t.total_ms.toFixed(0)} ms vs ${call.toFixed(0)} ms measured around the call (more than 20 % apart)`);
 }
 
+/**
+ * A model file rewritten in the earlier format (4 → 1, 5 → 2: the same header and payload
+ * without the 32-byte seal after the prefix). Returns the file and its version.
+ */
+function legacyFile(sealed) {
+  const version = sealed.readUInt32LE(12);
+  check(version === 4 || version === 5, `not a sealed classifier file: version ${version}`);
+  const old = version - 3;
+  const hlen = sealed.readUInt32LE(16);
+  const text = sealed.subarray(52, 52 + hlen).toString("latin1");
+  const header = text.replace(`"format_version": ${version}`, `"format_version": ${old}`);
+  check(header !== text, "the header does not state its format version");
+  const prefix = Buffer.alloc(20);
+  sealed.copy(prefix, 0, 0, 12);
+  prefix.writeUInt32LE(old, 12);
+  prefix.writeUInt32LE(hlen, 16);
+  return [Buffer.concat([prefix, Buffer.from(header, "latin1"), sealed.subarray(52 + hlen)]), old];
+}
+
 async function visit(browser, backend, options = {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 1500 }, ...options });
   const net = watchNetwork(context, args.url);
@@ -337,14 +356,26 @@ async function backendSuite(browser, backend) {
     const good = readFileSync(args.model);
     const newer = Buffer.from(good);
     newer.writeUInt32LE(99, 12); // the format version after the 12-byte magic
-    const foreign = Buffer.from(good.toString("latin1").replace('"arch": "efficientnet_lite0"', '"arch": "efficientnet_lite9"'), "latin1");
+    // Edits of the header by hand: another architecture, the input normalisation, the
+    // out-of-distribution threshold. The header's seal refuses each.
+    // (In an ensemble the last two lie in a member's header, inside the checksummed payload.)
+    const edit = (from, to) => {
+      const text = good.toString("latin1");
+      check(from.test(text), `the model's header has no ${from}`);
+      return Buffer.from(text.replace(from, to), "latin1");
+    };
+    const foreign = edit(/"arch": "efficientnet_lite0"/, '"arch": "efficientnet_lite9"');
+    const mean = edit(/("mean": \[\s*)0\./, "$19.");
+    const threshold = edit(/"threshold": /, '"threshold": 9');
     const flipped = Buffer.from(good);
     flipped[good.length - 100] ^= 0xff;
     const damaged = [
       ["truncated.pneumoscope", good.subarray(0, 100000), "truncated"],
       ["newer.pneumoscope", newer, "format version 99"],
-      ["foreign.pneumoscope", foreign, "unknown architecture"],
-      ["flipped.pneumoscope", flipped, "checksum"],
+      ["foreign.pneumoscope", foreign, "checksum mismatch"],
+      ["mean.pneumoscope", mean, "checksum mismatch"],
+      ["threshold.pneumoscope", threshold, "checksum mismatch"],
+      ["flipped.pneumoscope", flipped, "corrupt"],
       ["photo.pneumoscope", readFileSync(images[0]), "not a Pneumoscope model file"],
     ];
     for (const [name, bytes, reason] of damaged) {
@@ -356,6 +387,22 @@ async function backendSuite(browser, backend) {
       check(status.includes("still using"), `the previous model should stay in use: ${status}`);
       console.log(`#   error shown: ${message}`);
     }
+    // A file of the earlier format (no seal) loads, and the page says its header is not verified.
+    const [legacy, old] = legacyFile(good);
+    const file = join(args.artifacts, `legacy-v${old}.pneumoscope`);
+    writeFileSync(file, legacy);
+    await page.evaluate(() => delete document.body.dataset.modelReady);
+    await page.setInputFiles("#model-file", file);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    const status = await page.textContent("#model-status");
+    check(status.includes(`header not verified (format v${old}`), `the page does not say the header is unverified: ${status}`);
+    check((await page.evaluate(() => document.body.dataset.headerVerified)) === "false", "body[data-header-verified] is not false");
+    console.log(`#   legacy file: ${status}`);
+    // And the current file again, verified.
+    await page.evaluate(() => delete document.body.dataset.modelReady);
+    await page.setInputFiles("#model-file", args.model);
+    await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+    check((await page.evaluate(() => document.body.dataset.headerVerified)) === "true", "a sealed file is not marked verified");
   });
   await t.test(`${backend}: a broken file shows a clear #error`, async () => {
     const broken = join(args.artifacts, "broken-upload.png");

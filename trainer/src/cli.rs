@@ -7,11 +7,17 @@ use pneumoscope::gradcam;
 use pneumoscope::inference::Engine;
 use std::path::Path;
 
-/// Loads a model file with a message naming it on failure.
+/// Loads a model file with a message naming it on failure. A file of an earlier format,
+/// whose header carries no checksum, is loaded with a warning on stderr that says so.
 pub fn load_engine(path: &Path, device: &Device) -> Result<Engine> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read model file {}", path.display()))?;
-    Engine::load(&bytes, device.clone()).map_err(|e| anyhow!("{}: {e}", path.display()))
+    let engine =
+        Engine::load(&bytes, device.clone()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if let Some(notice) = engine.notice() {
+        eprintln!("warning: {}: {notice}", path.display());
+    }
+    Ok(engine)
 }
 
 /// One JSON line per image on stdout; unreadable images are reported on stderr. Returns the

@@ -10,8 +10,11 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, DType};
 use pneumoscope::Class;
 use pneumoscope::arch;
+use pneumoscope::lungs::LungsFile;
 use pneumoscope::model::Classifier;
-use pneumoscope::model_file::{FORMAT_VERSION, ModelFile, ModelHeader};
+use pneumoscope::model_file::{
+    EnsembleFile, FORMAT_VERSION, FileKind, Format, ModelFile, ModelHeader, format_of,
+};
 use pneumoscope::preprocess::InputRegion;
 use std::path::Path;
 
@@ -231,4 +234,30 @@ pub(crate) fn to_f16<M: Module>(model: M) -> M {
         }
     }
     model.map(&mut Half)
+}
+
+/// `pneumoscope upgrade`: reads a model file of any format this build knows (one network, an
+/// ensemble or a lung segmenter), verifies it as far as its format allows, and writes it to
+/// `out` in the current format, whose header is sealed by a checksum. The header's content
+/// is kept as it is, save its format version. Returns the format read and the version
+/// written.
+pub fn upgrade(input: &Path, out: &Path) -> Result<(Format, u32)> {
+    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let named = |e: pneumoscope::Error| anyhow::anyhow!("{}: {e}", input.display());
+    let format = format_of(&bytes).map_err(named)?;
+    let written = match format.kind {
+        FileKind::Network => ModelFile::from_bytes(&bytes).map_err(named)?.to_bytes(),
+        FileKind::Ensemble => EnsembleFile::from_bytes(&bytes).map_err(named)?.to_bytes(),
+        FileKind::LungSegmenter => LungsFile::from_bytes(&bytes).map_err(named)?.to_bytes(),
+    };
+    // What is written reads back as the same kind, sealed.
+    let back = format_of(&written)?;
+    if back.kind != format.kind || !back.sealed {
+        bail!(
+            "the upgraded file does not read back as a sealed {:?}",
+            format.kind
+        );
+    }
+    crate::fsutil::write_atomic(out, &written)?;
+    Ok((format, back.version))
 }

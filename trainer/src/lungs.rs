@@ -447,7 +447,7 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
             metrics,
             ..file.header
         },
-        payload: file.payload,
+        ..file
     };
     let out = run.join("lungs.pneumoscope");
     write_atomic(&out, &file.to_bytes())?;
@@ -565,7 +565,8 @@ pub fn evaluate_file(model: &Path, pairs: &Path) -> Result<serde_json::Value> {
 pub fn load(path: &Path, device: &Device) -> Result<LungNet> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let named = |e: pneumoscope::Error| anyhow!("{}: {e}", path.display());
-    if bytes.len() >= 16 && bytes[12..16] == lungs::LUNGS_FORMAT_VERSION.to_le_bytes() {
+    let format = pneumoscope::model_file::format_of(&bytes).map_err(named)?;
+    if format.kind == pneumoscope::model_file::FileKind::LungSegmenter {
         let file = LungsFile::from_bytes(&bytes).map_err(named)?;
         return file.load(device).map_err(named);
     }
@@ -665,8 +666,8 @@ pub fn embed(model: &Path, segmenter: &Path, out: &Path) -> Result<serde_json::V
             ..seg_file.header.clone()
         },
     };
-    let written = match pneumoscope::model_file::format_version(&bytes)? {
-        pneumoscope::model_file::ENSEMBLE_FORMAT_VERSION => {
+    let written = match pneumoscope::model_file::classifier_format(&bytes)?.kind {
+        pneumoscope::model_file::FileKind::Ensemble => {
             pneumoscope::model_file::EnsembleFile::from_bytes(&bytes)?
                 .with_lungs(section, decoder.clone())
                 .to_bytes()

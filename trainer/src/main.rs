@@ -172,6 +172,16 @@ enum Command {
         #[arg(required = true, num_args = 2..)]
         members: Vec<PathBuf>,
     },
+    /// Rewrite a model file of an earlier format (any kind) in the current one, whose header is
+    /// sealed by a checksum; the file is verified as far as its format allows, and its content
+    /// is kept.
+    Upgrade {
+        /// The model file to read.
+        model: PathBuf,
+        /// Where to write the upgraded file (may be the same path).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The paper's comparison: train, export, evaluate and time each architecture, then write
     /// the comparison table and figures (`benchmark merge` joins shards run elsewhere).
     #[command(args_conflicts_with_subcommands = true)]
@@ -826,6 +836,20 @@ fn run(cli: Cli) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(" + "),
                 e.header.payload_sha256
+            );
+        }
+        Command::Upgrade { model, out } => {
+            let (from, to) = export::upgrade(&model, &out)?;
+            println!(
+                "wrote {} (format v{} → v{}{})",
+                out.display(),
+                from.version,
+                to,
+                if from.sealed {
+                    ""
+                } else {
+                    ", header now sealed"
+                }
             );
         }
         Command::Benchmark { merge, args } => match merge {

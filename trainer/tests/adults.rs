@@ -354,8 +354,8 @@ fn predict_cautions_where_training_had_few_such_images() {
     let mut header = header_json(&bytes);
     if header.get("members").is_some() {
         // An ensemble: the member files follow its header; the first member's estimate decides.
-        let hlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-        header = header_json(&bytes[20 + hlen..]);
+        let (start, hlen) = header_span(&bytes);
+        header = header_json(&bytes[start + hlen..]);
     }
     let pop = &header["population"];
     assert!(

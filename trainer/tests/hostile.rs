@@ -179,3 +179,119 @@ fn the_dataset_builder_rejects_broken_files_by_name_and_keeps_the_rest() {
         }
     }
 }
+
+/// The model file as a hex editor sees it. One digit of the input normalisation or of the
+/// out-of-distribution threshold changed in the header is refused by name before the header is
+/// used. A file of the earlier, unsealed format still answers, with the same numbers and a
+/// warning that its header was not verified, until `pneumoscope upgrade` rewrites it sealed.
+#[test]
+fn a_changed_header_is_refused_and_an_earlier_format_is_named_until_upgraded() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::workspace_dir().join("web/models/efficientnet_lite0-adults-v2.pneumoscope");
+    let bytes = std::fs::read(&model).unwrap();
+    let image = source_image(&shared);
+    let predict = |m: &Path| {
+        bin()
+            .arg("predict")
+            .arg("--model")
+            .arg(m)
+            .arg(&image)
+            .output()
+            .unwrap()
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let shipped = predict(&model);
+    assert!(shipped.status.success(), "{}", text(&shipped.stderr));
+    assert!(
+        !text(&shipped.stderr).contains("not verified"),
+        "a sealed file is verified: {}",
+        text(&shipped.stderr)
+    );
+
+    // One digit of the header changed, as in a hex editor: mean 0.5 → 0.9, and the first
+    // digit of the out-of-distribution threshold.
+    let (start, hlen) = common::header_span(&bytes);
+    let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
+    let mean = header.find("\"mean\"").unwrap()
+        + header[header.find("\"mean\"").unwrap()..]
+            .find("0.5")
+            .unwrap();
+    let threshold = header
+        .find("\"threshold\"")
+        .expect("the light model has an OOD threshold");
+    let digit = threshold
+        + header[threshold..]
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap();
+    for (what, at, to) in [("mean", mean + 2, b'9'), ("threshold", digit, b'9')] {
+        let mut changed = bytes.clone();
+        assert_ne!(changed[start + at], to, "{what}: the digit is already {to}");
+        changed[start + at] = to;
+        let path = dir.path().join(format!("{what}.pneumoscope"));
+        std::fs::write(&path, &changed).unwrap();
+        let out = predict(&path);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: a changed header was accepted"
+        );
+        assert!(
+            stderr.contains(&path.display().to_string())
+                && stderr.contains("header checksum mismatch"),
+            "{what}: the error names neither the file nor the header: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{what}: answered anyway");
+    }
+
+    // The same file in the earlier format: version 1, no seal.
+    let legacy_json = header.replacen("\"format_version\": 4", "\"format_version\": 1", 1);
+    assert_ne!(legacy_json, header, "the header names its format version");
+    let mut legacy = bytes[..12].to_vec();
+    legacy.extend_from_slice(&1u32.to_le_bytes());
+    legacy.extend_from_slice(&(legacy_json.len() as u32).to_le_bytes());
+    legacy.extend_from_slice(legacy_json.as_bytes());
+    legacy.extend_from_slice(&bytes[start + hlen..]);
+    let old = dir.path().join("legacy.pneumoscope");
+    std::fs::write(&old, &legacy).unwrap();
+    let out = predict(&old);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}: header not verified (format v1",
+            old.display()
+        )),
+        "no notice for the earlier format: {stderr}"
+    );
+    let answer = |o: &std::process::Output| {
+        let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("file");
+        v
+    };
+    assert_eq!(
+        answer(&out),
+        answer(&shipped),
+        "the earlier format answers otherwise"
+    );
+
+    let new = dir.path().join("upgraded.pneumoscope");
+    let said = common::ok(&[
+        "upgrade",
+        old.to_str().unwrap(),
+        "--out",
+        new.to_str().unwrap(),
+    ]);
+    assert!(said.contains("format v1 → v4"), "{said}");
+    assert_eq!(
+        std::fs::read(&new).unwrap(),
+        bytes,
+        "the upgrade is the shipped file"
+    );
+    let out = predict(&new);
+    assert!(
+        !text(&out.stderr).contains("not verified"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -783,7 +783,10 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
     // The header carries the ensemble's own validation and test metrics.
     let bytes = std::fs::read(&ens).unwrap();
     let header = header_json(&bytes);
-    assert_eq!(header["format_version"], 2);
+    assert_eq!(
+        header["format_version"],
+        pneumoscope::model_file::ENSEMBLE_FORMAT_VERSION
+    );
     assert_eq!(header["metrics"]["val"]["n"], 32);
     assert_eq!(header["metrics"]["test"]["n"], 24);
     assert_eq!(header["extra"]["note"], "test");

@@ -443,9 +443,19 @@ fn venv() -> Result<PathBuf> {
     if !py.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     }
-    run(Command::new(dir.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", "-r"])
-        .arg(&requirements))?;
+    let install = || {
+        run(Command::new(dir.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&requirements))
+    };
+    if install().is_err() {
+        // An install that was cut off halfway leaves packages pip cannot read: start afresh.
+        eprintln!("the test venv is damaged; creating it again");
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir))?;
+        install()?;
+    }
     std::fs::write(&stamp, key)?;
     Ok(py)
 }

@@ -111,6 +111,14 @@ pub fn subset_by(full: &Path, out: &Path, per_cell: [usize; 3], by: &[&str]) -> 
 /// The JSON header of a model file's bytes (after the magic, version and header length).
 #[allow(dead_code)]
 pub fn header_json(bytes: &[u8]) -> serde_json::Value {
+    let (start, n) = header_span(bytes);
+    serde_json::from_slice(&bytes[start..start + n]).unwrap()
+}
+
+/// Where a model file's header JSON starts and how long it is: after the 20-byte prefix, and
+/// after the 32-byte seal from format 4 on.
+pub fn header_span(bytes: &[u8]) -> (usize, usize) {
+    let version = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
     let n = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-    serde_json::from_slice(&bytes[20..20 + n]).unwrap()
+    (if version >= 4 { 52 } else { 20 }, n)
 }
