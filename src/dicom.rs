@@ -2,17 +2,23 @@
 //! natively and in the browser.
 //!
 //! What is handled, by the library: MONOCHROME1 (inverted to MONOCHROME2) and MONOCHROME2,
-//! RGB; 8 to 16 bits stored; the modality LUT (rescale slope and intercept); the first VOI LUT
-//! of the file, or its first window centre/width, else a min-max normalisation. Transfer
-//! syntaxes: the uncompressed ones (implicit and explicit VR, little and big endian), deflated,
-//! RLE lossless and JPEG baseline/extended/lossless (pure-Rust decoders). JPEG 2000, JPEG-LS and
-//! JPEG XL files get a clear "unsupported transfer syntax" error. Multi-frame files: the first
-//! frame.
+//! RGB, YBR_FULL and YBR_FULL_422 (converted to RGB), palette colour (its indices); 8 to 16
+//! bits allocated; the modality LUT (rescale slope and intercept); the first VOI LUT of the
+//! file, or its first window centre/width, else a min-max normalisation. Transfer syntaxes: the
+//! uncompressed ones (implicit and explicit VR, little and big endian, and an implicit-VR data
+//! set under an explicit transfer syntax, as some exporters write it), deflated, RLE lossless,
+//! JPEG baseline/extended/lossless and JPEG 2000 (pure-Rust decoders). JPEG-LS and JPEG XL
+//! files get a clear "unsupported transfer syntax" error. Multi-frame files: the first frame.
+//! Refused on purpose, with the reason: 1-bit and 32-bit pixel data (segmentations, dose grids
+//! and float maps, not radiographs).
 
 use crate::error::{Error, Result};
-use dicom_object::OpenFileOptions;
 use dicom_object::file::ReadPreamble;
-use dicom_pixeldata::{ConvertOptions, PixelDecoder, VoiLutOption};
+use dicom_object::{FileMetaTable, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::{
+    ConvertOptions, DecodedPixelData, PixelDecoder, PixelRepresentation, VoiLutOption, WindowLevel,
+};
+use dicom_transfer_syntax_registry::entries;
 use image::DynamicImage;
 
 /// Value length meaning "undefined" (delimited by items).
@@ -22,7 +28,11 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// bytes that follow it. The parser of dicom-rs 0.10 reserves and zero-fills a value's declared
 /// length before reading it, so a few kilobytes declaring 2 GB would take 2 GB of memory (found
 /// by fuzzing). Deflated data sets are not walked (their lengths refer to inflated bytes).
-fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
+///
+/// Returns where the data set starts when it is written in implicit VR although the transfer
+/// syntax says explicit VR little endian (some exporters do this; pydicom reads such files with
+/// a warning, dicom-rs reads the first element's value as a length and loses its place).
+fn check_lengths(bytes: &[u8]) -> std::result::Result<Option<usize>, String> {
     let u16_at = |p: usize, big: bool| {
         let b = [bytes[p], bytes[p + 1]];
         if big {
@@ -85,7 +95,7 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
     // File meta group, as dicom-object reads it: (0002,0000) UL 4 gives the group length, then
     // explicit-VR little-endian elements until that many bytes are read.
     if bytes.len() < 144 || (u16_at(132, false), u16_at(134, false)) != (0x0002, 0x0000) {
-        return Ok(()); // the reader refuses it without allocating
+        return Ok(None); // the reader refuses it without allocating
     }
     let group_len = u32_at(140, false) as usize;
     let mut pos = 144;
@@ -113,8 +123,20 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
     match ts.trim_end_matches(['\0', ' ']) {
         "1.2.840.10008.1.2" => explicit = false,
         "1.2.840.10008.1.2.2" => big = true,
-        "1.2.840.10008.1.2.1.99" => return Ok(()),
+        "1.2.840.10008.1.2.1.99" => return Ok(None),
         _ => {}
+    }
+    // An explicit VR is two upper-case letters; anything else where the first element's VR
+    // should be means the data set is in implicit VR.
+    let mut implicit_at = None;
+    if explicit
+        && !big
+        && pos + 8 <= bytes.len()
+        && u16_at(pos, false) != 0xFFFE
+        && !bytes[pos + 4..pos + 6].iter().all(u8::is_ascii_uppercase)
+    {
+        explicit = false;
+        implicit_at = Some(pos);
     }
     let mut encapsulated = false;
     while pos + 8 <= bytes.len() {
@@ -176,7 +198,128 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
             pos += len as usize;
         }
     }
-    Ok(())
+    Ok(implicit_at)
+}
+
+/// One YCbCr (YBR_FULL) pixel as RGB, with pydicom's matrix and rounding (PS3.3 C.7.6.3.1.2).
+fn ybr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let (y, cb, cr) = (y as f32, cb as f32 - 128.0, cr as f32 - 128.0);
+    let to_u8 = |v: f32| (v + 0.5).floor().clamp(0.0, 255.0) as u8;
+    [
+        to_u8(y + 1.402 * cr),
+        to_u8(y - (0.114 * 1.772 / 0.587) * cb - (0.299 * 1.402 / 0.587) * cr),
+        to_u8(y + 1.772 * cb),
+    ]
+}
+
+/// An uncompressed YBR_FULL_422 frame (`Y1 Y2 Cb Cr` for every two pixels of a row, 8 bits) as
+/// RGB.
+fn ybr_full_422_to_rgb(
+    data: &[u8],
+    cols: u32,
+    rows: u32,
+    bits: u32,
+) -> std::result::Result<DynamicImage, String> {
+    if bits != 8 || !cols.is_multiple_of(2) {
+        return Err(format!(
+            "unsupported pixel description (YBR_FULL_422 of {bits} bits and {cols} columns; 8 bits and an even number of columns are read)"
+        ));
+    }
+    let mut rgb = Vec::with_capacity(cols as usize * rows as usize * 3);
+    for quad in data.chunks_exact(4) {
+        rgb.extend(ybr_to_rgb(quad[0], quad[2], quad[3]));
+        rgb.extend(ybr_to_rgb(quad[1], quad[2], quad[3]));
+    }
+    image::RgbImage::from_raw(cols, rows, rgb)
+        .map(DynamicImage::ImageRgb8)
+        .ok_or_else(|| "a YBR_FULL_422 frame of the wrong size".to_string())
+}
+
+/// Transfer syntax UIDs of JPEG baseline (8 bits) and extended.
+const JPEG_LOSSY: [&str; 2] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
+
+/// A colour JPEG frame (8 bits, 3 components), decoded as pydicom (through libjpeg) decodes it.
+/// A whole Adobe APP14 marker decides the colour space of the components: transform 0 is RGB, kept
+/// as it is; 1 is YCbCr, converted to RGB. Without one the file's Photometric Interpretation
+/// decides: RGB is kept, YBR_FULL and YBR_FULL_422 are converted. (jpeg-decoder 0.3, which
+/// dicom-transfer-syntax-registry 0.10 uses, lets component identifiers 1, 2, 3 outrank the
+/// Adobe marker and guesses YCbCr for an RGB stream without markers.)
+fn colour_jpeg(
+    data: &[u8],
+    photometric: &str,
+    cols: u32,
+    rows: u32,
+) -> std::result::Result<DynamicImage, String> {
+    // FF EE, a 2-byte length, "Adobe", version (2), flags (2 + 2), transform (1). A shorter
+    // marker carries no transform and is ignored, as libjpeg ignores it.
+    let adobe = data
+        .windows(16)
+        .find(|w| {
+            w[..2] == [0xFF, 0xEE] && u16::from_be_bytes([w[2], w[3]]) >= 14 && &w[4..9] == b"Adobe"
+        })
+        .map(|w| w[15]);
+    let ybr = match adobe {
+        Some(transform) => transform != 0,
+        None => photometric.starts_with("YBR_FULL"),
+    };
+    let mut decoder = jpeg_decoder::Decoder::new(data);
+    decoder.set_max_decoding_buffer_size(crate::preprocess::MAX_ALLOC as usize);
+    // `RGB` interleaves the three components unchanged; jpeg-decoder 0.3's `None` writes
+    // them one plane after another and overruns its line buffer.
+    decoder.set_color_transform(jpeg_decoder::ColorTransform::RGB);
+    let mut rgb = decoder
+        .decode()
+        .map_err(|e| format!("cannot decode the pixel data ({e})"))?;
+    let info = decoder
+        .info()
+        .ok_or("cannot decode the pixel data (no frame header)")?;
+    if info.pixel_format != jpeg_decoder::PixelFormat::RGB24
+        || (info.width as u32, info.height as u32) != (cols, rows)
+    {
+        return Err(format!(
+            "the JPEG stream holds a {}x{} {:?} image, the file declares {cols}x{rows} RGB",
+            info.width, info.height, info.pixel_format
+        ));
+    }
+    if ybr {
+        for p in rgb.chunks_exact_mut(3) {
+            p.copy_from_slice(&ybr_to_rgb(p[0], p[1], p[2]));
+        }
+    }
+    image::RgbImage::from_raw(cols, rows, rgb)
+        .map(DynamicImage::ImageRgb8)
+        .ok_or_else(|| "a JPEG frame of the wrong size".to_string())
+}
+
+/// The VOI transform: the file's first VOI LUT or window, else a min-max normalisation.
+///
+/// dicom-pixeldata 0.10 finds the range of its min-max normalisation on the stored samples
+/// read as unsigned, so a signed image with negative values comes out black. For a signed
+/// monochrome image without a VOI LUT or window the range of the rescaled values is given as the
+/// window instead.
+fn normalisation(pixels: &DecodedPixelData<'_>) -> VoiLutOption {
+    let without_voi =
+        matches!(pixels.window(), Ok(None)) && matches!(pixels.voi_lut_sequence(), Ok(None));
+    if !(without_voi
+        && pixels.photometric_interpretation().is_monochrome()
+        && pixels.pixel_representation() == PixelRepresentation::Signed)
+    {
+        return VoiLutOption::First;
+    }
+    let Ok(values) = pixels.to_vec_frame::<f64>(0) else {
+        return VoiLutOption::First;
+    };
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if hi > lo {
+        VoiLutOption::Custom(WindowLevel {
+            center: (lo + hi) / 2.0,
+            width: hi - lo,
+        })
+    } else {
+        VoiLutOption::First
+    }
 }
 
 /// Transfer syntax UID of RLE Lossless.
@@ -247,11 +390,24 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
 /// transforms applied. `max_side` bounds the accepted rows and columns.
 pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
     let bad = |m: String| Error::Image(format!("DICOM: {m}"));
-    check_lengths(bytes).map_err(|m| bad(format!("corrupt file ({m})")))?;
-    let obj = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Always)
-        .from_reader(bytes)
-        .map_err(|e| bad(format!("unreadable file ({e})")))?;
+    let implicit_at = check_lengths(bytes).map_err(|m| bad(format!("corrupt file ({m})")))?;
+    let unreadable = |e: String| bad(format!("unreadable file ({e})"));
+    let obj = match implicit_at {
+        None => OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .from_reader(bytes)
+            .map_err(|e| unreadable(e.to_string()))?,
+        Some(start) => {
+            // The meta group as written, the data set in implicit VR; the pixel data are then
+            // decoded by the transfer syntax the meta group names.
+            let meta =
+                FileMetaTable::from_reader(&bytes[128..]).map_err(|e| unreadable(e.to_string()))?;
+            let implicit = entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+            InMemDicomObject::read_dataset_with_ts(&bytes[start..], &implicit)
+                .map_err(|e| unreadable(e.to_string()))?
+                .with_exact_meta(meta)
+        }
+    };
     let ts = obj
         .meta()
         .transfer_syntax()
@@ -286,7 +442,17 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
         .element(dicom_dictionary_std::tags::BITS_STORED)
         .ok()
         .map(|e| e.to_int::<u32>().unwrap_or(0));
-    if !matches!(bits_allocated, 8 | 16 | 32)
+    if matches!(bits_allocated, 1 | 32) {
+        return Err(bad(format!(
+            "{bits_allocated}-bit pixel data are not read (radiographs have 8 to 16; {} is not an X-ray)",
+            if bits_allocated == 1 {
+                "a 1-bit image, such as a segmentation,"
+            } else {
+                "a 32-bit grid, such as a dose map,"
+            }
+        )));
+    }
+    if !matches!(bits_allocated, 8 | 16)
         || bits_stored.is_some_and(|b| b == 0 || b > bits_allocated)
         || !matches!(samples, 1 | 3)
     {
@@ -295,25 +461,45 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
             bits_stored.map_or("unknown".to_string(), |b| b.to_string())
         )));
     }
+    let photometric = obj
+        .element(dicom_dictionary_std::tags::PHOTOMETRIC_INTERPRETATION)
+        .ok()
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        })
+        .unwrap_or_default();
+    let pixel_data = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .map_err(|_| bad("no pixel data in the file".into()))?;
+    let native = pixel_data.value().fragments().is_none();
+    // Uncompressed YBR_FULL_422 holds two luminance samples and one pair of chrominance samples
+    // for every two pixels of a row: 2 samples a pixel, not 3 (PS3.3 C.7.6.3.1.2).
+    let ybr422 = native && photometric == "YBR_FULL_422";
+    let samples_stored = if ybr422 { 2 } else { samples as u64 };
     let frame_bytes =
-        rows as u64 * cols as u64 * samples as u64 * bits_allocated.div_ceil(8) as u64;
+        rows as u64 * cols as u64 * samples_stored * bits_allocated.div_ceil(8) as u64;
     if frame_bytes > crate::preprocess::MAX_ALLOC {
         return Err(bad(format!(
             "a frame of {cols}x{rows} pixels, {samples} samples of {bits_allocated} bits, exceeds the decoding limit of {} MiB",
             crate::preprocess::MAX_ALLOC >> 20
         )));
     }
-    let pixel_data = obj
-        .element(dicom_dictionary_std::tags::PIXEL_DATA)
-        .map_err(|_| bad("no pixel data in the file".into()))?;
-    if pixel_data.value().fragments().is_none() {
+    if native {
         // Native (uncompressed) pixel data: a file declaring more pixels than it holds is
         // refused before anything of the declared size is allocated.
-        let held = pixel_data.to_bytes().map(|b| b.len()).unwrap_or(0) as u64;
+        let data = pixel_data.to_bytes().unwrap_or_default();
+        let held = data.len() as u64;
         if held < frame_bytes {
             return Err(bad(format!(
                 "truncated pixel data ({held} bytes for a {cols}x{rows} frame of {frame_bytes} bytes)"
             )));
+        }
+        if ybr422 {
+            // dicom-pixeldata 0.10 reads these as 3 samples a pixel.
+            return ybr_full_422_to_rgb(&data[..frame_bytes as usize], cols, rows, bits_allocated)
+                .map_err(bad);
         }
     }
     if ts == RLE_LOSSLESS {
@@ -332,6 +518,19 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
         )
         .map_err(|m| bad(format!("corrupt RLE pixel data ({m})")))?;
     }
+    if samples == 3 && bits_allocated == 8 && JPEG_LOSSY.contains(&ts.as_str()) {
+        // The first frame: every fragment of a single frame, or the first of one per frame.
+        let frames = dim(dicom_dictionary_std::tags::NUMBER_OF_FRAMES).max(1) as usize;
+        let fragments = pixel_data.value().fragments().unwrap_or_default();
+        let frame = match fragments.len() {
+            n if frames == 1 && n > 0 => Some(fragments.concat()),
+            n if n == frames => Some(fragments[0].clone()),
+            _ => None,
+        };
+        if let Some(frame) = frame {
+            return colour_jpeg(&frame, &photometric, cols, rows).map_err(bad);
+        }
+    }
     let pixels = obj.decode_pixel_data_frame(0).map_err(|e| {
         let msg = e.to_string();
         if msg.to_lowercase().contains("unsupported") || msg.contains("not supported") {
@@ -341,7 +540,7 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
         }
     })?;
     let options = ConvertOptions::new()
-        .with_voi_lut(VoiLutOption::First)
+        .with_voi_lut(normalisation(&pixels))
         .force_8bit();
     let img = pixels
         .to_dynamic_image_with_options(0, &options)
@@ -375,12 +574,32 @@ mod tests {
         f[n - 20..n - 16].copy_from_slice(&16u32.to_le_bytes());
         assert!(check_lengths(&f).is_ok());
         // An unknown VR is read with a 4-byte length, as the parser reads it.
-        f[n - 24..n - 22].copy_from_slice(b"\0\0");
+        f[n - 24..n - 22].copy_from_slice(b"ZZ");
         f[n - 20..n - 16].copy_from_slice(&u32::MAX.to_le_bytes()[..4]);
         f[n - 20] = 0xF0;
         assert!(check_lengths(&f).unwrap_err().contains("declares"));
         let e = decode(&f, 100).unwrap_err().to_string();
         assert!(e.contains("DICOM"), "{e}");
+    }
+
+    #[test]
+    fn an_implicit_data_set_under_an_explicit_transfer_syntax_is_found() {
+        // The meta group says explicit VR little endian; the data set's first element,
+        // (0008,0008) of 4 bytes, is written in implicit VR (a 4-byte length after the tag).
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 28, 0, 0, 0]);
+        f.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
+        f.extend(b"1.2.840.10008.1.2.1\0");
+        let start = f.len();
+        f.extend([0x08, 0x00, 0x08, 0x00, 4, 0, 0, 0]);
+        f.extend(b"ORIG");
+        assert_eq!(check_lengths(&f), Ok(Some(start)));
+        // The same element in explicit VR is read as written.
+        f.truncate(start);
+        f.extend([0x08, 0x00, 0x08, 0x00, b'C', b'S', 4, 0]);
+        f.extend(b"ORIG");
+        assert_eq!(check_lengths(&f), Ok(None));
     }
 
     #[test]

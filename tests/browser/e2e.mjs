@@ -366,7 +366,8 @@ async function backendSuite(browser, backend) {
     };
     const foreign = edit(/"arch": "efficientnet_lite0"/, '"arch": "efficientnet_lite9"');
     const mean = edit(/("mean": \[\s*)0\./, "$19.");
-    const threshold = edit(/"threshold": /, '"threshold": 9');
+    // Same-length edits, so that the seal, not the declared lengths, is what refuses them.
+    const threshold = edit(/"threshold": (\d)/, (_, d) => `"threshold": ${d === "9" ? "8" : "9"}`);
     const flipped = Buffer.from(good);
     flipped[good.length - 100] ^= 0xff;
     const damaged = [

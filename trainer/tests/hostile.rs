@@ -295,3 +295,162 @@ fn a_changed_header_is_refused_and_an_earlier_format_is_named_until_upgraded() {
         text(&out.stderr)
     );
 }
+
+/// Files pydicom decodes that are refused on purpose, with the words of the refusal.
+const REFUSED_ON_PURPOSE: &[(&str, &str)] = &[
+    ("liver_1frame.dcm", "1-bit pixel data are not read"),
+    ("liver_expb_1frame.dcm", "1-bit pixel data are not read"),
+    ("SC_rgb_rle_32bit.dcm", "32-bit pixel data are not read"),
+    (
+        "SC_rgb_rle_32bit_2frame.dcm",
+        "32-bit pixel data are not read",
+    ),
+];
+
+/// The grey level of every pixel (the mean of its samples), on 0..255.
+fn grey(img: &image::DynamicImage) -> Vec<f32> {
+    let rgb = img.to_rgb32f();
+    rgb.pixels()
+        .map(|p| (p[0] + p[1] + p[2]) / 3.0 * 255.0)
+        .collect()
+}
+
+/// pydicom's own test files (`tests/dicom/pydicom_corpus.py` lists them with what pydicom makes
+/// of them), a corpus nobody here wrote. Every file pydicom decodes to a 2-D image of at least
+/// 32 px is decoded, with the same pixels up to the documented windowing (its first frame;
+/// correlation of the grey levels at least 0.99), unless it is on the list of refusals on
+/// purpose. Every other file is answered or refused by name with a reason; no panic, and the
+/// CLI stays under 1 GiB.
+#[test]
+fn pydicom_test_files_are_read_as_pydicom_reads_them_or_refused_by_name() {
+    let Some(_shared) = shared() else { return };
+    let Some(python) = test_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    common::run_script(&python, "tests/dicom/pydicom_corpus.py", &[dir.path()]);
+    let corpus: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("corpus.json")).unwrap()).unwrap();
+    assert!(corpus.len() >= 70, "only {} files", corpus.len());
+    let files: Vec<&str> = corpus.iter().map(|c| c["file"].as_str().unwrap()).collect();
+
+    let model = common::workspace_dir().join("web/models/efficientnet_lite0-adults-v2.pneumoscope");
+    let out = bin()
+        .arg("predict")
+        .arg("--model")
+        .arg(&model)
+        .args(&files)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "a panic: {stderr}");
+    let answered: HashMap<String, Value> = stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["file"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let refusal = |file: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("error: {file}: ")))
+            .map(str::to_string)
+    };
+
+    let (mut same, mut on_purpose, mut others, mut differ) =
+        (0, Vec::new(), Vec::new(), Vec::new());
+    for c in &corpus {
+        let (file, name) = (c["file"].as_str().unwrap(), c["name"].as_str().unwrap());
+        let (rows, cols) = (
+            c["rows"].as_u64().unwrap_or(0),
+            c["columns"].as_u64().unwrap_or(0),
+        );
+        let image = c["pydicom"] == "image" && rows >= 32 && cols >= 32;
+        let purpose = REFUSED_ON_PURPOSE.iter().find(|(n, _)| *n == name);
+        match (answered.get(file), refusal(file)) {
+            (Some(_), None) => {}
+            (None, Some(why)) => {
+                assert!(!why.trim().is_empty(), "{name}: refused without a reason");
+                if let Some((_, words)) = purpose {
+                    assert!(
+                        why.contains(words),
+                        "{name}: refused, but not as planned: {why}"
+                    );
+                    on_purpose.push(format!("{name}: {why}"));
+                } else {
+                    assert!(
+                        !image,
+                        "{name}: pydicom decodes it, the CLI refuses it: {why}"
+                    );
+                    others.push(format!("{name} ({}): {why}", c["pydicom"]));
+                }
+                continue;
+            }
+            (a, r) => panic!("{name}: answered {} and refused {r:?}", a.is_some()),
+        }
+        assert!(
+            purpose.is_none(),
+            "{name}: on the list of refusals, but answered"
+        );
+        if !image {
+            others.push(format!("{name} ({}): answered", c["pydicom"]));
+            continue;
+        }
+        // The same pixels as pydicom's, up to the windowing.
+        let bytes = std::fs::read(file).unwrap();
+        let ours = pneumoscope::preprocess::decode(&bytes).unwrap();
+        assert_eq!(
+            (ours.width() as u64, ours.height() as u64),
+            (cols, rows),
+            "{name}: another size"
+        );
+        let samples = c["samples"].as_u64().unwrap() as usize;
+        let raw = std::fs::read(dir.path().join(c["reference"].as_str().unwrap())).unwrap();
+        let reference: Vec<f32> = raw
+            .chunks_exact(4 * samples)
+            .map(|px| {
+                px.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .sum::<f32>()
+                    / samples as f32
+            })
+            .collect();
+        let ours = grey(&ours);
+        let r = common::correlation(&ours, &reference);
+        eprintln!("{name}: {cols}x{rows}, {samples} samples, r = {r:.5}");
+        let range = |v: &[f32]| {
+            v.iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)))
+        };
+        if r >= 0.99 {
+            same += 1;
+        } else {
+            differ.push(format!(
+                "{name}: r = {r:.4}; grey levels {:?} here, {:?} in pydicom",
+                range(&ours),
+                range(&reference)
+            ));
+        }
+    }
+    eprintln!("refused on purpose:\n  {}", on_purpose.join("\n  "));
+    eprintln!(
+        "not an image to pydicom, or smaller than 32 px:\n  {}",
+        others.join("\n  ")
+    );
+    assert!(
+        differ.is_empty(),
+        "other pixels than pydicom's:\n{}",
+        differ.join("\n")
+    );
+    assert_eq!(on_purpose.len(), REFUSED_ON_PURPOSE.len(), "{on_purpose:?}");
+    assert!(
+        same >= 35,
+        "only {same} files decoded as pydicom decodes them"
+    );
+    let rss = children_max_rss();
+    eprintln!(
+        "{same} images as pydicom reads them; largest child resident set: {} MB",
+        rss >> 20
+    );
+    assert!(rss < 1 << 30, "a child used {} MB", rss >> 20);
+}
