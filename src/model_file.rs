@@ -435,8 +435,9 @@ pub fn format_of(bytes: &[u8]) -> Result<Format> {
     let v = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
     Format::of(v).ok_or_else(|| {
         Error::ModelFile(format!(
-            "format version {v} is not supported (this build reads versions 1 to \
-             {ENSEMBLE_FORMAT_VERSION} and {}; a newer Pneumoscope may read it)",
+            "format version {v} is not supported (this build reads versions \
+             {FORMAT_VERSION} to {}, and 1 to 3, their earlier unsealed forms; a newer \
+             Pneumoscope may read it)",
             crate::lungs::LUNGS_FORMAT_VERSION
         ))
     })

@@ -166,7 +166,11 @@ impl Drop for Running {
     }
 }
 
-/// Starts serving `site` on `addr` (port 0 picks a free port) with a few worker threads.
+/// Threads answering requests: a download of a model holds one until it is sent, so that
+/// several at once leave others free for the page's small files.
+const THREADS: usize = 8;
+
+/// Starts serving `site` on `addr` (port 0 picks a free port) with [`THREADS`] worker threads.
 pub fn start(site: Site, addr: SocketAddr) -> Result<Running> {
     let server = Arc::new(
         Server::http(addr)
@@ -177,7 +181,7 @@ pub fn start(site: Site, addr: SocketAddr) -> Result<Running> {
         .server_addr()
         .to_ip()
         .context("the server is not on an IP address")?;
-    let threads = (0..4)
+    let threads = (0..THREADS)
         .map(|_| {
             let server = server.clone();
             let site = site.clone();
@@ -302,6 +306,100 @@ mod tests {
             "POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello",
         );
         assert!(post.contains(" 405 "), "{post}");
+    }
+
+    /// Status code and body of a whole HTTP/1.0 exchange.
+    fn get(addr: SocketAddr, target: &str) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(format!("GET {target} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{target}: no end of headers"));
+        let head = String::from_utf8_lossy(&out[..end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{target}: {head}"));
+        (status, out[end + 4..].to_vec())
+    }
+
+    #[test]
+    fn fifty_clients_and_six_downloads_of_the_largest_model_are_answered_in_full() {
+        use sha2::{Digest, Sha256};
+        let web = crate::root().join("web");
+        let largest = std::fs::read_dir(web.join("models"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let model = std::fs::read(&largest).unwrap();
+        let want = Sha256::digest(&model);
+        let target = format!("/models/{}", largest.file_name().unwrap().to_str().unwrap());
+        let running = start(Site { root: web.clone() }, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = running.addr;
+        let small: Vec<(String, Option<Vec<u8>>)> = [
+            "index.html",
+            "app.js",
+            "client.js",
+            "worker.js",
+            "style.css",
+            "models/index.json",
+        ]
+        .iter()
+        .map(|f| (format!("/{f}"), Some(std::fs::read(web.join(f)).unwrap())))
+        .chain(
+            ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "/nope.html"]
+                .iter()
+                .map(|t| (t.to_string(), None)),
+        )
+        .collect();
+        let small = Arc::new(small);
+        let downloads: Vec<_> = (0..6)
+            .map(|_| {
+                let target = target.clone();
+                std::thread::spawn(move || get(addr, &target))
+            })
+            .collect();
+        let clients: Vec<_> = (0..50)
+            .map(|c| {
+                let small = small.clone();
+                std::thread::spawn(move || {
+                    for i in 0..8 {
+                        let (target, body) = &small[(c * 8 + i) % small.len()];
+                        let (status, got) = get(addr, target);
+                        match body {
+                            Some(body) => {
+                                assert_eq!(status, 200, "{target}");
+                                assert!(
+                                    got == *body,
+                                    "{target}: {} of {} bytes",
+                                    got.len(),
+                                    body.len()
+                                );
+                            }
+                            None => assert_eq!(status, 404, "{target}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("a client failed");
+        }
+        for d in downloads {
+            let (status, body) = d.join().expect("a download failed");
+            assert_eq!(status, 200);
+            assert_eq!(body.len(), model.len(), "a download came back cut");
+            assert!(
+                Sha256::digest(&body) == want,
+                "a download came back changed"
+            );
+        }
     }
 
     #[test]
