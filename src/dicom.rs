@@ -552,15 +552,22 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn declared_lengths_beyond_the_file_are_refused() {
-        // Preamble, magic, the meta group (its length, then (0002,0010) UI of 20 bytes), then
-        // (7FE0,0010) OW declaring 2 GB.
+    /// Preamble, magic and a meta group naming explicit VR little endian: its group length,
+    /// then (0002,0010) UI of 20 bytes.
+    fn explicit_le_meta() -> Vec<u8> {
         let mut f = vec![0u8; 128];
         f.extend(b"DICM");
         f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 28, 0, 0, 0]);
         f.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
         f.extend(b"1.2.840.10008.1.2.1\0");
+        f
+    }
+
+    #[test]
+    fn declared_lengths_beyond_the_file_are_refused() {
+        // Preamble, magic, the meta group (its length, then (0002,0010) UI of 20 bytes), then
+        // (7FE0,0010) OW declaring 2 GB.
+        let mut f = explicit_le_meta();
         f.extend([
             0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
         ]);
@@ -586,11 +593,7 @@ mod tests {
     fn an_implicit_data_set_under_an_explicit_transfer_syntax_is_found() {
         // The meta group says explicit VR little endian; the data set's first element,
         // (0008,0008) of 4 bytes, is written in implicit VR (a 4-byte length after the tag).
-        let mut f = vec![0u8; 128];
-        f.extend(b"DICM");
-        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 28, 0, 0, 0]);
-        f.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
-        f.extend(b"1.2.840.10008.1.2.1\0");
+        let mut f = explicit_le_meta();
         let start = f.len();
         f.extend([0x08, 0x00, 0x08, 0x00, 4, 0, 0, 0]);
         f.extend(b"ORIG");

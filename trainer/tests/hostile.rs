@@ -19,6 +19,25 @@ struct Case {
     reason: String,
 }
 
+/// `pneumoscope predict --model MODEL FILES…`: its exit status, stdout and stderr.
+fn predict_all<F: AsRef<std::ffi::OsStr>>(
+    model: &Path,
+    files: &[F],
+) -> (std::process::ExitStatus, String, String) {
+    let out = bin()
+        .arg("predict")
+        .arg("--model")
+        .arg(model)
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 fn corpus(python: &Path, source: &Path, out: &Path) -> Vec<Case> {
     common::run_script(python, "tests/hostile/make_corpus.py", &[source, out]);
     let cases: Vec<Value> =
@@ -62,20 +81,9 @@ fn the_cli_answers_odd_files_and_refuses_broken_ones_by_name() {
 
     let model = default_model();
     let files: Vec<PathBuf> = cases.iter().map(|c| dir.path().join(&c.file)).collect();
-    let out = bin()
-        .arg("predict")
-        .arg("--model")
-        .arg(&model)
-        .args(&files)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (status, stdout, stderr) = predict_all(&model, &files);
     eprintln!("--- stdout\n{stdout}--- stderr\n{stderr}");
-    assert!(
-        !out.status.success(),
-        "broken files must give a non-zero exit"
-    );
+    assert!(!status.success(), "broken files must give a non-zero exit");
     assert!(!stderr.contains("panicked"), "a panic: {stderr}");
     let answers: HashMap<String, Value> = stdout
         .lines()
@@ -333,15 +341,7 @@ fn pydicom_test_files_are_read_as_pydicom_reads_them_or_refused_by_name() {
     let files: Vec<&str> = corpus.iter().map(|c| c["file"].as_str().unwrap()).collect();
 
     let model = common::workspace_dir().join("web/models/efficientnet_lite0-adults-v2.pneumoscope");
-    let out = bin()
-        .arg("predict")
-        .arg("--model")
-        .arg(&model)
-        .args(&files)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (_, stdout, stderr) = predict_all(&model, &files);
     assert!(!stderr.contains("panicked"), "a panic: {stderr}");
     let answered: HashMap<String, Value> = stdout
         .lines()
