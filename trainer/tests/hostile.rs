@@ -38,6 +38,17 @@ fn predict_all<F: AsRef<std::ffi::OsStr>>(
     )
 }
 
+/// The JSON lines of a `predict` output, by their `file`.
+fn answers_by_file(stdout: &str) -> HashMap<String, Value> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["file"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
 fn corpus(python: &Path, source: &Path, out: &Path) -> Vec<Case> {
     common::run_script(python, "tests/hostile/make_corpus.py", &[source, out]);
     let cases: Vec<Value> =
@@ -85,13 +96,7 @@ fn the_cli_answers_odd_files_and_refuses_broken_ones_by_name() {
     eprintln!("--- stdout\n{stdout}--- stderr\n{stderr}");
     assert!(!status.success(), "broken files must give a non-zero exit");
     assert!(!stderr.contains("panicked"), "a panic: {stderr}");
-    let answers: HashMap<String, Value> = stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["file"].as_str().unwrap().to_string(), v)
-        })
-        .collect();
+    let answers = answers_by_file(&stdout);
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("error: "))
@@ -343,13 +348,7 @@ fn pydicom_test_files_are_read_as_pydicom_reads_them_or_refused_by_name() {
     let model = common::workspace_dir().join("web/models/efficientnet_lite0-adults-v2.pneumoscope");
     let (_, stdout, stderr) = predict_all(&model, &files);
     assert!(!stderr.contains("panicked"), "a panic: {stderr}");
-    let answered: HashMap<String, Value> = stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["file"].as_str().unwrap().to_string(), v)
-        })
-        .collect();
+    let answered = answers_by_file(&stdout);
     let refusal = |file: &str| {
         stderr
             .lines()
