@@ -33,6 +33,8 @@ pub mod model_file;
 pub mod ood;
 pub mod population;
 pub mod preprocess;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+mod wasm_libc;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -106,6 +106,10 @@ pub fn build_pkg() -> Result<PathBuf> {
         .args(["--target", "web", "--out-dir"])
         .arg(&pkg)
         .arg(&wasm))?;
+    let glue = pkg.join("pneumoscope.js");
+    let js = std::fs::read_to_string(&glue)
+        .with_context(|| format!("cannot read {}", glue.display()))?;
+    unresolved_imports(&js)?;
     // wasm-opt takes a minute on this size: its output is cached.
     let bound = pkg.join("pneumoscope_bg.wasm");
     let input =
@@ -126,6 +130,22 @@ pub fn build_pkg() -> Result<PathBuf> {
     Ok(pkg)
 }
 
+/// Refuses a module that imports from `env`: functions some dependency declared `extern "C"`
+/// (C's `malloc`, say) that nothing defined. wasm-bindgen leaves them as imports of a module no
+/// browser has, and the page's worker would then fail to start without a message.
+fn unresolved_imports(glue: &str) -> Result<()> {
+    let env = glue
+        .lines()
+        .filter(|l| l.starts_with("import ") && l.ends_with("from \"env\""))
+        .count();
+    anyhow::ensure!(
+        env == 0,
+        "pkg/pneumoscope_bg.wasm imports {env} function(s) from \"env\" that no crate defines \
+         (a dependency's extern \"C\" functions; see src/wasm_libc.rs): the browser cannot start it"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +161,14 @@ mod tests {
         assert!(lock.contains(&format!(
             "name = \"wasm-bindgen\"\nversion = \"{WASM_BINDGEN_VERSION}\""
         )));
+    }
+
+    #[test]
+    fn a_module_that_imports_from_env_is_refused() {
+        let good = "import { foo } from './snippets/a.js';\nexport class Classifier {}\n";
+        unresolved_imports(good).unwrap();
+        let bad = format!("import * as import1 from \"env\"\n{good}");
+        let e = unresolved_imports(&bad).unwrap_err().to_string();
+        assert!(e.contains("1 function(s) from \"env\""), "{e}");
     }
 }
