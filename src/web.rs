@@ -37,11 +37,19 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-/// Shows Rust panics in the browser console instead of "unreachable".
+/// Shows Rust panics in the browser console instead of "unreachable", and leaves the message
+/// in the global `pneumoscopePanic`, where the worker reads it after the trap that follows (a
+/// panic aborts in wasm32: the instance is unusable afterwards and the worker starts anew).
 #[wasm_bindgen(start)]
 pub fn start() {
     std::panic::set_hook(Box::new(|info| {
-        web_console_error(&info.to_string());
+        let message = info.to_string();
+        let _ = Reflect::set(
+            &js_sys::global(),
+            &"pneumoscopePanic".into(),
+            &message.as_str().into(),
+        );
+        web_console_error(&message);
     }));
 }
 
@@ -406,6 +414,40 @@ impl Classifier {
             };
             timings.total_ms = now_ms() - t0;
             to_js(&classification(&p, backend, timings))
+        })
+    }
+
+    /// The memory the backend holds for this model, as the device allocator reports it:
+    /// `{ bytesInUse, bytesReserved, allocations }` (bytes), or `null` where the backend keeps
+    /// no such account (the CPU backend, whose tensors live in the wasm memory itself).
+    pub fn memory(&self) -> Result<JsValue, JsValue> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Usage {
+            bytes_in_use: u64,
+            bytes_reserved: u64,
+            allocations: u64,
+        }
+        let usage = self.engine.networks[0]
+            .device
+            .memory_pool_usage()
+            .map(|u| Usage {
+                bytes_in_use: u.bytes_in_use,
+                bytes_reserved: u.bytes_reserved,
+                allocations: u.number_allocs,
+            });
+        to_js(&usage)
+    }
+
+    /// Test-only: reads the image as [`Classifier::explain`] does, then panics on purpose
+    /// inside the same asynchronous path, so that tests can check how the page survives a
+    /// panic of the library (the worker restarts and reloads the model).
+    #[wasm_bindgen(js_name = panicForTest)]
+    pub fn panic_for_test(&self, image: Vec<u8>) -> Promise {
+        let engine = self.engine.clone();
+        future_to_promise(async move {
+            let _x = engine.preprocess_async(&image).await.map_err(js_error)?;
+            panic!("a panic on purpose (the test-only entry point panicForTest)");
         })
     }
 

@@ -7,7 +7,8 @@
 // `#error` for messages. Also `#result[data-timings]` (JSON, milliseconds: the library's own
 // end-to-end `total_ms` and its parts), `#result[data-wall-ms]` (from choosing the image, or the
 // class, to the result drawn, as the page measured it), `#result[data-call-ms]` (around the
-// library call, worker round trip included) and, once a model is
+// library call, worker round trip included), `#result[data-memory]` (JSON: the worker's
+// `wasmBytes` and, on WebGPU, the `device` allocator's `bytesInUse`/`bytesReserved`) and, once a model is
 // loaded, `body[data-model-ready]`, `body[data-backend]` and `body[data-ready-ms]` (time since
 // navigation). `#result[data-ood]` holds `{score, flagged}` as JSON (or `null` when the model has
 // no out-of-distribution statistics); `#ood-warning` is shown when the image is flagged.
@@ -22,6 +23,9 @@
 // The example row (`examples/examples.json`): one `button[data-example=FILE]` per example; its
 // result carries `#result[data-example-label]` (the label in its collection), written out in
 // `#example-truth` with the image's source and licence.
+// When the library faults on an image (a panic), `#error` names the image and the fault, the
+// client restarts the worker with the same model, and `body[data-worker-restarts]` counts the
+// restarts. Test-only: `?panic-test` makes the library panic on purpose on the first image.
 
 import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
 
@@ -35,6 +39,26 @@ let modelLabel = ""; // its file name
 let current = null; // { bytes, name } of the image on screen
 let explanation = null; // the last explain() result
 let generation = 0; // ignores answers to requests that a newer one superseded
+let panicArmed = new URLSearchParams(location.search).has("panic-test"); // test-only, once
+
+// After a fault of the library the client has a new worker with the same model.
+client.onRestart = (m, error) => {
+  document.body.dataset.workerRestarts = String(client.restarts);
+  const status = $("model-status");
+  if (m) {
+    lastGood = m;
+    modelReady = Promise.resolve(m);
+    status.textContent = `${m.info.arch} ready on ${m.backend} · restarted after an internal error ` +
+      `(${client.restarts} ${client.restarts === 1 ? "time" : "times"} in this visit)`;
+  } else {
+    lastGood = null;
+    modelReady = Promise.reject(new Error(error));
+    modelReady.catch(() => {});
+    delete document.body.dataset.modelReady;
+    status.textContent = "No model loaded: it could not be loaded again after an internal error.";
+    showError(error);
+  }
+};
 
 function showError(message) {
   $("error").textContent = message;
@@ -60,6 +84,7 @@ function clearResult() {
   delete r.dataset.timings;
   delete r.dataset.wallMs;
   delete r.dataset.callMs;
+  delete r.dataset.memory;
   delete r.dataset.ood;
   delete r.dataset.caution;
   delete r.dataset.lungShare;
@@ -176,16 +201,20 @@ async function analyse(cls, startedAt = performance.now()) {
   try {
     await modelReady;
     const callStart = performance.now();
-    const r = await client.explain(current.bytes, cls);
+    const panicForTest = panicArmed;
+    panicArmed = false;
+    const r = await client.explain(current.bytes, cls, { panicForTest });
     const callMs = performance.now() - callStart;
     if (mine !== generation) return;
     explanation = r;
     show(r, startedAt);
     $("result").dataset.callMs = callMs.toFixed(1);
+    $("result").dataset.memory = JSON.stringify(r.memory ?? null);
   } catch (e) {
     if (mine !== generation) return;
     clearResult();
-    showError(`${current.name}: ${e.message}`);
+    const restart = client.restarting ? "; the page restarts its library with the same model, the next image is answered as usual" : "";
+    showError(`${current.name}: ${e.message}${restart}`);
   } finally {
     if (mine === generation) setBusy("");
   }

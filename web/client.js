@@ -24,13 +24,32 @@ export function requestedBackend(search = globalThis.location?.search ?? "") {
   return b === "cpu" || b === "webgpu" ? b : "auto";
 }
 
+/**
+ * The page-side handle of the worker. When the library faults (a Rust panic aborts its wasm
+ * instance), the request that caused it is rejected with the panic's message, and the client
+ * starts a new worker and loads the same model into it from the bytes it keeps, by itself;
+ * `onRestart(loadResult, error)` is called when that is done (or `onRestart(null, error)` when
+ * the reload failed). Requests made meanwhile wait for the new worker.
+ */
 export class PneumoscopeClient {
   constructor(workerUrl = new URL("./worker.js", import.meta.url)) {
-    this.worker = new Worker(workerUrl, { type: "module" });
+    this.workerUrl = workerUrl;
     this.next = 1;
     this.pending = new Map();
-    this.worker.onmessage = (event) => {
-      const { id, ok, result, error, progress } = event.data;
+    this.model = null; // { bytes, backend, name } of the loaded model, for a restart
+    this.restarting = null; // Promise of the restart under way
+    this.restarts = 0;
+    this.onRestart = null;
+    this.start();
+  }
+
+  start() {
+    const worker = new Worker(this.workerUrl, { type: "module" });
+    this.worker = worker;
+    let answered = false; // whether this worker has sent anything: it started
+    worker.onmessage = (event) => {
+      answered = true;
+      const { id, ok, result, error, progress, crashed } = event.data;
       const p = this.pending.get(id);
       if (!p) return;
       if (progress) {
@@ -40,15 +59,51 @@ export class PneumoscopeClient {
       this.pending.delete(id);
       if (ok) p.resolve(result);
       else p.reject(new Error(error));
+      if (crashed && worker === this.worker) this.restart(error);
     };
-    this.worker.onerror = (event) => {
-      const error = new Error(`the worker failed: ${event.message || "unknown error"}`);
-      for (const p of this.pending.values()) p.reject(error);
+    worker.onerror = (event) => {
+      event.preventDefault();
+      if (worker !== this.worker) return;
+      const error = `the worker failed: ${event.message || "its script could not be loaded or started"}`;
+      if (answered) {
+        // An error the worker could not answer for itself: the same as a fault.
+        this.restart(error);
+        return;
+      }
+      // A worker that never answered will not start the next time either: no restart.
+      for (const p of this.pending.values()) p.reject(new Error(error));
       this.pending.clear();
     };
   }
 
-  call(op, args, onProgress, transfer = []) {
+  /** Replaces a faulted worker by a new one with the same model. */
+  restart(error) {
+    if (this.restarting) return this.restarting;
+    this.worker.terminate();
+    for (const p of this.pending.values()) p.reject(new Error(error));
+    this.pending.clear();
+    this.restarts++;
+    this.start();
+    const model = this.model;
+    this.restarting = (async () => {
+      let result = null;
+      try {
+        // The bytes travel to the new worker and come back with its load result.
+        if (model) result = await this.send("load", { bytes: model.bytes, backend: model.backend, name: model.name }, undefined, [model.bytes]);
+        if (result) this.model = { ...model, bytes: takeModelData(result) };
+      } catch (e) {
+        this.model = null;
+        error = `${error}; the model could not be loaded again: ${e.message}`;
+      } finally {
+        this.restarting = null;
+      }
+      this.onRestart?.(result, error);
+      return result;
+    })();
+    return this.restarting;
+  }
+
+  send(op, args, onProgress, transfer = []) {
     const id = this.next++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, onProgress });
@@ -56,9 +111,16 @@ export class PneumoscopeClient {
     });
   }
 
+  async call(op, args, onProgress, transfer = []) {
+    if (this.restarting) await this.restarting;
+    return this.send(op, args, onProgress, transfer);
+  }
+
   /** Loads a model from `url` or from `bytes` (an ArrayBuffer); `backend`: auto|webgpu|cpu. */
-  load({ url, bytes, backend = "auto", name }, onProgress) {
-    return this.call("load", { url: url && String(url), bytes, backend, name }, onProgress);
+  async load({ url, bytes, backend = "auto", name }, onProgress) {
+    const result = await this.call("load", { url: url && String(url), bytes, backend, name }, onProgress);
+    this.model = { bytes: takeModelData(result), backend, name: name || (url && String(url)) };
+    return result;
   }
 
   /** Classifies encoded image bytes (ArrayBuffer or Uint8Array). */
@@ -66,14 +128,24 @@ export class PneumoscopeClient {
     return this.call("classify", { bytes: copy(bytes) });
   }
 
-  /** Classifies and explains (Grad-CAM) one class, the predicted one when `cls` is omitted. */
-  explain(bytes, cls) {
-    return this.call("explain", { bytes: copy(bytes), cls });
+  /**
+   * Classifies and explains (Grad-CAM) one class, the predicted one when `cls` is omitted.
+   * `options.panicForTest` (tests only) makes the library panic on purpose while reading it.
+   */
+  explain(bytes, cls, options = {}) {
+    return this.call("explain", { bytes: copy(bytes), cls, panicForTest: Boolean(options.panicForTest) });
   }
 
   terminate() {
     this.worker.terminate();
   }
+}
+
+/** The model bytes a load result carries back from the worker, taken out of the result. */
+function takeModelData(result) {
+  const data = result.modelData;
+  delete result.modelData;
+  return data;
 }
 
 function copy(bytes) {

@@ -1,11 +1,17 @@
 // The Web Worker that owns the WebAssembly library: all decoding, inference and Grad-CAM run
 // here, off the page's main thread. Messages in: { id, op, ...args }; out: { id, ok, result }
 // or { id, ok: false, error }, plus { id, progress: { loaded, total } } while a model downloads.
+// A panic of the library aborts its WebAssembly instance: every request in flight is then
+// answered { id, ok: false, error, crashed: true }, and the client (client.js) starts a new
+// worker with the same model. A loaded model's bytes go back with the load result
+// (`modelData`, transferred), for that restart.
 
 import init, { Classifier, version } from "./pkg/pneumoscope.js";
 
 let ready = null; // Promise of the initialised wasm module
 let model = null; // the loaded Classifier
+let crashed = null; // the message of the fault that ended the wasm instance
+const inFlight = new Set(); // ids of the requests not yet answered
 
 function post(message, transfer = []) {
   self.postMessage(message, transfer);
@@ -70,6 +76,7 @@ const ops = {
     model = loaded;
     const t3 = performance.now();
     return {
+      modelData: data.buffer,
       backend: model.backend,
       fallbackReason: model.fallbackReason ?? null,
       info: model.info,
@@ -85,9 +92,14 @@ const ops = {
     return await model.classify(new Uint8Array(bytes));
   },
 
-  async explain({ bytes, cls }) {
+  async explain({ bytes, cls, panicForTest }) {
     if (!model) throw new Error("no model is loaded yet");
+    // Test-only: the library panics on purpose while reading this image.
+    if (panicForTest) return await model.panicForTest(new Uint8Array(bytes));
     const r = await model.explain(new Uint8Array(bytes), cls ?? undefined);
+    // What the worker holds after this image: the wasm memory, and on WebGPU the device
+    // buffers of the backend's allocator (null on the CPU backend).
+    r.memory = { wasmBytes: (await ready).memory.buffer.byteLength, device: model.memory() };
     return r;
   },
 };
@@ -115,16 +127,48 @@ function messageOf(e) {
   return String(e);
 }
 
+/**
+ * The end of the wasm instance: a trap (a Rust panic aborts) thrown into a call, or, for a
+ * panic inside an asynchronous call, into the microtask that ran it. Every request in flight is
+ * answered with the panic's message; the client replaces this worker.
+ */
+function fault(e) {
+  const panic = self.pneumoscopePanic;
+  crashed ??= `the library stopped on an internal error${panic ? ` (${panic})` : e ? ` (${messageOf(e)})` : ""}`;
+  for (const id of inFlight) post({ id, ok: false, error: crashed, crashed: true });
+  inFlight.clear();
+}
+
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError || self.pneumoscopePanic !== undefined;
+
+self.addEventListener("error", (event) => {
+  if (!isTrap(event.error)) return;
+  event.preventDefault();
+  fault(event.error);
+});
+self.addEventListener("unhandledrejection", (event) => {
+  if (!isTrap(event.reason)) return;
+  event.preventDefault();
+  fault(event.reason);
+});
+
 self.onmessage = async (event) => {
   const { id, op, ...args } = event.data;
+  if (crashed) {
+    post({ id, ok: false, error: crashed, crashed: true });
+    return;
+  }
+  inFlight.add(id);
   try {
     if (!(op in ops)) throw new Error(`unknown operation ${op}`);
     const result = await ops[op](args, id);
     const transfer = [];
     if (result && result.view) transfer.push(result.view.buffer, result.heatmap.buffer, result.cam.values.buffer);
     if (result && result.lungs) transfer.push(result.lungs.mask.buffer, result.lungs.outline.buffer);
-    post({ id, ok: true, result }, transfer);
+    if (result && result.modelData) transfer.push(result.modelData);
+    if (inFlight.delete(id)) post({ id, ok: true, result }, transfer);
   } catch (e) {
-    post({ id, ok: false, error: messageOf(e) });
+    if (isTrap(e)) fault(e);
+    else if (inFlight.delete(id)) post({ id, ok: false, error: messageOf(e) });
   }
 };

@@ -10,7 +10,7 @@
 // stay inside the site's folder (on loopback) without a body. `cargo xtask test` serves the
 // built site (`cargo xtask dist`) under a sub-path with a plain static server, as a host would.
 
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -94,9 +94,20 @@ async function upload(page, file) {
     const r = document.getElementById("result");
     delete r.dataset.top;
     document.getElementById("gradcam").removeAttribute("data-class");
+    const e = document.getElementById("error");
+    e.hidden = true;
+    e.textContent = "";
   });
   await page.setInputFiles("#image-input", file);
-  await page.waitForSelector("#result[data-top]", { state: "attached", ...WAIT });
+  // The result, or an error naming the file: a refusal fails at once, not after the timeout.
+  const name = file.split("/").pop();
+  const refused = await page.waitForFunction((n) => {
+    if ("top" in document.getElementById("result").dataset) return "";
+    const e = document.getElementById("error");
+    return !e.hidden && e.textContent.includes(n) ? e.textContent : false;
+  }, name, WAIT);
+  const message = await refused.jsonValue();
+  check(message === "", `${name}: the page refused it: ${message}`);
   await page.waitForSelector("#gradcam[data-class]", { state: "attached", ...WAIT });
   return readResult(page);
 }
@@ -125,6 +136,7 @@ async function readResult(page) {
       timingsJson: JSON.parse(r.dataset.timings),
       wallMs: Number(r.dataset.wallMs),
       callMs: Number(r.dataset.callMs),
+      memory: JSON.parse(r.dataset.memory ?? "null"),
     };
   });
 }
@@ -413,9 +425,9 @@ async function backendSuite(browser, backend) {
     check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), "a stale result is still shown");
     console.log(`#   error shown: ${message}`);
   });
-  // The hostile-file corpus (tests/hostile/make_corpus.py) concerns decoding, the same Rust code
-  // on both backends: tested once, on the CPU backend.
-  if (backend === "cpu" && args.python) {
+  // The hostile-file corpus (tests/hostile/make_corpus.py), on both backends: decoding is the
+  // same Rust code, but what an odd image does to the device (a huge or tiny one) is not.
+  if (args.python) {
     await t.test(`${backend}: the hostile-file corpus: clear errors for broken files, answers for odd ones, no freeze`, async () => {
       const dir = join(args.artifacts, "hostile");
       execFileSync(args.python, [join(import.meta.dirname, "../hostile/make_corpus.py"), images[1], dir]);
@@ -435,6 +447,41 @@ async function backendSuite(browser, backend) {
         console.log(`#   ${c.file}: ${c.expect} in ${Date.now() - t1} ms`);
       }
       // Still responsive afterwards: a real X-ray gets the CLI's answer.
+      compareWithNative(images[0], await upload(page, images[0]), backend);
+    });
+  }
+  // pydicom's own test files (tests/dicom/pydicom_corpus.py): the page answers each as the
+  // native CLI does, or refuses it with the CLI's reason. Decoding only, so on the CPU backend.
+  if (backend === "cpu" && args.python) {
+    await t.test(`${backend}: pydicom's test files: the CLI's answer or the CLI's refusal, file by file`, async () => {
+      const dir = join(args.artifacts, "pydicom");
+      execFileSync(args.python, [join(import.meta.dirname, "../dicom/pydicom_corpus.py"), dir]);
+      const corpus = JSON.parse(readFileSync(join(dir, "corpus.json"), "utf8"));
+      check(corpus.length >= 70, `only ${corpus.length} files in pydicom's corpus`);
+      const cli = spawnSync(args.pneumoscope, ["predict", "--model", args.model, ...corpus.map((c) => c.file)], { encoding: "utf8", maxBuffer: 1 << 26 });
+      check(!cli.stderr.includes("panicked"), `the CLI panicked: ${cli.stderr}`);
+      const answers = new Map(cli.stdout.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)).map((a) => [a.file, a]));
+      const refusals = new Map(cli.stderr.split("\n").filter((l) => l.startsWith("error: ")).map((l) => {
+        const c = corpus.find((c) => l.startsWith(`error: ${c.file}: `));
+        return c ? [c.file, l.slice(`error: ${c.file}: `.length)] : [l, l];
+      }));
+      let answered = 0, refused = 0;
+      for (const c of corpus) {
+        const name = c.file.split("/").pop();
+        const want = answers.get(c.file), why = refusals.get(c.file);
+        check(Boolean(want) !== Boolean(why), `${name}: the CLI answered ${Boolean(want)} and refused ${JSON.stringify(why)}`);
+        if (want) {
+          compareWithNative(c.file, await upload(page, c.file), backend, want);
+          answered++;
+        } else {
+          const message = await expectError(page, name, () => page.setInputFiles("#image-input", c.file));
+          const reason = why.replace(/^cannot read image: /, "");
+          check(message.includes(reason), `${name}: the page says ${JSON.stringify(message)}, the CLI ${JSON.stringify(why)}`);
+          refused++;
+        }
+      }
+      check(answered >= 35, `only ${answered} of pydicom's files answered`);
+      console.log(`#   ${corpus.length} files: ${answered} answered as the CLI answers them, ${refused} refused with the CLI's reason`);
       compareWithNative(images[0], await upload(page, images[0]), backend);
     });
   }
@@ -462,6 +509,102 @@ async function backendSuite(browser, backend) {
     check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
   });
   await context.close();
+}
+
+/**
+ * A panic inside the library (the test-only entry point, armed by `?panic-test` for the first
+ * image): that image gets a clear error, the page restarts its worker with the model it holds,
+ * and the next image gets the CLI's answer on the same backend.
+ */
+async function restartSuite(browser, backend) {
+  await t.test(`${backend}: a panic of the library: a clear error for its image, the worker restarts with the same model, the next image is answered`, async () => {
+    const { context, page } = await visit(browser, backend);
+    try {
+      await page.goto(`${args.url}?backend=${backend}&panic-test`);
+      await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+      const name = images[0].split("/").pop();
+      const t0 = Date.now();
+      const message = await expectError(page, name, () => page.setInputFiles("#image-input", images[0]));
+      check(message.includes("a panic on purpose"), `${name}: the error does not give the panic's message: ${message}`);
+      check(message.includes("restarts its library"), `${name}: the error does not say the library restarts: ${message}`);
+      check(!(await page.evaluate(() => "top" in document.getElementById("result").dataset)), "a result is shown for the image that failed");
+      await page.waitForSelector("body[data-worker-restarts='1']", { state: "attached", ...WAIT });
+      const restartMs = Date.now() - t0;
+      const status = await page.textContent("#model-status");
+      check(status.includes(`ready on ${backend}`) && status.includes("restarted after an internal error"), `the status after the restart: ${status}`);
+      compareWithNative(images[1], await upload(page, images[1]), backend);
+      compareWithNative(images[0], await upload(page, images[0]), backend);
+      const restarts = await page.evaluate(() => document.body.dataset.workerRestarts);
+      check(restarts === "1", `${restarts} restarts for one panic`);
+      console.log(`#   error shown: ${message}`);
+      console.log(`#   fault to a reloaded model in ${restartMs} ms; ${status}`);
+    } finally {
+      await context.close();
+    }
+  });
+}
+
+/** `n` real X-rays of the shared data, children and adults, in a fixed order. */
+function soakImages(shared, n) {
+  const k = join(shared, "data/kermany/chest_xray/test");
+  const kermany = ["NORMAL", "PNEUMONIA"].flatMap((d) => readdirSync(join(k, d)).sort().slice(0, n).map((f) => join(k, d, f)));
+  const a = join(shared, "data/adult-normal");
+  const adults = existsSync(a) ? readdirSync(a, { recursive: true }).filter((f) => /\.(png|jpe?g)$/i.test(f)).sort().slice(0, n).map((f) => join(a, f)) : [];
+  const all = [...kermany, ...adults];
+  return Array.from({ length: n }, (_, i) => all[(i * 7) % all.length]);
+}
+
+/**
+ * Endurance: `n` images in one visit with the light model. The worker's memory (the wasm
+ * memory, and on WebGPU the device allocator's reserve) must stop growing: under 5 % over the
+ * last two thirds. The latency drift (the last 50 against the 50 after warm-up) is reported,
+ * not asserted: these machines are shared. Stops at `budgetMs`, having classified at least 60.
+ */
+async function soakSuite(browser, backend, n, budgetMs) {
+  await t.test(`${backend}: ${n} images in one visit: the worker's memory stops growing`, async () => {
+    const { context, page, errors } = await visit(browser, backend);
+    try {
+      await page.goto(`${args.url}?backend=${backend}&model=efficientnet_lite0-adults-v2.pneumoscope`);
+      await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+      const files = soakImages(args.shared, n);
+      const samples = [];
+      const t0 = Date.now();
+      for (const file of files) {
+        if (Date.now() - t0 > budgetMs && samples.length >= 60) break;
+        const got = await upload(page, file);
+        check(got.memory && got.memory.wasmBytes > 0, `${file}: the worker reports no memory: ${JSON.stringify(got.memory)}`);
+        check((backend === "webgpu") === (got.memory.device !== null), `${file}: device memory ${JSON.stringify(got.memory.device)} on ${backend}`);
+        samples.push({ ms: got.wallMs, wasm: got.memory.wasmBytes, device: got.memory.device?.bytesReserved ?? null });
+      }
+      const done = samples.length;
+      const third = Math.floor(done / 3);
+      const growth = (key) => {
+        const base = samples[third][key];
+        const peak = Math.max(...samples.slice(third).map((s) => s[key]));
+        return (peak - base) / base;
+      };
+      const mb = (b) => (b / 1e6).toFixed(1);
+      const wasmGrowth = growth("wasm");
+      const warm = Math.min(10, Math.floor(done / 4));
+      const window = Math.min(50, Math.floor((done - warm) / 2));
+      const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      const early = mean(samples.slice(warm, warm + window).map((s) => s.ms));
+      const late = mean(samples.slice(done - window).map((s) => s.ms));
+      let line = `#   ${backend}: ${done} images in ${((Date.now() - t0) / 1000).toFixed(0)} s; wasm memory ${mb(samples[0].wasm)} MB after the first, ` +
+        `${mb(samples[third].wasm)} MB at a third, ${mb(samples[done - 1].wasm)} MB at the end (${(100 * wasmGrowth).toFixed(2)} % over the last two thirds)`;
+      if (backend === "webgpu") {
+        line += `; device reserve ${mb(samples[third].device)} → ${mb(samples[done - 1].device)} MB (${(100 * growth("device")).toFixed(2)} %)`;
+      }
+      line += `; latency ${early.toFixed(0)} ms (images ${warm + 1}-${warm + window}) → ${late.toFixed(0)} ms (the last ${window}), ratio ${(late / early).toFixed(2)}`;
+      console.log(line);
+      check(done >= Math.min(n, 60), `only ${done} images in the time allowed`);
+      check(wasmGrowth < 0.05, `the wasm memory grew ${(100 * wasmGrowth).toFixed(2)} % over the last two thirds`);
+      if (backend === "webgpu") check(growth("device") < 0.05, `the device memory grew ${(100 * growth("device")).toFixed(2)} % over the last two thirds`);
+      check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
+    } finally {
+      await context.close();
+    }
+  });
 }
 
 async function policySuite(browser) {
@@ -913,6 +1056,10 @@ try {
     check(adapter, "no WebGPU adapter: the webgpu backend cannot be tested");
   });
   for (const backend of (args.backends || "cpu,webgpu").split(",")) await backendSuite(browser, backend);
+  for (const backend of (args.backends || "cpu,webgpu").split(",")) await restartSuite(browser, backend);
+  for (const backend of (args.backends || "cpu,webgpu").split(",")) {
+    await soakSuite(browser, backend, backend === "cpu" ? Number(args["soak-cpu"] ?? 300) : Number(args["soak-webgpu"] ?? 30), 8 * 60 * 1000);
+  }
   if (!args["skip-archs"]) {
     await architectureSuite(browser, "cpu", ARCHS);
     await architectureSuite(browser, "webgpu", ["squeezenet1_0", "shufflenet_v2_x1_0", "mobilenet_v3_large"]);
