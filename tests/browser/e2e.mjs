@@ -101,13 +101,13 @@ async function upload(page, file) {
   await page.setInputFiles("#image-input", file);
   // The result, or an error naming the file: a refusal fails at once, not after the timeout.
   const name = file.split("/").pop();
-  const refused = await page.waitForFunction((n) => {
-    if ("top" in document.getElementById("result").dataset) return "";
+  const outcome = await page.waitForFunction((n) => {
+    if ("top" in document.getElementById("result").dataset) return { refused: null };
     const e = document.getElementById("error");
-    return !e.hidden && e.textContent.includes(n) ? e.textContent : false;
+    return !e.hidden && e.textContent.includes(n) ? { refused: e.textContent } : false;
   }, name, WAIT);
-  const message = await refused.jsonValue();
-  check(message === "", `${name}: the page refused it: ${message}`);
+  const { refused } = await outcome.jsonValue();
+  check(refused === null, `${name}: the page refused it: ${refused}`);
   await page.waitForSelector("#gradcam[data-class]", { state: "attached", ...WAIT });
   return readResult(page);
 }
