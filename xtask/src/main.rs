@@ -251,13 +251,8 @@ fn dist_dir() -> PathBuf {
 }
 
 /// `dist [--out DIR]`: builds the static site.
-fn dist_command(args: &[String]) -> Result<()> {
-    let out = match args {
-        [] => dist_dir(),
-        [flag, dir] if flag == "--out" => PathBuf::from(dir),
-        _ => bail!("usage: cargo xtask dist [--out DIR]"),
-    };
-    let out = site(&out)?;
+fn dist_command(out: Option<PathBuf>) -> Result<()> {
+    let out = site(&out.unwrap_or_else(dist_dir))?;
     println!(
         "copy {} to any static host (see its README.txt)",
         out.display()
@@ -383,28 +378,7 @@ fn shipped_model_of(arch: &str) -> Result<PathBuf> {
 }
 
 /// `serve [--port N] [--host ADDR]`: builds `pkg/` and serves the page on loopback.
-fn serve(args: &[String]) -> Result<()> {
-    let mut port: u16 = 8787;
-    let mut host: std::net::IpAddr = [127, 0, 0, 1].into();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))
-                .cloned()
-        };
-        match a.as_str() {
-            "--port" => port = value("--port")?.parse().context("--port takes a number")?,
-            "--host" => {
-                host = value("--host")?
-                    .parse()
-                    .context("--host takes an IP address")?
-            }
-            other => bail!(
-                "unknown argument {other:?} (usage: cargo xtask serve [--port N] [--host ADDR])"
-            ),
-        }
-    }
+fn serve(port: u16, host: std::net::IpAddr) -> Result<()> {
     let running = server::start(
         server::Site {
             root: site(&dist_dir())?,
@@ -474,7 +448,7 @@ fn bench(args: &[String]) -> Result<()> {
 /// onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model, which is what the
 /// ONNX reference holds), and the default model's choose → result time, in one headless
 /// chromium run.
-fn bench_web(args: &[String]) -> Result<()> {
+fn bench_web(runs: Option<u32>) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
     let py = venv()?;
@@ -510,33 +484,77 @@ fn bench_web(args: &[String]) -> Result<()> {
         .arg(default_model()?)
         .arg("--out")
         .arg(&out)
-        .args(args)
+        .args(
+            runs.map(|n| ["--runs".to_string(), n.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .current_dir(root()))
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = dispatch(&args) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+/// Project tasks (`cargo xtask TASK`).
+#[derive(clap::Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Project tasks: serve the page, run every test, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
 }
 
-fn dispatch(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("test") => test(),
-        Some("e2e") => e2e(),
-        Some("serve") => serve(&args[1..]),
-        Some("dist") => dist_command(&args[1..]),
-        Some("venv") => venv().map(|p| println!("{}", p.display())),
-        Some("bench") => bench(&args[1..]),
-        Some("bench-web") => bench_web(&args[1..]),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask test | e2e | serve [--port N] [--host ADDR] | dist [--out DIR] | venv | \
-                 bench [ARGS OF pneumoscope bench] | bench-web [--runs N]"
-            );
-            std::process::exit(2);
-        }
+#[derive(clap::Subcommand)]
+enum Task {
+    /// Set up a fresh machine and run every test (fmt, clippy, native, wasm in Chromium, the
+    /// page end to end).
+    Test,
+    /// Only the page's end-to-end tests (builds what they need).
+    E2e,
+    /// Build the web package and serve the page with the shipped default model.
+    Serve {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        /// Address to listen on (loopback unless told otherwise).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
+    /// Build the static site, one folder to publish.
+    Dist {
+        /// Folder to write (default: `dist/` in the repository).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Create or update the test-only Python environment and print its interpreter.
+    Venv,
+    /// Native speed against PyTorch: `pneumoscope bench` with the reference environment.
+    Bench {
+        /// Arguments of `pneumoscope bench` (see `pneumoscope bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// In-browser speed of the page against onnxruntime-web, in one headless Chromium run.
+    BenchWeb {
+        /// Timed runs per measurement.
+        #[arg(long)]
+        runs: Option<u32>,
+    },
+}
+
+fn main() {
+    let cli = <Cli as clap::Parser>::parse();
+    let done = match cli.task {
+        Task::Test => test(),
+        Task::E2e => e2e(),
+        Task::Serve { port, host } => serve(port, host),
+        Task::Dist { out } => dist_command(out),
+        Task::Venv => venv().map(|p| println!("{}", p.display())),
+        Task::Bench { args } => bench(&args),
+        Task::BenchWeb { runs } => bench_web(runs),
+    };
+    if let Err(e) = done {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }
