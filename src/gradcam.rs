@@ -146,17 +146,12 @@ fn read_error(e: impl std::fmt::Debug) -> Error {
     ))
 }
 
-/// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
-/// Reads synchronously; use [`combine_async`] on WebGPU.
+/// [`combine_async`], blocking until the map is read (native callers).
 pub fn combine(parts: CamParts, class: usize) -> Result<CamMap> {
-    let [_, _, h, w] = parts.activation.dims();
-    let cam = cam_tensor(&parts);
-    let values: Vec<f32> = cam.into_data().try_to_vec().map_err(read_error)?;
-    let score: Vec<f32> = parts.score.into_data().try_to_vec().map_err(read_error)?;
-    Ok(normalised(values, [h, w], class, score[0]))
+    crate::block_on(combine_async(parts, class))
 }
 
-/// [`combine`] with asynchronous reads (the only kind WebGPU allows).
+/// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
 pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
     let [_, _, h, w] = parts.activation.dims();
     let cam = cam_tensor(&parts);
@@ -176,22 +171,22 @@ pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
     Ok(normalised(values, [h, w], class, score[0]))
 }
 
-/// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.
+/// [`grad_cam_async`], blocking until the map is read (native callers).
 pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
-    combine(cam_parts(model, input, class)?, class)
+    crate::block_on(grad_cam_async(model, input, class))
 }
 
-/// [`grad_cam`] with asynchronous reads (the only kind WebGPU allows).
+/// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.
 pub async fn grad_cam_async(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
     combine_async(cam_parts(model, input, class)?, class).await
 }
 
-/// Grad-CAM from the target activation already computed (see [`cam_parts_from`]).
+/// [`grad_cam_from_async`], blocking until the map is read (native callers).
 pub fn grad_cam_from(model: &Classifier, activation: Tensor<4>, class: usize) -> Result<CamMap> {
-    combine(cam_parts_from(model, activation, class)?, class)
+    crate::block_on(grad_cam_from_async(model, activation, class))
 }
 
-/// [`grad_cam_from`] with asynchronous reads.
+/// Grad-CAM from the target activation already computed (see [`cam_parts_from`]).
 pub async fn grad_cam_from_async(
     model: &Classifier,
     activation: Tensor<4>,

@@ -255,16 +255,12 @@ impl Network {
             .unwrap_or(0)
     }
 
-    /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
-    /// [`Network::classify_batch_async`] on WebGPU.
+    /// [`Network::classify_batch_async`], blocking until the result is read (native callers).
     pub fn classify_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.predictions(self.outputs(images).try_into_data().map_err(read_error)?)
+        crate::block_on(self.classify_batch_async(images))
     }
 
-    /// [`Network::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
+    /// Class probabilities of a batch of preprocessed images.
     pub async fn classify_batch_async(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
         if images.is_empty() {
             return Ok(Vec::new());
@@ -292,22 +288,14 @@ impl Network {
         self.explain_input(self.preprocess(image)?, class)
     }
 
-    /// Classifies one preprocessed image and keeps its Grad-CAM target activation, so that
-    /// [`gradcam::grad_cam_from`] can explain it without running the backbone again.
+    /// [`Network::classify_keeping_activation_async`], blocking until the result is read
+    /// (native callers).
     pub fn classify_keeping_activation(&self, x: Vec<f32>) -> Result<(Prediction, Tensor<4>)> {
-        let (activation, probs) = self.activation(&x);
-        let prediction = match probs {
-            Some(p) => self.predictions(p.try_into_data().map_err(read_error)?)?,
-            None => self.classify_batch(&[x])?,
-        };
-        Ok((
-            prediction.into_iter().next().expect("one image"),
-            activation,
-        ))
+        crate::block_on(self.classify_keeping_activation_async(x))
     }
 
-    /// [`Network::classify_keeping_activation`] with asynchronous reads (the only kind WebGPU
-    /// allows).
+    /// Classifies one preprocessed image and keeps its Grad-CAM target activation, so that
+    /// [`gradcam::grad_cam_from`] can explain it without running the backbone again.
     pub async fn classify_keeping_activation_async(
         &self,
         x: Vec<f32>,
@@ -440,20 +428,13 @@ impl Engine {
         })
     }
 
-    /// Frames a decoded image for the networks: with lung-focused input, segments it and
-    /// cuts out the lungs ([`Framed::lungs`]); otherwise keeps it whole. Reads synchronously;
-    /// use [`Engine::frame_async`] on WebGPU.
+    /// [`Engine::frame_async`], blocking until the lung mask is read (native callers).
     pub fn frame(&self, img: DynamicImage) -> Result<Framed> {
-        match self.region() {
-            InputRegion::Whole => Ok(Framed::whole(img)),
-            InputRegion::Lungs => {
-                let mask = self.lung_net()?.segment(&img, &self.networks[0].device);
-                Ok(Framed::lungs(img, mask))
-            }
-        }
+        crate::block_on(self.frame_async(img))
     }
 
-    /// [`Engine::frame`], reading the lung mask back asynchronously.
+    /// Frames a decoded image for the networks: with lung-focused input, segments it and
+    /// cuts out the lungs ([`Framed::lungs`]); otherwise keeps it whole.
     pub async fn frame_async(&self, img: DynamicImage) -> Result<Framed> {
         match self.region() {
             InputRegion::Whole => Ok(Framed::whole(img)),
@@ -531,13 +512,13 @@ impl Engine {
         seen.join("; ")
     }
 
-    /// Decodes image bytes (PNG, JPEG or DICOM) once and preprocesses them for every network.
+    /// [`Engine::preprocess_async`], blocking (native callers).
     pub fn preprocess(&self, image: &[u8]) -> Result<Input> {
-        Ok(self.inputs(&self.frame(preprocess::decode(image)?)?.image))
+        crate::block_on(self.preprocess_async(image))
     }
 
-    /// [`Engine::preprocess`] for every backend (lung-focused input reads its mask back
-    /// asynchronously).
+    /// Decodes image bytes (PNG, JPEG or DICOM) once and preprocesses them for every network
+    /// (lung-focused input reads its mask back from the device).
     pub async fn preprocess_async(&self, image: &[u8]) -> Result<Input> {
         let framed = self.frame_async(preprocess::decode(image)?).await?;
         Ok(self.inputs(&framed.image))
@@ -595,19 +576,12 @@ impl Engine {
         inputs.iter().map(|x| x.0[k].clone()).collect()
     }
 
-    /// Class probabilities of a batch of preprocessed images. Reads synchronously; use
-    /// [`Engine::classify_batch_async`] on WebGPU.
+    /// [`Engine::classify_batch_async`], blocking until the result is read (native callers).
     pub fn classify_batch(&self, inputs: &[Input]) -> Result<Vec<Prediction>> {
-        let per_network = self
-            .networks
-            .iter()
-            .enumerate()
-            .map(|(k, n)| n.classify_batch(&Self::column(inputs, k)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(mean_predictions(per_network, self.population_model()))
+        crate::block_on(self.classify_batch_async(inputs))
     }
 
-    /// [`Engine::classify_batch`] with asynchronous reads (the only kind WebGPU allows).
+    /// Class probabilities of a batch of preprocessed images.
     pub async fn classify_batch_async(&self, inputs: &[Input]) -> Result<Vec<Prediction>> {
         let mut per_network = Vec::with_capacity(self.networks.len());
         for (k, n) in self.networks.iter().enumerate() {
@@ -616,15 +590,14 @@ impl Engine {
         Ok(mean_predictions(per_network, self.population_model()))
     }
 
-    /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
+    /// [`Engine::classify_async`], blocking (native callers).
     pub fn classify(&self, image: &[u8]) -> Result<Prediction> {
-        let x = self.preprocess(image)?;
-        Ok(self.classify_batch(&[x])?.remove(0))
+        crate::block_on(self.classify_async(image))
     }
 
-    /// [`Engine::classify`] with asynchronous reads.
+    /// Classifies one image given as encoded bytes (PNG, JPEG or DICOM).
     pub async fn classify_async(&self, image: &[u8]) -> Result<Prediction> {
-        let x = self.preprocess(image)?;
+        let x = self.preprocess_async(image).await?;
         Ok(self.classify_batch_async(&[x]).await?.remove(0))
     }
 

@@ -35,6 +35,15 @@ pub mod population;
 pub mod preprocess;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 mod wasm_libc;
+
+/// Runs an operation written once as `async` to completion on the calling thread: the blocking
+/// form of the core's operations, for native callers. Every device read in the core is
+/// asynchronous, the only kind WebGPU in a browser allows; on the CPU backend it is ready at
+/// once, on a native GPU backend this waits for the device. (The browser awaits the `async`
+/// form instead: its WebGPU reads need the event loop.)
+pub fn block_on<F: std::future::Future>(operation: F) -> F::Output {
+    futures_lite::future::block_on(operation)
+}
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -201,11 +201,9 @@ impl LungNet {
             .expect("f32 mask")
     }
 
-    /// The lung mask of one image (decoded), at the image's size: the two largest connected
-    /// regions of the prediction (two lungs; stray specks elsewhere removed).
+    /// [`LungNet::segment_async`], blocking until the mask is read (native callers).
     pub fn segment(&self, img: &DynamicImage, device: &Device) -> LungMask {
-        LungMask::from_probabilities(self.probabilities(img, device), img.width(), img.height())
-            .largest_regions(2)
+        crate::block_on(self.segment_async(img, device)).expect("f32 mask")
     }
 
     /// [`LungNet::segment`] of several images in one batch (reads synchronously).
@@ -230,7 +228,8 @@ impl LungNet {
             .collect()
     }
 
-    /// [`LungNet::segment`], reading the mask back asynchronously (WebGPU requires it).
+    /// The lung mask of one image (decoded), at the image's size: the two largest connected
+    /// regions of the prediction (two lungs; stray specks elsewhere removed).
     pub async fn segment_async(&self, img: &DynamicImage, device: &Device) -> Result<LungMask> {
         let grid = sigmoid(self.forward(Self::input_tensor(img, device)))
             .into_data_async()
