@@ -9,7 +9,45 @@ pub enum Error {
     /// An image could not be decoded or is out of range.
     #[error("cannot read image: {0}")]
     Image(String),
-    /// A model file is corrupt, truncated, foreign or of an unsupported version.
+    /// Not a model file at all: its first bytes are not Pneumoscope's magic.
+    #[error(
+        "invalid model file: not a Pneumoscope model file (wrong magic bytes; expected a file \
+         written by `pneumoscope export` or `pneumoscope ensemble`)"
+    )]
+    NotAModelFile,
+    /// A model file of a format version this build does not read.
+    #[error(
+        "invalid model file: format version {found} is not supported (this build reads \
+         versions {oldest_sealed} to {newest}, and 1 to 3, their earlier unsealed forms; a newer \
+         Pneumoscope may read it)"
+    )]
+    UnsupportedVersion {
+        /// The version the file's prefix gives.
+        found: u32,
+        /// The first sealed version.
+        oldest_sealed: u32,
+        /// The newest version this build reads.
+        newest: u32,
+    },
+    /// The seal over a model file's prefix and header does not match: one of them was changed.
+    #[error(
+        "invalid model file: header checksum mismatch (the header or the prefix before it is \
+         corrupt or was edited; a model file cannot be changed by hand, export it again)"
+    )]
+    HeaderChecksum,
+    /// A payload's SHA-256 is not the one its header declares.
+    #[error(
+        "invalid model file: checksum mismatch (the {part} are corrupt: sha256 {found}, expected {expected})"
+    )]
+    Checksum {
+        /// Which payload: "weights", "member models", "lung segmenter weights", ...
+        part: String,
+        /// The checksum of the bytes found.
+        found: String,
+        /// The checksum the header declares.
+        expected: String,
+    },
+    /// A model file is otherwise corrupt, truncated, inconsistent or of the wrong kind.
     #[error("invalid model file: {0}")]
     ModelFile(String),
     /// Weights could not be applied to an architecture.

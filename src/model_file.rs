@@ -426,20 +426,13 @@ impl ModelFile {
 /// Checks the magic bytes and returns the file's format, if this build reads it.
 pub fn format_of(bytes: &[u8]) -> Result<Format> {
     if bytes.len() < PREFIX || &bytes[..12] != MAGIC {
-        return Err(Error::ModelFile(
-            "not a Pneumoscope model file (wrong magic bytes; expected a file written by \
-             `pneumoscope export` or `pneumoscope ensemble`)"
-                .into(),
-        ));
+        return Err(Error::NotAModelFile);
     }
     let v = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-    Format::of(v).ok_or_else(|| {
-        Error::ModelFile(format!(
-            "format version {v} is not supported (this build reads versions \
-             {FORMAT_VERSION} to {}, and 1 to 3, their earlier unsealed forms; a newer \
-             Pneumoscope may read it)",
-            crate::lungs::LUNGS_FORMAT_VERSION
-        ))
+    Format::of(v).ok_or(Error::UnsupportedVersion {
+        found: v,
+        oldest_sealed: FORMAT_VERSION,
+        newest: crate::lungs::LUNGS_FORMAT_VERSION,
     })
 }
 
@@ -467,11 +460,7 @@ fn header_bytes(bytes: &[u8], format: Format) -> Result<&[u8]> {
         seal.update(&bytes[..PREFIX]);
         seal.update(&bytes[start..end]);
         if seal.finalize().as_slice() != &bytes[PREFIX..start] {
-            return Err(Error::ModelFile(
-                "header checksum mismatch (the header or the prefix before it is corrupt or \
-                 was edited; a model file cannot be changed by hand, export it again)"
-                    .into(),
-            ));
+            return Err(Error::HeaderChecksum);
         }
     }
     Ok(&bytes[start..end])
@@ -568,9 +557,11 @@ pub(crate) fn verify_payload(payload: &[u8], len: u64, sha256: &str, what: &str)
     }
     let sum = sha256_hex(payload);
     if sum != sha256 {
-        return Err(Error::ModelFile(format!(
-            "checksum mismatch (the {what} are corrupt: sha256 {sum}, expected {sha256})"
-        )));
+        return Err(Error::Checksum {
+            part: what.to_string(),
+            found: sum,
+            expected: sha256.to_string(),
+        });
     }
     Ok(())
 }
@@ -974,6 +965,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn refusals_are_typed() {
+        let bytes = small_file().to_bytes();
+        let mut b = bytes.clone();
+        b[0] ^= 0xff;
+        assert!(matches!(
+            ModelFile::from_bytes(&b),
+            Err(Error::NotAModelFile)
+        ));
+        let mut b = bytes.clone();
+        b[12..16].copy_from_slice(&99u32.to_le_bytes());
+        assert!(matches!(
+            ModelFile::from_bytes(&b),
+            Err(Error::UnsupportedVersion { found: 99, .. })
+        ));
+        let mut b = bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 0x01;
+        assert!(matches!(
+            ModelFile::from_bytes(&b),
+            Err(Error::Checksum { ref part, .. }) if part == "weights"
+        ));
+    }
+
+    #[test]
     fn every_byte_of_the_header_and_a_sample_of_the_payload_is_covered() {
         let file = small_file();
         let bytes = file.to_bytes();
@@ -1013,15 +1028,16 @@ pub(crate) mod tests {
             let at = payload_at + (state % (bytes.len() - payload_at) as u64) as usize;
             refused(at, 1 << (state >> 61));
         }
-        // The issue's two edits: the input mean and a number further on.
+        // Two edits by hand: the input mean, and a number further on.
         let text = String::from_utf8_lossy(&bytes[PREFIX + SEAL..payload_at]).into_owned();
         let edited = text.replacen("0.485", "0.985", 1);
         assert_ne!(edited, text);
         let mut b = bytes[..PREFIX + SEAL].to_vec();
         b.extend_from_slice(edited.as_bytes());
         b.extend_from_slice(&bytes[payload_at..]);
-        let msg = ModelFile::from_bytes(&b).unwrap_err().to_string();
-        assert!(msg.contains("header checksum mismatch"), "{msg}");
+        let e = ModelFile::from_bytes(&b).unwrap_err();
+        assert!(matches!(e, Error::HeaderChecksum), "{e}");
+        assert!(e.to_string().contains("header checksum mismatch"), "{e}");
         // Read back unchanged, the file is the bytes it came from.
         assert_eq!(ModelFile::from_bytes(&bytes).unwrap().to_bytes(), bytes);
     }
