@@ -589,7 +589,7 @@ fn run(cli: Cli) -> Result<()> {
                 "| name | input (resize → crop) | parameters | GMACs | Grad-CAM layer | paper's head | ImageNet weights |\n|---|---|---|---|---|---|---|"
             );
             for spec in pneumoscope::arch::registry() {
-                let f = pneumoscope::model::footprint(&spec);
+                let f = pneumoscope::model::footprint(spec);
                 println!(
                     "| `{}` | {} → {} | {:.1} M | {:.2} | {} | {} | `{}` |",
                     spec.name,
@@ -995,7 +995,7 @@ fn weights_command(command: WeightsCommand) -> Result<()> {
         WeightsCommand::List { cache } => {
             let cache = cache.unwrap_or_else(fetch::default_cache);
             for spec in pneumoscope::arch::registry() {
-                let here = fetch::cached(&spec, &cache)
+                let here = fetch::cached(spec, &cache)
                     .map_or("-".to_string(), |p| p.display().to_string());
                 let url = spec
                     .weights
