@@ -6,7 +6,6 @@
 //! leaf. Channel weights are the spatial means of the gradient of the class score; the map is
 //! `ReLU(Σ_c w_c A_c)`, normalised to [0, 1].
 
-use crate::classes::Class;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use burn::prelude::*;
@@ -22,8 +21,8 @@ pub struct CamMap {
     pub height: usize,
     /// Row-major values in [0, 1] (all zero when no location contributes positively).
     pub values: Vec<f32>,
-    /// The class the map explains.
-    pub class: Class,
+    /// The class the map explains (index in model-output order).
+    pub class: usize,
     /// The class logit.
     pub score: f32,
 }
@@ -125,7 +124,7 @@ fn cam_tensor(parts: &CamParts) -> Tensor<4> {
 pub(crate) fn normalised(
     mut values: Vec<f32>,
     [h, w]: [usize; 2],
-    class: Class,
+    class: usize,
     score: f32,
 ) -> CamMap {
     let max = values.iter().cloned().fold(0.0f32, f32::max);
@@ -154,8 +153,6 @@ pub fn combine(parts: CamParts, class: usize) -> Result<CamMap> {
 
 /// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
 pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
-    let class = Class::from_index(class)
-        .ok_or_else(|| Error::Invalid(format!("class index {class} is not one of the four")))?;
     let [_, _, h, w] = parts.activation.dims();
     let cam = cam_tensor(&parts);
     let values: Vec<f32> = cam

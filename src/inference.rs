@@ -901,7 +901,7 @@ mod tests {
         let (_, ca) = ea.explain(&image, Some(class)).unwrap();
         let (_, cb) = eb.explain(&image, Some(class)).unwrap();
         let (_, c) = e.explain(&image, Some(class)).unwrap();
-        assert_eq!((c.width, c.height, c.class), (240, 240, class));
+        assert_eq!((c.width, c.height, c.class), (240, 240, class.index()));
         let mut want: Vec<f32> = ca
             .upsample(240)
             .iter()
