@@ -18,22 +18,52 @@ use std::time::Instant;
 const TORCH_SCRIPT: &str = include_str!("../python/bench_torch.py");
 
 /// Options of `bench`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
     /// Architecture.
+    #[arg(long, default_value = "efficientnet_lite0")]
     pub arch: String,
     /// Batch size.
+    #[arg(long = "batch-size", default_value_t = 16)]
     pub batch: usize,
     /// Timed iterations (after one warm-up).
+    #[arg(long, default_value_t = 5)]
     pub iters: usize,
-    /// Python of the reference venv (`None`: no reference).
+    /// Python with torch and timm for the reference run (default: the test venv,
+    /// `$HOME/.cache/pneumoscope/venv/bin/python`, when it exists).
+    #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Images in the frozen-protocol estimate (train + val).
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Images (train + val) in the frozen-protocol estimate.
+    #[arg(long, default_value_t = 3849)]
     pub images: usize,
     /// Epochs in the frozen-protocol estimate.
+    #[arg(long, default_value_t = 40)]
     pub epochs: usize,
-    /// Burn device (`cpu`, `vulkan`, `cuda`); the PyTorch reference runs on the CPU for `cpu`,
-    /// on CUDA (when its PyTorch has it) for a GPU device.
+    /// Burn device: cpu, vulkan or cuda (the latter two in builds with those features); for
+    /// a GPU device the PyTorch reference runs on CUDA when it can.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+impl BenchOptions {
+    /// The Python of the reference run: `--python`, else the test venv's; `None` with
+    /// `--no-reference`.
+    pub fn reference_python(&self) -> Result<Option<PathBuf>> {
+        if self.no_reference {
+            return Ok(None);
+        }
+        let default = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/pneumoscope/venv/bin/python"));
+        match self.python.clone().or(default.filter(|p| p.exists())) {
+            Some(p) => Ok(Some(p)),
+            None => bail!(
+                "no PyTorch reference: create the venv with `cargo xtask venv`, pass --python, or --no-reference"
+            ),
+        }
+    }
 }
 
 /// The numbers.
@@ -78,66 +108,16 @@ fn time_it(iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// Runs the benchmark.
-pub fn run(o: &BenchOptions) -> Result<BenchResult> {
+pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
+    let python = o.reference_python()?;
     let spec = arch::find(&o.arch)?;
     let s = spec.input.crop;
     let device = crate::device::parse(&o.device)?;
-    let model = Classifier::new(&spec, &device).valid();
-    let x = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
-    let t_inf = time_it(o.iters, || {
-        let _: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
-    });
-    let burn_inference_img_s = (o.batch * o.iters) as f64 / t_inf;
-    let folded = model.clone().fold_batchnorm();
-    let t_fold = time_it(o.iters, || {
-        let _: Vec<f32> = folded.forward(x.clone()).into_data().try_to_vec().unwrap();
-    });
-    let burn_inference_folded_img_s = (o.batch * o.iters) as f64 / t_fold;
-
-    let ad = device.clone().autodiff();
-    let mut trainable = Classifier::new(&spec, &ad);
-    let mut optim = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
-    let xa = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            (0..o.batch as i64).map(|i| i % 4).collect::<Vec<_>>(),
-            [o.batch],
-        ),
-        &ad,
-    );
-    let mut train_step = || {
-        let l = loss_fn.forward(trainable.forward(xa.clone()), y.clone());
-        let g = GradientsParams::from_grads(l.backward(), &trainable);
-        trainable = optim.step(1e-4, trainable.clone(), g);
-    };
-    let t_train = time_it(o.iters, &mut train_step);
-    let burn_train_img_s = (o.batch * o.iters) as f64 / t_train;
-    arch::conv::use_burn_convolutions(true);
-    let t_burn_conv = time_it(o.iters, &mut train_step);
-    arch::conv::use_burn_convolutions(false);
-    let burn_train_burn_conv_img_s = (o.batch * o.iters) as f64 / t_burn_conv;
-
-    // Frozen protocol: one head epoch over `images` cached feature vectors (batch 100).
-    let mut head = Head::new(&spec, &ad);
-    let mut hopt = AdamConfig::new().init();
-    let [c, h, w] = spec.head_shape;
-    let feats = Tensor::<4>::random([100, c, h, w], Distribution::Default, &ad);
-    let y100 = Tensor::<1, Int>::from_data(
-        TensorData::new((0..100i64).map(|i| i % 4).collect::<Vec<_>>(), [100]),
-        &ad,
-    );
-    let steps = o.images.div_ceil(100);
-    let t_head = time_it(steps, || {
-        let l = loss_fn.forward(head.forward(feats.clone()), y100.clone());
-        let g = GradientsParams::from_grads(l.backward(), &head);
-        head = hopt.step(1e-3, head.clone(), g);
-    });
-    let extract = o.images as f64 / burn_inference_img_s;
-    let frozen_cached_s = extract + o.epochs as f64 * t_head;
-    let frozen_recomputed_s = o.epochs as f64 * (extract + t_head);
-
-    let pytorch = match &o.python {
+    let (burn_inference_img_s, burn_inference_folded_img_s) = inference(o, &spec, &device);
+    let (burn_train_img_s, burn_train_burn_conv_img_s) = training(o, &spec, &device);
+    let (frozen_cached_s, frozen_recomputed_s) =
+        frozen_protocol(o, &spec, &device, burn_inference_img_s);
+    let pytorch = match &python {
         Some(py) => {
             // A GPU run of Burn (CUDA or Vulkan) is compared with PyTorch on the GPU (CUDA,
             // when the reference's PyTorch has it).
@@ -169,6 +149,81 @@ pub fn run(o: &BenchOptions) -> Result<BenchResult> {
             .unwrap_or(1),
         device: o.device.clone(),
     })
+}
+
+/// Inference images per second with the batch norms as trained, and folded.
+fn inference(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f64) {
+    let s = spec.input.crop;
+    let model = Classifier::new(spec, device).valid();
+    let x = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), device);
+    let t_inf = time_it(o.iters, || {
+        let _: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
+    });
+    let folded = model.clone().fold_batchnorm();
+    let t_fold = time_it(o.iters, || {
+        let _: Vec<f32> = folded.forward(x.clone()).into_data().try_to_vec().unwrap();
+    });
+    let n = (o.batch * o.iters) as f64;
+    (n / t_inf, n / t_fold)
+}
+
+/// Training-step images per second, with this project's convolutions and with Burn's own.
+fn training(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f64) {
+    let s = spec.input.crop;
+    let ad = device.clone().autodiff();
+    let mut trainable = Classifier::new(spec, &ad);
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let xa = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
+    let y = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            (0..o.batch as i64).map(|i| i % 4).collect::<Vec<_>>(),
+            [o.batch],
+        ),
+        &ad,
+    );
+    let mut train_step = || {
+        let l = loss_fn.forward(trainable.forward(xa.clone()), y.clone());
+        let g = GradientsParams::from_grads(l.backward(), &trainable);
+        trainable = optim.step(1e-4, trainable.clone(), g);
+    };
+    let t_train = time_it(o.iters, &mut train_step);
+    arch::conv::use_burn_convolutions(true);
+    let t_burn_conv = time_it(o.iters, &mut train_step);
+    arch::conv::use_burn_convolutions(false);
+    let n = (o.batch * o.iters) as f64;
+    (n / t_train, n / t_burn_conv)
+}
+
+/// The frozen protocol's seconds with the features cached (extracted once) and recomputed
+/// every epoch: one head epoch over `images` cached feature vectors (batch 100) timed.
+fn frozen_protocol(
+    o: &BenchOptions,
+    spec: &arch::ArchSpec,
+    device: &Device,
+    inference_img_s: f64,
+) -> (f64, f64) {
+    let ad = device.clone().autodiff();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut head = Head::new(spec, &ad);
+    let mut hopt = AdamConfig::new().init();
+    let [c, h, w] = spec.head_shape;
+    let feats = Tensor::<4>::random([100, c, h, w], Distribution::Default, &ad);
+    let y100 = Tensor::<1, Int>::from_data(
+        TensorData::new((0..100i64).map(|i| i % 4).collect::<Vec<_>>(), [100]),
+        &ad,
+    );
+    let steps = o.images.div_ceil(100);
+    let t_head = time_it(steps, || {
+        let l = loss_fn.forward(head.forward(feats.clone()), y100.clone());
+        let g = GradientsParams::from_grads(l.backward(), &head);
+        head = hopt.step(1e-3, head.clone(), g);
+    });
+    let extract = o.images as f64 / inference_img_s;
+    (
+        extract + o.epochs as f64 * t_head,
+        o.epochs as f64 * (extract + t_head),
+    )
 }
 
 fn torch_reference(

@@ -5,7 +5,7 @@
 //! CSV, HTML), a grid of confusion matrices and a grid of Grad-CAMs of the same test images.
 
 use crate::data::Split;
-use crate::train::{Imbalance, Mode, Schedule, TrainConfig};
+use crate::train::{Mode, TrainConfig};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use plotters::prelude::*;
@@ -15,31 +15,58 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Options of a benchmark run.
-#[derive(Clone, Debug)]
+/// Options of `benchmark` (a sweep); `benchmark merge` takes none of them.
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchmarkOptions {
-    /// The manifest.
-    pub data: PathBuf,
-    /// Architectures, in registry order.
-    pub archs: Vec<String>,
-    /// Protocol.
+    /// The manifest written by `data build`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// `all` or a comma-separated list of architectures (run in registry order).
+    #[arg(long, default_value = "all", value_parser = select_archs)]
+    pub archs: ArchNames,
+    /// Protocol: `frozen` (the paper's), `partial` or `finetune`.
+    #[arg(long, value_enum, default_value = "frozen")]
     pub mode: Mode,
-    /// Output folder.
-    pub out: PathBuf,
-    /// This machine's shard `(i, n)`, 1-based: architectures `k` with `k % n == i - 1`.
-    pub shard: (usize, usize),
+    /// Output folder (runs, models, evaluations, results, comparison).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run only this machine's share of the architectures, `i/n` (1-based): architectures `k`
+    /// with `k % n == i - 1`.
+    #[arg(long, default_value = "1/1", value_parser = parse_shard)]
+    pub shard: Shard,
     /// Epochs.
+    #[arg(long, default_value_t = 40)]
     pub epochs: usize,
     /// Batch size.
+    #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
-    /// Learning rate.
+    /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Seed.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Train from random initialisation where no ImageNet weights are available.
+    /// Architectures without fetched ImageNet weights train from random initialisation
+    /// (marked in every output) instead of failing.
+    #[arg(long)]
     pub allow_random_init: bool,
-    /// Device.
+    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
+    /// a comma-separated list for data-parallel training (evaluation runs on the first).
+    #[arg(long, visible_alias = "devices", default_value = "cpu")]
     pub device: String,
+}
+
+/// Architecture names, in registry order.
+#[derive(Clone, Debug)]
+pub struct ArchNames(pub Vec<String>);
+
+/// This machine's share of a sweep, `i/n` (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// Which share.
+    pub i: usize,
+    /// Of how many.
+    pub n: usize,
 }
 
 /// One architecture's line of the comparison.
@@ -85,7 +112,7 @@ impl ArchResult {
 }
 
 /// Parses `i/n`.
-pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+pub fn parse_shard(s: &str) -> Result<Shard> {
     let bad = || anyhow::anyhow!("--shard {s}: expected i/n with 1 <= i <= n (e.g. 2/3)");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (usize, usize) = (
@@ -95,17 +122,17 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     if n == 0 || i == 0 || i > n {
         return Err(bad());
     }
-    Ok((i, n))
+    Ok(Shard { i, n })
 }
 
 /// The architectures named by `--archs` (`all` or a comma-separated list), in registry order.
-pub fn select_archs(list: &str) -> Result<Vec<String>> {
+pub fn select_archs(list: &str) -> Result<ArchNames> {
     let all: Vec<String> = arch::registry()
         .iter()
         .map(|a| a.name.to_string())
         .collect();
     if list == "all" {
-        return Ok(all);
+        return Ok(ArchNames(all));
     }
     let wanted: Vec<&str> = list
         .split(',')
@@ -115,17 +142,22 @@ pub fn select_archs(list: &str) -> Result<Vec<String>> {
     for w in &wanted {
         arch::find(w)?;
     }
-    Ok(all
-        .into_iter()
-        .filter(|a| wanted.contains(&a.as_str()))
-        .collect())
+    Ok(ArchNames(
+        all.into_iter()
+            .filter(|a| wanted.contains(&a.as_str()))
+            .collect(),
+    ))
 }
 
 /// Runs this shard's architectures, then merges what the output folder holds.
-pub fn run(o: &BenchmarkOptions) -> Result<()> {
+pub fn sweep(o: &BenchmarkOptions) -> Result<()> {
+    let (Some(data), Some(out)) = (o.data.as_deref(), o.out.as_deref()) else {
+        bail!("benchmark needs --data MANIFEST and --out DIR");
+    };
     if o.mode == Mode::Partial {
         let whole: Vec<&str> = o
             .archs
+            .0
             .iter()
             .filter(|a| arch::find(a).is_ok_and(|s| !s.supports_partial()))
             .map(String::as_str)
@@ -138,21 +170,22 @@ pub fn run(o: &BenchmarkOptions) -> Result<()> {
             );
         }
     }
-    let (i, n) = o.shard;
+    let Shard { i, n } = o.shard;
     let mine: Vec<&String> = o
         .archs
+        .0
         .iter()
         .enumerate()
         .filter(|(k, _)| k % n == i - 1)
         .map(|(_, a)| a)
         .collect();
-    std::fs::create_dir_all(o.out.join("results"))
-        .with_context(|| format!("cannot create {}", o.out.display()))?;
+    std::fs::create_dir_all(out.join("results"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
     let mut failed = Vec::new();
     for (k, name) in mine.iter().enumerate() {
         println!("[{}/{}] {name} ({:?})", k + 1, mine.len(), o.mode);
         let spec = arch::find(name)?;
-        match run_one(o, &spec) {
+        match run_one(o, data, out, &spec) {
             Ok(r) => println!(
                 "{name}: test macro-F1 {:.4}, accuracy {:.4}, {:.1} img/s, trained in {:.0} s, weights {}",
                 r.test["macro_f1"].as_f64().unwrap_or(f64::NAN),
@@ -167,9 +200,9 @@ pub fn run(o: &BenchmarkOptions) -> Result<()> {
             }
         }
     }
-    let any = std::fs::read_dir(o.out.join("results"))?.next().is_some();
+    let any = std::fs::read_dir(out.join("results"))?.next().is_some();
     if any {
-        merge(std::slice::from_ref(&o.out), &o.out)?;
+        merge(&[out.to_path_buf()], out)?;
     }
     if !failed.is_empty() {
         bail!(
@@ -181,15 +214,16 @@ pub fn run(o: &BenchmarkOptions) -> Result<()> {
     Ok(())
 }
 
-fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
-    let result_path = o.out.join("results").join(format!("{}.json", spec.name));
-    let run_dir = o.out.join("runs").join(spec.name);
-    let model_path = o
-        .out
+/// One architecture of the sweep: trains (or resumes) its run, exports, evaluates on the
+/// test split and times it; a finished result is read back instead.
+fn run_one(o: &BenchmarkOptions, data: &Path, out: &Path, spec: &ArchSpec) -> Result<ArchResult> {
+    let result_path = out.join("results").join(format!("{}.json", spec.name));
+    let run_dir = out.join("runs").join(spec.name);
+    let model_path = out
         .join("models")
         .join(format!("{}.pneumoscope", spec.name));
     let eval_rel = format!("eval/{}", spec.name);
-    let eval_dir = o.out.join(&eval_rel);
+    let eval_dir = out.join(&eval_rel);
     if let Ok(bytes) = std::fs::read(&result_path)
         && let Ok(r) = serde_json::from_slice::<ArchResult>(&bytes)
         && model_path.is_file()
@@ -198,45 +232,27 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
         return Ok(r);
     }
     if !run_dir.join("model.bpk").is_file() {
-        let resume = run_dir.join("state.json").is_file();
-        let weights = if resume {
-            None // the run's config.json names them
-        } else {
-            crate::resolve_weights(spec.name, None, o.allow_random_init)?
-        };
-        let cfg = TrainConfig {
-            data: o.data.clone(),
-            arch: spec.name.to_string(),
-            weights,
-            mode: o.mode,
-            epochs: o.epochs,
-            batch_size: o.batch_size,
-            lr: o.lr,
-            schedule: Schedule::Constant,
-            seed: o.seed,
-            imbalance: Imbalance::Weighted,
-            augment: Some(crate::augment::Augment::default()),
-            views: 1,
-            device: o.device.clone(),
-            dropout: None,
-            tune_blocks: None,
-            fold: None,
-            feature_cache: None,
-            region: Default::default(),
-            lungs: None,
-        };
-        crate::train::run(cfg, &run_dir, resume)?;
+        train_arch(o, data, spec, &run_dir)?;
     }
     std::fs::create_dir_all(model_path.parent().unwrap())?;
-    let header = crate::export::run(&run_dir, &model_path, false, false, false, false)?;
-    let device = crate::device::parse_list(&o.device)?.swap_remove(0);
-    let e = crate::evaluate::run(
+    let header = crate::export::pack(
+        &run_dir,
         &model_path,
-        &o.data,
-        Split::Test,
-        Some(&eval_dir),
-        false,
-        None,
+        &crate::export::ExportOptions {
+            ood: false,
+            ..Default::default()
+        },
+    )?;
+    let device = crate::device::parse_list(&o.device)?.swap_remove(0);
+    let e = crate::evaluate::on_split(
+        &crate::evaluate::EvaluateOptions {
+            model: model_path.clone(),
+            data: data.to_path_buf(),
+            split: Split::Test,
+            out: Some(eval_dir.clone()),
+            tta: false,
+            lungs: None,
+        },
         &device,
     )?;
     let (inference_img_s, inference_batch) = throughput(&model_path)?;
@@ -247,13 +263,7 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
         + timing["epoch_seconds"]
             .as_array()
             .map_or(0.0, |a| a.iter().filter_map(|v| v.as_f64()).sum());
-    let mut gradcams: Vec<(String, String)> = Vec::new();
-    let csv = eval_dir.join("gradcam.csv");
-    if let Ok(mut r) = csv::Reader::from_path(&csv) {
-        for rec in r.records().flatten() {
-            gradcams.push((format!("{eval_rel}/{}", &rec[0]), rec[1].to_string()));
-        }
-    }
+    let gradcams = gradcam_panel(&eval_dir, &eval_rel);
     let r = ArchResult {
         arch: spec.name.to_string(),
         mode: o.mode,
@@ -277,6 +287,43 @@ fn run_one(o: &BenchmarkOptions, spec: &ArchSpec) -> Result<ArchResult> {
     };
     crate::fsutil::write_atomic(&result_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok(r)
+}
+
+/// Trains one architecture with the sweep's settings and `train`'s defaults for the rest,
+/// resuming a run left half-way.
+fn train_arch(o: &BenchmarkOptions, data: &Path, spec: &ArchSpec, run_dir: &Path) -> Result<()> {
+    let resume = run_dir.join("state.json").is_file();
+    let weights = if resume {
+        None // the run's config.json names them
+    } else {
+        crate::commands::resolve_weights(spec.name, None, o.allow_random_init)?
+    };
+    let cfg = TrainConfig {
+        data: data.to_path_buf(),
+        arch: spec.name.to_string(),
+        weights,
+        mode: o.mode,
+        epochs: o.epochs,
+        batch_size: o.batch_size,
+        lr: o.lr,
+        seed: o.seed,
+        device: o.device.clone(),
+        ..TrainConfig::default()
+    };
+    crate::train::train(cfg, run_dir, resume)
+}
+
+/// The evaluation's Grad-CAM panel (`gradcam.csv`): each overlay, relative to the output
+/// folder, with its test image.
+fn gradcam_panel(eval_dir: &Path, eval_rel: &str) -> Vec<(String, String)> {
+    let mut gradcams: Vec<(String, String)> = Vec::new();
+    let csv = eval_dir.join("gradcam.csv");
+    if let Ok(mut r) = csv::Reader::from_path(&csv) {
+        for rec in r.records().flatten() {
+            gradcams.push((format!("{eval_rel}/{}", &rec[0]), rec[1].to_string()));
+        }
+    }
+    gradcams
 }
 
 /// Images per second of the exported model on the Burn CPU backend (batch 16, after one

@@ -225,7 +225,13 @@ fn headline(b: &Breakdown) -> Vec<(&'static str, Option<f64>)> {
 
 /// Trains (or resumes) every fold of `cfg` into `out/fold-K`, then writes `out/cv.json` and
 /// `out/cv.md`. Folds whose run has finished are not trained again.
-pub fn run(cfg: TrainConfig, out: &Path, k: usize, seed: u64, resume: bool) -> Result<CvSummary> {
+pub fn cross_validate(
+    cfg: TrainConfig,
+    out: &Path,
+    k: usize,
+    seed: u64,
+    resume: bool,
+) -> Result<CvSummary> {
     if k < 2 {
         bail!("--folds {k}: cross-validation needs at least 2 folds");
     }
@@ -264,7 +270,7 @@ pub fn run(cfg: TrainConfig, out: &Path, k: usize, seed: u64, resume: bool) -> R
                 fold: Some(Fold { index, of: k, seed }),
                 ..cfg.clone()
             };
-            train::run(fold_cfg, &dir, dir.join("state.json").is_file())?;
+            train::train(fold_cfg, &dir, dir.join("state.json").is_file())?;
         }
         let rows = read_predictions(&dir.join("val_predictions.csv"))?;
         per_fold.push(FoldResult {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// training ran). With `data`, the
 /// ensemble is evaluated on its validation and test splits and the metrics are stored in the
 /// header, as `export` stores a run's. `note` says how the members were chosen.
-pub fn run(
+pub fn build(
     members: &[PathBuf],
     out: &Path,
     data: Option<&Path>,
@@ -76,7 +76,15 @@ pub fn run(
         crate::fsutil::write_atomic(&tmp, &file.to_bytes())?;
         let mut metrics = serde_json::Map::new();
         for split in [Split::Val, Split::Test] {
-            let e = crate::evaluate::run(&tmp, data, split, None, false, None, &Device::flex());
+            let options = crate::evaluate::EvaluateOptions {
+                model: tmp.clone(),
+                data: data.to_path_buf(),
+                split,
+                out: None,
+                tta: false,
+                lungs: None,
+            };
+            let e = crate::evaluate::on_split(&options, &Device::flex());
             let e = e.inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;

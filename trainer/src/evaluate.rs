@@ -13,28 +13,79 @@ use pneumoscope::{Class, NUM_CLASSES};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Grad-CAM examples per class in the report.
 const CAMS_PER_CLASS: usize = 3;
 
-/// Evaluates `model` on `split` of `data`; writes reports into `out` when given.
-pub fn run(
-    model: &Path,
-    data: &Path,
-    split: Split,
-    out: Option<&Path>,
-    tta: bool,
-    lungs: Option<&Path>,
-    device: &Device,
-) -> Result<Evaluation> {
-    let engine = load_engine(model, device)?;
-    let engine = if tta { engine.with_tta(true) } else { engine };
-    let manifest = Manifest::read(data)?;
-    let rows = manifest.split_indices(split);
+/// Options of `evaluate`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EvaluateOptions {
+    /// Model file written by `export`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Manifest.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Folder for confusion_matrix.png, report.md, report.html, metrics.json, gradcam/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Test-time augmentation: average over the image and its mirror image.
+    #[arg(long)]
+    pub tta: bool,
+    /// Lung-segmenter file: adds where the evidence lies (the share of each Grad-CAM map
+    /// inside the lung fields, per predicted class and source).
+    #[arg(long)]
+    pub lungs: Option<PathBuf>,
+}
+
+/// Evaluates the model on one split of the manifest; writes reports into `out` when given.
+pub fn on_split(o: &EvaluateOptions, device: &Device) -> Result<Evaluation> {
+    let engine = load_engine(&o.model, device)?;
+    let engine = if o.tta { engine.with_tta(true) } else { engine };
+    let manifest = Manifest::read(&o.data)?;
+    let rows = manifest.split_indices(o.split);
     if rows.is_empty() {
-        bail!("{}: no rows in split '{split}'", data.display());
+        bail!("{}: no rows in split '{}'", o.data.display(), o.split);
     }
+    let (probs, ood) = classify_rows(&engine, &manifest, &rows)?;
+    let labels = manifest.labels(&rows);
+    let pats = manifest.patients(&rows);
+    let lung_share = match &o.lungs {
+        Some(path) => Some(lung_shares(&engine, path, &manifest, &rows, device)?),
+        None => None,
+    };
+    let e = Evaluation {
+        metrics: metrics::compute(&probs, &labels, &pats),
+        sources: source_breakdown(&manifest, &rows, &labels, &probs),
+        by_population: population_breakdown(&manifest, &rows, &probs),
+        ood: OodSummary::of(&ood),
+        arch: engine.arch(),
+        weight_source: engine.weight_source(),
+        lung_share,
+    };
+    if let Some(out) = &o.out {
+        std::fs::create_dir_all(out.join("gradcam"))
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        write_predictions(&out.join("predictions.csv"), &manifest, &rows, &probs, &ood)?;
+        let cams = gradcam_examples(&engine, &manifest, &rows, &labels, out)?;
+        write_reports(out, o, &engine, &e, &cams)?;
+    }
+    Ok(e)
+}
+
+/// One image's class probabilities.
+type Probabilities = [f32; NUM_CLASSES];
+
+/// Class probabilities and out-of-distribution scores of the manifest's `rows`.
+fn classify_rows(
+    engine: &pneumoscope::inference::Engine,
+    manifest: &Manifest,
+    rows: &[usize],
+) -> Result<(Vec<Probabilities>, Vec<Option<OodScore>>)> {
     let pb = crate::progress::bar(rows.len() as u64, "evaluating");
     let mut probs: Vec<[f32; NUM_CLASSES]> = Vec::with_capacity(rows.len());
     let mut ood: Vec<Option<OodScore>> = Vec::with_capacity(rows.len());
@@ -57,32 +108,40 @@ pub fn run(
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    let labels = manifest.labels(&rows);
-    let pats = manifest.patients(&rows);
-    let m = metrics::compute(&probs, &labels, &pats);
-    let ood_summary = OodSummary::of(&ood);
-    let by_population = breakdown::of(
-        &rows
-            .iter()
-            .zip(&probs)
-            .map(|(&i, p)| {
-                let r = &manifest.records[i];
-                breakdown::Row {
-                    label: r.label.index(),
-                    population: r.population(),
-                    source: r.source.clone(),
-                    patient: r.patient.clone(),
-                    probs: *p,
-                }
-            })
-            .collect::<Vec<_>>(),
-    );
+    Ok((probs, ood))
+}
 
-    let lung_share = match lungs {
-        Some(path) => Some(lung_shares(&engine, path, &manifest, &rows, device)?),
-        None => None,
-    };
+/// Per population and source: the breakdown of [`breakdown::of`].
+fn population_breakdown(
+    manifest: &Manifest,
+    rows: &[usize],
+    probs: &[[f32; NUM_CLASSES]],
+) -> Breakdown {
+    let rows: Vec<breakdown::Row> = rows
+        .iter()
+        .zip(probs)
+        .map(|(&i, p)| {
+            let r = &manifest.records[i];
+            breakdown::Row {
+                label: r.label.index(),
+                population: r.population(),
+                source: r.source.clone(),
+                patient: r.patient.clone(),
+                probs: *p,
+            }
+        })
+        .collect();
+    breakdown::of(&rows)
+}
 
+/// Per source: images, accuracy (a partial label is right when the prediction is one of the
+/// classes it allows) and predictions per class.
+fn source_breakdown(
+    manifest: &Manifest,
+    rows: &[usize],
+    labels: &[usize],
+    probs: &[[f32; NUM_CLASSES]],
+) -> SourceBreakdown {
     let mut by_source: BTreeMap<String, (usize, usize, [usize; NUM_CLASSES])> = BTreeMap::new();
     for (k, &i) in rows.iter().enumerate() {
         let e = by_source
@@ -92,121 +151,136 @@ pub fn run(
             .top
             .index();
         e.0 += 1;
-        // A partial label is right when the prediction is one of the classes it allows.
         e.1 += usize::from(crate::data::Label::allowed_of_index(labels[k])[pred]);
         e.2[pred] += 1;
     }
-    let sources: SourceBreakdown = by_source
+    by_source
         .into_iter()
         .map(|(s, (n, ok, pred))| (s, n, ok as f64 / n as f64, pred))
-        .collect();
+        .collect()
+}
 
-    if let Some(out) = out {
-        std::fs::create_dir_all(out.join("gradcam"))
-            .with_context(|| format!("cannot create {}", out.display()))?;
-        write_predictions(&out.join("predictions.csv"), &manifest, &rows, &probs, &ood)?;
-        // A figure may travel without its table: it says itself when the backbone is random.
-        let random = if engine
-            .networks
+/// The report's Grad-CAM panel: the first [`CAMS_PER_CLASS`] rows of each class, their
+/// overlays written into `out/gradcam/`.
+fn gradcam_examples(
+    engine: &pneumoscope::inference::Engine,
+    manifest: &Manifest,
+    rows: &[usize],
+    labels: &[usize],
+    out: &Path,
+) -> Result<Vec<CamEntry>> {
+    let mut cams = Vec::new();
+    for c in Class::ALL {
+        let picked = rows
             .iter()
-            .any(|n| n.header.weight_source == crate::weights::RANDOM_INIT)
-        {
-            " (random-init backbone)"
-        } else {
-            ""
-        };
-        let title = format!(
-            "Pneumoscope evaluation: {}{random} on the {split} split",
-            engine.arch()
-        );
-        report::confusion_png(&out.join("confusion_matrix.png"), &m.confusion, &title)?;
-        let mut cams = Vec::new();
-        for c in Class::ALL {
-            let picked = rows
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| labels[*k] == c.index())
-                .take(CAMS_PER_CLASS);
-            for (j, (_, &i)) in picked.enumerate() {
-                let p = manifest.resolve(&manifest.records[i]);
-                let bytes = std::fs::read(&p)?;
-                let (view, x) = engine.view_and_input(&bytes)?;
-                let (pred, cam) = engine.explain_input(x, None)?;
-                let name = format!("gradcam/{}-{j}.png", c.name());
-                pneumoscope::gradcam::overlay(&view, &cam.upsample(engine.input_size()), 0.45)
-                    .save(out.join(&name))?;
-                cams.push(CamEntry {
-                    file: p.display().to_string(),
-                    truth: c,
-                    predicted: pred.top,
-                    confidence: pred.probabilities[pred.top.index()],
-                    overlay: name,
-                });
-            }
+            .enumerate()
+            .filter(|(k, _)| labels[*k] == c.index())
+            .take(CAMS_PER_CLASS);
+        for (j, (_, &i)) in picked.enumerate() {
+            let p = manifest.resolve(&manifest.records[i]);
+            let bytes = std::fs::read(&p)?;
+            let (view, x) = engine.view_and_input(&bytes)?;
+            let (pred, cam) = engine.explain_input(x, None)?;
+            let name = format!("gradcam/{}-{j}.png", c.name());
+            pneumoscope::gradcam::overlay(&view, &cam.upsample(engine.input_size()), 0.45)
+                .save(out.join(&name))?;
+            cams.push(CamEntry {
+                file: p.display().to_string(),
+                truth: c,
+                predicted: pred.top,
+                confidence: pred.probabilities[pred.top.index()],
+                overlay: name,
+            });
         }
-        let ood_line = match &ood_summary {
-            Some(o) => format!(
-                " Out-of-distribution warning: {} of {} images flagged ({:.1}%; median score {:.2}).",
-                o.flagged,
-                o.n,
-                100.0 * o.rate,
-                o.median_score
-            ),
-            None => String::new(),
-        };
-        let desc = format!(
-            "Model: {} ({}), weights {}; data: {}, split '{split}'; test-time augmentation {}.{ood_line}",
-            engine.arch(),
-            engine.weights_dtype(),
-            engine.weight_source(),
-            data.display(),
-            if engine.tta() {
-                "on (image and mirror image averaged)"
-            } else {
-                "off"
-            }
-        );
-        std::fs::write(
-            out.join("report.md"),
-            report::markdown(&title, &desc, &m, &sources, &by_population, &cams),
-        )?;
-        std::fs::write(
-            out.join("report.html"),
-            report::html(&title, &desc, &m, &sources, &by_population, &cams),
-        )?;
-        std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
-        if let Some(l) = &lung_share {
-            std::fs::write(
-                out.join("lung_share.json"),
-                serde_json::to_string_pretty(&l)?,
-            )?;
-            let mut md = std::fs::read_to_string(out.join("report.md"))?;
-            md += &l.markdown();
-            std::fs::write(out.join("report.md"), md)?;
-        }
-        // The Grad-CAM panel as data: overlay, image, truth, prediction.
-        let mut w = csv::Writer::from_path(out.join("gradcam.csv"))?;
-        w.write_record(["overlay", "image", "truth", "predicted", "confidence"])?;
-        for c in &cams {
-            w.write_record([
-                c.overlay.as_str(),
-                c.file.as_str(),
-                c.truth.name(),
-                c.predicted.name(),
-                &format!("{:.4}", c.confidence),
-            ])?;
-        }
-        w.flush()?;
     }
-    Ok(Evaluation {
-        metrics: m,
-        sources,
-        by_population,
-        ood: ood_summary,
-        arch: engine.arch(),
-        weight_source: engine.weight_source(),
-        lung_share,
-    })
+    Ok(cams)
+}
+
+/// The title and the description line of the reports.
+fn report_title(
+    o: &EvaluateOptions,
+    engine: &pneumoscope::inference::Engine,
+    e: &Evaluation,
+) -> (String, String) {
+    // A figure may travel without its table: it says itself when the backbone is random.
+    let random = if engine
+        .networks
+        .iter()
+        .any(|n| n.header.weight_source == crate::weights::RANDOM_INIT)
+    {
+        " (random-init backbone)"
+    } else {
+        ""
+    };
+    let split = o.split;
+    let title = format!(
+        "Pneumoscope evaluation: {}{random} on the {split} split",
+        engine.arch()
+    );
+    let ood_line = match &e.ood {
+        Some(o) => format!(
+            " Out-of-distribution warning: {} of {} images flagged ({:.1}%; median score {:.2}).",
+            o.flagged,
+            o.n,
+            100.0 * o.rate,
+            o.median_score
+        ),
+        None => String::new(),
+    };
+    let desc = format!(
+        "Model: {} ({}), weights {}; data: {}, split '{split}'; test-time augmentation {}.{ood_line}",
+        engine.arch(),
+        engine.weights_dtype(),
+        engine.weight_source(),
+        o.data.display(),
+        if engine.tta() {
+            "on (image and mirror image averaged)"
+        } else {
+            "off"
+        }
+    );
+    (title, desc)
+}
+
+/// Writes the confusion matrix, report.md, report.html, metrics.json, lung_share.json and
+/// the Grad-CAM panel as data (gradcam.csv: overlay, image, truth, prediction) into `out`.
+fn write_reports(
+    out: &Path,
+    o: &EvaluateOptions,
+    engine: &pneumoscope::inference::Engine,
+    e: &Evaluation,
+    cams: &[CamEntry],
+) -> Result<()> {
+    let (title, desc) = report_title(o, engine, e);
+    let m = &e.metrics;
+    report::confusion_png(&out.join("confusion_matrix.png"), &m.confusion, &title)?;
+    let mut md = report::markdown(&title, &desc, m, &e.sources, &e.by_population, cams);
+    if let Some(l) = &e.lung_share {
+        std::fs::write(
+            out.join("lung_share.json"),
+            serde_json::to_string_pretty(&l)?,
+        )?;
+        md += &l.markdown();
+    }
+    std::fs::write(out.join("report.md"), md)?;
+    std::fs::write(
+        out.join("report.html"),
+        report::html(&title, &desc, m, &e.sources, &e.by_population, cams),
+    )?;
+    std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(m)?)?;
+    let mut w = csv::Writer::from_path(out.join("gradcam.csv"))?;
+    w.write_record(["overlay", "image", "truth", "predicted", "confidence"])?;
+    for c in cams {
+        w.write_record([
+            c.overlay.as_str(),
+            c.file.as_str(),
+            c.truth.name(),
+            c.predicted.name(),
+            &format!("{:.4}", c.confidence),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 /// Where the evidence lies: the share of each image's Grad-CAM map (predicted class) inside

@@ -23,116 +23,68 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&b).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 
+/// Options of `export`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExportOptions {
+    /// Store weights in half precision (batch-norm and biases stay f32).
+    #[arg(long)]
+    pub f16: bool,
+    /// Ask for test-time augmentation (mirror averaging) by default wherever the file is
+    /// used.
+    #[arg(long)]
+    pub tta: bool,
+    /// Leave out the out-of-distribution statistics (stored by default: they are fitted on the
+    /// run's training split with the exported weights, so the run's manifest and images must
+    /// be at hand).
+    #[arg(long = "no-ood", action = clap::ArgAction::SetFalse)]
+    pub ood: bool,
+    /// Fit a temperature on the run's validation split and fold it into the head, so the
+    /// file's probabilities are calibrated (the predicted class is unchanged); recorded in the
+    /// header's `extra.calibration`.
+    #[arg(long)]
+    pub calibrate: bool,
+}
+
+impl Default for ExportOptions {
+    /// The command line's defaults.
+    fn default() -> Self {
+        crate::commands::defaults(&[])
+    }
+}
+
 /// Packs `RUN/model.bpk` with its description into a model file at `out`.
-///
-/// With `ood`, the out-of-distribution statistics are fitted on the run's training split (with
-/// the exported weights, exactly as inference will see them) and stored in the file. With
-/// `calibrate`, a temperature fitted on the run's validation split is folded into the head
-/// (see [`crate::calibrate`]) and recorded in the header's `extra.calibration`.
-pub fn run(
-    run: &Path,
-    out: &Path,
-    f16: bool,
-    tta: bool,
-    ood: bool,
-    calibrate: bool,
-) -> Result<ModelHeader> {
+pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
     let cfg: TrainConfig = serde_json::from_value(read_json(&run.join("config.json"))?)
         .with_context(|| format!("{}: not a training run", run.display()))?;
-    let model_path = run.join("model.bpk");
-    if !model_path.is_file() {
-        bail!(
-            "{}: the run has not finished (no model.bpk); finish it with `pneumoscope train --resume`",
-            run.display()
-        );
-    }
     let spec = arch::find(&cfg.arch)?;
     let device = Device::flex();
     let framing = crate::data::cache::Framing::of(&cfg)?;
-    let bytes = std::fs::read(&model_path)?;
-    let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e:?}", model_path.display()))?;
-    let mut model = Classifier::new(&spec, &device)
-        .try_load_record(rec)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", model_path.display()))?;
+    let mut model = load_run_model(run, &spec, &device)?;
     let mut calibration = serde_json::Value::Null;
-    if calibrate {
-        let manifest = Manifest::read(&cfg.data)
-            .context("calibration needs the run's validation data (or leave out --calibrate)")?;
-        // The run's validation rows with a definite class (a partial label has no single
-        // class to be calibrated towards).
-        let (_, mut rows) = crate::train::run_rows(&manifest, cfg.fold);
-        rows.retain(|&i| manifest.records[i].label.class().is_some());
-        if rows.is_empty() {
-            bail!("{}: no validation rows to calibrate on", cfg.data.display());
-        }
-        let squares = crate::data::cache::load_or_build(&manifest, spec.input.resize, &framing)?;
-        let probs = crate::train::predict_rows(&model, &spec, &squares, &rows, &device);
-        let labels = manifest.labels(&rows);
-        let t = calibrate::fit_temperature(&probs, &labels);
-        let (before, after) = (
-            calibrate::nll(&probs, &labels, 1.0),
-            calibrate::nll(&probs, &labels, 1.0 / t),
-        );
-        eprintln!(
-            "calibration: temperature {t:.3} fitted on {} validation images (NLL {before:.4} → {after:.4})",
-            rows.len()
-        );
-        calibration = serde_json::json!({
-            "method": "temperature scaling, folded into the head's last layer",
-            "temperature": t,
-            "fitted_on": "val",
-            "images": rows.len(),
-            "val_nll_before": before,
-            "val_nll_after": after,
-        });
+    if o.calibrate {
+        let (t, fitted) = fit_calibration(&model, &cfg, &spec, &framing, &device)?;
+        calibration = fitted;
         model = calibrate::fold_temperature(model, t);
     }
-    if f16 {
+    if o.f16 {
         model = to_f16(model);
     }
-    let metrics = read_json(&run.join("metrics.json")).unwrap_or(serde_json::Value::Null);
-    let data = match Manifest::read(&cfg.data) {
-        Ok(m) => {
-            let summary = crate::data::build::counts(&m.records);
-            let sources: std::collections::BTreeSet<_> =
-                m.records.iter().map(|r| r.source.clone()).collect();
-            serde_json::json!({ "manifest": cfg.data, "counts": summary, "sources": sources })
-        }
-        Err(_) => serde_json::json!({ "manifest": cfg.data }),
-    };
-    let history = std::fs::read_to_string(run.join("state.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-    let header = ModelHeader {
-        training: serde_json::json!({
-            "config": cfg,
-            "best_epoch": history.as_ref().and_then(|h| h.get("best_epoch").cloned()),
-            "best_val_macro_f1": history.as_ref().and_then(|h| h.get("best_val_macro_f1").cloned()),
-        }),
-        data,
-        metrics,
-        extra: serde_json::json!({ "tta": tta, "calibration": calibration }),
+    let mut header = ModelHeader {
+        training: run_training(run, &cfg),
+        data: run_data(&cfg),
+        metrics: read_json(&run.join("metrics.json")).unwrap_or(serde_json::Value::Null),
+        extra: serde_json::json!({ "tta": o.tta, "calibration": calibration }),
         ..header(
             &spec,
-            f16,
+            o.f16,
             std::fs::read_to_string(run.join("weight_source.txt"))
                 .unwrap_or_else(|_| "unknown".into()),
         )
     };
-    let mut header = header;
     header.region = cfg.region;
     let mut file = ModelFile::from_classifier(header, model)?;
-    if ood {
-        let manifest = Manifest::read(&cfg.data).context(
-            "the out-of-distribution statistics need the run's training data (or pass --no-ood)",
-        )?;
-        let exported = file.load_classifier(&device)?;
-        let pooled = crate::ood::pooled(&exported, &spec, &manifest, &framing, &device)?;
-        file.header.ood = Some(crate::ood::fit(&pooled)?);
-        let population = crate::population::fit(&pooled, &manifest)?;
-        eprintln!("population estimate: {}", population.fit);
-        file.header.population = Some(population);
+    if o.ood {
+        fit_ood(&mut file, &cfg, &spec, &framing, &device)?;
     }
     crate::fsutil::write_atomic(out, &file.to_bytes())?;
     if let (InputRegion::Lungs, Some(segmenter)) = (cfg.region, &cfg.lungs) {
@@ -151,6 +103,109 @@ pub fn run(
         );
     }
     Ok(file.header)
+}
+
+/// The trained classifier of a finished run (`RUN/model.bpk`).
+fn load_run_model(run: &Path, spec: &arch::ArchSpec, device: &Device) -> Result<Classifier> {
+    let model_path = run.join("model.bpk");
+    if !model_path.is_file() {
+        bail!(
+            "{}: the run has not finished (no model.bpk); finish it with `pneumoscope train --resume`",
+            run.display()
+        );
+    }
+    let bytes = std::fs::read(&model_path)?;
+    let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e:?}", model_path.display()))?;
+    Classifier::new(spec, device)
+        .try_load_record(rec)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", model_path.display()))
+}
+
+/// A temperature fitted on the run's validation rows with a definite class (a partial label
+/// has no single class to be calibrated towards), and the record of it for the header.
+fn fit_calibration(
+    model: &Classifier,
+    cfg: &TrainConfig,
+    spec: &arch::ArchSpec,
+    framing: &crate::data::cache::Framing,
+    device: &Device,
+) -> Result<(f64, serde_json::Value)> {
+    let manifest = Manifest::read(&cfg.data)
+        .context("calibration needs the run's validation data (or leave out --calibrate)")?;
+    let (_, mut rows) = crate::train::run_rows(&manifest, cfg.fold);
+    rows.retain(|&i| manifest.records[i].label.class().is_some());
+    if rows.is_empty() {
+        bail!("{}: no validation rows to calibrate on", cfg.data.display());
+    }
+    let squares = crate::data::cache::load_or_build(&manifest, spec.input.resize, framing)?;
+    let probs = crate::train::predict_rows(model, spec, &squares, &rows, device);
+    let labels = manifest.labels(&rows);
+    let t = calibrate::fit_temperature(&probs, &labels);
+    let (before, after) = (
+        calibrate::nll(&probs, &labels, 1.0),
+        calibrate::nll(&probs, &labels, 1.0 / t),
+    );
+    eprintln!(
+        "calibration: temperature {t:.3} fitted on {} validation images (NLL {before:.4} → {after:.4})",
+        rows.len()
+    );
+    let record = serde_json::json!({
+        "method": "temperature scaling, folded into the head's last layer",
+        "temperature": t,
+        "fitted_on": "val",
+        "images": rows.len(),
+        "val_nll_before": before,
+        "val_nll_after": after,
+    });
+    Ok((t, record))
+}
+
+/// The header's `training`: the run's config and its best epoch.
+fn run_training(run: &Path, cfg: &TrainConfig) -> serde_json::Value {
+    let history = std::fs::read_to_string(run.join("state.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    serde_json::json!({
+        "config": cfg,
+        "best_epoch": history.as_ref().and_then(|h| h.get("best_epoch").cloned()),
+        "best_val_macro_f1": history.as_ref().and_then(|h| h.get("best_val_macro_f1").cloned()),
+    })
+}
+
+/// The header's `data`: the manifest, and its images per split and class and its sources
+/// when it is at hand.
+fn run_data(cfg: &TrainConfig) -> serde_json::Value {
+    match Manifest::read(&cfg.data) {
+        Ok(m) => {
+            let summary = crate::data::build::counts(&m.records);
+            let sources: std::collections::BTreeSet<_> =
+                m.records.iter().map(|r| r.source.clone()).collect();
+            serde_json::json!({ "manifest": cfg.data, "counts": summary, "sources": sources })
+        }
+        Err(_) => serde_json::json!({ "manifest": cfg.data }),
+    }
+}
+
+/// Fits the out-of-distribution statistics and the population estimate on the run's training
+/// split, with the file's own (exported) weights, and stores them in the file's header.
+fn fit_ood(
+    file: &mut ModelFile,
+    cfg: &TrainConfig,
+    spec: &arch::ArchSpec,
+    framing: &crate::data::cache::Framing,
+    device: &Device,
+) -> Result<()> {
+    let manifest = Manifest::read(&cfg.data).context(
+        "the out-of-distribution statistics need the run's training data (or pass --no-ood)",
+    )?;
+    let exported = file.load_classifier(device)?;
+    let pooled = crate::ood::pooled(&exported, spec, &manifest, framing, device)?;
+    file.header.ood = Some(crate::ood::fit(&pooled)?);
+    let population = crate::population::fit(&pooled, &manifest)?;
+    eprintln!("population estimate: {}", population.fit);
+    file.header.population = Some(population);
+    Ok(())
 }
 
 /// The header fields every model file of `spec` shares; the caller fills in training, data,

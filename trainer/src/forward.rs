@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use pneumoscope::arch::{self, global_avg_pool};
 use pneumoscope::gradcam;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Reads the input: a `.npy` tensor as is, or an image through the ImageNet reference
 /// transform of the architecture (RGB, bicubic resize to the crop size, mean/std).
@@ -26,36 +26,39 @@ fn read_input(spec: &arch::ArchSpec, input: &Path) -> Result<(Vec<usize>, Vec<f3
     Ok((vec![1, 3, s, s], v))
 }
 
-/// Where and for which ImageNet class `forward` writes a Grad-CAM map.
-pub struct CamRequest<'a> {
-    /// Output `.npy` of the map `[h, w]` at the architecture's Grad-CAM layer (not upsampled,
-    /// scaled so that its maximum is 1).
-    pub out: &'a Path,
-    /// Class whose logit is explained; the top-1 class of the first image when `None`.
-    pub class: Option<usize>,
+/// Options of `forward`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ForwardOptions {
+    /// Architecture name (see the registry).
+    #[arg(long)]
+    pub arch: String,
+    /// Weights file (`.pth` or `.safetensors`).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input: a `.npy` (N x 3 x H x W, float32), or an image put through the ImageNet
+    /// reference transform of the weights (RGB, bicubic resize, mean/std).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output `.npy` of logits (or pooled features when the weights have no classifier).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the Grad-CAM map of the first image at the architecture's Grad-CAM layer
+    /// (`[h, w]`, maximum 1, not upsampled) to this `.npy`.
+    #[arg(long)]
+    pub cam_out: Option<PathBuf>,
+    /// ImageNet class the Grad-CAM map explains (default: the top-1 class).
+    #[arg(long, requires = "cam_out")]
+    pub cam_class: Option<usize>,
+    /// Fold every batch norm into the convolution before it first, as inference does.
+    #[arg(long)]
+    pub fold_batchnorm: bool,
 }
 
-/// Whether `forward` folds the batch norms into the convolutions before running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchNorm {
-    /// As loaded (as in training).
-    Kept,
-    /// Folded (as in inference).
-    Folded,
-}
-
-/// Runs the backbone (with its ImageNet head when the weights carry one) on `input` (a `.npy`
-/// tensor or an image) and writes the logits to `out`, and optionally the Grad-CAM map of the
+/// Runs the backbone (with its ImageNet head when the weights carry one) on the input (a
+/// `.npy` tensor or an image) and writes the logits, and optionally the Grad-CAM map of the
 /// first image. Returns the output shape.
-pub fn run(
-    arch_name: &str,
-    weights_path: &Path,
-    input: &Path,
-    out: &Path,
-    cam: Option<CamRequest>,
-    batch_norm: BatchNorm,
-    device: &Device,
-) -> Result<Vec<usize>> {
+pub fn logits(o: &ForwardOptions, device: &Device) -> Result<Vec<usize>> {
+    let (arch_name, weights_path, input, out) = (&o.arch, &o.weights, &o.input, &o.out);
     let spec = arch::find(arch_name)?;
     let (shape, values) = read_input(&spec, input)?;
     if shape.len() != 4 || shape[1] != 3 {
@@ -75,19 +78,20 @@ pub fn run(
             false,
         ),
     };
-    let backbone = match batch_norm {
-        BatchNorm::Kept => backbone,
-        BatchNorm::Folded => backbone.fold_batchnorm(),
+    let backbone = if o.fold_batchnorm {
+        backbone.fold_batchnorm()
+    } else {
+        backbone
     };
     let map = backbone.feature_map(x);
-    if let Some(req) = cam {
+    if let Some(cam_out) = &o.cam_out {
         if !with_head {
             bail!(
                 "{}: --cam-out needs weights with the ImageNet classifier",
                 weights_path.display()
             );
         }
-        write_cam(&backbone, map.clone(), req)?;
+        write_cam(&backbone, map.clone(), cam_out, o.cam_class)?;
     }
     let y = if with_head {
         backbone
@@ -106,9 +110,14 @@ pub fn run(
 }
 
 /// Grad-CAM of the first image's ImageNet logit at the Grad-CAM layer, written as `.npy`.
-fn write_cam(backbone: &arch::Backbone, map: Tensor<4>, req: CamRequest) -> Result<()> {
+fn write_cam(
+    backbone: &arch::Backbone,
+    map: Tensor<4>,
+    out: &Path,
+    class: Option<usize>,
+) -> Result<()> {
     let first = map.narrow(0, 0, 1).detach();
-    let class = match req.class {
+    let class = match class {
         Some(c) => c,
         None => {
             let logits = backbone
@@ -131,6 +140,6 @@ fn write_cam(backbone: &arch::Backbone, map: Tensor<4>, req: CamRequest) -> Resu
             .expect("head kept")
     })?;
     let cam = gradcam::combine(parts, class)?;
-    npy::write_f32(req.out, &[cam.height, cam.width], &cam.values)?;
+    npy::write_f32(out, &[cam.height, cam.width], &cam.values)?;
     Ok(())
 }

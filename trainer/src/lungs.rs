@@ -162,26 +162,36 @@ struct View {
     target: Vec<f32>,
 }
 
-/// Settings of `lungs train`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// Settings of `lungs train`: its command-line options and the run's `lungs-config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
 pub struct LungsConfig {
-    /// The pairs file.
+    /// `pairs.csv` (image, mask, source; paths relative to its folder).
+    #[arg(long)]
     pub pairs: PathBuf,
-    /// EfficientNet-Lite0 ImageNet weights.
-    pub weights: PathBuf,
-    /// Share of each source's pairs held out.
+    /// EfficientNet-Lite0 ImageNet weights (default: the weights cache; a run's config always
+    /// names them).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Share of each source's pairs held out for evaluation.
+    #[arg(long, default_value_t = 0.2)]
     pub held_out: f64,
     /// Epochs.
+    #[arg(long, default_value_t = 40)]
     pub epochs: usize,
     /// Batch size.
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Seed of the split, the order and the decoder's initialisation.
+    #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Use at most this many pairs per source (quick runs); `None`: all.
+    /// At most this many pairs per source (quick runs).
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Store the weights in half precision.
+    #[arg(long)]
     pub f16: bool,
 }
 
@@ -259,7 +269,11 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
 
     let device = Device::flex();
     let spec = arch::find(lungs::ENCODER)?;
-    let loaded = crate::weights::load_backbone(&spec, &cfg.weights, false, &device)?;
+    let weights = cfg
+        .weights
+        .as_deref()
+        .context("lungs train: no encoder weights named")?;
+    let loaded = crate::weights::load_backbone(&spec, weights, false, &device)?;
     let Backbone::EfficientNetLite(encoder) = loaded.backbone else {
         bail!("the lung encoder must be {}", lungs::ENCODER);
     };

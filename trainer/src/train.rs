@@ -17,6 +17,7 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use burn::tensor::activation::softmax;
+use clap::builder::TypedValueParser;
 use pneumoscope::NUM_CLASSES;
 use pneumoscope::arch::{self, ArchSpec, global_avg_pool};
 use pneumoscope::model::{Classifier, Head};
@@ -98,60 +99,106 @@ impl Schedule {
     }
 }
 
-/// Everything that defines a run; saved as `RUN/config.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything that defines a run: the options of `train` (flattened into its command line,
+/// whose defaults are [`TrainConfig::default`]) and the run's `RUN/config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
-    /// The manifest.
+    /// The manifest written by `data build`.
+    #[arg(long)]
     pub data: PathBuf,
     /// Architecture.
+    #[arg(long, default_value = "efficientnet_lite0")]
     pub arch: String,
-    /// ImageNet weights file; `None` only for a random-init run (`--allow-random-init`).
+    /// ImageNet weights (`.pth` or `.safetensors`); default: the architecture's published
+    /// file in the weights cache (see `weights fetch`). A run's config names none only when it
+    /// trains from random initialisation (`--allow-random-init`).
+    #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Mode.
+    /// `frozen` (the paper's protocol), `partial` (the last `--tune-blocks` blocks, the head
+    /// convolution and the head; EfficientNet-Lite) or `finetune` (all layers).
+    #[arg(long, value_enum, default_value = "frozen")]
     pub mode: Mode,
     /// Epochs.
+    #[arg(long, default_value_t = 40)]
     pub epochs: usize,
     /// Batch size.
+    #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
     /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "constant")]
     #[serde(default = "constant")]
     pub schedule: Schedule,
     /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Imbalance handling.
+    /// Class-imbalance handling.
+    #[arg(long, value_enum, default_value = "weighted")]
     pub imbalance: Imbalance,
-    /// Augmentation (None: the evaluation transform only).
+    /// Augmentation (None: the evaluation transform only; `train --no-augment`).
+    #[arg(skip = Some(Augment::default()))]
     pub augment: Option<Augment>,
-    /// Frozen and partial modes: number of cached views of each training image (view 0 is the
-    /// evaluation transform, the others random augmentations drawn once).
+    /// Frozen and partial modes: views cached per training image (1 = no augmentation; view 0
+    /// is the evaluation transform, the others random augmentations drawn once).
+    #[arg(long, default_value_t = 1)]
     pub views: usize,
-    /// Device name, or a comma-separated list for data-parallel training.
+    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
+    /// a comma-separated list of them for data-parallel training (`--devices cuda:0,cuda:1`):
+    /// each step's batch (`--batch-size` in all) is split over the devices and their gradients
+    /// added on the first.
+    #[arg(long, visible_alias = "devices", default_value = "cpu")]
     pub device: String,
-    /// Dropout probability of the head (`None`: the paper's, 0.2; 0.5 for SqueezeNet's
+    /// Dropout probability of the head (default: the paper's, 0.2; 0.5 for SqueezeNet's
     /// convolutional head).
+    #[arg(long, value_parser = dropout_probability)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
-    /// Partial mode: how many of the backbone's last blocks are trained (`None`:
-    /// [`DEFAULT_TUNE_BLOCKS`]).
+    /// Partial mode: how many of the backbone's last blocks are trained (default: 4).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tune_blocks: Option<usize>,
     /// Cross-validation: train on the other folds of train + val and validate on this one
     /// (`None`: the manifest's own train and val splits).
+    #[arg(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold: Option<Fold>,
-    /// Frozen and partial modes: folder of the cached backbone outputs (`None`: the run's
-    /// `features/`); the folds of a cross-validation share one.
+    /// Frozen and partial modes: keep the backbone outputs in this folder instead of the
+    /// run's `features/` (a cross-validation keeps them beside the manifest; a final run with
+    /// the same settings can read the same ones).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_cache: Option<PathBuf>,
-    /// The part of each image the network is given (`--input`): whole, or lung-focused.
+    /// The part of each image the network is given: `whole`, or `lungs` (the lungs' bounding
+    /// box and a margin, found by `--lungs`, cut from the full-size image before the usual
+    /// resize; the whole image where no lung is found).
+    #[arg(long = "input", default_value = "whole")]
     #[serde(default, skip_serializing_if = "InputRegion::is_whole")]
     pub region: InputRegion,
-    /// Lung-focused input: the lung segmenter's own file, which finds the crop (and which
-    /// `export` puts into the model file).
+    /// `--input lungs`: the lung segmenter's own file (`web/models/lungs-v1.pneumoscope`),
+    /// which finds the crop (and which `export` puts into the model file).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lungs: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    /// The command line's defaults, with no manifest.
+    fn default() -> Self {
+        TrainConfig {
+            data: PathBuf::new(),
+            ..crate::commands::defaults(&["--data", "-"])
+        }
+    }
+}
+
+/// A probability in [0, 1).
+fn dropout_probability(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a probability in [0, 1)")),
+    }
 }
 
 /// One line of `epochs.csv`.
@@ -596,7 +643,7 @@ fn epoch_order(labels: &[usize], imbalance: Imbalance, rng: &mut ChaCha8Rng) -> 
 }
 
 /// Runs (or resumes) a training run in `run`.
-pub fn run(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
+pub fn train(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     let cfg_path = run.join("config.json");
     let cfg = if resume {
         let saved: TrainConfig = read_json(&cfg_path)

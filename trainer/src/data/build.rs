@@ -163,7 +163,7 @@ impl UnionFind {
 }
 
 /// Runs the builder and writes its outputs into `opts.out`.
-pub fn run(opts: &BuildOptions) -> Result<Summary> {
+pub fn build(opts: &BuildOptions) -> Result<Summary> {
     if opts.kermany.is_empty()
         && opts.covid.is_empty()
         && opts.nih.is_empty()
