@@ -3,7 +3,7 @@
 //! set on the validation split.
 
 use crate::data::{Manifest, Split, cache};
-use crate::train::{Extract, extract_features};
+use crate::train::{Extract, FeatureSource, extract_features};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use nalgebra::{DMatrix, SymmetricEigen};
@@ -50,18 +50,14 @@ pub fn pooled(
     }
     let squares = cache::load_or_build(manifest, spec.input.resize, framing)?;
     let val = manifest.split_indices(Split::Val);
-    let features = |rows: &[usize], label: &str| {
-        extract_features(
-            Extract::Pooled,
-            &model.backbone,
-            spec,
-            &squares,
-            rows,
-            None,
-            device,
-            label,
-        )
+    let src = FeatureSource {
+        backbone: &model.backbone,
+        spec,
+        squares: &squares,
+        device,
     };
+    let features =
+        |rows: &[usize], label: &str| extract_features(Extract::Pooled, &src, rows, None, label);
     Ok(Pooled {
         dim: spec.feature_dim,
         train_features: features(&train, "training-data statistics: train"),

@@ -377,19 +377,35 @@ pub fn extract_dim(
     extract_shape(what, backbone, spec, device).iter().product()
 }
 
-/// Backbone features of the given manifest rows (one view each), `[n, dim]` row-major,
-/// computed in batches on `device`.
-#[allow(clippy::too_many_arguments)]
+/// Where backbone features come from: a backbone, its architecture, the training images
+/// (squared, resized) and the device it runs on.
+pub struct FeatureSource<'a> {
+    /// The backbone.
+    pub backbone: &'a arch::Backbone,
+    /// Its architecture.
+    pub spec: &'a ArchSpec,
+    /// The images.
+    pub squares: &'a SquareCache,
+    /// Where it runs.
+    pub device: &'a Device,
+}
+
+/// Backbone features of the given manifest rows (one view each, augmented with its seed when
+/// `augment` is given), `[n, dim]` row-major, computed in batches; `label` names the progress
+/// bar.
 pub fn extract_features(
     what: Extract,
-    backbone: &arch::Backbone,
-    spec: &ArchSpec,
-    squares: &SquareCache,
+    src: &FeatureSource,
     rows: &[usize],
     augment: Option<(&Augment, u64)>,
-    device: &Device,
     label: &str,
 ) -> Vec<f32> {
+    let FeatureSource {
+        backbone,
+        spec,
+        squares,
+        device,
+    } = *src;
     let pb = crate::progress::bar(rows.len() as u64, label);
     let dim = extract_dim(what, backbone, spec, device);
     let mut out = Vec::with_capacity(rows.len() * dim);
@@ -489,68 +505,80 @@ fn pick_views(views: &[Vec<f32>], batch: &[usize], dim: usize, rng: &mut ChaCha8
     x
 }
 
-/// The frozen part's output for the run: `cfg.views` views of each training image (view 0 the
-/// evaluation transform, the others augmentations drawn once) and view 0 of the validation
-/// images. Each view is computed once for every row of train + val (the *pool*, the same for
-/// every fold of a cross-validation) and kept in the feature cache (`cfg.feature_cache`, else
-/// `RUN/features/`) as `{tag}v{v}.f32`. Records the extraction time in `timing`.
-#[allow(clippy::too_many_arguments)]
-fn cached_inputs(
-    what: Extract,
-    tag: &str,
-    cfg: &TrainConfig,
-    run: &Path,
-    backbone: &arch::Backbone,
-    spec: &ArchSpec,
-    squares: &SquareCache,
-    (train_rows, val_rows): (&[usize], &[usize]),
-    device: &Device,
-    timing: &mut serde_json::Map<String, serde_json::Value>,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
-    let dim = extract_dim(what, backbone, spec, device);
-    let dir = cfg
-        .feature_cache
-        .clone()
-        .unwrap_or_else(|| run.join("features"));
-    let mut pool: Vec<usize> = train_rows.iter().chain(val_rows).copied().collect();
-    pool.sort_unstable();
-    pool.dedup();
-    let at: std::collections::HashMap<usize, usize> =
-        pool.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-    let gather = |f: &[f32], rows: &[usize]| -> Vec<f32> {
-        rows.iter()
-            .flat_map(|i| f[at[i] * dim..(at[i] + 1) * dim].iter().copied())
-            .collect()
-    };
-    let t0 = Instant::now();
-    let mut fresh = 0.0;
-    let mut train_views = Vec::new();
-    let mut val = Vec::new();
-    for v in 0..cfg.views.max(1) {
-        let aug = cfg
-            .augment
-            .as_ref()
-            .filter(|_| v > 0)
-            .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
-        let t = Instant::now();
-        let label = format!("{tag}view {v}").replace('-', " ");
-        let (f, hit) = features_cached(&dir, &format!("{tag}v{v}"), pool.len(), dim, || {
-            extract_features(what, backbone, spec, squares, &pool, aug, device, &label)
-        })?;
-        if !hit {
-            fresh += t.elapsed().as_secs_f64();
+/// Wall-clock figures a run records in `timing.json`.
+type Timing = serde_json::Map<String, serde_json::Value>;
+
+impl Run<'_> {
+    /// The frozen part's output for the run: `cfg.views` views of each training image (view 0
+    /// the evaluation transform, the others augmentations drawn once) and view 0 of the
+    /// validation images. Each view is computed once for every row of train + val (the
+    /// *pool*, the same for every fold of a cross-validation) and kept in the feature cache
+    /// (`cfg.feature_cache`, else `RUN/features/`) as `{tag}v{v}.f32`. Records the extraction
+    /// time in `timing`.
+    fn cached_inputs(
+        &self,
+        what: Extract,
+        tag: &str,
+        backbone: &arch::Backbone,
+        timing: &mut Timing,
+    ) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+        let (cfg, spec, device) = (self.cfg, &self.spec, &self.device);
+        let dim = extract_dim(what, backbone, spec, device);
+        let dir = cfg
+            .feature_cache
+            .clone()
+            .unwrap_or_else(|| self.dir.join("features"));
+        let mut pool: Vec<usize> = self
+            .train_rows
+            .iter()
+            .chain(&self.val_rows)
+            .copied()
+            .collect();
+        pool.sort_unstable();
+        pool.dedup();
+        let at: std::collections::HashMap<usize, usize> =
+            pool.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        let gather = |f: &[f32], rows: &[usize]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|i| f[at[i] * dim..(at[i] + 1) * dim].iter().copied())
+                .collect()
+        };
+        let src = FeatureSource {
+            backbone,
+            spec,
+            squares: &self.squares,
+            device,
+        };
+        let t0 = Instant::now();
+        let mut fresh = 0.0;
+        let mut train_views = Vec::new();
+        let mut val = Vec::new();
+        for v in 0..cfg.views.max(1) {
+            let aug = cfg
+                .augment
+                .as_ref()
+                .filter(|_| v > 0)
+                .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
+            let t = Instant::now();
+            let label = format!("{tag}view {v}").replace('-', " ");
+            let (f, hit) = features_cached(&dir, &format!("{tag}v{v}"), pool.len(), dim, || {
+                extract_features(what, &src, &pool, aug, &label)
+            })?;
+            if !hit {
+                fresh += t.elapsed().as_secs_f64();
+            }
+            if v == 0 {
+                val = gather(&f, &self.val_rows);
+            }
+            train_views.push(gather(&f, &self.train_rows));
         }
-        if v == 0 {
-            val = gather(&f, val_rows);
-        }
-        train_views.push(gather(&f, train_rows));
+        timing.insert("feature_extraction_seconds".into(), fresh.into());
+        timing.insert(
+            "feature_extraction_wall_seconds".into(),
+            t0.elapsed().as_secs_f64().into(),
+        );
+        Ok((train_views, val))
     }
-    timing.insert("feature_extraction_seconds".into(), fresh.into());
-    timing.insert(
-        "feature_extraction_wall_seconds".into(),
-        t0.elapsed().as_secs_f64().into(),
-    );
-    Ok((train_views, val))
 }
 
 /// Inverse-frequency weights `N / (K n_g)` of group indices (`K`: the groups present).
@@ -644,6 +672,20 @@ fn epoch_order(labels: &[usize], imbalance: Imbalance, rng: &mut ChaCha8Rng) -> 
 
 /// Runs (or resumes) a training run in `run`.
 pub fn train(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
+    let cfg = settle_config(cfg, run, resume)?;
+    let (ctx, loaded) = Run::prepare(&cfg, run)?;
+    let mut timing = Timing::new();
+    let (model, val_probs) = match cfg.mode {
+        Mode::Frozen => ctx.frozen(loaded.backbone, &mut timing)?,
+        Mode::Partial => ctx.partial(loaded.backbone, &mut timing)?,
+        Mode::Finetune => ctx.finetune(loaded.backbone, &mut timing)?,
+    };
+    ctx.finish(model, val_probs, timing, &loaded.source)
+}
+
+/// The run's settings, written to `RUN/config.json`: the given ones for a new run; for a
+/// resumed one those it was started with, where only the number of epochs may change.
+fn settle_config(cfg: TrainConfig, run: &Path, resume: bool) -> Result<TrainConfig> {
     let cfg_path = run.join("config.json");
     let cfg = if resume {
         let saved: TrainConfig = read_json(&cfg_path)
@@ -666,30 +708,331 @@ pub fn train(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
     };
     std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
     write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    Ok(cfg)
+}
 
-    let manifest = Manifest::read(&cfg.data)?;
-    let spec = arch::find(&cfg.arch)?;
-    if cfg.mode == Mode::Partial && !spec.supports_partial() {
-        bail!(
-            "--mode partial: {} is not split into blocks here; partial fine-tuning supports \
-             the EfficientNet-Lite architectures (use frozen or finetune)",
-            spec.name
+/// What a run's training phases share: its settings and folder, its architecture, the data it
+/// trains and validates on (rows, labels, loss weights, images) and its devices.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    dir: &'a Path,
+    spec: ArchSpec,
+    manifest: Manifest,
+    squares: SquareCache,
+    /// Where validation and the frozen parts run.
+    device: Device,
+    /// The autodiff devices a training step is spread over.
+    replicas: Devices,
+    train_rows: Vec<usize>,
+    val_rows: Vec<usize>,
+    train_labels: Vec<usize>,
+    val_labels: Vec<usize>,
+    /// Each training row's weight in the loss.
+    row_w: Vec<f32>,
+}
+
+/// The trained classifier and, when they are at hand already, its validation probabilities.
+type Trained = (Classifier, Option<Vec<[f32; NUM_CLASSES]>>);
+
+impl<'a> Run<'a> {
+    /// Checks the settings against the manifest and the architecture, and loads the data,
+    /// the devices and the starting backbone.
+    fn prepare(cfg: &'a TrainConfig, dir: &'a Path) -> Result<(Self, weights::LoadedBackbone)> {
+        let manifest = Manifest::read(&cfg.data)?;
+        let spec = arch::find(&cfg.arch)?;
+        if cfg.mode == Mode::Partial && !spec.supports_partial() {
+            bail!(
+                "--mode partial: {} is not split into blocks here; partial fine-tuning supports \
+                 the EfficientNet-Lite architectures (use frozen or finetune)",
+                spec.name
+            );
+        }
+        let devices = crate::device::parse_list(&cfg.device)?;
+        let device = devices[0].clone();
+        let replicas = Devices::new(&devices);
+        if replicas.len() > 1 {
+            eprintln!(
+                "data-parallel training on {} devices ({}); each step's batch of {} is split between them",
+                replicas.len(),
+                cfg.device,
+                cfg.batch_size
+            );
+        }
+        let loaded = starting_backbone(cfg, &spec, &device)?;
+        if let Some(f) = cfg.fold
+            && (f.of < 2 || f.index >= f.of)
+        {
+            bail!(
+                "fold {} of {}: need at least 2 folds and an index below their number",
+                f.index,
+                f.of
+            );
+        }
+        let (train_rows, val_rows) = run_rows(&manifest, cfg.fold);
+        if train_rows.is_empty() || val_rows.is_empty() {
+            bail!(
+                "{}: the manifest needs train and val rows (build it with --val > 0)",
+                cfg.data.display()
+            );
+        }
+        let train_labels = manifest.labels(&train_rows);
+        let val_labels = manifest.labels(&val_rows);
+        let framing = Framing::of(cfg)?;
+        let squares = cache::load_or_build(&manifest, spec.input.resize, &framing)?;
+        let row_w = row_weights(
+            &train_labels,
+            &manifest.populations(&train_rows),
+            cfg.imbalance,
         );
+        replicas.main().seed(cfg.seed);
+        let run = Run {
+            cfg,
+            dir,
+            spec,
+            manifest,
+            squares,
+            device,
+            replicas,
+            train_rows,
+            val_rows,
+            train_labels,
+            val_labels,
+            row_w,
+        };
+        Ok((run, loaded))
     }
-    let devices = crate::device::parse_list(&cfg.device)?;
-    let device = devices[0].clone();
-    let replicas = Devices::new(&devices);
-    let ad = replicas.main().clone();
-    if replicas.len() > 1 {
-        eprintln!(
-            "data-parallel training on {} devices ({}); each step's batch of {} is split between them",
-            replicas.len(),
-            cfg.device,
-            cfg.batch_size
+
+    /// The paper's protocol: the backbone's head inputs cached, only the head trained.
+    fn frozen(&self, backbone: arch::Backbone, timing: &mut Timing) -> Result<Trained> {
+        let (spec, device) = (&self.spec, &self.device);
+        let dim = spec.head_dim();
+        let shape = spec.head_shape;
+        let (train_views, val_feats) =
+            self.cached_inputs(Extract::HeadInput, "", &backbone, timing)?;
+        let head = new_head(spec, self.cfg.dropout, self.replicas.main());
+        let val_x = Tensor::<2>::from_data(
+            TensorData::new(val_feats, [self.val_rows.len(), dim]),
+            device,
         );
+        let head = self.train_loop(
+            head,
+            timing,
+            |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
+                let x = pick_views(&train_views, batch, dim, rng);
+                let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), d);
+                self.batch_loss(m.forward_rows(x, shape), batch, d)
+            },
+            |m: &Head| {
+                probs_rows(to_vec(softmax(
+                    m.valid().forward_rows(val_x.clone(), shape),
+                    1,
+                )))
+            },
+        )?;
+        // The validation probabilities from the cached features: the backbone is not run
+        // again.
+        let val_probs = probs_rows(to_vec(softmax(
+            head.valid().fork(device).forward_rows(val_x, shape),
+            1,
+        )));
+        let model = Classifier {
+            backbone,
+            head: head.valid().fork(device),
+        };
+        Ok((model, Some(val_probs)))
     }
-    let loaded = match &cfg.weights {
-        Some(w) => weights::load_backbone(&spec, w, false, &device)?,
+
+    /// Partial fine-tuning: the input of the first trained block cached, the last blocks, the
+    /// head convolution and the head trained.
+    fn partial(&self, backbone: arch::Backbone, timing: &mut Timing) -> Result<Trained> {
+        let (spec, device) = (&self.spec, &self.device);
+        let blocks = backbone
+            .block_count()
+            .expect("checked by prepare: an architecture with blocks");
+        let tune = self.cfg.tune_blocks.unwrap_or(DEFAULT_TUNE_BLOCKS);
+        if tune == 0 || tune > blocks {
+            bail!(
+                "--tune-blocks {tune}: {} has {blocks} blocks; choose 1 to {blocks}",
+                spec.name
+            );
+        }
+        let cut = blocks - tune;
+        let what = Extract::InputOfBlock(cut);
+        let shape = extract_shape(what, &backbone, spec, device);
+        let dim: usize = shape.iter().product();
+        let (train_views, val_feats) =
+            self.cached_inputs(what, &format!("block{cut}-"), &backbone, timing)?;
+        let model = trainable(backbone, spec, self.cfg, self.replicas.main());
+        let rows4 = |x: Vec<f32>, n: usize, d: &Device| {
+            Tensor::<4>::from_data(TensorData::new(x, [n, shape[0], shape[1], shape[2]]), d)
+        };
+        let model = self.train_loop(
+            model,
+            timing,
+            |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
+                let x = pick_views(&train_views, batch, dim, rng);
+                let map = m
+                    .backbone
+                    .feature_map_from(rows4(x, batch.len(), d), cut)
+                    .expect("a backbone with blocks");
+                self.batch_loss(m.logits_from_map(map), batch, d)
+            },
+            |m: &Classifier| {
+                let v = m.valid().fork(device);
+                let mut out = Vec::new();
+                for chunk in val_feats.chunks(64 * dim) {
+                    let x = rows4(chunk.to_vec(), chunk.len() / dim, device);
+                    let map = v.backbone.feature_map_from(x, cut).expect("blocks");
+                    out.extend(probs_rows(to_vec(softmax(v.logits_from_map(map), 1))));
+                }
+                out
+            },
+        )?;
+        Ok((model.valid().fork(device), None))
+    }
+
+    /// Full fine-tuning: every layer trained on augmented images.
+    fn finetune(&self, backbone: arch::Backbone, timing: &mut Timing) -> Result<Trained> {
+        let (spec, device) = (&self.spec, &self.device);
+        let model = trainable(backbone, spec, self.cfg, self.replicas.main());
+        let aug = self.cfg.augment.unwrap_or(Augment {
+            min_scale: 1.0,
+            max_rotation: 0.0,
+            hflip: false,
+        });
+        let val_imgs: Vec<Vec<f32>> = self
+            .val_rows
+            .par_iter()
+            .map(|&i| pneumoscope::preprocess::normalize_gray(&self.squares.image(i), &spec.input))
+            .collect();
+        let model = self.train_loop(
+            model,
+            timing,
+            |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
+                let seeds: Vec<u64> = batch.iter().map(|_| rng.random()).collect();
+                let imgs: Vec<Vec<f32>> = batch
+                    .par_iter()
+                    .zip(seeds)
+                    .map(|(&i, s)| {
+                        aug.apply(
+                            &self.squares.image(self.train_rows[i]),
+                            &spec.input,
+                            &mut ChaCha8Rng::seed_from_u64(s),
+                        )
+                    })
+                    .collect();
+                let x = stack(&imgs, spec.input.crop, d);
+                self.batch_loss(m.forward(x), batch, d)
+            },
+            |m: &Classifier| {
+                let v = m.valid().fork(device);
+                let mut out = Vec::new();
+                for chunk in val_imgs.chunks(32) {
+                    out.extend(probs_rows(to_vec(softmax(
+                        v.forward(stack(chunk, spec.input.crop, device)),
+                        1,
+                    ))));
+                }
+                out
+            },
+        )?;
+        Ok((model.valid().fork(device), None))
+    }
+
+    /// [`batch_loss`] of a batch of training rows.
+    fn batch_loss(&self, logits: Tensor<2>, batch: &[usize], d: &Device) -> Tensor<1> {
+        batch_loss(logits, batch, &self.train_labels, &self.row_w, d)
+    }
+
+    /// The epoch loop every mode shares. `loss` runs one training batch (indices into the
+    /// training rows) on a device; a step spreads the batch over the replicas' devices (see
+    /// [`crate::parallel`]); `val_probs` gives validation probabilities. A checkpoint is
+    /// saved after every epoch; a resumed run starts after its newest one that verifies.
+    /// Returns the best module (by validation macro-F1).
+    fn train_loop<M: Module>(
+        &self,
+        module: M,
+        timing: &mut Timing,
+        loss: impl Fn(&M, &[usize], &mut ChaCha8Rng, &Device) -> Tensor<1> + Sync,
+        val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
+    ) -> Result<M> {
+        let cfg = self.cfg;
+        let mut optim = AdamConfig::new().init();
+        let (mut progress, mut module) = Progress::resume(self.dir, module, &mut optim)?;
+        // A shard's share of a batch's loss: the sum of its rows' weights (the loss's
+        // normaliser is the sum of the batch's weights).
+        let row_w = &self.row_w;
+        let shard_weight = |rows: &[usize]| -> f64 { rows.iter().map(|&i| row_w[i] as f64).sum() };
+        let n = self.train_labels.len();
+        let steps_per_epoch = n.div_ceil(cfg.batch_size);
+        let remaining = cfg.epochs.saturating_sub(progress.state.epochs_done);
+        let pb = crate::progress::bar((remaining * steps_per_epoch) as u64, "training");
+        let t_train = Instant::now();
+        for epoch in progress.state.epochs_done + 1..=cfg.epochs {
+            let t0 = Instant::now();
+            let epoch_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+            let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
+            // The backend's generator (dropout masks) restarts each epoch too, so a resumed
+            // run draws exactly what an uninterrupted one would.
+            self.replicas.seed(epoch_seed);
+            let order = epoch_order(&self.train_labels, cfg.imbalance, &mut rng);
+            let mut total = 0.0;
+            for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
+                let step = (epoch - 1) * steps_per_epoch + b;
+                let lr = cfg.schedule.lr(cfg.lr, step, cfg.epochs * steps_per_epoch);
+                let (lv, grads) =
+                    self.replicas
+                        .step(&module, batch, &mut rng, &loss, &shard_weight);
+                total += lv as f64 * batch.len() as f64;
+                module = optim.step(lr, module, grads);
+                pb.inc(1);
+                if pb.is_hidden() && (b + 1) % 20 == 0 {
+                    let rate = ((b + 1) * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64();
+                    log_step(&pb, t_train, (epoch, b + 1, steps_per_epoch), lv, rate);
+                }
+            }
+            let probs = val_probs(&module);
+            let (acc, f1) = metrics::acc_f1(&metrics::confusion(&probs, &self.val_labels));
+            let log = EpochLog {
+                epoch,
+                train_loss: total / n as f64,
+                val_accuracy: acc,
+                val_macro_f1: f1,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            crate::progress::println(
+                &pb,
+                format!(
+                    "epoch {epoch:>3}/{}: loss {:.4}  val acc {:.4}  val macro-F1 {:.4}  ({:.1}s)",
+                    cfg.epochs, log.train_loss, acc, f1, log.seconds
+                ),
+            );
+            progress.save(log, &module, &optim)?;
+        }
+        pb.finish_and_clear();
+        timing.insert(
+            "training_seconds_this_session".into(),
+            t_train.elapsed().as_secs_f64().into(),
+        );
+        let state = &progress.state;
+        timing.insert(
+            "epoch_seconds".into(),
+            serde_json::to_value(state.history.iter().map(|h| h.seconds).collect::<Vec<_>>())?,
+        );
+        timing.insert("best_epoch".into(), state.best_epoch.into());
+        progress.best(module)
+    }
+}
+
+/// The backbone a run starts from: the ImageNet weights its config names, else random
+/// initialisation (with a warning).
+fn starting_backbone(
+    cfg: &TrainConfig,
+    spec: &ArchSpec,
+    device: &Device,
+) -> Result<weights::LoadedBackbone> {
+    Ok(match &cfg.weights {
+        Some(w) => weights::load_backbone(spec, w, false, device)?,
         None => {
             eprintln!(
                 "warning: {} starts from random initialisation (no ImageNet weights); the run \
@@ -697,264 +1040,66 @@ pub fn train(cfg: TrainConfig, run: &Path, resume: bool) -> Result<()> {
                 spec.name
             );
             weights::LoadedBackbone {
-                backbone: spec.build_backbone(false, &device).valid(),
+                backbone: spec.build_backbone(false, device).valid(),
                 source: weights::RANDOM_INIT.to_string(),
             }
         }
-    };
-    if let Some(f) = cfg.fold
-        && (f.of < 2 || f.index >= f.of)
-    {
-        bail!(
-            "fold {} of {}: need at least 2 folds and an index below their number",
-            f.index,
-            f.of
-        );
-    }
-    let (train_rows, val_rows) = run_rows(&manifest, cfg.fold);
-    if train_rows.is_empty() || val_rows.is_empty() {
-        bail!(
-            "{}: the manifest needs train and val rows (build it with --val > 0)",
-            cfg.data.display()
-        );
-    }
-    let train_labels = manifest.labels(&train_rows);
-    let val_labels = manifest.labels(&val_rows);
-    let framing = Framing::of(&cfg)?;
-    let squares = cache::load_or_build(&manifest, spec.input.resize, &framing)?;
-    let row_w = row_weights(
-        &train_labels,
-        &manifest.populations(&train_rows),
-        cfg.imbalance,
-    );
-    let mut optim = AdamConfig::new().init();
-    ad.seed(cfg.seed);
-    let mut timing = serde_json::Map::new();
-    let backbone = loaded.backbone;
-
-    let (model, val_probs) = match cfg.mode {
-        Mode::Frozen => {
-            let dim = spec.head_dim();
-            let shape = spec.head_shape;
-            let (train_views, val_feats) = cached_inputs(
-                Extract::HeadInput,
-                "",
-                &cfg,
-                run,
-                &backbone,
-                &spec,
-                &squares,
-                (&train_rows, &val_rows),
-                &device,
-                &mut timing,
-            )?;
-            let head = new_head(&spec, cfg.dropout, &ad);
-            let val_x =
-                Tensor::<2>::from_data(TensorData::new(val_feats, [val_rows.len(), dim]), &device);
-            let head = train_loop(
-                &cfg,
-                run,
-                head,
-                &mut optim,
-                (&train_labels, &row_w),
-                &val_labels,
-                &mut timing,
-                &replicas,
-                |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
-                    let x = pick_views(&train_views, batch, dim, rng);
-                    let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), d);
-                    batch_loss(m.forward_rows(x, shape), batch, &train_labels, &row_w, d)
-                },
-                |m: &Head| {
-                    probs_rows(to_vec(softmax(
-                        m.valid().forward_rows(val_x.clone(), shape),
-                        1,
-                    )))
-                },
-            )?;
-            // The validation probabilities from the cached features: the backbone is not run
-            // again.
-            let val_probs = probs_rows(to_vec(softmax(
-                head.valid().fork(&device).forward_rows(val_x, shape),
-                1,
-            )));
-            let model = Classifier {
-                backbone,
-                head: head.valid().fork(&device),
-            };
-            (model, Some(val_probs))
-        }
-        Mode::Partial => {
-            let blocks = backbone
-                .block_count()
-                .expect("checked above: an architecture with blocks");
-            let tune = cfg.tune_blocks.unwrap_or(DEFAULT_TUNE_BLOCKS);
-            if tune == 0 || tune > blocks {
-                bail!(
-                    "--tune-blocks {tune}: {} has {blocks} blocks; choose 1 to {blocks}",
-                    spec.name
-                );
-            }
-            let cut = blocks - tune;
-            let what = Extract::InputOfBlock(cut);
-            let shape = extract_shape(what, &backbone, &spec, &device);
-            let dim: usize = shape.iter().product();
-            let (train_views, val_feats) = cached_inputs(
-                what,
-                &format!("block{cut}-"),
-                &cfg,
-                run,
-                &backbone,
-                &spec,
-                &squares,
-                (&train_rows, &val_rows),
-                &device,
-                &mut timing,
-            )?;
-            let model = trainable(backbone, &spec, &cfg, &ad);
-            let rows4 = |x: Vec<f32>, n: usize, d: &Device| {
-                Tensor::<4>::from_data(TensorData::new(x, [n, shape[0], shape[1], shape[2]]), d)
-            };
-            let model = train_loop(
-                &cfg,
-                run,
-                model,
-                &mut optim,
-                (&train_labels, &row_w),
-                &val_labels,
-                &mut timing,
-                &replicas,
-                |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
-                    let x = pick_views(&train_views, batch, dim, rng);
-                    let map = m
-                        .backbone
-                        .feature_map_from(rows4(x, batch.len(), d), cut)
-                        .expect("a backbone with blocks");
-                    batch_loss(m.logits_from_map(map), batch, &train_labels, &row_w, d)
-                },
-                |m: &Classifier| {
-                    let v = m.valid().fork(&device);
-                    let mut out = Vec::new();
-                    for chunk in val_feats.chunks(64 * dim) {
-                        let x = rows4(chunk.to_vec(), chunk.len() / dim, &device);
-                        let map = v.backbone.feature_map_from(x, cut).expect("blocks");
-                        out.extend(probs_rows(to_vec(softmax(v.logits_from_map(map), 1))));
-                    }
-                    out
-                },
-            )?;
-            (model.valid().fork(&device), None)
-        }
-        Mode::Finetune => {
-            let model = trainable(backbone, &spec, &cfg, &ad);
-            let aug = cfg.augment.unwrap_or(Augment {
-                min_scale: 1.0,
-                max_rotation: 0.0,
-                hflip: false,
-            });
-            let val_imgs: Vec<Vec<f32>> = val_rows
-                .par_iter()
-                .map(|&i| pneumoscope::preprocess::normalize_gray(&squares.image(i), &spec.input))
-                .collect();
-            let model = train_loop(
-                &cfg,
-                run,
-                model,
-                &mut optim,
-                (&train_labels, &row_w),
-                &val_labels,
-                &mut timing,
-                &replicas,
-                |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
-                    let seeds: Vec<u64> = batch.iter().map(|_| rng.random()).collect();
-                    let imgs: Vec<Vec<f32>> = batch
-                        .par_iter()
-                        .zip(seeds)
-                        .map(|(&i, s)| {
-                            aug.apply(
-                                &squares.image(train_rows[i]),
-                                &spec.input,
-                                &mut ChaCha8Rng::seed_from_u64(s),
-                            )
-                        })
-                        .collect();
-                    let x = stack(&imgs, spec.input.crop, d);
-                    batch_loss(m.forward(x), batch, &train_labels, &row_w, d)
-                },
-                |m: &Classifier| {
-                    let v = m.valid().fork(&device);
-                    let mut out = Vec::new();
-                    for chunk in val_imgs.chunks(32) {
-                        out.extend(probs_rows(to_vec(softmax(
-                            v.forward(stack(chunk, spec.input.crop, &device)),
-                            1,
-                        ))));
-                    }
-                    out
-                },
-            )?;
-            (model.valid().fork(&device), None)
-        }
-    };
-    finish(
-        run,
-        &spec,
-        model,
-        &manifest,
-        (&val_rows, val_probs),
-        &squares,
-        &device,
-        timing,
-        &loaded.source,
-    )
+    })
 }
 
-/// The epoch loop shared by both modes. `loss` runs one training batch (indices into the
-/// training rows) on a device; a step spreads the batch over `replicas`' devices (see
-/// [`crate::parallel`]); `val_probs` gives validation probabilities. Returns the best module.
-#[allow(clippy::too_many_arguments)]
-fn train_loop<M: Module>(
-    cfg: &TrainConfig,
-    run: &Path,
-    mut module: M,
-    optim: &mut burn::optim::ModuleOptimizer,
-    (train_labels, row_w): (&[usize], &[f32]),
-    val_labels: &[usize],
-    timing: &mut serde_json::Map<String, serde_json::Value>,
-    replicas: &Devices,
-    loss: impl Fn(&M, &[usize], &mut ChaCha8Rng, &Device) -> Tensor<1> + Sync,
-    val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
-) -> Result<M> {
-    let best_path = run.join("best-module.bpk");
-    let state_path = run.join("state.json");
-    let mut state = State {
-        epochs_done: 0,
-        best_epoch: 0,
-        best_val_macro_f1: -1.0,
-        history: Vec::new(),
-        checkpoints: Vec::new(),
-        checkpoint_sha256: None,
-        optimizer_sha256: None,
-    };
-    if let Ok(mut saved) = read_json::<State>(&state_path) {
-        if saved.checkpoints.is_empty()
-            && let (Some(m), Some(o)) = (
-                saved.checkpoint_sha256.take(),
-                saved.optimizer_sha256.take(),
-            )
-        {
-            saved.checkpoints.push(CheckpointRef {
-                epoch: saved.epochs_done,
-                model: "checkpoint.bpk".into(),
-                model_sha256: m,
-                optimizer: "optimizer.bpk".into(),
-                optimizer_sha256: o,
-            });
-        }
-        // The newest checkpoint that verifies; a corrupt one falls back to the one before.
+/// A progress line every 20 steps where no progress bar is drawn (logs, CI): the step, its
+/// loss, images per second and the time left.
+fn log_step(
+    pb: &indicatif::ProgressBar,
+    t_train: Instant,
+    (epoch, step, steps): (usize, usize, usize),
+    loss: f32,
+    img_s: f64,
+) {
+    let done = pb.position().max(1) as f64;
+    let left = pb.length().unwrap_or(0).saturating_sub(pb.position()) as f64;
+    let eta = t_train.elapsed().as_secs_f64() / done * left;
+    eprintln!(
+        "epoch {epoch} step {step}/{steps}: loss {loss:.4} ({img_s:.1} img/s, ETA {:.0} min)",
+        eta / 60.0
+    );
+}
+
+/// A run's progress (`RUN/state.json`) and its checkpoints: resumed from, saved after every
+/// epoch, the last two kept, and the best module beside them (`best-module.bpk`).
+struct Progress {
+    dir: PathBuf,
+    state: State,
+}
+
+impl Progress {
+    /// A new run's progress, or a resumed run's: `module` and `optim` loaded from the newest
+    /// checkpoint that verifies (a corrupt one falls back to the one before).
+    fn resume<M: Module>(
+        dir: &Path,
+        module: M,
+        optim: &mut burn::optim::ModuleOptimizer,
+    ) -> Result<(Self, M)> {
+        let fresh = State {
+            epochs_done: 0,
+            best_epoch: 0,
+            best_val_macro_f1: -1.0,
+            history: Vec::new(),
+            checkpoints: Vec::new(),
+            checkpoint_sha256: None,
+            optimizer_sha256: None,
+        };
+        let progress = |state| Progress {
+            dir: dir.to_path_buf(),
+            state,
+        };
+        let Ok(mut saved) = read_json::<State>(&dir.join("state.json")) else {
+            return Ok((progress(fresh), module));
+        };
+        saved.upgrade_single_checkpoint();
         let mut loaded = None;
         for r in saved.checkpoints.iter().rev() {
-            match r.read(run) {
+            match r.read(dir) {
                 Ok(files) => {
                     loaded = Some((r.clone(), files));
                     break;
@@ -965,12 +1110,12 @@ fn train_loop<M: Module>(
         let Some((r, (m, o))) = loaded else {
             bail!(
                 "{}: no checkpoint of this run verifies (corrupt or missing); delete the run folder to start again",
-                run.display()
+                dir.display()
             );
         };
         let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m))
             .map_err(|e| anyhow::anyhow!("{}: unreadable checkpoint: {e:?}", r.model))?;
-        module = module
+        let module = module
             .try_load_record(rec)
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.model))?;
         *optim = std::mem::replace(optim, AdamConfig::new().init())
@@ -983,76 +1128,34 @@ fn train_loop<M: Module>(
             "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
             r.epoch, saved.best_epoch, saved.best_val_macro_f1
         );
-        state = saved;
+        Ok((progress(saved), module))
     }
-    // A shard's share of a batch's loss: the sum of its rows' weights (the loss's normaliser
-    // is the sum of the batch's weights).
-    let shard_weight = |rows: &[usize]| -> f64 { rows.iter().map(|&i| row_w[i] as f64).sum() };
-    let n = train_labels.len();
-    let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    let remaining = cfg.epochs.saturating_sub(state.epochs_done);
-    let pb = crate::progress::bar((remaining * steps_per_epoch) as u64, "training");
-    let t_train = Instant::now();
-    for epoch in state.epochs_done + 1..=cfg.epochs {
-        let t0 = Instant::now();
-        let epoch_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
-        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
-        // The backend's generator (dropout masks) restarts each epoch too, so a resumed run
-        // draws exactly what an uninterrupted one would.
-        replicas.seed(epoch_seed);
-        let order = epoch_order(train_labels, cfg.imbalance, &mut rng);
-        let mut total = 0.0;
-        for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
-            let step = (epoch - 1) * steps_per_epoch + b;
-            let lr = cfg.schedule.lr(cfg.lr, step, cfg.epochs * steps_per_epoch);
-            let (lv, grads) = replicas.step(&module, batch, &mut rng, &loss, &shard_weight);
-            total += lv as f64 * batch.len() as f64;
-            module = optim.step(lr, module, grads);
-            pb.inc(1);
-            if pb.is_hidden() && (b + 1) % 20 == 0 {
-                let done = pb.position().max(1) as f64;
-                let left = pb.length().unwrap_or(0).saturating_sub(pb.position()) as f64;
-                let eta = t_train.elapsed().as_secs_f64() / done * left;
-                eprintln!(
-                    "epoch {epoch} step {}/{steps_per_epoch}: loss {lv:.4} ({:.1} img/s, ETA {:.0} min)",
-                    b + 1,
-                    ((b + 1) * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64(),
-                    eta / 60.0
-                );
-            }
-        }
-        let probs = val_probs(&module);
-        let (acc, f1) = metrics::acc_f1(&metrics::confusion(&probs, val_labels));
-        let log = EpochLog {
-            epoch,
-            train_loss: total / n as f64,
-            val_accuracy: acc,
-            val_macro_f1: f1,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        crate::progress::println(
-            &pb,
-            format!(
-                "epoch {epoch:>3}/{}: loss {:.4}  val acc {:.4}  val macro-F1 {:.4}  ({:.1}s)",
-                cfg.epochs, log.train_loss, acc, f1, log.seconds
-            ),
-        );
+
+    /// Records a finished epoch: the best module when it is the best so far, a checkpoint of
+    /// the module and the optimizer, `epochs.csv` and `state.json`; then deletes the
+    /// checkpoints older than the last two.
+    fn save<M: Module>(
+        &mut self,
+        log: EpochLog,
+        module: &M,
+        optim: &burn::optim::ModuleOptimizer,
+    ) -> Result<()> {
+        let (dir, state) = (&self.dir, &mut self.state);
+        let epoch = log.epoch;
+        let f1 = log.val_macro_f1;
         state.history.push(log);
+        let record = |m: &M| {
+            m.clone()
+                .into_record()
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+        };
         if f1 > state.best_val_macro_f1 {
             state.best_val_macro_f1 = f1;
             state.best_epoch = epoch;
-            let b = module
-                .clone()
-                .into_record()
-                .into_bytes()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            write_atomic(&best_path, &b)?;
+            write_atomic(&dir.join("best-module.bpk"), &record(module)?)?;
         }
-        let m = module
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let m = record(module)?;
         let o = optim.into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let r = CheckpointRef {
             epoch,
@@ -1061,8 +1164,8 @@ fn train_loop<M: Module>(
             optimizer: format!("optimizer-{epoch:04}.bpk"),
             optimizer_sha256: sha256_hex(&o),
         };
-        write_atomic(&run.join(&r.model), &m)?;
-        write_atomic(&run.join(&r.optimizer), &o)?;
+        write_atomic(&dir.join(&r.model), &m)?;
+        write_atomic(&dir.join(&r.optimizer), &o)?;
         state.checkpoints.push(r);
         let stale: Vec<CheckpointRef> = if state.checkpoints.len() > 2 {
             state
@@ -1073,34 +1176,49 @@ fn train_loop<M: Module>(
             Vec::new()
         };
         state.epochs_done = epoch;
-        write_epochs_csv(&run.join("epochs.csv"), &state.history)?;
+        write_epochs_csv(&dir.join("epochs.csv"), &state.history)?;
         write_atomic(
-            &state_path,
+            &dir.join("state.json"),
             serde_json::to_string_pretty(&state)?.as_bytes(),
         )?;
         // Only once the state no longer names them.
         for c in stale {
-            let _ = std::fs::remove_file(run.join(&c.model));
-            let _ = std::fs::remove_file(run.join(&c.optimizer));
+            let _ = std::fs::remove_file(dir.join(&c.model));
+            let _ = std::fs::remove_file(dir.join(&c.optimizer));
+        }
+        Ok(())
+    }
+
+    /// The best module of the run (`best-module.bpk`), loaded into `module`.
+    fn best<M: Module>(&self, module: M) -> Result<M> {
+        let best_path = self.dir.join("best-module.bpk");
+        let best = std::fs::read(&best_path)
+            .with_context(|| format!("cannot read {}", best_path.display()))?;
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(best))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        module
+            .try_load_record(rec)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", best_path.display()))
+    }
+}
+
+impl State {
+    /// Runs of an earlier layout kept one checkpoint (`checkpoint.bpk`, `optimizer.bpk`),
+    /// named by two checksums; it becomes the run's one checkpoint entry.
+    fn upgrade_single_checkpoint(&mut self) {
+        if self.checkpoints.is_empty()
+            && let (Some(m), Some(o)) =
+                (self.checkpoint_sha256.take(), self.optimizer_sha256.take())
+        {
+            self.checkpoints.push(CheckpointRef {
+                epoch: self.epochs_done,
+                model: "checkpoint.bpk".into(),
+                model_sha256: m,
+                optimizer: "optimizer.bpk".into(),
+                optimizer_sha256: o,
+            });
         }
     }
-    pb.finish_and_clear();
-    timing.insert(
-        "training_seconds_this_session".into(),
-        t_train.elapsed().as_secs_f64().into(),
-    );
-    timing.insert(
-        "epoch_seconds".into(),
-        serde_json::to_value(state.history.iter().map(|h| h.seconds).collect::<Vec<_>>())?,
-    );
-    timing.insert("best_epoch".into(), state.best_epoch.into());
-    let best = std::fs::read(&best_path)
-        .with_context(|| format!("cannot read {}", best_path.display()))?;
-    let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(best))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    module
-        .try_load_record(rec)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", best_path.display()))
 }
 
 fn write_epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
@@ -1161,53 +1279,56 @@ fn write_predictions(
     write_atomic(path, &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    run: &Path,
-    spec: &ArchSpec,
-    model: Classifier,
-    manifest: &Manifest,
-    (val_rows, val_probs): (&[usize], Option<Vec<[f32; NUM_CLASSES]>>),
-    squares: &SquareCache,
-    device: &Device,
-    timing: serde_json::Map<String, serde_json::Value>,
-    weight_source: &str,
-) -> Result<()> {
-    // Only the run's own validation rows: the test split is looked at once, at the end of a
-    // study, with `pneumoscope evaluate`, never by every training run.
-    let mut report = serde_json::Map::new();
-    let probs = val_probs.unwrap_or_else(|| predict_rows(&model, spec, squares, val_rows, device));
-    let labels = manifest.labels(val_rows);
-    let pats = manifest.patients(val_rows);
-    let m = metrics::compute(&probs, &labels, &pats);
-    println!(
-        "val: accuracy {:.4}  macro-F1 {:.4} [{:.4}, {:.4}]  (n = {}, {} of them pneumonia of \
-         unknown pathogen, left out of these figures)",
-        m.accuracy,
-        m.macro_f1,
-        m.macro_f1_ci.low,
-        m.macro_f1_ci.high,
-        m.n,
-        labels.iter().filter(|&&l| l >= NUM_CLASSES).count()
-    );
-    report.insert("val".into(), serde_json::to_value(&m)?);
-    write_predictions(&run.join("val_predictions.csv"), manifest, val_rows, &probs)?;
-    write_atomic(
-        &run.join("metrics.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    write_atomic(
-        &run.join("timing.json"),
-        serde_json::to_string_pretty(&timing)?.as_bytes(),
-    )?;
-    write_atomic(&run.join("weight_source.txt"), weight_source.as_bytes())?;
-    let bytes = model
-        .into_record()
-        .into_bytes()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    write_atomic(&run.join("model.bpk"), &bytes)?;
-    println!("wrote {}", run.join("model.bpk").display());
-    Ok(())
+impl Run<'_> {
+    /// Writes the run's results: validation metrics (`metrics.json`) and predictions
+    /// (`val_predictions.csv`), `timing.json`, `weight_source.txt` and the model
+    /// (`model.bpk`).
+    fn finish(
+        &self,
+        model: Classifier,
+        val_probs: Option<Vec<[f32; NUM_CLASSES]>>,
+        timing: Timing,
+        weight_source: &str,
+    ) -> Result<()> {
+        let (run, val_rows, manifest) = (self.dir, &self.val_rows, &self.manifest);
+        // Only the run's own validation rows: the test split is looked at once, at the end
+        // of a study, with `pneumoscope evaluate`, never by every training run.
+        let mut report = serde_json::Map::new();
+        let probs = val_probs.unwrap_or_else(|| {
+            predict_rows(&model, &self.spec, &self.squares, val_rows, &self.device)
+        });
+        let labels = manifest.labels(val_rows);
+        let pats = manifest.patients(val_rows);
+        let m = metrics::compute(&probs, &labels, &pats);
+        println!(
+            "val: accuracy {:.4}  macro-F1 {:.4} [{:.4}, {:.4}]  (n = {}, {} of them pneumonia of \
+             unknown pathogen, left out of these figures)",
+            m.accuracy,
+            m.macro_f1,
+            m.macro_f1_ci.low,
+            m.macro_f1_ci.high,
+            m.n,
+            labels.iter().filter(|&&l| l >= NUM_CLASSES).count()
+        );
+        report.insert("val".into(), serde_json::to_value(&m)?);
+        write_predictions(&run.join("val_predictions.csv"), manifest, val_rows, &probs)?;
+        write_atomic(
+            &run.join("metrics.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        write_atomic(
+            &run.join("timing.json"),
+            serde_json::to_string_pretty(&timing)?.as_bytes(),
+        )?;
+        write_atomic(&run.join("weight_source.txt"), weight_source.as_bytes())?;
+        let bytes = model
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        write_atomic(&run.join("model.bpk"), &bytes)?;
+        println!("wrote {}", run.join("model.bpk").display());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
