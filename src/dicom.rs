@@ -33,32 +33,73 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// syntax says explicit VR little endian (some exporters do this; pydicom reads such files with
 /// a warning, dicom-rs reads the first element's value as a length and loses its place).
 fn check_lengths(bytes: &[u8]) -> std::result::Result<Option<usize>, String> {
-    let u16_at = |p: usize, big: bool| {
-        let b = [bytes[p], bytes[p + 1]];
+    let w = Walker { bytes };
+    // File meta group, as dicom-object reads it: (0002,0000) UL 4 gives the group length, then
+    // explicit-VR little-endian elements until that many bytes are read.
+    if bytes.len() < 144 || (w.u16_at(132, false), w.u16_at(134, false)) != (0x0002, 0x0000) {
+        return Ok(None); // the reader refuses it without allocating
+    }
+    let (pos, ts) = w.meta_group()?;
+    let (mut explicit, mut big) = (true, false);
+    match ts.trim_end_matches(['\0', ' ']) {
+        "1.2.840.10008.1.2" => explicit = false,
+        "1.2.840.10008.1.2.2" => big = true,
+        "1.2.840.10008.1.2.1.99" => return Ok(None),
+        _ => {}
+    }
+    // An explicit VR is two upper-case letters; anything else where the first element's VR
+    // should be means the data set is in implicit VR.
+    let mut implicit_at = None;
+    if explicit
+        && !big
+        && pos + 8 <= bytes.len()
+        && w.u16_at(pos, false) != 0xFFFE
+        && !bytes[pos + 4..pos + 6].iter().all(u8::is_ascii_uppercase)
+    {
+        explicit = false;
+        implicit_at = Some(pos);
+    }
+    w.data_set(pos, explicit, big)?;
+    Ok(implicit_at)
+}
+
+/// Reads element headers of a Part 10 file's bytes for [`check_lengths`].
+struct Walker<'a> {
+    bytes: &'a [u8],
+}
+
+impl Walker<'_> {
+    fn u16_at(&self, p: usize, big: bool) -> u16 {
+        let b = [self.bytes[p], self.bytes[p + 1]];
         if big {
             u16::from_be_bytes(b)
         } else {
             u16::from_le_bytes(b)
         }
-    };
-    let u32_at = |p: usize, big: bool| {
-        let b = [bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]];
+    }
+
+    fn u32_at(&self, p: usize, big: bool) -> u32 {
+        let b = &self.bytes;
+        let b = [b[p], b[p + 1], b[p + 2], b[p + 3]];
         if big {
             u32::from_be_bytes(b)
         } else {
             u32::from_le_bytes(b)
         }
-    };
-    let too_long = |what: String, len: u32, pos: usize| {
+    }
+
+    fn too_long(&self, what: String, len: u32, pos: usize) -> String {
         format!(
             "{what} declares {len} bytes, only {} remain",
-            bytes.len() - pos
+            self.bytes.len() - pos
         )
-    };
-    // An explicit-VR header as dicom-encoding reads it: the VRs of PS3.5 table 7.1-2 have a
-    // 2-byte length, every other VR (unknown ones included, read as UN) a 4-byte length.
-    let explicit_header = |pos: usize, big: bool| -> Option<([u8; 2], u32, usize)> {
-        let vr = [bytes[pos + 4], bytes[pos + 5]];
+    }
+
+    /// An explicit-VR header as dicom-encoding reads it: the VRs of PS3.5 table 7.1-2 have a
+    /// 2-byte length, every other VR (unknown ones included, read as UN) a 4-byte length.
+    /// Returns the VR, the value length and the header's size.
+    fn explicit_header(&self, pos: usize, big: bool) -> Option<([u8; 2], u32, usize)> {
+        let vr = [self.bytes[pos + 4], self.bytes[pos + 5]];
         let short = matches!(
             &vr,
             b"AE"
@@ -84,121 +125,120 @@ fn check_lengths(bytes: &[u8]) -> std::result::Result<Option<usize>, String> {
                 | b"US"
         );
         if short {
-            Some((vr, u16_at(pos + 6, big) as u32, 8))
-        } else if pos + 12 <= bytes.len() {
-            Some((vr, u32_at(pos + 8, big), 12))
+            Some((vr, self.u16_at(pos + 6, big) as u32, 8))
+        } else if pos + 12 <= self.bytes.len() {
+            Some((vr, self.u32_at(pos + 8, big), 12))
         } else {
             None
         }
-    };
-
-    // File meta group, as dicom-object reads it: (0002,0000) UL 4 gives the group length, then
-    // explicit-VR little-endian elements until that many bytes are read.
-    if bytes.len() < 144 || (u16_at(132, false), u16_at(134, false)) != (0x0002, 0x0000) {
-        return Ok(None); // the reader refuses it without allocating
-    }
-    let group_len = u32_at(140, false) as usize;
-    let mut pos = 144;
-    let mut ts = String::new();
-    while pos - 144 < group_len && pos + 8 <= bytes.len() {
-        let tag = (u16_at(pos, false), u16_at(pos + 2, false));
-        let Some((_, len, header)) = explicit_header(pos, false) else {
-            break;
-        };
-        pos += header;
-        if len as usize > bytes.len() - pos {
-            return Err(too_long(
-                format!("meta element ({:04X},{:04X})", tag.0, tag.1),
-                len,
-                pos,
-            ));
-        }
-        if tag == (0x0002, 0x0010) {
-            ts = String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned();
-        }
-        pos += len as usize;
     }
 
-    let (mut explicit, mut big) = (true, false);
-    match ts.trim_end_matches(['\0', ' ']) {
-        "1.2.840.10008.1.2" => explicit = false,
-        "1.2.840.10008.1.2.2" => big = true,
-        "1.2.840.10008.1.2.1.99" => return Ok(None),
-        _ => {}
-    }
-    // An explicit VR is two upper-case letters; anything else where the first element's VR
-    // should be means the data set is in implicit VR.
-    let mut implicit_at = None;
-    if explicit
-        && !big
-        && pos + 8 <= bytes.len()
-        && u16_at(pos, false) != 0xFFFE
-        && !bytes[pos + 4..pos + 6].iter().all(u8::is_ascii_uppercase)
-    {
-        explicit = false;
-        implicit_at = Some(pos);
-    }
-    let mut encapsulated = false;
-    while pos + 8 <= bytes.len() {
-        let (group, element) = (u16_at(pos, big), u16_at(pos + 2, big));
-        if group == 0xFFFE {
-            // Item and delimiters: a tag and a 4-byte length, whatever the VR encoding.
-            let len = u32_at(pos + 4, big);
-            pos += 8;
-            if element == 0xE000 && len != UNDEFINED {
-                if len as usize > bytes.len() - pos {
-                    return Err(too_long("an item".into(), len, pos));
-                }
-                if encapsulated {
-                    pos += len as usize; // a compressed fragment: not elements
-                }
-            } else if element == 0xE0DD {
-                encapsulated = false;
+    /// Walks the file meta group; returns where the data set starts and the transfer syntax.
+    fn meta_group(&self) -> std::result::Result<(usize, String), String> {
+        let bytes = self.bytes;
+        let group_len = self.u32_at(140, false) as usize;
+        let mut pos = 144;
+        let mut ts = String::new();
+        while pos - 144 < group_len && pos + 8 <= bytes.len() {
+            let tag = (self.u16_at(pos, false), self.u16_at(pos + 2, false));
+            let Some((_, len, header)) = self.explicit_header(pos, false) else {
+                break;
+            };
+            pos += header;
+            if len as usize > bytes.len() - pos {
+                return Err(self.too_long(
+                    format!("meta element ({:04X},{:04X})", tag.0, tag.1),
+                    len,
+                    pos,
+                ));
             }
-            continue;
-        }
-        let (vr, len, header) = if explicit {
-            match explicit_header(pos, big) {
-                Some((vr, len, header)) => (Some(vr), len, header),
-                None => break,
+            if tag == (0x0002, 0x0010) {
+                ts = String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned();
             }
-        } else {
-            (None, u32_at(pos + 4, big), 8)
-        };
-        pos += header;
-        if len == UNDEFINED {
-            // A sequence, or encapsulated pixel data, delimited by items: walk into it.
-            encapsulated = vr != Some(*b"SQ") && (group, element) == (0x7FE0, 0x0010);
-            continue;
-        }
-        if len as usize > bytes.len() - pos {
-            return Err(too_long(
-                format!("element ({group:04X},{element:04X})"),
-                len,
-                pos,
-            ));
-        }
-        // A binary value whose length is not a whole number of values: the reader consumes
-        // only the whole ones and loses its place in the file (found by fuzzing).
-        let size = match vr.as_ref().map(|v| &v[..]) {
-            Some(b"SS" | b"US" | b"OW") => 2,
-            Some(b"FL" | b"SL" | b"UL" | b"AT" | b"OF" | b"OL") => 4,
-            Some(b"FD" | b"SV" | b"UV" | b"OD" | b"OV") => 8,
-            _ => 1,
-        };
-        if len % size != 0 {
-            return Err(format!(
-                "element ({group:04X},{element:04X}) has {len} bytes, not a multiple of its value size {size}"
-            ));
-        }
-        // Walk into sequences (their items hold elements); skip any other value.
-        let sequence =
-            vr == Some(*b"SQ") || (vr.is_none() && len >= 8 && u32_at(pos, big) == 0xE000_FFFE);
-        if !sequence {
             pos += len as usize;
         }
+        Ok((pos, ts))
     }
-    Ok(implicit_at)
+
+    /// Walks the data set from `pos`, into sequences and items, checking every value length.
+    fn data_set(
+        &self,
+        mut pos: usize,
+        explicit: bool,
+        big: bool,
+    ) -> std::result::Result<(), String> {
+        let bytes = self.bytes;
+        let mut encapsulated = false;
+        while pos + 8 <= bytes.len() {
+            let (group, element) = (self.u16_at(pos, big), self.u16_at(pos + 2, big));
+            if group == 0xFFFE {
+                // Item and delimiters: a tag and a 4-byte length, whatever the VR encoding.
+                let len = self.u32_at(pos + 4, big);
+                pos += 8;
+                if element == 0xE000 && len != UNDEFINED {
+                    if len as usize > bytes.len() - pos {
+                        return Err(self.too_long("an item".into(), len, pos));
+                    }
+                    if encapsulated {
+                        pos += len as usize; // a compressed fragment: not elements
+                    }
+                } else if element == 0xE0DD {
+                    encapsulated = false;
+                }
+                continue;
+            }
+            let (vr, len, header) = if explicit {
+                match self.explicit_header(pos, big) {
+                    Some((vr, len, header)) => (Some(vr), len, header),
+                    None => break,
+                }
+            } else {
+                (None, self.u32_at(pos + 4, big), 8)
+            };
+            pos += header;
+            if len == UNDEFINED {
+                // A sequence, or encapsulated pixel data, delimited by items: walk into it.
+                encapsulated = vr != Some(*b"SQ") && (group, element) == (0x7FE0, 0x0010);
+                continue;
+            }
+            if len as usize > bytes.len() - pos {
+                return Err(self.too_long(
+                    format!("element ({group:04X},{element:04X})"),
+                    len,
+                    pos,
+                ));
+            }
+            check_value_size(vr, len, (group, element))?;
+            // Walk into sequences (their items hold elements); skip any other value.
+            let sequence = vr == Some(*b"SQ")
+                || (vr.is_none() && len >= 8 && self.u32_at(pos, big) == 0xE000_FFFE);
+            if !sequence {
+                pos += len as usize;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A binary value whose length is not a whole number of values: the reader consumes only the
+/// whole ones and loses its place in the file (found by fuzzing).
+fn check_value_size(
+    vr: Option<[u8; 2]>,
+    len: u32,
+    (group, element): (u16, u16),
+) -> std::result::Result<(), String> {
+    let size = match vr.as_ref().map(|v| &v[..]) {
+        Some(b"SS" | b"US" | b"OW") => 2,
+        Some(b"FL" | b"SL" | b"UL" | b"AT" | b"OF" | b"OL") => 4,
+        Some(b"FD" | b"SV" | b"UV" | b"OD" | b"OV") => 8,
+        _ => 1,
+    };
+    if !len.is_multiple_of(size) {
+        return Err(format!(
+            "element ({group:04X},{element:04X}) has {len} bytes, not a multiple of its value size {size}"
+        ));
+    }
+    Ok(())
 }
 
 /// One YCbCr (YBR_FULL) pixel as RGB, with pydicom's matrix and rounding (PS3.3 C.7.6.3.1.2).
@@ -389,94 +429,21 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
 /// Decodes the first frame of a DICOM file to grey levels (8 bits), with the modality and VOI
 /// transforms applied. `max_side` bounds the accepted rows and columns.
 pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
-    let bad = |m: String| Error::Image(format!("DICOM: {m}"));
-    let implicit_at = check_lengths(bytes).map_err(|m| bad(format!("corrupt file ({m})")))?;
-    let unreadable = |e: String| bad(format!("unreadable file ({e})"));
-    let obj = match implicit_at {
-        None => OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Always)
-            .from_reader(bytes)
-            .map_err(|e| unreadable(e.to_string()))?,
-        Some(start) => {
-            // The meta group as written, the data set in implicit VR; the pixel data are then
-            // decoded by the transfer syntax the meta group names.
-            let meta =
-                FileMetaTable::from_reader(&bytes[128..]).map_err(|e| unreadable(e.to_string()))?;
-            let implicit = entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
-            InMemDicomObject::read_dataset_with_ts(&bytes[start..], &implicit)
-                .map_err(|e| unreadable(e.to_string()))?
-                .with_exact_meta(meta)
-        }
-    };
+    let obj = open(bytes)?;
     let ts = obj
         .meta()
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_string();
-    let dim = |tag| {
-        obj.element(tag)
-            .ok()
-            .and_then(|e| e.to_int::<u32>().ok())
-            .unwrap_or(0)
-    };
-    let (rows, cols) = (
-        dim(dicom_dictionary_std::tags::ROWS),
-        dim(dicom_dictionary_std::tags::COLUMNS),
-    );
-    if rows == 0 || cols == 0 {
-        return Err(bad("no image in the file (Rows/Columns missing)".into()));
-    }
-    if rows > max_side || cols > max_side {
-        return Err(bad(format!(
-            "the image is {cols}x{rows} pixels, more than the limit of {max_side}x{max_side}"
-        )));
-    }
-    let bits_allocated = match dim(dicom_dictionary_std::tags::BITS_ALLOCATED) {
-        0 => 16,
-        b => b,
-    };
-    let samples = dim(dicom_dictionary_std::tags::SAMPLES_PER_PIXEL).max(1);
-    // Out-of-range pixel descriptions trip assertions inside dicom-pixeldata (found by
-    // fuzzing): refuse them here.
-    let bits_stored = obj
-        .element(dicom_dictionary_std::tags::BITS_STORED)
-        .ok()
-        .map(|e| e.to_int::<u32>().unwrap_or(0));
-    if matches!(bits_allocated, 1 | 32) {
-        return Err(bad(format!(
-            "{bits_allocated}-bit pixel data are not read (radiographs have 8 to 16; {} is not an X-ray)",
-            if bits_allocated == 1 {
-                "a 1-bit image, such as a segmentation,"
-            } else {
-                "a 32-bit grid, such as a dose map,"
-            }
-        )));
-    }
-    if !matches!(bits_allocated, 8 | 16)
-        || bits_stored.is_some_and(|b| b == 0 || b > bits_allocated)
-        || !matches!(samples, 1 | 3)
-    {
-        return Err(bad(format!(
-            "unsupported pixel description ({bits_allocated} bits allocated, {} stored, {samples} samples per pixel)",
-            bits_stored.map_or("unknown".to_string(), |b| b.to_string())
-        )));
-    }
-    let photometric = obj
-        .element(dicom_dictionary_std::tags::PHOTOMETRIC_INTERPRETATION)
-        .ok()
-        .and_then(|e| {
-            e.to_str()
-                .ok()
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        })
-        .unwrap_or_default();
+    let d = Description::of(&obj, max_side)?;
+    let (rows, cols, bits_allocated, samples) = (d.rows, d.cols, d.bits_allocated, d.samples);
     let pixel_data = obj
         .element(dicom_dictionary_std::tags::PIXEL_DATA)
         .map_err(|_| bad("no pixel data in the file".into()))?;
     let native = pixel_data.value().fragments().is_none();
     // Uncompressed YBR_FULL_422 holds two luminance samples and one pair of chrominance samples
     // for every two pixels of a row: 2 samples a pixel, not 3 (PS3.3 C.7.6.3.1.2).
-    let ybr422 = native && photometric == "YBR_FULL_422";
+    let ybr422 = native && d.photometric == "YBR_FULL_422";
     let samples_stored = if ybr422 { 2 } else { samples as u64 };
     let frame_bytes =
         rows as u64 * cols as u64 * samples_stored * bits_allocated.div_ceil(8) as u64;
@@ -502,14 +469,13 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
                 .map_err(bad);
         }
     }
+    let fragments = pixel_data.value().fragments().unwrap_or_default();
     if ts == RLE_LOSSLESS {
         // The RLE decoder of dicom-transfer-syntax-registry 0.10 indexes past the end of a
         // segment that decodes to fewer bytes than the frame needs (found by fuzzing), so the
         // segments are checked first.
-        let fragment = pixel_data
-            .value()
-            .fragments()
-            .and_then(|f| f.first())
+        let fragment = fragments
+            .first()
             .ok_or_else(|| bad("RLE pixel data without a fragment".into()))?;
         check_rle(
             fragment,
@@ -520,17 +486,127 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
     }
     if samples == 3 && bits_allocated == 8 && JPEG_LOSSY.contains(&ts.as_str()) {
         // The first frame: every fragment of a single frame, or the first of one per frame.
-        let frames = dim(dicom_dictionary_std::tags::NUMBER_OF_FRAMES).max(1) as usize;
-        let fragments = pixel_data.value().fragments().unwrap_or_default();
         let frame = match fragments.len() {
-            n if frames == 1 && n > 0 => Some(fragments.concat()),
-            n if n == frames => Some(fragments[0].clone()),
+            n if d.frames == 1 && n > 0 => Some(fragments.concat()),
+            n if n == d.frames => Some(fragments[0].clone()),
             _ => None,
         };
         if let Some(frame) = frame {
-            return colour_jpeg(&frame, &photometric, cols, rows).map_err(bad);
+            return colour_jpeg(&frame, &d.photometric, cols, rows).map_err(bad);
         }
     }
+    first_frame(&obj, &ts)
+}
+
+/// An error of a DICOM file.
+fn bad(m: String) -> Error {
+    Error::Image(format!("DICOM: {m}"))
+}
+
+/// Opens a Part 10 file whose element lengths [`check_lengths`] accepts (an implicit-VR data
+/// set under an explicit transfer syntax is read as what it is).
+fn open(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject> {
+    let implicit_at = check_lengths(bytes).map_err(|m| bad(format!("corrupt file ({m})")))?;
+    let unreadable = |e: String| bad(format!("unreadable file ({e})"));
+    Ok(match implicit_at {
+        None => OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .from_reader(bytes)
+            .map_err(|e| unreadable(e.to_string()))?,
+        Some(start) => {
+            // The meta group as written, the data set in implicit VR; the pixel data are then
+            // decoded by the transfer syntax the meta group names.
+            let meta =
+                FileMetaTable::from_reader(&bytes[128..]).map_err(|e| unreadable(e.to_string()))?;
+            let implicit = entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+            InMemDicomObject::read_dataset_with_ts(&bytes[start..], &implicit)
+                .map_err(|e| unreadable(e.to_string()))?
+                .with_exact_meta(meta)
+        }
+    })
+}
+
+/// The image a file describes, checked before any pixel is read: out-of-range descriptions
+/// trip assertions inside dicom-pixeldata (found by fuzzing).
+struct Description {
+    rows: u32,
+    cols: u32,
+    bits_allocated: u32,
+    samples: u32,
+    photometric: String,
+    frames: usize,
+}
+
+impl Description {
+    fn of(obj: &dicom_object::DefaultDicomObject, max_side: u32) -> Result<Self> {
+        let dim = |tag| {
+            obj.element(tag)
+                .ok()
+                .and_then(|e| e.to_int::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let (rows, cols) = (
+            dim(dicom_dictionary_std::tags::ROWS),
+            dim(dicom_dictionary_std::tags::COLUMNS),
+        );
+        if rows == 0 || cols == 0 {
+            return Err(bad("no image in the file (Rows/Columns missing)".into()));
+        }
+        if rows > max_side || cols > max_side {
+            return Err(bad(format!(
+                "the image is {cols}x{rows} pixels, more than the limit of {max_side}x{max_side}"
+            )));
+        }
+        let bits_allocated = match dim(dicom_dictionary_std::tags::BITS_ALLOCATED) {
+            0 => 16,
+            b => b,
+        };
+        let samples = dim(dicom_dictionary_std::tags::SAMPLES_PER_PIXEL).max(1);
+        let bits_stored = obj
+            .element(dicom_dictionary_std::tags::BITS_STORED)
+            .ok()
+            .map(|e| e.to_int::<u32>().unwrap_or(0));
+        if matches!(bits_allocated, 1 | 32) {
+            return Err(bad(format!(
+                "{bits_allocated}-bit pixel data are not read (radiographs have 8 to 16; {} is not an X-ray)",
+                if bits_allocated == 1 {
+                    "a 1-bit image, such as a segmentation,"
+                } else {
+                    "a 32-bit grid, such as a dose map,"
+                }
+            )));
+        }
+        if !matches!(bits_allocated, 8 | 16)
+            || bits_stored.is_some_and(|b| b == 0 || b > bits_allocated)
+            || !matches!(samples, 1 | 3)
+        {
+            return Err(bad(format!(
+                "unsupported pixel description ({bits_allocated} bits allocated, {} stored, {samples} samples per pixel)",
+                bits_stored.map_or("unknown".to_string(), |b| b.to_string())
+            )));
+        }
+        let photometric = obj
+            .element(dicom_dictionary_std::tags::PHOTOMETRIC_INTERPRETATION)
+            .ok()
+            .and_then(|e| {
+                e.to_str()
+                    .ok()
+                    .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            })
+            .unwrap_or_default();
+        Ok(Description {
+            rows,
+            cols,
+            bits_allocated,
+            samples,
+            photometric,
+            frames: dim(dicom_dictionary_std::tags::NUMBER_OF_FRAMES).max(1) as usize,
+        })
+    }
+}
+
+/// The first frame through dicom-pixeldata, its values windowed to 8 bits.
+fn first_frame(obj: &dicom_object::DefaultDicomObject, ts: &str) -> Result<DynamicImage> {
     let pixels = obj.decode_pixel_data_frame(0).map_err(|e| {
         let msg = e.to_string();
         if msg.to_lowercase().contains("unsupported") || msg.contains("not supported") {
@@ -542,10 +618,9 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
     let options = ConvertOptions::new()
         .with_voi_lut(normalisation(&pixels))
         .force_8bit();
-    let img = pixels
+    pixels
         .to_dynamic_image_with_options(0, &options)
-        .map_err(|e| bad(format!("cannot convert the pixel data ({e})")))?;
-    Ok(img)
+        .map_err(|e| bad(format!("cannot convert the pixel data ({e})")))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ pub mod fold;
 pub mod googlenet;
 pub mod layers;
 pub mod resnet;
-pub mod seqnet;
+pub mod sequential;
 pub mod shufflenet;
 
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ use densenet::DenseNet;
 use efficientnet_lite::{EfficientNetLite, LiteScale};
 use googlenet::GoogLeNet;
 use resnet::{ResNet, ResNetShape};
-use seqnet::SeqNet;
+use sequential::SequentialNet;
 use serde::{Deserialize, Serialize};
 use shufflenet::ShuffleNetV2;
 
@@ -233,12 +233,20 @@ pub fn registry() -> &'static [ArchSpec] {
 }
 
 fn build_registry() -> Vec<ArchSpec> {
-    let resnet = |groups, width_per_group| {
-        ArchKind::ResNet(ResNetShape {
-            groups,
-            width_per_group,
-        })
-    };
+    [
+        efficientnet_lite(),
+        classic_cnns(),
+        resnets(),
+        densenet_and_squeezenet(),
+        mobile_networks(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The EfficientNet-Lite family (timm's ports of the TensorFlow weights).
+fn efficientnet_lite() -> Vec<ArchSpec> {
     vec![
         ArchSpec {
             gmacs: 0.385,
@@ -279,6 +287,12 @@ fn build_registry() -> Vec<ArchSpec> {
                 "efficientnet-lite2-9656183e.pth",
             )
         },
+    ]
+}
+
+/// AlexNet, VGG-16 and GoogLeNet (torchvision).
+fn classic_cnns() -> Vec<ArchSpec> {
+    vec![
         ArchSpec {
             name: "alexnet",
             kind: ArchKind::AlexNet,
@@ -321,6 +335,18 @@ fn build_registry() -> Vec<ArchSpec> {
             params: 6_624_904,
             splits_into_blocks: false,
         },
+    ]
+}
+
+/// ResNet-50 and its wide and grouped (ResNeXt) variants (torchvision).
+fn resnets() -> Vec<ArchSpec> {
+    let resnet = |groups, width_per_group| {
+        ArchKind::ResNet(ResNetShape {
+            groups,
+            width_per_group,
+        })
+    };
+    vec![
         ArchSpec {
             name: "resnet50",
             kind: resnet(1, 64),
@@ -363,6 +389,12 @@ fn build_registry() -> Vec<ArchSpec> {
             params: 25_028_904,
             splits_into_blocks: false,
         },
+    ]
+}
+
+/// DenseNet-161 and SqueezeNet 1.0 (torchvision).
+fn densenet_and_squeezenet() -> Vec<ArchSpec> {
+    vec![
         ArchSpec {
             name: "densenet161",
             kind: ArchKind::DenseNet161,
@@ -393,6 +425,12 @@ fn build_registry() -> Vec<ArchSpec> {
             params: 1_248_424,
             splits_into_blocks: false,
         },
+    ]
+}
+
+/// The mobile networks: ShuffleNetV2, MobileNetV2 and V3, MNASNet (torchvision).
+fn mobile_networks() -> Vec<ArchSpec> {
+    vec![
         ArchSpec {
             name: "shufflenet_v2_x1_0",
             kind: ArchKind::ShuffleNetV2,
@@ -472,7 +510,7 @@ pub enum Backbone {
     /// EfficientNet-Lite family.
     EfficientNetLite(EfficientNetLite),
     /// AlexNet, VGG-16, SqueezeNet, MobileNetV2/V3, MNASNet.
-    SeqNet(SeqNet),
+    SequentialNet(SequentialNet),
     /// GoogLeNet.
     GoogLeNet(GoogLeNet),
     /// ResNet-50, Wide ResNet-50-2, ResNeXt-50 32x4d.
@@ -493,12 +531,14 @@ impl ArchSpec {
             ArchKind::EfficientNetLite(scale) => {
                 Backbone::EfficientNetLite(EfficientNetLite::new(scale, h, d))
             }
-            ArchKind::AlexNet => Backbone::SeqNet(seqnet::alexnet(h, d)),
-            ArchKind::Vgg16 => Backbone::SeqNet(seqnet::vgg16(h, d)),
-            ArchKind::SqueezeNet1_0 => Backbone::SeqNet(seqnet::squeezenet1_0(h, d)),
-            ArchKind::MobileNetV2 => Backbone::SeqNet(seqnet::mobilenet_v2(h, d)),
-            ArchKind::MobileNetV3Large => Backbone::SeqNet(seqnet::mobilenet_v3_large(h, d)),
-            ArchKind::MnasNet1_0 => Backbone::SeqNet(seqnet::mnasnet1_0(h, d)),
+            ArchKind::AlexNet => Backbone::SequentialNet(sequential::alexnet(h, d)),
+            ArchKind::Vgg16 => Backbone::SequentialNet(sequential::vgg16(h, d)),
+            ArchKind::SqueezeNet1_0 => Backbone::SequentialNet(sequential::squeezenet1_0(h, d)),
+            ArchKind::MobileNetV2 => Backbone::SequentialNet(sequential::mobilenet_v2(h, d)),
+            ArchKind::MobileNetV3Large => {
+                Backbone::SequentialNet(sequential::mobilenet_v3_large(h, d))
+            }
+            ArchKind::MnasNet1_0 => Backbone::SequentialNet(sequential::mnasnet1_0(h, d)),
             ArchKind::GoogLeNet => Backbone::GoogLeNet(GoogLeNet::new(h, d)),
             ArchKind::ResNet(shape) => Backbone::ResNet(ResNet::new(shape, h, d)),
             ArchKind::DenseNet161 => Backbone::DenseNet(DenseNet::new(h, d)),
@@ -507,7 +547,7 @@ impl ArchSpec {
     }
 }
 
-fn pooled4(map: Tensor<4>) -> Tensor<4> {
+fn global_avg_pool_keep_dims(map: Tensor<4>) -> Tensor<4> {
     let [n, c, _, _] = map.dims();
     global_avg_pool(map).reshape([n, c, 1, 1])
 }
@@ -521,7 +561,7 @@ impl Backbone {
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Backbone::EfficientNetLite(m) => m.feature_map(x),
-            Backbone::SeqNet(m) => m.feature_map(x),
+            Backbone::SequentialNet(m) => m.feature_map(x),
             Backbone::GoogLeNet(m) => m.feature_map(x),
             Backbone::ResNet(m) => m.feature_map(x),
             Backbone::DenseNet(m) => m.feature_map(x),
@@ -561,8 +601,8 @@ impl Backbone {
     /// to the replaced layer for AlexNet and VGG, the map itself for SqueezeNet.
     pub fn head_input(&self, map: Tensor<4>) -> Tensor<4> {
         match self {
-            Backbone::SeqNet(m) => m.head_input(map),
-            _ => pooled4(map),
+            Backbone::SequentialNet(m) => m.head_input(map),
+            _ => global_avg_pool_keep_dims(map),
         }
     }
 
@@ -571,7 +611,7 @@ impl Backbone {
     pub fn imagenet_logits(&self, input: Tensor<4>) -> Option<Tensor<2>> {
         match self {
             Backbone::EfficientNetLite(m) => m.imagenet_logits(flat(input)),
-            Backbone::SeqNet(m) => m.imagenet_logits(input),
+            Backbone::SequentialNet(m) => m.imagenet_logits(input),
             Backbone::GoogLeNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::ResNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::DenseNet(m) => m.classifier.as_ref().map(|fc| fc.forward(flat(input))),
@@ -584,7 +624,7 @@ impl Backbone {
     pub fn fold_batchnorm(self) -> Self {
         match self {
             Backbone::EfficientNetLite(m) => Backbone::EfficientNetLite(m.fold_batchnorm()),
-            Backbone::SeqNet(m) => Backbone::SeqNet(m.fold_batchnorm()),
+            Backbone::SequentialNet(m) => Backbone::SequentialNet(m.fold_batchnorm()),
             Backbone::GoogLeNet(m) => Backbone::GoogLeNet(m.fold_batchnorm()),
             Backbone::ResNet(m) => Backbone::ResNet(m.fold_batchnorm()),
             Backbone::DenseNet(m) => Backbone::DenseNet(m.fold_batchnorm()),
@@ -599,7 +639,7 @@ impl Backbone {
                 m.fc = None;
                 Backbone::EfficientNetLite(m)
             }
-            Backbone::SeqNet(m) => Backbone::SeqNet(m.without_imagenet_head()),
+            Backbone::SequentialNet(m) => Backbone::SequentialNet(m.without_imagenet_head()),
             Backbone::GoogLeNet(mut m) => {
                 m.fc = None;
                 Backbone::GoogLeNet(m)

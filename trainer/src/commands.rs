@@ -4,8 +4,8 @@
 //! function here.
 
 use crate::{
-    bench, benchmark, breakdown, cli, cv, data, ensemble, evaluate, export, fetch, forward, lungs,
-    train,
+    breakdown, cli, comparison, cv, data, ensemble, evaluate, export, fetch, forward, lungs,
+    throughput, train,
 };
 use anyhow::Result;
 use burn::prelude::*;
@@ -70,7 +70,7 @@ enum Command {
         #[command(subcommand)]
         merge: Option<BenchmarkCommand>,
         #[command(flatten)]
-        options: Box<benchmark::BenchmarkOptions>,
+        options: Box<comparison::BenchmarkOptions>,
     },
     /// An untrained model file of an architecture (ImageNet backbone when its weights are given
     /// or fetched, else random-init; head untrained), marked as such: for checking that an
@@ -362,7 +362,7 @@ struct UntrainedArgs {
 #[derive(clap::Args)]
 struct BenchArgs {
     #[command(flatten)]
-    options: bench::BenchOptions,
+    options: throughput::BenchOptions,
     /// Also write the numbers as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -402,8 +402,8 @@ impl Cli {
             Command::Benchmark {
                 merge: Some(BenchmarkCommand::Merge { dirs, out }),
                 ..
-            } => benchmark::merge(&dirs, &out).map(|_| ()),
-            Command::Benchmark { options, .. } => benchmark::sweep(&options),
+            } => comparison::merge(&dirs, &out).map(|_| ()),
+            Command::Benchmark { options, .. } => comparison::sweep(&options),
             Command::Untrained(a) => untrained_command(a),
             Command::Bench(a) => bench_command(a),
             Command::Forward(o) => {
@@ -632,8 +632,8 @@ fn untrained_command(a: UntrainedArgs) -> Result<()> {
 }
 
 fn bench_command(a: BenchArgs) -> Result<()> {
-    let r = bench::measure(&a.options)?;
-    print!("{}", bench::table(&r));
+    let r = throughput::measure(&a.options)?;
+    print!("{}", throughput::table(&r));
     if let Some(j) = a.json {
         std::fs::write(&j, serde_json::to_string_pretty(&r)?)?;
     }

@@ -19,6 +19,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use image::{GrayImage, Rgb, RgbImage};
+use pneumoscope::arch::efficientnet_lite::EfficientNetLite;
 use pneumoscope::arch::{self, Backbone};
 use pneumoscope::inference::Engine;
 use pneumoscope::lungs::{
@@ -218,55 +219,8 @@ fn loss(logits: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
 /// `lungs train`: trains, evaluates on the held-out pairs and writes `RUN/lungs.pneumoscope`.
 /// With `resume` it continues the run in `run` (the same settings; `epochs` may be raised).
 pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
-    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
-    let cfg_path = run.join("lungs-config.json");
-    let state_path = run.join("state.json");
-    if resume {
-        let saved: LungsConfig = serde_json::from_slice(
-            &std::fs::read(&cfg_path)
-                .with_context(|| format!("--resume: no {} to resume", cfg_path.display()))?,
-        )?;
-        // Only the number of epochs may change: a finished run can be trained further.
-        if saved
-            != (LungsConfig {
-                epochs: saved.epochs,
-                ..cfg.clone()
-            })
-        {
-            bail!(
-                "--resume: {} was started with other settings ({}; only --epochs may change)",
-                run.display(),
-                cfg_path.display()
-            );
-        }
-    } else if state_path.exists() {
-        bail!(
-            "{} already holds a run; pass --resume to continue it, or choose another --out",
-            run.display()
-        );
-    }
-    write_atomic(&cfg_path, serde_json::to_string_pretty(cfg)?.as_bytes())?;
-
-    let (mut pairs, rejected) = read_pairs(&cfg.pairs)?;
-    for r in &rejected {
-        eprintln!("rejected: {r}");
-    }
-    if let Some(limit) = cfg.limit {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        pairs.retain(|p| {
-            let n = seen.entry(p.source.clone()).or_default();
-            *n += 1;
-            *n <= limit
-        });
-    }
-    let (train_idx, test_idx) = split(&pairs, cfg.held_out, cfg.seed);
-    eprintln!(
-        "{} pairs: {} for training, {} held out",
-        pairs.len(),
-        train_idx.len(),
-        test_idx.len()
-    );
-
+    check_run(cfg, run, resume)?;
+    let (pairs, train_idx, test_idx) = select_pairs(cfg)?;
     let device = Device::flex();
     let spec = arch::find(lungs::ENCODER)?;
     let weights = cfg
@@ -279,139 +233,17 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
     };
     let encoder = encoder.valid();
     let fast = encoder.clone().fold_batchnorm();
-
-    // The encoder's stage outputs of every training view, computed once.
     let t0 = Instant::now();
-    let pb = crate::progress::bar(train_idx.len() as u64, "encoding");
-    let mut views = Vec::with_capacity(2 * train_idx.len());
-    let plane = INPUT_SIDE * INPUT_SIDE;
-    for &i in &train_idx {
-        let (img, mask) = load_pair(&pairs[i])?;
-        let x = lungs::input(&img);
-        let t = target(&mask);
-        let flipped: Vec<f32> = x
-            .chunks(plane)
-            .flat_map(|c| mirror(c, INPUT_SIDE))
-            .collect();
-        let batch: Vec<f32> = x.into_iter().chain(flipped).collect();
-        let xt = Tensor::<4>::from_data(
-            TensorData::new(batch, [2, 3, INPUT_SIDE, INPUT_SIDE]),
-            &device,
-        );
-        let taps: Vec<Vec<f32>> = fast
-            .stage_outputs(xt, &TAPS)
-            .into_iter()
-            .map(|t| t.into_data().try_into_vec::<f32>().expect("f32"))
-            .collect();
-        for v in 0..2 {
-            views.push(View {
-                taps: taps
-                    .iter()
-                    .map(|all| {
-                        let n = all.len() / 2;
-                        all[v * n..(v + 1) * n].to_vec()
-                    })
-                    .collect(),
-                target: if v == 0 {
-                    t.clone()
-                } else {
-                    mirror(&t, MASK_SIDE)
-                },
-            });
-        }
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let views = encode_views(&fast, &pairs, &train_idx, &device)?;
     let encode_s = t0.elapsed().as_secs_f64();
-    let tap_shapes: Vec<[usize; 3]> = {
-        let x = Tensor::<4>::zeros([1, 3, INPUT_SIDE, INPUT_SIDE], &device);
-        fast.stage_outputs(x, &TAPS)
-            .iter()
-            .map(|t| {
-                let [_, c, h, w] = t.dims();
-                [c, h, w]
-            })
-            .collect()
-    };
-
-    let ad = device.clone().autodiff();
-    ad.seed(cfg.seed);
-    let mut decoder = LungDecoder::new(&ad);
-    let mut optim = AdamConfig::new().init();
-    let mut state = State::default();
-    if resume && state_path.exists() {
-        state = serde_json::from_slice(&std::fs::read(&state_path)?)?;
-        let d = std::fs::read(run.join("decoder.bpk"))?;
-        let o = std::fs::read(run.join("optimizer.bpk"))?;
-        if sha256_hex(&d) != state.decoder_sha256 || sha256_hex(&o) != state.optimizer_sha256 {
-            bail!(
-                "{}: the checkpoint does not match state.json (corrupt); delete the run folder to start again",
-                run.display()
-            );
-        }
-        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(d))
-            .map_err(|e| anyhow!("decoder.bpk: {e:?}"))?;
-        decoder = decoder.load_record(rec);
-        optim = optim
-            .from_bytes(Bytes::from_bytes_vec(o))
-            .map_err(|e| anyhow!("optimizer.bpk: {e:?}"))?;
-        eprintln!("resuming after epoch {}", state.epochs_done);
-    }
     let t_train = Instant::now();
-    for epoch in state.epochs_done + 1..=cfg.epochs {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) + epoch as u64);
-        let mut order: Vec<usize> = (0..views.len()).collect();
-        order.shuffle(&mut rng);
-        let mut total = 0.0;
-        for batch in order.chunks(cfg.batch_size) {
-            let n = batch.len();
-            let taps: Vec<Tensor<4>> = tap_shapes
-                .iter()
-                .enumerate()
-                .map(|(k, &[c, h, w])| {
-                    let data: Vec<f32> = batch
-                        .iter()
-                        .flat_map(|&v| views[v].taps[k].iter().copied())
-                        .collect();
-                    Tensor::from_data(TensorData::new(data, [n, c, h, w]), &ad)
-                })
-                .collect();
-            let y: Vec<f32> = batch
-                .iter()
-                .flat_map(|&v| views[v].target.iter().copied())
-                .collect();
-            let y = Tensor::from_data(TensorData::new(y, [n, 1, MASK_SIDE, MASK_SIDE]), &ad);
-            let l = loss(decoder.forward(taps), y);
-            total += l.clone().into_scalar::<f32>() as f64 * n as f64;
-            let grads = GradientsParams::from_grads(l.backward(), &decoder);
-            decoder = optim.step(cfg.lr, decoder, grads);
-        }
-        let epoch_loss = total / views.len() as f64;
-        eprintln!("epoch {epoch:>3}/{}: loss {epoch_loss:.4}", cfg.epochs);
-        state.losses.push(epoch_loss);
-        state.epochs_done = epoch;
-        let d = decoder
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| anyhow!("{e:?}"))?;
-        let o = optim.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
-        state.decoder_sha256 = sha256_hex(&d);
-        state.optimizer_sha256 = sha256_hex(&o);
-        write_atomic(&run.join("decoder.bpk"), &d)?;
-        write_atomic(&run.join("optimizer.bpk"), &o)?;
-        write_atomic(
-            &state_path,
-            serde_json::to_string_pretty(&state)?.as_bytes(),
-        )?;
-    }
+    let (decoder, state) = fit_decoder(cfg, run, resume, &views, &tap_shapes(&fast, &device))?;
     let train_s = t_train.elapsed().as_secs_f64();
 
     // The segmenter as it will be used: encoder and decoder, inference state, batch norms folded.
-    let decoder = decoder.valid();
     let mut net = LungNet {
         encoder,
-        decoder: decoder.to_device(&device),
+        decoder: decoder.valid().to_device(&device),
     };
     if cfg.f16 {
         net = crate::export::to_f16(net);
@@ -441,11 +273,233 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
         payload_len: 0,
         payload_sha256: String::new(),
     };
-    let file = LungsFile::new(header, net)?;
-    // Evaluated through the file, exactly as every user of it will load it.
-    let model = file.load(&device)?;
     let held: Vec<&Pair> = test_idx.iter().map(|&i| &pairs[i]).collect();
-    let (scores, metrics) = evaluate(&model, &held, &device)?;
+    write_segmenter(LungsFile::new(header, net)?, &held, run, &device)
+}
+
+/// A new run must not overwrite one; a resumed one keeps its settings (only the number of
+/// epochs may change: a finished run can be trained further). Writes `lungs-config.json`.
+fn check_run(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<()> {
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    let cfg_path = run.join("lungs-config.json");
+    if resume {
+        let saved: LungsConfig = serde_json::from_slice(
+            &std::fs::read(&cfg_path)
+                .with_context(|| format!("--resume: no {} to resume", cfg_path.display()))?,
+        )?;
+        if saved
+            != (LungsConfig {
+                epochs: saved.epochs,
+                ..cfg.clone()
+            })
+        {
+            bail!(
+                "--resume: {} was started with other settings ({}; only --epochs may change)",
+                run.display(),
+                cfg_path.display()
+            );
+        }
+    } else if run.join("state.json").exists() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            run.display()
+        );
+    }
+    write_atomic(&cfg_path, serde_json::to_string_pretty(cfg)?.as_bytes())
+}
+
+/// The pairs (at most `limit` per source), and which of them train and which are held out.
+fn select_pairs(cfg: &LungsConfig) -> Result<(Vec<Pair>, Vec<usize>, Vec<usize>)> {
+    let (mut pairs, rejected) = read_pairs(&cfg.pairs)?;
+    for r in &rejected {
+        eprintln!("rejected: {r}");
+    }
+    if let Some(limit) = cfg.limit {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        pairs.retain(|p| {
+            let n = seen.entry(p.source.clone()).or_default();
+            *n += 1;
+            *n <= limit
+        });
+    }
+    let (train_idx, test_idx) = split(&pairs, cfg.held_out, cfg.seed);
+    eprintln!(
+        "{} pairs: {} for training, {} held out",
+        pairs.len(),
+        train_idx.len(),
+        test_idx.len()
+    );
+    Ok((pairs, train_idx, test_idx))
+}
+
+/// The encoder's stage outputs of every training view (each image and its mirror image),
+/// computed once.
+fn encode_views(
+    fast: &EfficientNetLite,
+    pairs: &[Pair],
+    train_idx: &[usize],
+    device: &Device,
+) -> Result<Vec<View>> {
+    let pb = crate::progress::bar(train_idx.len() as u64, "encoding");
+    let mut views = Vec::with_capacity(2 * train_idx.len());
+    let plane = INPUT_SIDE * INPUT_SIDE;
+    for &i in train_idx {
+        let (img, mask) = load_pair(&pairs[i])?;
+        let x = lungs::input(&img);
+        let t = target(&mask);
+        let flipped: Vec<f32> = x
+            .chunks(plane)
+            .flat_map(|c| mirror(c, INPUT_SIDE))
+            .collect();
+        let batch: Vec<f32> = x.into_iter().chain(flipped).collect();
+        let xt = Tensor::<4>::from_data(
+            TensorData::new(batch, [2, 3, INPUT_SIDE, INPUT_SIDE]),
+            device,
+        );
+        let taps: Vec<Vec<f32>> = fast
+            .stage_outputs(xt, &TAPS)
+            .into_iter()
+            .map(|t| t.into_data().try_into_vec::<f32>().expect("f32"))
+            .collect();
+        for v in 0..2 {
+            views.push(View {
+                taps: taps
+                    .iter()
+                    .map(|all| {
+                        let n = all.len() / 2;
+                        all[v * n..(v + 1) * n].to_vec()
+                    })
+                    .collect(),
+                target: if v == 0 {
+                    t.clone()
+                } else {
+                    mirror(&t, MASK_SIDE)
+                },
+            });
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(views)
+}
+
+/// `[c, h, w]` of each encoder stage the decoder reads.
+fn tap_shapes(fast: &EfficientNetLite, device: &Device) -> Vec<[usize; 3]> {
+    let x = Tensor::<4>::zeros([1, 3, INPUT_SIDE, INPUT_SIDE], device);
+    fast.stage_outputs(x, &TAPS)
+        .iter()
+        .map(|t| {
+            let [_, c, h, w] = t.dims();
+            [c, h, w]
+        })
+        .collect()
+}
+
+/// Trains the decoder on the cached views (resuming from the run's checkpoint), saving a
+/// checkpoint after every epoch.
+fn fit_decoder(
+    cfg: &LungsConfig,
+    run: &Path,
+    resume: bool,
+    views: &[View],
+    tap_shapes: &[[usize; 3]],
+) -> Result<(LungDecoder, State)> {
+    let ad = Device::flex().autodiff();
+    ad.seed(cfg.seed);
+    let mut decoder = LungDecoder::new(&ad);
+    let mut optim = AdamConfig::new().init();
+    let state_path = run.join("state.json");
+    let mut state = State::default();
+    if resume && state_path.exists() {
+        state = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+        let d = std::fs::read(run.join("decoder.bpk"))?;
+        let o = std::fs::read(run.join("optimizer.bpk"))?;
+        if sha256_hex(&d) != state.decoder_sha256 || sha256_hex(&o) != state.optimizer_sha256 {
+            bail!(
+                "{}: the checkpoint does not match state.json (corrupt); delete the run folder to start again",
+                run.display()
+            );
+        }
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(d))
+            .map_err(|e| anyhow!("decoder.bpk: {e:?}"))?;
+        decoder = decoder.load_record(rec);
+        optim = optim
+            .from_bytes(Bytes::from_bytes_vec(o))
+            .map_err(|e| anyhow!("optimizer.bpk: {e:?}"))?;
+        eprintln!("resuming after epoch {}", state.epochs_done);
+    }
+    for epoch in state.epochs_done + 1..=cfg.epochs {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) + epoch as u64);
+        let mut order: Vec<usize> = (0..views.len()).collect();
+        order.shuffle(&mut rng);
+        let mut total = 0.0;
+        for batch in order.chunks(cfg.batch_size) {
+            let (taps, y) = decoder_batch(views, batch, tap_shapes, &ad);
+            let l = loss(decoder.forward(taps), y);
+            total += l.clone().into_scalar::<f32>() as f64 * batch.len() as f64;
+            let grads = GradientsParams::from_grads(l.backward(), &decoder);
+            decoder = optim.step(cfg.lr, decoder, grads);
+        }
+        let epoch_loss = total / views.len() as f64;
+        eprintln!("epoch {epoch:>3}/{}: loss {epoch_loss:.4}", cfg.epochs);
+        state.losses.push(epoch_loss);
+        state.epochs_done = epoch;
+        let d = decoder
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let o = optim.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+        state.decoder_sha256 = sha256_hex(&d);
+        state.optimizer_sha256 = sha256_hex(&o);
+        write_atomic(&run.join("decoder.bpk"), &d)?;
+        write_atomic(&run.join("optimizer.bpk"), &o)?;
+        write_atomic(
+            &state_path,
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+        )?;
+    }
+    Ok((decoder, state))
+}
+
+/// One training batch of the decoder: the stage outputs of the views and their targets.
+fn decoder_batch(
+    views: &[View],
+    batch: &[usize],
+    tap_shapes: &[[usize; 3]],
+    ad: &Device,
+) -> (Vec<Tensor<4>>, Tensor<4>) {
+    let n = batch.len();
+    let taps: Vec<Tensor<4>> = tap_shapes
+        .iter()
+        .enumerate()
+        .map(|(k, &[c, h, w])| {
+            let data: Vec<f32> = batch
+                .iter()
+                .flat_map(|&v| views[v].taps[k].iter().copied())
+                .collect();
+            Tensor::from_data(TensorData::new(data, [n, c, h, w]), ad)
+        })
+        .collect();
+    let y: Vec<f32> = batch
+        .iter()
+        .flat_map(|&v| views[v].target.iter().copied())
+        .collect();
+    let y = Tensor::from_data(TensorData::new(y, [n, 1, MASK_SIDE, MASK_SIDE]), ad);
+    (taps, y)
+}
+
+/// Evaluates the segmenter on the held-out pairs through its file, exactly as every user of
+/// it will load it; writes `held_out.csv`, `metrics.json` and `RUN/lungs.pneumoscope` (the
+/// metrics in its header). Returns the file's path.
+fn write_segmenter(
+    file: LungsFile,
+    held: &[&Pair],
+    run: &Path,
+    device: &Device,
+) -> Result<PathBuf> {
+    let model = file.load(device)?;
+    let (scores, metrics) = evaluate(&model, held, device)?;
     let mut w = csv::Writer::from_writer(Vec::new());
     for s in &scores {
         w.serialize(s)?;

@@ -2,12 +2,11 @@
 //! evaluation, reports, prediction, Grad-CAM, export and benchmarks.
 
 mod augment;
-mod bench;
-mod benchmark;
 mod breakdown;
 mod calibrate;
 mod cli;
 mod commands;
+mod comparison;
 mod cv;
 mod data;
 mod device;
@@ -25,6 +24,7 @@ mod parallel;
 mod population;
 mod progress;
 mod report;
+mod throughput;
 mod train;
 mod weights;
 

@@ -163,6 +163,97 @@ pub struct CamEntry {
 /// Per-source rows: source → (n, accuracy, predicted-class counts).
 pub type SourceBreakdown = Vec<(String, usize, f64, [usize; NUM_CLASSES])>;
 
+/// A table as its header and rows of cells: one row model, rendered into Markdown and into
+/// HTML (cells escaped).
+pub struct Table {
+    /// Column names.
+    pub header: Vec<String>,
+    /// Rows of cells, as many as the header has columns.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column names and no rows yet.
+    pub fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// A GitHub-flavoured Markdown table, ending in a newline.
+    pub fn markdown(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut s = line(&self.header);
+        s += &format!("|{}\n", "---|".repeat(self.header.len()));
+        for r in &self.rows {
+            s += &line(r);
+        }
+        s
+    }
+
+    /// An HTML `<table>`, header cells as `<th>`.
+    pub fn html(&self) -> String {
+        let row = |cells: &[String], tag: &str| {
+            let cells: String = cells
+                .iter()
+                .map(|c| format!("<{tag}>{}</{tag}>", esc(c)))
+                .collect();
+            format!("<tr>{cells}</tr>")
+        };
+        let mut s = format!("<table>{}", row(&self.header, "th"));
+        for r in &self.rows {
+            s += &row(r, "td");
+        }
+        s + "</table>"
+    }
+}
+
+/// Precision, recall, F1, specificity, ROC-AUC and support of each class.
+fn per_class_table(m: &Metrics) -> Table {
+    let mut t = Table::new(&[
+        "class",
+        "precision",
+        "recall",
+        "F1",
+        "specificity",
+        "ROC-AUC",
+        "support",
+    ]);
+    for c in Class::ALL {
+        let pc = &m.per_class[c.name()];
+        t.rows.push(vec![
+            c.name().to_string(),
+            pct(pc.precision),
+            pct(pc.recall),
+            pct(pc.f1),
+            pct(pc.specificity),
+            format!("{:.4}", pc.auc),
+            pc.support.to_string(),
+        ]);
+    }
+    t
+}
+
+/// Per source: images, accuracy and the predictions of each class.
+fn source_table(sources: &SourceBreakdown) -> Table {
+    let mut t = Table::new(&[
+        "source",
+        "images",
+        "accuracy",
+        "predicted normal",
+        "bacterial",
+        "viral",
+        "covid19",
+    ]);
+    for (src, n, acc, pred) in sources {
+        let mut row = vec![src.clone(), n.to_string(), format!("{} %", pct(*acc))];
+        row.extend(pred.iter().map(|p| p.to_string()));
+        t.rows.push(row);
+    }
+    t
+}
+
 fn pct(v: f64) -> String {
     format!("{:.1}", 100.0 * v)
 }
@@ -198,20 +289,7 @@ pub fn markdown(
         "## Children and adults\n\n{CHILDREN_AND_ADULTS}\n\n{}\n",
         crate::breakdown::markdown(by_population)
     );
-    s += "## Per class\n\n| class | precision | recall | F1 | specificity | ROC-AUC | support |\n|---|---|---|---|---|---|---|\n";
-    for c in Class::ALL {
-        let pc = &m.per_class[c.name()];
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {:.4} | {} |\n",
-            c.name(),
-            pct(pc.precision),
-            pct(pc.recall),
-            pct(pc.f1),
-            pct(pc.specificity),
-            pc.auc,
-            pc.support
-        );
-    }
+    s += &format!("## Per class\n\n{}", per_class_table(m).markdown());
     s += "\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n\n| true \\ predicted |";
     for c in Class::ALL {
         s += &format!(" {} |", c.name());
@@ -224,17 +302,8 @@ pub fn markdown(
         }
         s += "\n";
     }
-    s += "\n## By source (shortcut check)\n\nIn the public collections every COVID-19 image comes from adults (often figures cut from papers) and the Kermany images from children aged 1–5, so a model can tell the classes apart by age or image source instead of by disease. The table shows what the model predicts per source; a source whose images are all predicted as one class is a warning sign, and results on a single-source external set are the honest test.\n\n| source | images | accuracy | predicted normal | bacterial | viral | covid19 |\n|---|---|---|---|---|---|---|\n";
-    for (src, n, acc, pred) in sources {
-        s += &format!(
-            "| {src} | {n} | {} % | {} | {} | {} | {} |\n",
-            pct(*acc),
-            pred[0],
-            pred[1],
-            pred[2],
-            pred[3]
-        );
-    }
+    s += "\n## By source (shortcut check)\n\nIn the public collections every COVID-19 image comes from adults (often figures cut from papers) and the Kermany images from children aged 1–5, so a model can tell the classes apart by age or image source instead of by disease. The table shows what the model predicts per source; a source whose images are all predicted as one class is a warning sign, and results on a single-source external set are the honest test.\n\n";
+    s += &source_table(sources).markdown();
     if !cams.is_empty() {
         s += "\n## Grad-CAM\n\nMaps of the predicted class at the last convolutional block, over the image the network sees.\n\n| image | true | predicted | map |\n|---|---|---|---|\n";
         for e in cams {
@@ -296,34 +365,10 @@ pub fn html(
         esc(CHILDREN_AND_ADULTS),
         crate::breakdown::html(by_population)
     );
-    s += "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>specificity</th><th>ROC-AUC</th><th>support</th></tr>";
-    for c in Class::ALL {
-        let pc = &m.per_class[c.name()];
-        s += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td></tr>",
-            c.name(),
-            pct(pc.precision),
-            pct(pc.recall),
-            pct(pc.f1),
-            pct(pc.specificity),
-            pc.auc,
-            pc.support
-        );
-    }
-    s += "</table><h2>Confusion matrix</h2><img src=\"confusion_matrix.png\" alt=\"confusion matrix, counts and row-normalised\">";
-    s += "<h2>By source (shortcut check)</h2><p>Every COVID-19 image of the public collections comes from adults, the Kermany images from children aged 1–5: a model can separate the classes by age or source. A source predicted as a single class is a warning sign.</p><table><tr><th>source</th><th>images</th><th>accuracy</th><th>normal</th><th>bacterial</th><th>viral</th><th>covid19</th></tr>";
-    for (src, n, acc, pred) in sources {
-        s += &format!(
-            "<tr><td>{}</td><td>{n}</td><td>{} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(src),
-            pct(*acc),
-            pred[0],
-            pred[1],
-            pred[2],
-            pred[3]
-        );
-    }
-    s += "</table>";
+    s += &format!("<h2>Per class</h2>{}", per_class_table(m).html());
+    s += "<h2>Confusion matrix</h2><img src=\"confusion_matrix.png\" alt=\"confusion matrix, counts and row-normalised\">";
+    s += "<h2>By source (shortcut check)</h2><p>Every COVID-19 image of the public collections comes from adults, the Kermany images from children aged 1–5: a model can separate the classes by age or source. A source predicted as a single class is a warning sign.</p>";
+    s += &source_table(sources).html();
     if !cams.is_empty() {
         s += "<h2>Grad-CAM</h2><p>Maps of the predicted class at the last convolutional block.</p><div class=\"cams\">";
         for e in cams {

@@ -162,8 +162,44 @@ impl UnionFind {
     }
 }
 
-/// Runs the builder and writes its outputs into `opts.out`.
+/// Runs the builder and writes its outputs into `opts.out`: gather the sources' candidates,
+/// drop files listed twice, decode, group duplicates, split by unit (patients joined through
+/// duplicates), write the manifest and its companions.
 pub fn build(opts: &BuildOptions) -> Result<Summary> {
+    check_options(opts)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
+    let mut all = gather(opts);
+    let unique = drop_listed_twice(&mut all);
+    let items = decode_all(unique, &mut all.rejected);
+    if items.is_empty() {
+        write_rejected(&opts.out, &all.rejected, &all.excluded)?;
+        bail!(
+            "no usable image remains ({} rejected, {} excluded; see {})",
+            all.rejected.len(),
+            all.excluded.len(),
+            opts.out.join("rejected.csv").display()
+        );
+    }
+    let dups = DuplicateGroups::of(&items, opts.phash_threshold);
+    let strata: Vec<(Label, Population)> = items
+        .iter()
+        .map(|it| (it.cand.label, it.cand.population))
+        .collect();
+    let split_of = assign_splits(&strata, split_units(&items, &dups.groups), opts);
+    let records = manifest_records(&items, &split_of, &dups.ids);
+    Manifest::write(&opts.out.join("manifest.csv"), &records)?;
+    write_rejected(&opts.out, &all.rejected, &all.excluded)?;
+    write_duplicates(&opts.out, &records)?;
+    let summary = summarise(opts, &records, &dups, &all);
+    std::fs::write(
+        opts.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+fn check_options(opts: &BuildOptions) -> Result<()> {
     if opts.kermany.is_empty()
         && opts.covid.is_empty()
         && opts.nih.is_empty()
@@ -177,9 +213,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     {
         bail!("--val and --test must be fractions in [0, 1] with val + test <= 1");
     }
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
+    Ok(())
+}
 
+/// Every source's candidates, rejections and exclusions.
+fn gather(opts: &BuildOptions) -> SourceOutput {
     let mut all = SourceOutput::default();
     let mut absorb = |o: SourceOutput| {
         all.candidates.extend(o.candidates);
@@ -198,7 +236,12 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     for d in &opts.folder {
         absorb(sources::folder(d));
     }
-    // The same file proposed twice (listed twice in metadata, or two overlapping sources).
+    all
+}
+
+/// The candidates with each file once (a file listed twice in metadata, or by two overlapping
+/// sources, is excluded the second time), their paths made canonical.
+fn drop_listed_twice(all: &mut SourceOutput) -> Vec<Candidate> {
     let mut seen = HashMap::new();
     let mut unique = Vec::new();
     for mut c in all.candidates.drain(..) {
@@ -213,7 +256,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         c.path = canon;
         unique.push(c);
     }
+    unique
+}
 
+/// Decodes every candidate (in parallel); those that fail join `rejected`.
+fn decode_all(unique: Vec<Candidate>, rejected: &mut Vec<Rejected>) -> Vec<Decoded> {
     let hasher = HasherConfig::new()
         .hash_size(16, 16)
         .hash_alg(HashAlg::Gradient)
@@ -232,67 +279,79 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     for r in results {
         match r {
             Ok(d) => items.push(d),
-            Err(rej) => all.rejected.push(rej),
+            Err(rej) => rejected.push(rej),
         }
     }
-    if items.is_empty() {
-        write_rejected(&opts.out, &all.rejected, &all.excluded)?;
-        bail!(
-            "no usable image remains ({} rejected, {} excluded; see {})",
-            all.rejected.len(),
-            all.excluded.len(),
-            opts.out.join("rejected.csv").display()
-        );
-    }
+    items
+}
 
-    // Duplicate groups: identical pixels, or near-identical perceptual hashes.
-    let n = items.len();
-    let mut dup = UnionFind::new(n);
-    let mut by_pixels: HashMap<&str, usize> = HashMap::new();
-    for (i, it) in items.iter().enumerate() {
-        if let Some(&j) = by_pixels.get(it.pixel_sha.as_str()) {
+/// Duplicate groups: identical pixels, or near-identical perceptual hashes.
+struct DuplicateGroups {
+    /// The groups of two or more images (indices into the decoded items).
+    groups: Vec<Vec<usize>>,
+    /// Each item's group name (`dupNNNN`), empty when it has no duplicate.
+    ids: Vec<String>,
+    /// Groups whose images carry different labels.
+    conflicting: usize,
+    /// Groups whose images belong to different patients.
+    cross_patient: usize,
+}
+
+impl DuplicateGroups {
+    fn of(items: &[Decoded], phash_threshold: u32) -> Self {
+        let n = items.len();
+        let mut dup = UnionFind::new(n);
+        let mut by_pixels: HashMap<&str, usize> = HashMap::new();
+        for (i, it) in items.iter().enumerate() {
+            if let Some(&j) = by_pixels.get(it.pixel_sha.as_str()) {
+                dup.union(i, j);
+            } else {
+                by_pixels.insert(&it.pixel_sha, i);
+            }
+        }
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .into_par_iter()
+            .flat_map_iter(|i| {
+                ((i + 1)..n)
+                    .filter(move |&j| items[i].phash.dist(&items[j].phash) <= phash_threshold)
+                    .map(move |j| (i, j))
+            })
+            .collect();
+        for (i, j) in pairs {
             dup.union(i, j);
-        } else {
-            by_pixels.insert(&it.pixel_sha, i);
+        }
+        let mut sets: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for i in 0..n {
+            sets.entry(dup.find(i)).or_default().push(i);
+        }
+        let groups: Vec<Vec<usize>> = sets.into_values().filter(|g| g.len() > 1).collect();
+        let mut ids = vec![String::new(); n];
+        let (mut conflicting, mut cross_patient) = (0, 0);
+        for (g, members) in groups.iter().enumerate() {
+            for &m in members {
+                ids[m] = format!("dup{g:04}");
+            }
+            let l0 = items[members[0]].cand.label;
+            if members.iter().any(|&m| items[m].cand.label != l0) {
+                conflicting += 1;
+            }
+            let p0 = &items[members[0]].cand.patient;
+            if members.iter().any(|&m| &items[m].cand.patient != p0) {
+                cross_patient += 1;
+            }
+        }
+        DuplicateGroups {
+            groups,
+            ids,
+            conflicting,
+            cross_patient,
         }
     }
-    let pairs: Vec<(usize, usize)> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|i| {
-            let items = &items;
-            ((i + 1)..n)
-                .filter(move |&j| items[i].phash.dist(&items[j].phash) <= opts.phash_threshold)
-                .map(move |j| (i, j))
-        })
-        .collect();
-    for (i, j) in pairs {
-        dup.union(i, j);
-    }
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..n {
-        let r = dup.find(i);
-        groups.entry(r).or_default().push(i);
-    }
-    let dup_groups: Vec<Vec<usize>> = groups.into_values().filter(|g| g.len() > 1).collect();
-    let mut dup_id = vec![String::new(); n];
-    let mut conflicting = 0;
-    let mut cross_patient = 0;
-    for (g, members) in dup_groups.iter().enumerate() {
-        for &m in members {
-            dup_id[m] = format!("dup{g:04}");
-        }
-        let l0 = items[members[0]].cand.label;
-        if members.iter().any(|&m| items[m].cand.label != l0) {
-            conflicting += 1;
-        }
-        let p0 = &items[members[0]].cand.patient;
-        if members.iter().any(|&m| &items[m].cand.patient != p0) {
-            cross_patient += 1;
-        }
-    }
+}
 
-    // Split units: patients joined through duplicate groups.
-    let mut units = UnionFind::new(n);
+/// Split units: patients joined through duplicate groups (each unit's item indices).
+fn split_units(items: &[Decoded], dup_groups: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut units = UnionFind::new(items.len());
     let mut by_patient: HashMap<&str, usize> = HashMap::new();
     for (i, it) in items.iter().enumerate() {
         if let Some(&j) = by_patient.get(it.cand.patient.as_str()) {
@@ -301,22 +360,20 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
             by_patient.insert(&it.cand.patient, i);
         }
     }
-    for members in &dup_groups {
+    for members in dup_groups {
         for w in members.windows(2) {
             units.union(w[0], w[1]);
         }
     }
     let mut unit_members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..n {
-        let r = units.find(i);
-        unit_members.entry(r).or_default().push(i);
+    for i in 0..items.len() {
+        unit_members.entry(units.find(i)).or_default().push(i);
     }
-    let strata: Vec<(Label, Population)> = items
-        .iter()
-        .map(|it| (it.cand.label, it.cand.population))
-        .collect();
-    let split_of = assign_splits(&strata, unit_members.into_values().collect(), opts);
+    unit_members.into_values().collect()
+}
 
+/// The manifest's rows, sorted by split, label and path.
+fn manifest_records(items: &[Decoded], split_of: &[Split], dup_id: &[String]) -> Vec<Record> {
     let mut records: Vec<Record> = items
         .iter()
         .enumerate()
@@ -336,32 +393,37 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         })
         .collect();
     records.sort_by(|a, b| (a.split, a.label, &a.path).cmp(&(b.split, b.label, &b.path)));
-    Manifest::write(&opts.out.join("manifest.csv"), &records)?;
-    write_rejected(&opts.out, &all.rejected, &all.excluded)?;
-    write_duplicates(&opts.out, &records)?;
+    records
+}
 
+fn summarise(
+    opts: &BuildOptions,
+    records: &[Record],
+    dups: &DuplicateGroups,
+    all: &SourceOutput,
+) -> Summary {
     let mut excluded = BTreeMap::new();
     for e in &all.excluded {
         let key = e.reason.split(" (").next().unwrap_or(&e.reason).to_string();
         *excluded.entry(key).or_insert(0) += 1;
     }
     let mut sources = BTreeMap::new();
-    for r in &records {
+    for r in records {
         *sources.entry(r.source.clone()).or_insert(0) += 1;
     }
-    let summary = Summary {
+    Summary {
         total_images: records.len(),
         total_patients: records
             .iter()
             .map(|r| &r.patient)
             .collect::<std::collections::HashSet<_>>()
             .len(),
-        counts: counts(&records),
+        counts: counts(records),
         sources,
-        duplicate_groups: dup_groups.len(),
-        duplicate_images: dup_groups.iter().map(Vec::len).sum(),
-        conflicting_duplicate_groups: conflicting,
-        cross_patient_duplicate_groups: cross_patient,
+        duplicate_groups: dups.groups.len(),
+        duplicate_images: dups.groups.iter().map(Vec::len).sum(),
+        conflicting_duplicate_groups: dups.conflicting,
+        cross_patient_duplicate_groups: dups.cross_patient,
         rejected: all.rejected.len(),
         excluded,
         options: serde_json::json!({
@@ -369,12 +431,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
             "covid_all_findings": opts.covid_all_findings, "val": opts.val, "test": opts.test,
             "seed": opts.seed, "phash_threshold": opts.phash_threshold, "phash_bits": PHASH_BITS,
         }),
-    };
-    std::fs::write(
-        opts.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
-    Ok(summary)
+    }
 }
 
 /// The stratum of a split unit (patients joined through duplicates): its most frequent label

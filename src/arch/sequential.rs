@@ -15,7 +15,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 /// `features` → pooling → `classifier`, with the Grad-CAM target inside `features` and the
 /// replaced (ImageNet) layers at the end of `classifier`.
 #[derive(Module, Debug)]
-pub struct SeqNet {
+pub struct SequentialNet {
     /// torchvision's `features` (MNASNet: `layers`).
     pub features: Vec<Layer>,
     /// torchvision's `classifier`; its first `tail` layers belong to the backbone, the rest is
@@ -33,7 +33,7 @@ pub struct SeqNet {
     pub conv_classifier: bool,
 }
 
-impl SeqNet {
+impl SequentialNet {
     /// The Grad-CAM target activation.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         seq(&self.features[..self.cam_split], x)
@@ -56,7 +56,7 @@ impl SeqNet {
         y.reshape([n, d, 1, 1])
     }
 
-    /// ImageNet logits from [`SeqNet::head_input`], when the classifier was kept.
+    /// ImageNet logits from [`SequentialNet::head_input`], when the classifier was kept.
     pub fn imagenet_logits(&self, input: Tensor<4>) -> Option<Tensor<2>> {
         if self.classifier.len() <= self.tail {
             return None;
@@ -100,7 +100,7 @@ fn conv_b(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Devi
 
 /// AlexNet (torchvision's "one weird trick" variant). Grad-CAM: `features.11`, the ReLU after the
 /// last convolution (256x13x13 at 224 px).
-pub fn alexnet(imagenet_head: bool, d: &Device) -> SeqNet {
+pub fn alexnet(imagenet_head: bool, d: &Device) -> SequentialNet {
     let features = vec![
         conv_b(3, 64, 11, 4, 2, d),
         relu(),
@@ -127,7 +127,7 @@ pub fn alexnet(imagenet_head: bool, d: &Device) -> SeqNet {
     if imagenet_head {
         classifier.push(Layer::Linear(linear(4096, 1000, d)));
     }
-    SeqNet {
+    SequentialNet {
         features,
         classifier,
         cam_split: 12,
@@ -139,7 +139,7 @@ pub fn alexnet(imagenet_head: bool, d: &Device) -> SeqNet {
 
 /// VGG-16 (configuration D, no batch norm). Grad-CAM: `features.29`, the ReLU after the last
 /// convolution (512x14x14).
-pub fn vgg16(imagenet_head: bool, d: &Device) -> SeqNet {
+pub fn vgg16(imagenet_head: bool, d: &Device) -> SequentialNet {
     const CFG: [usize; 18] = [
         64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
     ];
@@ -165,7 +165,7 @@ pub fn vgg16(imagenet_head: bool, d: &Device) -> SeqNet {
     if imagenet_head {
         classifier.push(Layer::Linear(linear(4096, 1000, d)));
     }
-    SeqNet {
+    SequentialNet {
         features,
         classifier,
         cam_split: 30,
@@ -177,7 +177,7 @@ pub fn vgg16(imagenet_head: bool, d: &Device) -> SeqNet {
 
 /// SqueezeNet 1.0. Grad-CAM: `features.12`, the last Fire module (512x13x13). The paper's head
 /// replaces `classifier.1` by a 1x1 convolution to the classes.
-pub fn squeezenet1_0(imagenet_head: bool, d: &Device) -> SeqNet {
+pub fn squeezenet1_0(imagenet_head: bool, d: &Device) -> SequentialNet {
     let pool = || Layer::MaxPool(max_pool(3, 2, 0, true));
     let fire = |cin, s, e| Layer::Fire(Fire::new(cin, s, e, e, d));
     let features = vec![
@@ -204,7 +204,7 @@ pub fn squeezenet1_0(imagenet_head: bool, d: &Device) -> SeqNet {
     } else {
         Vec::new()
     };
-    SeqNet {
+    SequentialNet {
         features,
         classifier,
         cam_split: 13,
@@ -224,7 +224,7 @@ fn classifier_dropout_linear(cin: usize, imagenet_head: bool, d: &Device) -> Vec
 
 /// MobileNetV2 (width 1.0). Grad-CAM: `features.18`, the last 1x1 conv + BN + ReLU6
 /// (1280x7x7).
-pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SeqNet {
+pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SequentialNet {
     // (expansion, channels, repeats, stride)
     const CFG: [(usize, usize, usize, usize); 7] = [
         (1, 16, 1, 1),
@@ -265,7 +265,7 @@ pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SeqNet {
         }
     }
     features.push(conv_norm_act([cin, 1280], 1, 1, 1, EPS, Act::Relu6, d));
-    SeqNet {
+    SequentialNet {
         cam_split: features.len(),
         features,
         classifier: classifier_dropout_linear(1280, imagenet_head, d),
@@ -277,7 +277,7 @@ pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SeqNet {
 
 /// MobileNetV3-Large. Grad-CAM: `features.16`, the last 1x1 conv + BN + Hardswish (960x7x7).
 /// The paper's head replaces the whole classifier.
-pub fn mobilenet_v3_large(imagenet_head: bool, d: &Device) -> SeqNet {
+pub fn mobilenet_v3_large(imagenet_head: bool, d: &Device) -> SequentialNet {
     // (input, kernel, expanded, output, squeeze-excitation, hardswish, stride)
     const CFG: [(usize, usize, usize, usize, bool, bool, usize); 15] = [
         (16, 3, 16, 16, false, false, 1),
@@ -326,7 +326,7 @@ pub fn mobilenet_v3_large(imagenet_head: bool, d: &Device) -> SeqNet {
     } else {
         Vec::new()
     };
-    SeqNet {
+    SequentialNet {
         cam_split: features.len(),
         features,
         classifier,
@@ -337,7 +337,7 @@ pub fn mobilenet_v3_large(imagenet_head: bool, d: &Device) -> SeqNet {
 }
 
 /// MNASNet 1.0. Grad-CAM: `layers.16`, the ReLU after the last 1x1 convolution (1280x7x7).
-pub fn mnasnet1_0(imagenet_head: bool, d: &Device) -> SeqNet {
+pub fn mnasnet1_0(imagenet_head: bool, d: &Device) -> SequentialNet {
     const EPS: f64 = 1e-5;
     let bn = |c| Layer::Bn(super::layers::bn(c, EPS, d));
     let conv_nb = |cin, cout, k, s, g| Layer::Conv(conv([cin, cout], k, s, k / 2, g, false, d));
@@ -382,7 +382,7 @@ pub fn mnasnet1_0(imagenet_head: bool, d: &Device) -> SeqNet {
         layers.push(Layer::Seq(stack));
     }
     layers.extend([conv_nb(320, 1280, 1, 1, 1), bn(1280), relu()]);
-    SeqNet {
+    SequentialNet {
         cam_split: layers.len(),
         features: layers,
         classifier: classifier_dropout_linear(1280, imagenet_head, d),
