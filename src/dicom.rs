@@ -500,7 +500,7 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
 
 /// An error of a DICOM file.
 fn bad(m: String) -> Error {
-    Error::Image(format!("DICOM: {m}"))
+    Error::Decode(format!("DICOM: {m}"))
 }
 
 /// Opens a Part 10 file whose element lengths [`check_lengths`] accepts (an implicit-VR data

@@ -6,9 +6,9 @@ use thiserror::Error;
 /// supplied the input: they say what is wrong and, where it helps, what to do.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// An image could not be decoded or is out of range.
+    /// An image could not be decoded (unreadable, corrupt, unsupported) or is out of range.
     #[error("cannot read image: {0}")]
-    Image(String),
+    Decode(String),
     /// Not a model file at all: its first bytes are not Pneumoscope's magic.
     #[error(
         "invalid model file: not a Pneumoscope model file (wrong magic bytes; expected a file \
@@ -56,6 +56,15 @@ pub enum Error {
     /// An architecture name is not in the registry.
     #[error("unknown architecture '{0}' (known: {1})")]
     UnknownArch(String, String),
+    /// A result could not be read back from the device (a lost GPU device, or data of an
+    /// unexpected type).
+    #[error("cannot read {what} back from the device: {detail}")]
+    DeviceRead {
+        /// What was being read: "the probabilities", "the Grad-CAM map", ...
+        what: &'static str,
+        /// The backend's own message.
+        detail: String,
+    },
     /// A request that makes no sense for this model (bad class index, wrong input shape, ...).
     #[error("{0}")]
     Invalid(String),

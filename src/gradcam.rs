@@ -141,9 +141,10 @@ pub(crate) fn normalised(
 }
 
 fn read_error(e: impl std::fmt::Debug) -> Error {
-    Error::Invalid(format!(
-        "cannot read the Grad-CAM map back from the device: {e:?}"
-    ))
+    Error::DeviceRead {
+        what: "the Grad-CAM map",
+        detail: format!("{e:?}"),
+    }
 }
 
 /// [`combine_async`], blocking until the map is read (native callers).

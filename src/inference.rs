@@ -838,9 +838,10 @@ fn mean_predictions(
 }
 
 fn read_error(e: impl std::fmt::Debug) -> Error {
-    Error::Invalid(format!(
-        "cannot read the probabilities back from the device: {e:?}"
-    ))
+    Error::DeviceRead {
+        what: "the probabilities",
+        detail: format!("{e:?}"),
+    }
 }
 
 #[cfg(test)]

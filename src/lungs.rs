@@ -234,7 +234,10 @@ impl LungNet {
         let grid = sigmoid(self.forward(Self::input_tensor(img, device)))
             .into_data_async()
             .await
-            .map_err(|e| Error::Invalid(format!("cannot read the lung mask back: {e:?}")))?
+            .map_err(|e| Error::DeviceRead {
+                what: "the lung mask",
+                detail: format!("{e:?}"),
+            })?
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| Error::Invalid(format!("lung mask of an unexpected type: {e:?}")))?;

@@ -986,6 +986,13 @@ pub(crate) mod tests {
             ModelFile::from_bytes(&b),
             Err(Error::Checksum { ref part, .. }) if part == "weights"
         ));
+        // An image that does not decode is a decode error, whatever its kind.
+        for bad in [&b""[..], b"not an image", &bytes[..64]] {
+            assert!(matches!(
+                crate::preprocess::decode(bad),
+                Err(Error::Decode(_))
+            ));
+        }
     }
 
     #[test]

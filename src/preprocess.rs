@@ -74,29 +74,29 @@ pub const MIN_SIDE: u32 = 32;
 /// orientation.
 pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     if bytes.is_empty() {
-        return Err(Error::Image("the file is empty".into()));
+        return Err(Error::Decode("the file is empty".into()));
     }
     if crate::dicom::is_dicom(bytes) {
         return check_size(crate::dicom::decode(bytes, MAX_SIDE)?);
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::Image(e.to_string()))?;
+        .map_err(|e| Error::Decode(e.to_string()))?;
     match reader.format() {
         Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
         Some(other) => {
-            return Err(Error::Image(format!(
+            return Err(Error::Decode(format!(
                 "unsupported image format {other:?} (expected PNG, JPEG or DICOM)"
             )));
         }
         None => {
-            return Err(Error::Image(
+            return Err(Error::Decode(
                 "not a supported image format (expected PNG, JPEG or DICOM)".into(),
             ));
         }
     }
     if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
-        return Err(Error::Image(
+        return Err(Error::Decode(
             "corrupt or truncated image data (the JPEG has no end-of-image marker)".into(),
         ));
     }
@@ -116,7 +116,7 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
 fn check_size(img: DynamicImage) -> Result<DynamicImage> {
     let (w, h) = (img.width(), img.height());
     if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(Error::Image(format!(
+        return Err(Error::Decode(format!(
             "the image is {w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed"
         )));
     }
@@ -132,7 +132,7 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 
 fn image_err(e: image::ImageError) -> Error {
     use image::ImageError as E;
-    Error::Image(match e {
+    Error::Decode(match e {
         E::Limits(l) => format!(
             "the image exceeds the decoding limits ({l}; at most {MAX_SIDE}x{MAX_SIDE} pixels)"
         ),

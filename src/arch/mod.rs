@@ -509,8 +509,10 @@ pub fn find(name: &str) -> Result<ArchSpec> {
 pub enum Backbone {
     /// EfficientNet-Lite family.
     EfficientNetLite(EfficientNetLite),
-    /// AlexNet, VGG-16, SqueezeNet, MobileNetV2/V3, MNASNet.
-    SequentialNet(SequentialNet),
+    /// AlexNet, VGG-16, SqueezeNet, MobileNetV2/V3, MNASNet. (The variant's names are part of
+    /// every saved parameter path, `backbone.SeqNet.features.0…`, so they cannot be renamed
+    /// without making earlier model files and checkpoints unreadable.)
+    SeqNet(SequentialNet),
     /// GoogLeNet.
     GoogLeNet(GoogLeNet),
     /// ResNet-50, Wide ResNet-50-2, ResNeXt-50 32x4d.
@@ -531,14 +533,12 @@ impl ArchSpec {
             ArchKind::EfficientNetLite(scale) => {
                 Backbone::EfficientNetLite(EfficientNetLite::new(scale, h, d))
             }
-            ArchKind::AlexNet => Backbone::SequentialNet(sequential::alexnet(h, d)),
-            ArchKind::Vgg16 => Backbone::SequentialNet(sequential::vgg16(h, d)),
-            ArchKind::SqueezeNet1_0 => Backbone::SequentialNet(sequential::squeezenet1_0(h, d)),
-            ArchKind::MobileNetV2 => Backbone::SequentialNet(sequential::mobilenet_v2(h, d)),
-            ArchKind::MobileNetV3Large => {
-                Backbone::SequentialNet(sequential::mobilenet_v3_large(h, d))
-            }
-            ArchKind::MnasNet1_0 => Backbone::SequentialNet(sequential::mnasnet1_0(h, d)),
+            ArchKind::AlexNet => Backbone::SeqNet(sequential::alexnet(h, d)),
+            ArchKind::Vgg16 => Backbone::SeqNet(sequential::vgg16(h, d)),
+            ArchKind::SqueezeNet1_0 => Backbone::SeqNet(sequential::squeezenet1_0(h, d)),
+            ArchKind::MobileNetV2 => Backbone::SeqNet(sequential::mobilenet_v2(h, d)),
+            ArchKind::MobileNetV3Large => Backbone::SeqNet(sequential::mobilenet_v3_large(h, d)),
+            ArchKind::MnasNet1_0 => Backbone::SeqNet(sequential::mnasnet1_0(h, d)),
             ArchKind::GoogLeNet => Backbone::GoogLeNet(GoogLeNet::new(h, d)),
             ArchKind::ResNet(shape) => Backbone::ResNet(ResNet::new(shape, h, d)),
             ArchKind::DenseNet161 => Backbone::DenseNet(DenseNet::new(h, d)),
@@ -561,7 +561,7 @@ impl Backbone {
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Backbone::EfficientNetLite(m) => m.feature_map(x),
-            Backbone::SequentialNet(m) => m.feature_map(x),
+            Backbone::SeqNet(m) => m.feature_map(x),
             Backbone::GoogLeNet(m) => m.feature_map(x),
             Backbone::ResNet(m) => m.feature_map(x),
             Backbone::DenseNet(m) => m.feature_map(x),
@@ -601,7 +601,7 @@ impl Backbone {
     /// to the replaced layer for AlexNet and VGG, the map itself for SqueezeNet.
     pub fn head_input(&self, map: Tensor<4>) -> Tensor<4> {
         match self {
-            Backbone::SequentialNet(m) => m.head_input(map),
+            Backbone::SeqNet(m) => m.head_input(map),
             _ => global_avg_pool_keep_dims(map),
         }
     }
@@ -611,7 +611,7 @@ impl Backbone {
     pub fn imagenet_logits(&self, input: Tensor<4>) -> Option<Tensor<2>> {
         match self {
             Backbone::EfficientNetLite(m) => m.imagenet_logits(flat(input)),
-            Backbone::SequentialNet(m) => m.imagenet_logits(input),
+            Backbone::SeqNet(m) => m.imagenet_logits(input),
             Backbone::GoogLeNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::ResNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::DenseNet(m) => m.classifier.as_ref().map(|fc| fc.forward(flat(input))),
@@ -624,7 +624,7 @@ impl Backbone {
     pub fn fold_batchnorm(self) -> Self {
         match self {
             Backbone::EfficientNetLite(m) => Backbone::EfficientNetLite(m.fold_batchnorm()),
-            Backbone::SequentialNet(m) => Backbone::SequentialNet(m.fold_batchnorm()),
+            Backbone::SeqNet(m) => Backbone::SeqNet(m.fold_batchnorm()),
             Backbone::GoogLeNet(m) => Backbone::GoogLeNet(m.fold_batchnorm()),
             Backbone::ResNet(m) => Backbone::ResNet(m.fold_batchnorm()),
             Backbone::DenseNet(m) => Backbone::DenseNet(m.fold_batchnorm()),
@@ -639,7 +639,7 @@ impl Backbone {
                 m.fc = None;
                 Backbone::EfficientNetLite(m)
             }
-            Backbone::SequentialNet(m) => Backbone::SequentialNet(m.without_imagenet_head()),
+            Backbone::SeqNet(m) => Backbone::SeqNet(m.without_imagenet_head()),
             Backbone::GoogLeNet(mut m) => {
                 m.fc = None;
                 Backbone::GoogLeNet(m)
