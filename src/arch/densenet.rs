@@ -3,7 +3,7 @@
 //! (2208x7x7).
 
 use super::fold::{self, opt_bn};
-use super::layers::{avg_pool, bn, conv, max_pool};
+use super::layers::{ConvSpec, avg_pool, bn, max_pool};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear};
@@ -94,9 +94,11 @@ impl DenseNet {
                 .map(|_| {
                     let l = DenseLayer {
                         norm1: bn(ch, EPS, d),
-                        conv1: conv([ch, BN_SIZE * GROWTH], 1, 1, 0, 1, false, d),
+                        conv1: ConvSpec::new([ch, BN_SIZE * GROWTH], 1).init(d),
                         norm2: bn(BN_SIZE * GROWTH, EPS, d),
-                        conv2: conv([BN_SIZE * GROWTH, GROWTH], 3, 1, 1, 1, false, d),
+                        conv2: ConvSpec::new([BN_SIZE * GROWTH, GROWTH], 3)
+                            .with_padding(1)
+                            .init(d),
                     };
                     ch += GROWTH;
                     l
@@ -106,7 +108,7 @@ impl DenseNet {
         };
         let transition = |c: usize| Transition {
             norm: bn(c, EPS, d),
-            conv: conv([c, c / 2], 1, 1, 0, 1, false, d),
+            conv: ConvSpec::new([c, c / 2], 1).init(d),
             pool: avg_pool(2, 2),
         };
         let (denseblock1, c1) = block(INIT, BLOCKS[0]);
@@ -119,7 +121,10 @@ impl DenseNet {
         debug_assert_eq!(c4, FEATURES);
         Self {
             features: DenseFeatures {
-                conv0: conv([3, INIT], 7, 2, 3, 1, false, d),
+                conv0: ConvSpec::new([3, INIT], 7)
+                    .with_stride(2)
+                    .with_padding(3)
+                    .init(d),
                 norm0: Some(bn(INIT, EPS, d)),
                 pool0: max_pool(3, 2, 1, false),
                 denseblock1,

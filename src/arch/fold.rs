@@ -85,7 +85,7 @@ pub fn layers(layers: Vec<Layer>) -> Vec<Layer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::layers::{bn, conv};
+    use crate::arch::layers::{ConvSpec, bn};
     use burn::module::Module;
     use burn::tensor::Distribution;
 
@@ -104,7 +104,11 @@ mod tests {
     fn a_folded_convolution_computes_conv_then_batch_norm() {
         let device = Device::flex();
         for (groups, bias) in [(1, false), (1, true), (8, false)] {
-            let c = conv([8, 8], 3, 1, 1, groups, bias, &device);
+            let c = ConvSpec::new([8, 8], 3)
+                .with_padding(1)
+                .with_groups(groups)
+                .with_bias(bias)
+                .init(&device);
             let b = trained_bn(8, &device);
             let x = Tensor::<4>::random([2, 8, 9, 9], Distribution::Normal(0.0, 1.0), &device);
             let want = b.forward(c.forward(x.clone()));
@@ -115,7 +119,7 @@ mod tests {
         }
         // Folding a sequence keeps its length (the PyTorch indices).
         let seq = vec![
-            Layer::Conv(conv([3, 4], 3, 1, 1, 1, false, &device)),
+            Layer::Conv(ConvSpec::new([3, 4], 3).with_padding(1).init(&device)),
             Layer::Bn(trained_bn(4, &device)),
             Layer::Bn(trained_bn(4, &device)),
         ];

@@ -5,7 +5,7 @@
 //! `inception5b` (1024x7x7).
 
 use super::fold::{self, opt_bn};
-use super::layers::{bn, conv, max_pool};
+use super::layers::{ConvSpec, bn, max_pool};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear};
@@ -26,7 +26,10 @@ pub struct BasicConv2d {
 impl BasicConv2d {
     fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device) -> Self {
         Self {
-            conv: conv([cin, cout], k, stride, pad, 1, false, d),
+            conv: ConvSpec::new([cin, cout], k)
+                .with_stride(stride)
+                .with_padding(pad)
+                .init(d),
             bn: Some(bn(cout, EPS, d)),
         }
     }
@@ -68,17 +71,10 @@ pub struct Inception {
 }
 
 impl Inception {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        cin: usize,
-        c1: usize,
-        c3r: usize,
-        c3: usize,
-        c5r: usize,
-        c5: usize,
-        pp: usize,
-        d: &Device,
-    ) -> Self {
+    /// A module reading `cin` channels, from the widths in torchvision's order: the 1x1
+    /// branch, the 3x3 branch's reduction and output, the second 3x3 branch's reduction and
+    /// output, and the pooling branch's projection.
+    fn new([cin, c1, c3r, c3, c5r, c5, pp]: [usize; 7], d: &Device) -> Self {
         Self {
             branch1: BasicConv2d::new(cin, c1, 1, 1, 0, d),
             branch2: vec![
@@ -174,20 +170,20 @@ impl GoogLeNet {
 
     /// A randomly initialised GoogLeNet.
     pub fn new(imagenet_head: bool, d: &Device) -> Self {
-        let inc = |a, b, c, e, f, g, h| Inception::new(a, b, c, e, f, g, h, d);
+        let inc = |widths| Inception::new(widths, d);
         Self {
             conv1: BasicConv2d::new(3, 64, 7, 2, 3, d),
             conv2: BasicConv2d::new(64, 64, 1, 1, 0, d),
             conv3: BasicConv2d::new(64, 192, 3, 1, 1, d),
-            inception3a: inc(192, 64, 96, 128, 16, 32, 32),
-            inception3b: inc(256, 128, 128, 192, 32, 96, 64),
-            inception4a: inc(480, 192, 96, 208, 16, 48, 64),
-            inception4b: inc(512, 160, 112, 224, 24, 64, 64),
-            inception4c: inc(512, 128, 128, 256, 24, 64, 64),
-            inception4d: inc(512, 112, 144, 288, 32, 64, 64),
-            inception4e: inc(528, 256, 160, 320, 32, 128, 128),
-            inception5a: inc(832, 256, 160, 320, 32, 128, 128),
-            inception5b: inc(832, 384, 192, 384, 48, 128, 128),
+            inception3a: inc([192, 64, 96, 128, 16, 32, 32]),
+            inception3b: inc([256, 128, 128, 192, 32, 96, 64]),
+            inception4a: inc([480, 192, 96, 208, 16, 48, 64]),
+            inception4b: inc([512, 160, 112, 224, 24, 64, 64]),
+            inception4c: inc([512, 128, 128, 256, 24, 64, 64]),
+            inception4d: inc([512, 112, 144, 288, 32, 64, 64]),
+            inception4e: inc([528, 256, 160, 320, 32, 128, 128]),
+            inception5a: inc([832, 256, 160, 320, 32, 128, 128]),
+            inception5b: inc([832, 384, 192, 384, 48, 128, 128]),
             pool3: max_pool(3, 2, 0, true),
             pool2: max_pool(2, 2, 0, true),
             fc: imagenet_head.then(|| super::layers::linear(1024, 1000, d)),

@@ -117,9 +117,14 @@ impl Fire {
     /// A randomly initialised module: `cin` → `squeeze` → `e1 + e3` channels.
     pub fn new(cin: usize, squeeze: usize, e1: usize, e3: usize, device: &Device) -> Self {
         Self {
-            squeeze: conv([cin, squeeze], 1, 1, 0, 1, true, device),
-            expand1x1: conv([squeeze, e1], 1, 1, 0, 1, true, device),
-            expand3x3: conv([squeeze, e3], 3, 1, 1, 1, true, device),
+            squeeze: ConvSpec::new([cin, squeeze], 1)
+                .with_bias(true)
+                .init(device),
+            expand1x1: ConvSpec::new([squeeze, e1], 1).with_bias(true).init(device),
+            expand3x3: ConvSpec::new([squeeze, e3], 3)
+                .with_padding(1)
+                .with_bias(true)
+                .init(device),
         }
     }
 
@@ -163,24 +168,73 @@ impl SqueezeExcitation {
     }
 }
 
-/// A convolution with PyTorch's symmetric padding.
-pub fn conv(
-    [cin, cout]: [usize; 2],
+/// A square convolution with PyTorch's symmetric padding, declared as torchvision declares its
+/// layers: channels and kernel, then what differs from the defaults by name (stride 1, padding 0,
+/// one group, no bias: most of these networks follow a convolution with a batch norm). A 3×3
+/// depthwise convolution of 32 channels is
+/// `ConvSpec::new([32, 32], 3).with_padding(1).with_groups(32).init(device)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvSpec {
+    channels: [usize; 2],
     kernel: usize,
     stride: usize,
     padding: usize,
     groups: usize,
     bias: bool,
-    device: &Device,
-) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(
-            padding, padding, padding, padding,
-        ))
-        .with_groups(groups)
-        .with_bias(bias)
-        .init(device)
+}
+
+impl ConvSpec {
+    /// A `kernel`×`kernel` convolution from `cin` to `cout` channels.
+    pub fn new(channels: [usize; 2], kernel: usize) -> Self {
+        Self {
+            channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    /// The stride in both directions.
+    pub fn with_stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+
+    /// The zero padding on every side.
+    pub fn with_padding(self, padding: usize) -> Self {
+        Self { padding, ..self }
+    }
+
+    /// The number of channel groups (`cin` for a depthwise convolution).
+    pub fn with_groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+
+    /// Whether the convolution adds a bias.
+    pub fn with_bias(self, bias: bool) -> Self {
+        Self { bias, ..self }
+    }
+
+    /// A randomly initialised convolution of this shape.
+    pub fn init(self, device: &Device) -> Conv2d {
+        let Self {
+            channels,
+            kernel,
+            stride,
+            padding,
+            groups,
+            bias,
+        } = self;
+        Conv2dConfig::new(channels, [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(
+                padding, padding, padding, padding,
+            ))
+            .with_groups(groups)
+            .with_bias(bias)
+            .init(device)
+    }
 }
 
 /// A batch norm with the given epsilon.
@@ -237,36 +291,61 @@ pub enum Act {
 }
 
 /// torchvision's `Conv2dNormActivation`: convolution without bias (padding `(k-1)/2`), batch
-/// norm, activation — as a nested sequence whose indices match the published keys.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_norm_act(
-    [cin, cout]: [usize; 2],
-    kernel: usize,
-    stride: usize,
-    groups: usize,
+/// norm, activation — as a nested sequence whose indices match the published keys. Stride 1, one
+/// group and PyTorch's batch-norm epsilon (1e-5) unless said otherwise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvNormAct {
+    conv: ConvSpec,
     eps: f64,
     act: Act,
-    device: &Device,
-) -> Layer {
-    let mut v = vec![
-        Layer::Conv(conv(
-            [cin, cout],
-            kernel,
-            stride,
-            (kernel - 1) / 2,
-            groups,
-            false,
-            device,
-        )),
-        Layer::Bn(bn(cout, eps, device)),
-    ];
-    match act {
-        Act::None => {}
-        Act::Relu => v.push(Layer::Relu(Relu)),
-        Act::Relu6 => v.push(Layer::Relu6(Relu6)),
-        Act::Hardswish => v.push(Layer::Hardswish(HardSwish)),
+}
+
+impl ConvNormAct {
+    /// A `kernel`×`kernel` block from `cin` to `cout` channels ending in `act`.
+    pub fn new(channels: [usize; 2], kernel: usize, act: Act) -> Self {
+        Self {
+            conv: ConvSpec::new(channels, kernel).with_padding((kernel - 1) / 2),
+            eps: 1e-5,
+            act,
+        }
     }
-    Layer::Seq(v)
+
+    /// The convolution's stride.
+    pub fn with_stride(self, stride: usize) -> Self {
+        Self {
+            conv: self.conv.with_stride(stride),
+            ..self
+        }
+    }
+
+    /// The convolution's channel groups.
+    pub fn with_groups(self, groups: usize) -> Self {
+        Self {
+            conv: self.conv.with_groups(groups),
+            ..self
+        }
+    }
+
+    /// The batch norm's epsilon.
+    pub fn with_eps(self, eps: f64) -> Self {
+        Self { eps, ..self }
+    }
+
+    /// The randomly initialised block.
+    pub fn init(self, device: &Device) -> Layer {
+        let cout = self.conv.channels[1];
+        let mut v = vec![
+            Layer::Conv(self.conv.init(device)),
+            Layer::Bn(bn(cout, self.eps, device)),
+        ];
+        match self.act {
+            Act::None => {}
+            Act::Relu => v.push(Layer::Relu(Relu)),
+            Act::Relu6 => v.push(Layer::Relu6(Relu6)),
+            Act::Hardswish => v.push(Layer::Hardswish(HardSwish)),
+        }
+        Layer::Seq(v)
+    }
 }
 
 /// torchvision's `_make_divisible`: `v` rounded to a multiple of `divisor`, never more than 10%

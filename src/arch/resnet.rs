@@ -3,7 +3,7 @@
 //! (2048x7x7).
 
 use super::fold::{self, opt_bn};
-use super::layers::{Layer, bn, conv, max_pool, seq};
+use super::layers::{ConvSpec, Layer, bn, max_pool, seq};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear};
@@ -102,18 +102,26 @@ impl ResNet {
                     let s = if i == 0 { stride } else { 1 };
                     let downsample = if i == 0 && (s != 1 || inplanes != planes * 4) {
                         vec![
-                            Layer::Conv(conv([inplanes, planes * 4], 1, s, 0, 1, false, d)),
+                            Layer::Conv(
+                                ConvSpec::new([inplanes, planes * 4], 1)
+                                    .with_stride(s)
+                                    .init(d),
+                            ),
                             Layer::Bn(bn(planes * 4, EPS, d)),
                         ]
                     } else {
                         Vec::new()
                     };
                     let b = Bottleneck {
-                        conv1: conv([inplanes, width], 1, 1, 0, 1, false, d),
+                        conv1: ConvSpec::new([inplanes, width], 1).init(d),
                         bn1: Some(bn(width, EPS, d)),
-                        conv2: conv([width, width], 3, s, 1, shape.groups, false, d),
+                        conv2: ConvSpec::new([width, width], 3)
+                            .with_stride(s)
+                            .with_padding(1)
+                            .with_groups(shape.groups)
+                            .init(d),
                         bn2: Some(bn(width, EPS, d)),
-                        conv3: conv([width, planes * 4], 1, 1, 0, 1, false, d),
+                        conv3: ConvSpec::new([width, planes * 4], 1).init(d),
                         bn3: Some(bn(planes * 4, EPS, d)),
                         downsample,
                     };
@@ -127,7 +135,10 @@ impl ResNet {
         let layer3 = stage(256, 6, 2);
         let layer4 = stage(512, 3, 2);
         Self {
-            conv1: conv([3, 64], 7, 2, 3, 1, false, d),
+            conv1: ConvSpec::new([3, 64], 7)
+                .with_stride(2)
+                .with_padding(3)
+                .init(d),
             bn1: Some(bn(64, EPS, d)),
             maxpool: max_pool(3, 2, 1, false),
             layer1,

@@ -4,7 +4,7 @@
 
 use super::fold;
 use super::layers::{
-    Act, Fire, Layer, Residual, SqueezeExcitation, conv, conv_norm_act, dropout, linear,
+    Act, ConvNormAct, ConvSpec, Fire, Layer, Residual, SqueezeExcitation, dropout, linear,
     make_divisible, max_pool, seq,
 };
 use crate::arch::global_avg_pool;
@@ -95,7 +95,13 @@ fn relu() -> Layer {
 }
 
 fn conv_b(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device) -> Layer {
-    Layer::Conv(conv([cin, cout], k, stride, pad, 1, true, d))
+    Layer::Conv(
+        ConvSpec::new([cin, cout], k)
+            .with_stride(stride)
+            .with_padding(pad)
+            .with_bias(true)
+            .init(d),
+    )
 }
 
 /// AlexNet (torchvision's "one weird trick" variant). Grad-CAM: `features.11`, the ReLU after the
@@ -236,7 +242,12 @@ pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SequentialNet {
         (6, 320, 1, 1),
     ];
     const EPS: f64 = 1e-5;
-    let mut features = vec![conv_norm_act([3, 32], 3, 2, 1, EPS, Act::Relu6, d)];
+    let mut features = vec![
+        ConvNormAct::new([3, 32], 3, Act::Relu6)
+            .with_stride(2)
+            .with_eps(EPS)
+            .init(d),
+    ];
     let mut cin = 32;
     for (t, c, n, s) in CFG {
         for i in 0..n {
@@ -244,18 +255,20 @@ pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SequentialNet {
             let hidden = cin * t;
             let mut layers = Vec::new();
             if t != 1 {
-                layers.push(conv_norm_act([cin, hidden], 1, 1, 1, EPS, Act::Relu6, d));
+                layers.push(
+                    ConvNormAct::new([cin, hidden], 1, Act::Relu6)
+                        .with_eps(EPS)
+                        .init(d),
+                );
             }
-            layers.push(conv_norm_act(
-                [hidden, hidden],
-                3,
-                stride,
-                hidden,
-                EPS,
-                Act::Relu6,
-                d,
-            ));
-            layers.push(Layer::Conv(conv([hidden, c], 1, 1, 0, 1, false, d)));
+            layers.push(
+                ConvNormAct::new([hidden, hidden], 3, Act::Relu6)
+                    .with_stride(stride)
+                    .with_groups(hidden)
+                    .with_eps(EPS)
+                    .init(d),
+            );
+            layers.push(Layer::Conv(ConvSpec::new([hidden, c], 1).init(d)));
             layers.push(Layer::Bn(super::layers::bn(c, EPS, d)));
             features.push(Layer::Residual(Residual {
                 layers,
@@ -264,7 +277,11 @@ pub fn mobilenet_v2(imagenet_head: bool, d: &Device) -> SequentialNet {
             cin = c;
         }
     }
-    features.push(conv_norm_act([cin, 1280], 1, 1, 1, EPS, Act::Relu6, d));
+    features.push(
+        ConvNormAct::new([cin, 1280], 1, Act::Relu6)
+            .with_eps(EPS)
+            .init(d),
+    );
     SequentialNet {
         cam_split: features.len(),
         features,
@@ -297,25 +314,44 @@ pub fn mobilenet_v3_large(imagenet_head: bool, d: &Device) -> SequentialNet {
         (160, 5, 960, 160, true, true, 1),
     ];
     const EPS: f64 = 1e-3;
-    let mut features = vec![conv_norm_act([3, 16], 3, 2, 1, EPS, Act::Hardswish, d)];
+    let mut features = vec![
+        ConvNormAct::new([3, 16], 3, Act::Hardswish)
+            .with_stride(2)
+            .with_eps(EPS)
+            .init(d),
+    ];
     for (cin, k, exp, cout, se, hs, stride) in CFG {
         let act = if hs { Act::Hardswish } else { Act::Relu };
         let mut layers = Vec::new();
         if exp != cin {
-            layers.push(conv_norm_act([cin, exp], 1, 1, 1, EPS, act, d));
+            layers.push(ConvNormAct::new([cin, exp], 1, act).with_eps(EPS).init(d));
         }
-        layers.push(conv_norm_act([exp, exp], k, stride, exp, EPS, act, d));
+        layers.push(
+            ConvNormAct::new([exp, exp], k, act)
+                .with_stride(stride)
+                .with_groups(exp)
+                .with_eps(EPS)
+                .init(d),
+        );
         if se {
             let squeeze = make_divisible(exp as f64 / 4.0, 8);
             layers.push(Layer::Se(SqueezeExcitation::new(exp, squeeze, d)));
         }
-        layers.push(conv_norm_act([exp, cout], 1, 1, 1, EPS, Act::None, d));
+        layers.push(
+            ConvNormAct::new([exp, cout], 1, Act::None)
+                .with_eps(EPS)
+                .init(d),
+        );
         features.push(Layer::Residual(Residual {
             layers,
             residual: stride == 1 && cin == cout,
         }));
     }
-    features.push(conv_norm_act([160, 960], 1, 1, 1, EPS, Act::Hardswish, d));
+    features.push(
+        ConvNormAct::new([160, 960], 1, Act::Hardswish)
+            .with_eps(EPS)
+            .init(d),
+    );
     let classifier = if imagenet_head {
         vec![
             Layer::Linear(linear(960, 1280, d)),
@@ -340,7 +376,15 @@ pub fn mobilenet_v3_large(imagenet_head: bool, d: &Device) -> SequentialNet {
 pub fn mnasnet1_0(imagenet_head: bool, d: &Device) -> SequentialNet {
     const EPS: f64 = 1e-5;
     let bn = |c| Layer::Bn(super::layers::bn(c, EPS, d));
-    let conv_nb = |cin, cout, k, s, g| Layer::Conv(conv([cin, cout], k, s, k / 2, g, false, d));
+    let conv_nb = |cin, cout, k, s, g| {
+        Layer::Conv(
+            ConvSpec::new([cin, cout], k)
+                .with_stride(s)
+                .with_padding(k / 2)
+                .with_groups(g)
+                .init(d),
+        )
+    };
     let mut layers = vec![
         conv_nb(3, 32, 3, 2, 1),
         bn(32),

@@ -2,7 +2,7 @@
 //! (1024x7x7).
 
 use super::fold;
-use super::layers::{Layer, bn, conv, max_pool, seq};
+use super::layers::{ConvSpec, Layer, bn, max_pool, seq};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{Linear, Relu};
 use burn::prelude::*;
@@ -23,8 +23,16 @@ pub struct ShuffleUnit {
 impl ShuffleUnit {
     fn new(inp: usize, oup: usize, stride: usize, d: &Device) -> Self {
         let bf = oup / 2;
-        let dw = |c: usize| Layer::Conv(conv([c, c], 3, stride, 1, c, false, d));
-        let pw = |a: usize, b: usize| Layer::Conv(conv([a, b], 1, 1, 0, 1, false, d));
+        let dw = |c: usize| {
+            Layer::Conv(
+                ConvSpec::new([c, c], 3)
+                    .with_stride(stride)
+                    .with_padding(1)
+                    .with_groups(c)
+                    .init(d),
+            )
+        };
+        let pw = |a: usize, b: usize| Layer::Conv(ConvSpec::new([a, b], 1).init(d));
         let norm = |c: usize| Layer::Bn(bn(c, EPS, d));
         let branch1 = if stride > 1 {
             vec![dw(inp), norm(inp), pw(inp, bf), norm(bf), Layer::Relu(Relu)]
@@ -115,7 +123,12 @@ impl ShuffleNetV2 {
         };
         Self {
             conv1: vec![
-                Layer::Conv(conv([3, 24], 3, 2, 1, 1, false, d)),
+                Layer::Conv(
+                    ConvSpec::new([3, 24], 3)
+                        .with_stride(2)
+                        .with_padding(1)
+                        .init(d),
+                ),
                 Layer::Bn(bn(24, EPS, d)),
                 Layer::Relu(Relu),
             ],
@@ -124,7 +137,7 @@ impl ShuffleNetV2 {
             stage3: stage(116, 232, 8),
             stage4: stage(232, 464, 4),
             conv5: vec![
-                Layer::Conv(conv([464, 1024], 1, 1, 0, 1, false, d)),
+                Layer::Conv(ConvSpec::new([464, 1024], 1).init(d)),
                 Layer::Bn(bn(1024, EPS, d)),
                 Layer::Relu(Relu),
             ],
