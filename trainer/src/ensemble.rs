@@ -22,29 +22,7 @@ pub fn build(
     data: Option<&Path>,
     note: Option<&str>,
 ) -> Result<EnsembleFile> {
-    let files = members
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            ModelFile::from_bytes(&bytes).with_context(|| format!("{}", p.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let manifest_of = |f: &ModelFile| f.header.data.get("counts").cloned();
-    if let Some((i, f)) = files
-        .iter()
-        .enumerate()
-        .find(|(_, f)| manifest_of(f) != manifest_of(&files[0]))
-    {
-        bail!(
-            "{} was trained on other data than {} (images per split and class: {} vs {}): \
-             members must share one manifest and its split, or one member's test patients may \
-             be another's training patients",
-            members[i].display(),
-            members[0].display(),
-            manifest_of(f).unwrap_or_default(),
-            manifest_of(&files[0]).unwrap_or_default()
-        );
-    }
+    let files = read_members(members)?;
     let extra = serde_json::json!({
         "note": note,
         "members": members.iter().zip(&files).map(|(p, f)| serde_json::json!({
@@ -71,32 +49,65 @@ pub fn build(
         file = file.with_lungs(section, decoder);
     }
     if let Some(data) = data {
-        // Evaluate the packed file itself, exactly as every verb will load it.
-        let tmp = out.with_extension("evaluating");
-        crate::fsutil::write_atomic(&tmp, &file.to_bytes())?;
-        let mut metrics = serde_json::Map::new();
-        for split in [Split::Val, Split::Test] {
-            let options = crate::evaluate::EvaluateOptions {
-                model: tmp.clone(),
-                data: data.to_path_buf(),
-                split,
-                out: None,
-                tta: false,
-                lungs: None,
-            };
-            let e = crate::evaluate::on_split(&options, &Device::flex());
-            let e = e.inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
-            eprintln!(
-                "{split}: macro-F1 {:.4}, accuracy {:.4} ({} images)",
-                e.metrics.macro_f1, e.metrics.accuracy, e.metrics.n
-            );
-            metrics.insert(split.to_string(), serde_json::to_value(&e.metrics)?);
-        }
-        std::fs::remove_file(&tmp).ok();
-        file.header.metrics = serde_json::Value::Object(metrics);
+        file.header.metrics = evaluate_packed(&file, out, data)?;
     }
     crate::fsutil::write_atomic(out, &file.to_bytes())?;
     Ok(file)
+}
+
+/// Reads the member files; refuses members trained on other data than the first.
+fn read_members(members: &[PathBuf]) -> Result<Vec<ModelFile>> {
+    let files = members
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            ModelFile::from_bytes(&bytes).with_context(|| format!("{}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest_of = |f: &ModelFile| f.header.data.get("counts").cloned();
+    if let Some((i, f)) = files
+        .iter()
+        .enumerate()
+        .find(|(_, f)| manifest_of(f) != manifest_of(&files[0]))
+    {
+        bail!(
+            "{} was trained on other data than {} (images per split and class: {} vs {}): \
+             members must share one manifest and its split, or one member's test patients may \
+             be another's training patients",
+            members[i].display(),
+            members[0].display(),
+            manifest_of(f).unwrap_or_default(),
+            manifest_of(&files[0]).unwrap_or_default()
+        );
+    }
+    Ok(files)
+}
+
+/// The packed `file`'s metrics on the validation and test splits of `data`, evaluated from a
+/// copy written beside `out`, exactly as every verb will load it.
+fn evaluate_packed(file: &EnsembleFile, out: &Path, data: &Path) -> Result<serde_json::Value> {
+    let tmp = out.with_extension("evaluating");
+    crate::fsutil::write_atomic(&tmp, &file.to_bytes())?;
+    let mut metrics = serde_json::Map::new();
+    for split in [Split::Val, Split::Test] {
+        let options = crate::evaluate::EvaluateOptions {
+            model: tmp.clone(),
+            data: data.to_path_buf(),
+            split,
+            out: None,
+            tta: false,
+            lungs: None,
+        };
+        let e = crate::evaluate::on_split(&options, &Device::flex());
+        let e = e.inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+        eprintln!(
+            "{split}: macro-F1 {:.4}, accuracy {:.4} ({} images)",
+            e.metrics.macro_f1, e.metrics.accuracy, e.metrics.n
+        );
+        metrics.insert(split.to_string(), serde_json::to_value(&e.metrics)?);
+    }
+    std::fs::remove_file(&tmp).ok();
+    Ok(serde_json::Value::Object(metrics))
 }

@@ -154,7 +154,36 @@ fn download(url: &str, part: &Path) -> Result<u64> {
     let mut resp = req
         .call()
         .with_context(|| format!("{url}: cannot connect"))?;
-    let status = resp.status().as_u16();
+    let Some((start, total)) = resume_point(url, &resp, have)? else {
+        return Ok(have); // already complete; the hash check decides
+    };
+    let file = if start > 0 {
+        OpenOptions::new().append(true).open(part)
+    } else {
+        File::create(part)
+    }
+    .with_context(|| format!("cannot write {}", part.display()))?;
+    let mut reader = resp.body_mut().as_reader();
+    let got = copy_body(url, &mut reader, (file, part), start, total)?;
+    if let Some(t) = total
+        && got != t
+    {
+        bail!(
+            "{url}: download ended after {got} of {t} bytes; {} keeps what arrived: run the same \
+             command again to resume",
+            part.display()
+        );
+    }
+    Ok(start)
+}
+
+/// Where the answer to a request for `url` (with `have` bytes already kept) starts, and the
+/// whole file's length where the server says it; `None` where the file is already complete.
+fn resume_point(
+    url: &str,
+    resp: &ureq::http::Response<ureq::Body>,
+    have: u64,
+) -> Result<Option<(u64, Option<u64>)>> {
     let header = |name: &str| {
         resp.headers()
             .get(name)
@@ -162,7 +191,7 @@ fn download(url: &str, part: &Path) -> Result<u64> {
             .map(str::to_string)
     };
     let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
-    let (start, total) = match status {
+    Ok(Some(match resp.status().as_u16() {
         206 => {
             let range = header("content-range").unwrap_or_default();
             let start: Option<u64> = range
@@ -175,19 +204,23 @@ fn download(url: &str, part: &Path) -> Result<u64> {
             (have, length.map(|l| l + have))
         }
         200 => (0, length),
-        416 if have > 0 => return Ok(have), // already complete; the hash check decides
+        416 if have > 0 => return Ok(None),
         404 => bail!("{url}: HTTP 404 Not Found"),
         s => bail!("{url}: HTTP {s}"),
-    };
-    let mut file = if start > 0 {
-        OpenOptions::new().append(true).open(part)
-    } else {
-        File::create(part)
-    }
-    .with_context(|| format!("cannot write {}", part.display()))?;
+    }))
+}
+
+/// Appends what `reader` yields to `file` (at `part`), which holds `start` bytes of `total`;
+/// returns the bytes held at the end. An interrupted transfer keeps what arrived.
+fn copy_body(
+    url: &str,
+    reader: &mut impl Read,
+    (mut file, part): (File, &Path),
+    start: u64,
+    total: Option<u64>,
+) -> Result<u64> {
     let pb = crate::progress::bytes_bar(total.unwrap_or(0), url);
     pb.set_position(start);
-    let mut reader = resp.body_mut().as_reader();
     let mut buf = vec![0u8; 1 << 16];
     let mut got = start;
     loop {
@@ -212,14 +245,5 @@ fn download(url: &str, part: &Path) -> Result<u64> {
     }
     file.sync_all()?;
     pb.finish_and_clear();
-    if let Some(t) = total
-        && got != t
-    {
-        bail!(
-            "{url}: download ended after {got} of {t} bytes; {} keeps what arrived: run the same \
-             command again to resume",
-            part.display()
-        );
-    }
-    Ok(start)
+    Ok(got)
 }

@@ -676,6 +676,38 @@ fn relative_difference(a: Vec<Tensor<4>>, b: Vec<Tensor<4>>) -> f32 {
     diff / scale.max(f32::MIN_POSITIVE)
 }
 
+/// The network of `engine` whose backbone can serve as `seg`'s encoder, and how far its features
+/// on the probe `x` are from the segmenter's own encoder's (relative to their scale): the first
+/// EfficientNet-Lite0 network, refused where it does not compute the same features.
+fn shared_encoder(engine: &Engine, seg: &LungNet, x: Tensor<4>) -> Result<(usize, f32)> {
+    let k = engine
+        .networks
+        .iter()
+        .position(|n| n.header.arch == lungs::ENCODER)
+        .with_context(|| {
+            format!(
+                "no {} network to share its backbone with the segmenter",
+                lungs::ENCODER
+            )
+        })?;
+    let Backbone::EfficientNetLite(encoder) = &engine.networks[k].model.backbone else {
+        bail!("network {} is not an EfficientNet-Lite", k + 1);
+    };
+    let d = relative_difference(
+        encoder.stage_outputs(x.clone(), &TAPS),
+        seg.encoder.stage_outputs(x, &TAPS),
+    );
+    if d > 1e-5 {
+        bail!(
+            "network {}'s backbone does not compute the segmenter's encoder features \
+             (largest difference {d:.2e} of their scale): it was fine-tuned, or comes from \
+             other weights; the segmenter cannot share it",
+            k + 1
+        );
+    }
+    Ok((k, d))
+}
+
 /// `lungs embed`: writes `out`, the classifier's model file `model` with the segmenter of
 /// `segmenter` inside it (its decoder in f16; its encoder is the backbone of the file's
 /// EfficientNet-Lite0 network, which must compute the segmenter's encoder features: a frozen
@@ -692,38 +724,9 @@ pub fn embed(model: &Path, segmenter: &Path, out: &Path) -> Result<serde_json::V
         .map_err(|e| anyhow!("{}: {e}", segmenter.display()))?;
     let engine =
         Engine::load(&bytes, device.clone()).map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    let k = engine
-        .networks
-        .iter()
-        .position(|n| n.header.arch == lungs::ENCODER)
-        .with_context(|| {
-            format!(
-                "{}: no {} network to share its backbone with the segmenter",
-                model.display(),
-                lungs::ENCODER
-            )
-        })?;
-    let Backbone::EfficientNetLite(encoder) = &engine.networks[k].model.backbone else {
-        bail!(
-            "{}: network {} is not an EfficientNet-Lite",
-            model.display(),
-            k + 1
-        );
-    };
     let x = probe_input(&device);
-    let d = relative_difference(
-        encoder.stage_outputs(x.clone(), &TAPS),
-        seg.encoder.stage_outputs(x.clone(), &TAPS),
-    );
-    if d > 1e-5 {
-        bail!(
-            "{}: network {}'s backbone does not compute the segmenter's encoder features \
-             (largest difference {d:.2e} of their scale): it was fine-tuned, or comes from \
-             other weights; the segmenter cannot share it",
-            model.display(),
-            k + 1
-        );
-    }
+    let (k, d) = shared_encoder(&engine, &seg, x.clone())
+        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
     let decoder = crate::export::to_f16(seg.decoder.clone())
         .to_bytes()
         .map_err(|e| anyhow!("{e}"))?;

@@ -201,30 +201,79 @@ pub fn compute(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[Strin
     let (mut wf1, mut wp, mut wr) = (0.0, 0.0, 0.0);
     let mut aucs = Vec::new();
     for c in 0..NUM_CLASSES {
-        let (tp, fp, fneg) = tp_fp_fn(&m, c);
-        let tn = n as f64 - tp - fp - fneg;
-        let support = m[c].iter().sum::<usize>();
-        let scores: Vec<f32> = probs.iter().map(|p| p[c]).collect();
-        let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
-        let a = auc(&scores, &pos);
-        if a.is_finite() {
-            aucs.push(a);
+        let cm = class_metrics(&m, probs, labels, c);
+        if cm.auc.is_finite() {
+            aucs.push(cm.auc);
         }
-        let cm = ClassMetrics {
-            precision: div(tp, tp + fp),
-            recall: div(tp, tp + fneg),
-            f1: div(2.0 * tp, 2.0 * tp + fp + fneg),
-            specificity: div(tn, tn + fp),
-            auc: a,
-            support,
-        };
-        let w = support as f64 / n.max(1) as f64;
+        let w = cm.support as f64 / n.max(1) as f64;
         wf1 += w * cm.f1;
         wp += w * cm.precision;
         wr += w * cm.recall;
         per_class.insert(Class::ALL[c].name().to_string(), cm);
     }
-    // Bootstrap over patients.
+    let Bootstrap {
+        patients: groups,
+        macro_f1: f1s,
+        accuracy: accs,
+    } = bootstrap(probs, labels, patients);
+    Metrics {
+        n,
+        patients: groups,
+        accuracy,
+        macro_f1,
+        weighted_f1: wf1,
+        weighted_precision: wp,
+        weighted_recall: wr,
+        macro_auc: if aucs.is_empty() {
+            f64::NAN
+        } else {
+            aucs.iter().sum::<f64>() / aucs.len() as f64
+        },
+        ece: ece(probs, labels),
+        macro_f1_ci: Interval {
+            low: percentile(&f1s, 0.025),
+            high: percentile(&f1s, 0.975),
+        },
+        accuracy_ci: Interval {
+            low: percentile(&accs, 0.025),
+            high: percentile(&accs, 0.975),
+        },
+        per_class,
+        confusion: m,
+    }
+}
+
+/// Class `c`'s one-vs-rest metrics from the confusion matrix `m` (AUC from the scores).
+fn class_metrics(
+    m: &[[usize; NUM_CLASSES]; NUM_CLASSES],
+    probs: &[[f32; NUM_CLASSES]],
+    labels: &[usize],
+    c: usize,
+) -> ClassMetrics {
+    let (tp, fp, fneg) = tp_fp_fn(m, c);
+    let tn = labels.len() as f64 - tp - fp - fneg;
+    let scores: Vec<f32> = probs.iter().map(|p| p[c]).collect();
+    let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
+    ClassMetrics {
+        precision: div(tp, tp + fp),
+        recall: div(tp, tp + fneg),
+        f1: div(2.0 * tp, 2.0 * tp + fp + fneg),
+        specificity: div(tn, tn + fp),
+        auc: auc(&scores, &pos),
+        support: m[c].iter().sum::<usize>(),
+    }
+}
+
+/// The bootstrap over patients: how many there are, and the sorted macro-F1 and accuracy of
+/// each resample.
+struct Bootstrap {
+    patients: usize,
+    macro_f1: Vec<f64>,
+    accuracy: Vec<f64>,
+}
+
+/// 1000 resamples of the patients (seeded), each image of a drawn patient counted.
+fn bootstrap(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[String]) -> Bootstrap {
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in patients.iter().enumerate() {
         groups.entry(p.as_str()).or_default().push(i);
@@ -247,30 +296,10 @@ pub fn compute(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[Strin
     }
     f1s.sort_by(f64::total_cmp);
     accs.sort_by(f64::total_cmp);
-    Metrics {
-        n,
+    Bootstrap {
         patients: groups.len(),
-        accuracy,
-        macro_f1,
-        weighted_f1: wf1,
-        weighted_precision: wp,
-        weighted_recall: wr,
-        macro_auc: if aucs.is_empty() {
-            f64::NAN
-        } else {
-            aucs.iter().sum::<f64>() / aucs.len() as f64
-        },
-        ece: ece(probs, labels),
-        macro_f1_ci: Interval {
-            low: percentile(&f1s, 0.025),
-            high: percentile(&f1s, 0.975),
-        },
-        accuracy_ci: Interval {
-            low: percentile(&accs, 0.025),
-            high: percentile(&accs, 0.975),
-        },
-        per_class,
-        confusion: m,
+        macro_f1: f1s,
+        accuracy: accs,
     }
 }
 

@@ -32,13 +32,6 @@ pub fn fit(pooled: &Pooled, manifest: &Manifest) -> Result<PopulationModel> {
         .collect();
     let n = y.len();
     let adults = y.iter().filter(|&&v| v > 0.5).count();
-    let mut counts = [[0usize; 2]; NUM_CLASSES];
-    for &i in &pooled.train {
-        let r = &manifest.records[i];
-        if let Some(c) = r.label.class() {
-            counts[c.index()][r.population().index()] += 1;
-        }
-    }
     let mut model = PopulationModel {
         method: "logistic-regression".into(),
         dim: d,
@@ -46,7 +39,7 @@ pub fn fit(pooled: &Pooled, manifest: &Manifest) -> Result<PopulationModel> {
         inv_std: vec![1.0; d],
         weights: vec![0.0; d],
         bias: 0.0,
-        training_counts: counts_map(&counts),
+        training_counts: counts_map(&training_counts(pooled, manifest)),
         min_training_images: MIN_TRAINING_IMAGES,
         fit: serde_json::Value::Null,
     };
@@ -60,7 +53,41 @@ pub fn fit(pooled: &Pooled, manifest: &Manifest) -> Result<PopulationModel> {
         });
         return Ok(model);
     }
-    let x = &pooled.train_features;
+    let z = standardise(&mut model, &pooled.train_features, n);
+    descend(&mut model, &z, &y, adults);
+    if model.weights.iter().any(|v| !v.is_finite()) || !model.bias.is_finite() {
+        bail!("fitting the population estimate diverged");
+    }
+    // Accuracy per source (and per population) on the validation rows.
+    let (rows, feats, split) = if pooled.val.is_empty() {
+        (&pooled.train, &pooled.train_features, "train")
+    } else {
+        (&pooled.val, &pooled.val_features, "val")
+    };
+    let accuracy = accuracy(&model, manifest, rows, feats);
+    model.fit = serde_json::json!({
+        "fitted_on": "train", "images": n, "adults": adults,
+        "evaluated_on": split, "accuracy": accuracy,
+    });
+    Ok(model)
+}
+
+/// The training images per class and population (partial labels under no class).
+fn training_counts(pooled: &Pooled, manifest: &Manifest) -> [[usize; 2]; NUM_CLASSES] {
+    let mut counts = [[0usize; 2]; NUM_CLASSES];
+    for &i in &pooled.train {
+        let r = &manifest.records[i];
+        if let Some(c) = r.label.class() {
+            counts[c.index()][r.population().index()] += 1;
+        }
+    }
+    counts
+}
+
+/// Sets `model`'s per-feature mean and inverse deviation from the `n` rows of `x`; returns the
+/// standardised rows.
+fn standardise(model: &mut PopulationModel, x: &[f32], n: usize) -> Vec<f32> {
+    let d = model.dim;
     for j in 0..d {
         let (mut s, mut s2) = (0f64, 0f64);
         for r in 0..n {
@@ -73,10 +100,16 @@ pub fn fit(pooled: &Pooled, manifest: &Manifest) -> Result<PopulationModel> {
         model.mean[j] = mean as f32;
         model.inv_std[j] = (1.0 / (var.sqrt() + 1e-6)) as f32;
     }
-    let z: Vec<f32> = (0..n * d)
+    (0..n * d)
         .map(|k| (x[k] - model.mean[k % d]) * model.inv_std[k % d])
-        .collect();
-    // Each population weighs one half.
+        .collect()
+}
+
+/// [`STEPS`] steps of full-batch gradient descent on the weighted, L2-penalised logistic loss of
+/// the standardised rows `z` against `y` (1 = adult), each population weighing one half.
+fn descend(model: &mut PopulationModel, z: &[f32], y: &[f32], adults: usize) {
+    let d = model.dim;
+    let n = y.len();
     let w_adult = 0.5 / adults as f32;
     let w_child = 0.5 / (n - adults) as f32;
     for _ in 0..STEPS {
@@ -103,15 +136,17 @@ pub fn fit(pooled: &Pooled, manifest: &Manifest) -> Result<PopulationModel> {
         }
         model.bias -= RATE * gb;
     }
-    if model.weights.iter().any(|v| !v.is_finite()) || !model.bias.is_finite() {
-        bail!("fitting the population estimate diverged");
-    }
-    // Accuracy per source (and per population) on the validation rows.
-    let (rows, feats, split) = if pooled.val.is_empty() {
-        (&pooled.train, &pooled.train_features, "train")
-    } else {
-        (&pooled.val, &pooled.val_features, "val")
-    };
+}
+
+/// How often the estimate names the right population, per source and per population, on `rows`
+/// of `manifest` with their pooled features `feats`.
+fn accuracy(
+    model: &PopulationModel,
+    manifest: &Manifest,
+    rows: &[usize],
+    feats: &[f32],
+) -> BTreeMap<String, serde_json::Value> {
+    let d = model.dim;
     let mut per: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (k, &i) in rows.iter().enumerate() {
         let r = &manifest.records[i];
@@ -126,18 +161,12 @@ pub fn fit(pooled: &Pooled, manifest: &Manifest) -> Result<PopulationModel> {
             e.1 += 1;
         }
     }
-    let accuracy: BTreeMap<String, serde_json::Value> = per
-        .into_iter()
+    per.into_iter()
         .map(|(k, (ok, n))| {
             (
                 k,
                 serde_json::json!({"correct": ok, "images": n, "accuracy": ok as f64 / n as f64}),
             )
         })
-        .collect();
-    model.fit = serde_json::json!({
-        "fitted_on": "train", "images": n, "adults": adults,
-        "evaluated_on": split, "accuracy": accuracy,
-    });
-    Ok(model)
+        .collect()
 }

@@ -54,89 +54,7 @@ pub fn confusion_png(
             .map_err(|e| anyhow!("{e:?}"))?;
         let panels = root.split_evenly((1, 2));
         for (pi, panel) in panels.iter().enumerate() {
-            let normalised = pi == 1;
-            let cell = 80i32;
-            let (x0, y0) = (120i32, 60i32);
-            panel
-                .draw(&Text::new(
-                    if normalised {
-                        "row-normalised (recall on the diagonal)"
-                    } else {
-                        "counts"
-                    },
-                    (x0, 20),
-                    ("sans-serif", 16),
-                ))
-                .map_err(|e| anyhow!("{e:?}"))?;
-            for (r, row) in m.iter().enumerate() {
-                let total: usize = row.iter().sum();
-                for (c, &v) in row.iter().enumerate() {
-                    let frac = if total == 0 {
-                        0.0
-                    } else {
-                        v as f64 / total as f64
-                    };
-                    let shade = if normalised {
-                        frac
-                    } else {
-                        v as f64 / m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64
-                    };
-                    let color = RGBColor(
-                        (255.0 - 200.0 * shade) as u8,
-                        (255.0 - 150.0 * shade) as u8,
-                        255,
-                    );
-                    let (x, y) = (x0 + c as i32 * cell, y0 + r as i32 * cell);
-                    panel
-                        .draw(&Rectangle::new(
-                            [(x, y), (x + cell, y + cell)],
-                            color.filled(),
-                        ))
-                        .map_err(|e| anyhow!("{e:?}"))?;
-                    panel
-                        .draw(&Rectangle::new(
-                            [(x, y), (x + cell, y + cell)],
-                            BLACK.stroke_width(1),
-                        ))
-                        .map_err(|e| anyhow!("{e:?}"))?;
-                    let label = if normalised {
-                        format!("{:.2}", frac)
-                    } else {
-                        v.to_string()
-                    };
-                    let fg = if shade > 0.6 { WHITE } else { BLACK };
-                    panel
-                        .draw(&Text::new(
-                            label,
-                            (x + 22, y + 30),
-                            ("sans-serif", 18).into_font().color(&fg),
-                        ))
-                        .map_err(|e| anyhow!("{e:?}"))?;
-                }
-                panel
-                    .draw(&Text::new(
-                        Class::ALL[r].name(),
-                        (20, y0 + r as i32 * cell + 30),
-                        ("sans-serif", 15),
-                    ))
-                    .map_err(|e| anyhow!("{e:?}"))?;
-            }
-            for c in 0..NUM_CLASSES {
-                panel
-                    .draw(&Text::new(
-                        Class::ALL[c].name(),
-                        (x0 + c as i32 * cell + 8, y0 + 4 * cell + 10),
-                        ("sans-serif", 15),
-                    ))
-                    .map_err(|e| anyhow!("{e:?}"))?;
-            }
-            panel
-                .draw(&Text::new(
-                    "true ↓  predicted →",
-                    (x0, y0 + 4 * cell + 35),
-                    ("sans-serif", 14),
-                ))
-                .map_err(|e| anyhow!("{e:?}"))?;
+            confusion_panel(panel, m, pi == 1)?;
         }
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }
@@ -144,6 +62,105 @@ pub fn confusion_png(
         .expect("buffer size")
         .save(path)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Side of a cell of the confusion matrix, in pixels.
+const CELL: i32 = 80;
+/// Top left corner of the matrix in its panel.
+const ORIGIN: (i32, i32) = (120, 60);
+
+/// One panel of the confusion figure: counts, or `normalised` by row.
+fn confusion_panel(
+    panel: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    m: &[[usize; NUM_CLASSES]; NUM_CLASSES],
+    normalised: bool,
+) -> Result<()> {
+    let (x0, y0) = ORIGIN;
+    let caption = if normalised {
+        "row-normalised (recall on the diagonal)"
+    } else {
+        "counts"
+    };
+    panel
+        .draw(&Text::new(caption, (x0, 20), ("sans-serif", 16)))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let largest = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    for (r, row) in m.iter().enumerate() {
+        let total: usize = row.iter().sum();
+        for (c, &v) in row.iter().enumerate() {
+            let frac = if total == 0 {
+                0.0
+            } else {
+                v as f64 / total as f64
+            };
+            let (shade, label) = if normalised {
+                (frac, format!("{:.2}", frac))
+            } else {
+                (v as f64 / largest, v.to_string())
+            };
+            confusion_cell(panel, (r, c), shade, label)?;
+        }
+        panel
+            .draw(&Text::new(
+                Class::ALL[r].name(),
+                (20, y0 + r as i32 * CELL + 30),
+                ("sans-serif", 15),
+            ))
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    for c in 0..NUM_CLASSES {
+        panel
+            .draw(&Text::new(
+                Class::ALL[c].name(),
+                (x0 + c as i32 * CELL + 8, y0 + 4 * CELL + 10),
+                ("sans-serif", 15),
+            ))
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    panel
+        .draw(&Text::new(
+            "true ↓  predicted →",
+            (x0, y0 + 4 * CELL + 35),
+            ("sans-serif", 14),
+        ))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// The cell of true class `r` and predicted class `c`: shaded by `shade` (0–1), with `label`.
+fn confusion_cell(
+    panel: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    (r, c): (usize, usize),
+    shade: f64,
+    label: String,
+) -> Result<()> {
+    let color = RGBColor(
+        (255.0 - 200.0 * shade) as u8,
+        (255.0 - 150.0 * shade) as u8,
+        255,
+    );
+    let (x, y) = (ORIGIN.0 + c as i32 * CELL, ORIGIN.1 + r as i32 * CELL);
+    panel
+        .draw(&Rectangle::new(
+            [(x, y), (x + CELL, y + CELL)],
+            color.filled(),
+        ))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    panel
+        .draw(&Rectangle::new(
+            [(x, y), (x + CELL, y + CELL)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let fg = if shade > 0.6 { WHITE } else { BLACK };
+    panel
+        .draw(&Text::new(
+            label,
+            (x + 22, y + 30),
+            ("sans-serif", 18).into_font().color(&fg),
+        ))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    Ok(())
 }
 
 /// One Grad-CAM panel entry.

@@ -34,12 +34,33 @@ pub fn load_backbone(
     let sha = sha256_hex(&bytes);
     drop(bytes);
     let mut backbone = spec.build_backbone(imagenet_head, device);
+    let result = apply_file(&mut backbone, spec, path)?;
+    check_fit(&result, spec, path)?;
+    tracing::debug!(
+        applied = result.applied.len(),
+        unused = result.unused.len(),
+        "weights loaded"
+    );
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    // Inference state (dropout off) until a fine-tuning run asks for training state.
+    Ok(LoadedBackbone {
+        backbone: backbone.valid(),
+        source: format!("imagenet:{name} sha256:{sha}"),
+    })
+}
+
+/// Loads the tensors of the weights file at `path` into `backbone`, read by its extension, with
+/// `spec`'s key remap.
+fn apply_file(backbone: &mut Backbone, spec: &ArchSpec, path: &Path) -> Result<ApplyResult> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let result: ApplyResult = match ext.as_str() {
+    Ok(match ext.as_str() {
         "safetensors" => {
             // Safetensors files of PyTorch models (torchvision's, timm's) use PyTorch's
             // parameter names and layouts, and Sequential indices as they are.
@@ -75,7 +96,11 @@ pub fn load_backbone(
             "{}: unsupported weights extension '{other}' (expected .pth, .pt or .safetensors)",
             path.display()
         ),
-    };
+    })
+}
+
+/// Refuses a load where a tensor did not fit its parameter or a parameter got no tensor.
+fn check_fit(result: &ApplyResult, spec: &ArchSpec, path: &Path) -> Result<()> {
     if !result.errors.is_empty() {
         bail!(
             "{}: {} tensors do not fit {} (first: {:?})",
@@ -101,18 +126,5 @@ pub fn load_backbone(
             names.join(", ")
         );
     }
-    tracing::debug!(
-        applied = result.applied.len(),
-        unused = result.unused.len(),
-        "weights loaded"
-    );
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    // Inference state (dropout off) until a fine-tuning run asks for training state.
-    Ok(LoadedBackbone {
-        backbone: backbone.valid(),
-        source: format!("imagenet:{name} sha256:{sha}"),
-    })
+    Ok(())
 }

@@ -30,6 +30,42 @@ server does) and over HTTPS or from localhost (browsers require it for WebAssemb
 Not a medical device: the page is for teaching and research, never for diagnosis.
 ";
 
+/// The site being written: its folder and the files in it, relative to it.
+struct Site {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl Site {
+    /// Copies `from` to `rel` in the site.
+    fn copy(&mut self, from: &Path, rel: &Path) -> Result<()> {
+        let to = self.dir.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        std::fs::copy(from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        self.files.push(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Copies every visible file at the top of `dir` into the site's folder `into`.
+    fn copy_visible(&mut self, dir: &Path, into: &Path) -> Result<()> {
+        for entry in sorted(dir)? {
+            let name = entry.file_name().unwrap().to_string_lossy().to_string();
+            if entry.is_file() && !name.starts_with('.') {
+                self.copy(&entry, &into.join(&name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `text` to `rel` in the site.
+    fn write(&mut self, rel: &str, text: &str) -> Result<()> {
+        std::fs::write(self.dir.join(rel), text)?;
+        self.files.push(rel.into());
+        Ok(())
+    }
+}
+
 /// Builds the site into `out` (replacing what was there) from `web/`, `pkg/` and `docs/`.
 /// Returns the list of files written, relative to `out`.
 pub fn build(root: &Path, pkg: &Path, out: &Path) -> Result<Vec<PathBuf>> {
@@ -39,22 +75,12 @@ pub fn build(root: &Path, pkg: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut files = Vec::new();
-    let mut copy = |from: &Path, rel: &Path| -> Result<()> {
-        let to = tmp.join(rel);
-        std::fs::create_dir_all(to.parent().unwrap())?;
-        std::fs::copy(from, &to)
-            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-        files.push(rel.to_path_buf());
-        Ok(())
+    let mut site = Site {
+        dir: tmp.clone(),
+        files: Vec::new(),
     };
     // The page: every visible file at the top of web/.
-    for entry in sorted(&web)? {
-        let name = entry.file_name().unwrap().to_string_lossy().to_string();
-        if entry.is_file() && !name.starts_with('.') {
-            copy(&entry, Path::new(&name))?;
-        }
-    }
+    site.copy_visible(&web, Path::new(""))?;
     // The models the index names, and the index.
     let index_path = web.join("models/index.json");
     let index: serde_json::Value = serde_json::from_slice(
@@ -63,7 +89,7 @@ pub fn build(root: &Path, pkg: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     )
     .with_context(|| format!("{} is not JSON", index_path.display()))?;
     for name in model_files(&index)? {
-        copy(
+        site.copy(
             &web.join("models").join(&name),
             &Path::new("models").join(&name),
         )?;
@@ -71,41 +97,47 @@ pub fn build(root: &Path, pkg: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     // The examples, when there are any.
     let examples = web.join("examples");
     if examples.is_dir() {
-        for entry in sorted(&examples)? {
-            let name = entry.file_name().unwrap().to_string_lossy().to_string();
-            if entry.is_file() && !name.starts_with('.') {
-                copy(&entry, &Path::new("examples").join(&name))?;
-            }
-        }
+        site.copy_visible(&examples, Path::new("examples"))?;
     }
     // The library: its JavaScript glue and its WebAssembly module.
     for name in ["pneumoscope.js", "pneumoscope_bg.wasm"] {
-        copy(&pkg.join(name), &Path::new("pkg").join(name))?;
+        site.copy(&pkg.join(name), &Path::new("pkg").join(name))?;
     }
-    copy(
+    site.copy(
         &root.join("docs/model-card.md"),
         Path::new("docs/model-card.md"),
     )?;
-    // The index as the page reads it, with each model's download size, so that the page can
-    // say it before fetching the model.
-    let mut index = index;
+    write_index(&mut site, index)?;
+    site.write("README.txt", README)?;
+    version_service_worker(&site)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("cannot replace {}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out)?;
+    Ok(site.files)
+}
+
+/// Writes the index as the page reads it, with each model's download size, so that the page
+/// can say it before fetching the model.
+fn write_index(site: &mut Site, mut index: serde_json::Value) -> Result<()> {
     for m in index["models"].as_array_mut().into_iter().flatten() {
         if let Some(name) = m["file"].as_str() {
-            let len = std::fs::metadata(tmp.join("models").join(name))?.len();
+            let len = std::fs::metadata(site.dir.join("models").join(name))?.len();
             m["bytes"] = serde_json::json!(len);
         }
     }
-    std::fs::write(
-        tmp.join("models/index.json"),
-        serde_json::to_string_pretty(&index)? + "\n",
-    )?;
-    files.push("models/index.json".into());
-    std::fs::write(tmp.join("README.txt"), README)?;
-    files.push("README.txt".into());
-    // The service worker's cache is named by a checksum of everything else, so that a new
-    // version of the site replaces the old cache.
-    let version = site_version(&tmp, &files)?;
-    let sw = tmp.join(SERVICE_WORKER);
+    site.write(
+        "models/index.json",
+        &(serde_json::to_string_pretty(&index)? + "\n"),
+    )
+}
+
+/// Names the service worker's cache by a checksum of everything else, so that a new version of
+/// the site replaces the old cache.
+fn version_service_worker(site: &Site) -> Result<()> {
+    let version = site_version(&site.dir, &site.files)?;
+    let sw = site.dir.join(SERVICE_WORKER);
     let text = std::fs::read_to_string(&sw)
         .with_context(|| format!("the site has no {SERVICE_WORKER}"))?;
     if !text.contains(VERSION_MARK) {
@@ -115,12 +147,7 @@ pub fn build(root: &Path, pkg: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         &sw,
         text.replacen(VERSION_MARK, &format!("const VERSION = \"{version}\";"), 1),
     )?;
-    if out.exists() {
-        std::fs::remove_dir_all(out)
-            .with_context(|| format!("cannot replace {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out)?;
-    Ok(files)
+    Ok(())
 }
 
 /// The service worker, at the top of the site.

@@ -114,69 +114,14 @@ pub fn load_or_build(manifest: &Manifest, side: usize, framing: &Framing) -> Res
         tracing::warn!("cache {} has the wrong size, rebuilding", path.display());
     }
     let pb = crate::progress::bar(manifest.records.len() as u64, "caching");
-    let decode = |r: &super::Record| -> Result<DynamicImage> {
-        let p = manifest.resolve(r);
-        let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        pneumoscope::preprocess::decode(&bytes).with_context(|| format!("{}", p.display()))
-    };
-    let mut data = Vec::with_capacity(expected);
-    let mut crops = Vec::new();
-    match framing {
-        Framing::Whole => {
-            let squares: Vec<Result<Vec<u8>>> = manifest
-                .records
-                .par_iter()
-                .map(|r| {
-                    let img = decode(r)?;
-                    pb.inc(1);
-                    Ok(pneumoscope::preprocess::to_square_gray(&img, side).into_raw())
-                })
-                .collect();
-            for s in squares {
-                data.extend(s?);
-            }
-        }
+    let (data, crops) = match framing {
+        Framing::Whole => (whole_squares(manifest, side, &pb)?, Vec::new()),
         Framing::Lungs { net, .. } => {
             // The crops do not depend on the side: a cache of another side made them already.
             let known = read_crops(&crops_path(manifest, framing), manifest);
-            let device = Device::flex();
-            for (c, chunk) in manifest.records.chunks(LUNG_BATCH).enumerate() {
-                let imgs = chunk.par_iter().map(decode).collect::<Result<Vec<_>>>()?;
-                let framed: Vec<(Vec<u8>, Option<Rect>)> = match &known {
-                    Some(k) => {
-                        let k = &k[c * LUNG_BATCH..c * LUNG_BATCH + chunk.len()];
-                        imgs.into_par_iter()
-                            .zip(k)
-                            .map(|(img, crop)| {
-                                let img = match crop {
-                                    Some(r) => Framed::cut(&img, *r),
-                                    None => img,
-                                };
-                                let sq = pneumoscope::preprocess::to_square_gray(&img, side);
-                                (sq.into_raw(), *crop)
-                            })
-                            .collect()
-                    }
-                    None => {
-                        let masks = net.segment_batch(&imgs, &device);
-                        imgs.into_par_iter()
-                            .zip(masks)
-                            .map(|(img, mask)| {
-                                let f = Framed::lungs(img, mask);
-                                let sq = pneumoscope::preprocess::to_square_gray(&f.image, side);
-                                (sq.into_raw(), f.crop)
-                            })
-                            .collect()
-                    }
-                };
-                for (r, (sq, crop)) in chunk.iter().zip(framed) {
-                    data.extend(sq);
-                    crops.push((r.path.clone(), crop));
-                }
-                pb.inc(chunk.len() as u64);
-            }
+            lung_squares(manifest, side, net, known, &pb)?
         }
-    }
+    };
     pb.finish_and_clear();
     if data.len() != expected {
         bail!("internal error: cache size mismatch");
@@ -187,6 +132,88 @@ pub fn load_or_build(manifest: &Manifest, side: usize, framing: &Framing) -> Res
     }
     crate::fsutil::write_atomic(&path, &data)?;
     Ok(SquareCache { side, data })
+}
+
+/// Decodes the image of record `r`.
+fn decode(manifest: &Manifest, r: &super::Record) -> Result<DynamicImage> {
+    let p = manifest.resolve(r);
+    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    pneumoscope::preprocess::decode(&bytes).with_context(|| format!("{}", p.display()))
+}
+
+/// The squares of the whole images, in manifest order.
+fn whole_squares(manifest: &Manifest, side: usize, pb: &indicatif::ProgressBar) -> Result<Vec<u8>> {
+    let squares: Vec<Result<Vec<u8>>> = manifest
+        .records
+        .par_iter()
+        .map(|r| {
+            let img = decode(manifest, r)?;
+            pb.inc(1);
+            Ok(pneumoscope::preprocess::to_square_gray(&img, side).into_raw())
+        })
+        .collect();
+    let mut data = Vec::with_capacity(manifest.records.len() * side * side);
+    for s in squares {
+        data.extend(s?);
+    }
+    Ok(data)
+}
+
+/// An image's file (as the manifest names it) and the rectangle it was cut to, if lungs were
+/// found.
+type Crop = (String, Option<Rect>);
+
+/// The squares of the images cut to their lungs, in manifest order, and each image's crop: the
+/// `known` crops where a cache of another side made them, else what `net` finds.
+fn lung_squares(
+    manifest: &Manifest,
+    side: usize,
+    net: &LungNet,
+    known: Option<Vec<Option<Rect>>>,
+    pb: &indicatif::ProgressBar,
+) -> Result<(Vec<u8>, Vec<Crop>)> {
+    let device = Device::flex();
+    let mut data = Vec::with_capacity(manifest.records.len() * side * side);
+    let mut crops = Vec::new();
+    for (c, chunk) in manifest.records.chunks(LUNG_BATCH).enumerate() {
+        let imgs = chunk
+            .par_iter()
+            .map(|r| decode(manifest, r))
+            .collect::<Result<Vec<_>>>()?;
+        let framed: Vec<(Vec<u8>, Option<Rect>)> = match &known {
+            Some(k) => {
+                let k = &k[c * LUNG_BATCH..c * LUNG_BATCH + chunk.len()];
+                imgs.into_par_iter()
+                    .zip(k)
+                    .map(|(img, crop)| {
+                        let img = match crop {
+                            Some(r) => Framed::cut(&img, *r),
+                            None => img,
+                        };
+                        let sq = pneumoscope::preprocess::to_square_gray(&img, side);
+                        (sq.into_raw(), *crop)
+                    })
+                    .collect()
+            }
+            None => {
+                let masks = net.segment_batch(&imgs, &device);
+                imgs.into_par_iter()
+                    .zip(masks)
+                    .map(|(img, mask)| {
+                        let f = Framed::lungs(img, mask);
+                        let sq = pneumoscope::preprocess::to_square_gray(&f.image, side);
+                        (sq.into_raw(), f.crop)
+                    })
+                    .collect()
+            }
+        };
+        for (r, (sq, crop)) in chunk.iter().zip(framed) {
+            data.extend(sq);
+            crops.push((r.path.clone(), crop));
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    Ok((data, crops))
 }
 
 /// Where lung-focused framing keeps the crop of every image of a manifest.
@@ -223,7 +250,7 @@ fn read_crops(path: &Path, manifest: &Manifest) -> Option<Vec<Option<Rect>>> {
     (out.len() == manifest.records.len()).then_some(out)
 }
 
-fn write_crops(path: &Path, crops: &[(String, Option<Rect>)]) -> Result<()> {
+fn write_crops(path: &Path, crops: &[Crop]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["path", "lungs_found", "x", "y", "width", "height"])?;
     for (p, c) in crops {

@@ -229,11 +229,141 @@ pub fn covid_finding(finding: &str, all_findings: bool) -> Result<Class, String>
     }
 }
 
+/// What one metadata row gives: a candidate, a broken row or file, or a row not used.
+enum Row {
+    Use(Candidate),
+    Rejected(Rejected),
+    Excluded(Rejected),
+}
+
+impl Row {
+    fn rejected(path: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        Self::Rejected(Rejected {
+            path: path.to_string(),
+            reason: reason.into(),
+        })
+    }
+
+    fn excluded(path: &Path, reason: impl Into<String>) -> Self {
+        Self::Excluded(Rejected {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        })
+    }
+}
+
+impl SourceOutput {
+    fn take(&mut self, row: Row) {
+        match row {
+            Row::Use(c) => self.candidates.push(c),
+            Row::Rejected(r) => self.rejected.push(r),
+            Row::Excluded(r) => self.excluded.push(r),
+        }
+    }
+
+    /// Reads every row of `rdr` with `read_row(line, row)`; a row the CSV reader cannot read is
+    /// rejected at `meta:LINE`.
+    fn read_rows(
+        &mut self,
+        meta: &Path,
+        rdr: &mut csv::Reader<std::io::Cursor<Vec<u8>>>,
+        mut read_row: impl FnMut(usize, &csv::ByteRecord) -> Row,
+    ) {
+        for (i, row) in rdr.byte_records().enumerate() {
+            let line = i + 2;
+            self.take(match row {
+                Ok(row) => read_row(line, &row),
+                Err(e) => Row::rejected(
+                    format_args!("{}:{line}", meta.display()),
+                    format!("malformed row: {e}"),
+                ),
+            });
+        }
+    }
+}
+
+/// The columns of the COVID-19 collection's `metadata.csv`, and what a row is read against.
+struct CovidTable<'a> {
+    dir: &'a Path,
+    meta: &'a Path,
+    /// Number of columns in the header.
+    width: usize,
+    patient: usize,
+    finding: usize,
+    view: usize,
+    file: usize,
+    modality: Option<usize>,
+    folder: Option<usize>,
+    age: Option<usize>,
+    all_findings: bool,
+}
+
+impl CovidTable<'_> {
+    fn row(&self, line: usize, row: &csv::ByteRecord) -> Row {
+        let loc = format!("{}:{line}", self.meta.display());
+        let get = |c: Option<usize>| {
+            c.and_then(|c| row.get(c))
+                .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        };
+        if row.len() < self.width.saturating_sub(1) && get(Some(self.file)).is_none() {
+            return Row::rejected(
+                loc,
+                format!(
+                    "malformed row: {} fields where the header has {}, no filename",
+                    row.len(),
+                    self.width
+                ),
+            );
+        }
+        let file = get(Some(self.file)).unwrap_or_default();
+        let pid = get(Some(self.patient)).unwrap_or_default();
+        if file.is_empty() || pid.is_empty() {
+            return Row::rejected(loc, "row without filename or patientid");
+        }
+        let folder = get(self.folder)
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| "images".into());
+        let path = self.dir.join(&folder).join(&file);
+        let modality = get(self.modality).unwrap_or_default();
+        let view = get(Some(self.view)).unwrap_or_default();
+        if !modality.is_empty() && !modality.eq_ignore_ascii_case("x-ray") {
+            return Row::excluded(&path, format!("modality {modality} is not X-ray"));
+        }
+        if !FRONTAL_VIEWS.iter().any(|v| v.eq_ignore_ascii_case(&view)) {
+            return Row::excluded(
+                &path,
+                format!("view '{view}' is not frontal (PA, AP, AP Supine, AP Erect)"),
+            );
+        }
+        let finding = get(Some(self.finding)).unwrap_or_default();
+        let label = match covid_finding(&finding, self.all_findings) {
+            Ok(l) => l,
+            Err(reason) => return Row::excluded(&path, reason),
+        };
+        if !path.is_file() {
+            return Row::rejected(
+                path.display(),
+                format!("file listed in metadata.csv line {line} is missing"),
+            );
+        }
+        let age = get(self.age).unwrap_or_default();
+        Row::Use(Candidate {
+            path,
+            label: label.into(),
+            patient: format!("cohen:{pid}"),
+            source: "cohen",
+            population: Population::of("cohen", &age),
+            age,
+            view,
+        })
+    }
+}
+
 /// The COVID-19 image data collection: `metadata.csv` and its image folders.
 pub fn covid(dir: &Path, all_findings: bool) -> SourceOutput {
     let mut out = SourceOutput::default();
     let meta = dir.join("metadata.csv");
-    let (mut rdr, headers, [c_pid, c_find, c_view, c_file]) =
+    let (mut rdr, headers, [patient, finding, view, file]) =
         match open_metadata(&meta, ["patientid", "finding", "view", "filename"]) {
             Ok(m) => m,
             Err(r) => {
@@ -242,95 +372,20 @@ pub fn covid(dir: &Path, all_findings: bool) -> SourceOutput {
             }
         };
     let col = |name: &str| headers.iter().position(|h| h == name);
-    let c_mod = col("modality");
-    let c_folder = col("folder");
-    let c_age = col("age");
-    for (i, row) in rdr.byte_records().enumerate() {
-        let line = i + 2;
-        let loc = format!("{}:{line}", meta.display());
-        let row = match row {
-            Ok(r) => r,
-            Err(e) => {
-                out.rejected.push(Rejected {
-                    path: loc,
-                    reason: format!("malformed row: {e}"),
-                });
-                continue;
-            }
-        };
-        let get = |c: Option<usize>| {
-            c.and_then(|c| row.get(c))
-                .map(|f| String::from_utf8_lossy(f).trim().to_string())
-        };
-        if row.len() < headers.len().saturating_sub(1) && get(Some(c_file)).is_none() {
-            out.rejected.push(Rejected {
-                path: loc,
-                reason: format!(
-                    "malformed row: {} fields where the header has {}, no filename",
-                    row.len(),
-                    headers.len()
-                ),
-            });
-            continue;
-        }
-        let file = get(Some(c_file)).unwrap_or_default();
-        let pid = get(Some(c_pid)).unwrap_or_default();
-        if file.is_empty() || pid.is_empty() {
-            out.rejected.push(Rejected {
-                path: loc,
-                reason: "row without filename or patientid".into(),
-            });
-            continue;
-        }
-        let folder = get(c_folder)
-            .filter(|f| !f.is_empty())
-            .unwrap_or_else(|| "images".into());
-        let path = dir.join(&folder).join(&file);
-        let modality = get(c_mod).unwrap_or_default();
-        let view = get(Some(c_view)).unwrap_or_default();
-        if !modality.is_empty() && !modality.eq_ignore_ascii_case("x-ray") {
-            out.excluded.push(Rejected {
-                path: path.display().to_string(),
-                reason: format!("modality {modality} is not X-ray"),
-            });
-            continue;
-        }
-        if !FRONTAL_VIEWS.iter().any(|v| v.eq_ignore_ascii_case(&view)) {
-            out.excluded.push(Rejected {
-                path: path.display().to_string(),
-                reason: format!("view '{view}' is not frontal (PA, AP, AP Supine, AP Erect)"),
-            });
-            continue;
-        }
-        let finding = get(Some(c_find)).unwrap_or_default();
-        let label = match covid_finding(&finding, all_findings) {
-            Ok(l) => l,
-            Err(reason) => {
-                out.excluded.push(Rejected {
-                    path: path.display().to_string(),
-                    reason,
-                });
-                continue;
-            }
-        };
-        if !path.is_file() {
-            out.rejected.push(Rejected {
-                path: path.display().to_string(),
-                reason: format!("file listed in metadata.csv line {line} is missing"),
-            });
-            continue;
-        }
-        let age = get(c_age).unwrap_or_default();
-        out.candidates.push(Candidate {
-            path,
-            label: label.into(),
-            patient: format!("cohen:{pid}"),
-            source: "cohen",
-            population: Population::of("cohen", &age),
-            age,
-            view,
-        });
-    }
+    let table = CovidTable {
+        dir,
+        meta: &meta,
+        width: headers.len(),
+        patient,
+        finding,
+        view,
+        file,
+        modality: col("modality"),
+        folder: col("folder"),
+        age: col("age"),
+        all_findings,
+    };
+    out.read_rows(&meta, &mut rdr, |line, row| table.row(line, row));
     out
 }
 
@@ -449,6 +504,106 @@ fn nih_metadata(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The PNG files anywhere below `dir`, by file name (the first found of a name).
+fn files_by_name(dir: &Path) -> BTreeMap<String, PathBuf> {
+    let mut files = BTreeMap::new();
+    for e in WalkDir::new(dir).follow_links(true).into_iter().flatten() {
+        if e.file_type().is_file() && is_image_name(e.path()) {
+            let name = e.file_name().to_string_lossy().to_string();
+            files.entry(name).or_insert_with(|| e.into_path());
+        }
+    }
+    files
+}
+
+/// The columns of NIH ChestX-ray14's metadata CSV, and the files a row can name.
+struct NihTable<'a> {
+    dir: &'a Path,
+    meta: &'a Path,
+    files: BTreeMap<String, PathBuf>,
+    /// Number of columns in the header.
+    width: usize,
+    file: usize,
+    finding: usize,
+    patient: usize,
+    age: usize,
+    view: usize,
+}
+
+impl NihTable<'_> {
+    fn row(&self, line: usize, row: &csv::ByteRecord) -> Row {
+        let loc = format!("{}:{line}", self.meta.display());
+        let needed = [self.file, self.finding, self.patient, self.age, self.view]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if row.len() <= needed {
+            return Row::rejected(
+                loc,
+                format!(
+                    "malformed row: {} fields where the header has {}",
+                    row.len(),
+                    self.width
+                ),
+            );
+        }
+        let get = |c: usize| {
+            String::from_utf8_lossy(row.get(c).unwrap_or(b""))
+                .trim()
+                .to_string()
+        };
+        let (file, pid, age, view) = (
+            get(self.file),
+            get(self.patient),
+            get(self.age),
+            get(self.view),
+        );
+        if file.is_empty() || pid.is_empty() {
+            return Row::rejected(loc, "malformed row: no Image Index or Patient ID");
+        }
+        let age_ok = age.parse::<f64>().is_ok_and(|a| (0.0..150.0).contains(&a));
+        if !age_ok {
+            return Row::rejected(
+                loc,
+                format!("malformed row: Patient Age '{age}' is not an age in years"),
+            );
+        }
+        let shown = self
+            .files
+            .get(&file)
+            .cloned()
+            .unwrap_or_else(|| self.dir.join("images").join(&file));
+        if !NIH_FRONTAL_VIEWS
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(&view))
+        {
+            return Row::excluded(&shown, format!("view '{view}' is not frontal (PA, AP)"));
+        }
+        let label = match nih_finding(&get(self.finding)) {
+            Ok(l) => l,
+            Err(reason) => return Row::excluded(&shown, reason),
+        };
+        let Some(path) = self.files.get(&file).cloned() else {
+            return Row::rejected(
+                shown.display(),
+                format!(
+                    "file listed in {} line {line} is missing",
+                    self.meta.display()
+                ),
+            );
+        };
+        Row::Use(Candidate {
+            path,
+            label,
+            patient: format!("nih:{pid}"),
+            source: "nih",
+            population: Population::of("nih", &age),
+            age,
+            view,
+        })
+    }
+}
+
 /// NIH ChestX-ray14 as published: the metadata CSV at the top of `dir` and the PNG files in any
 /// folder below it (`images/`, or the release's `images_001/images/` ... `images_012/images/`),
 /// any subset of them. Patient ids are `nih:ID`. A row whose file is absent is reported as
@@ -462,14 +617,8 @@ pub fn nih(dir: &Path) -> SourceOutput {
         });
         return out;
     };
-    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for e in WalkDir::new(dir).follow_links(true).into_iter().flatten() {
-        if e.file_type().is_file() && is_image_name(e.path()) {
-            let name = e.file_name().to_string_lossy().to_string();
-            files.entry(name).or_insert_with(|| e.into_path());
-        }
-    }
-    let (mut rdr, headers, [c_file, c_find, c_pid, c_age, c_view]) = match open_metadata(
+    let files = files_by_name(dir);
+    let (mut rdr, headers, [file, finding, patient, age, view]) = match open_metadata(
         &meta,
         [
             "Image Index",
@@ -485,96 +634,18 @@ pub fn nih(dir: &Path) -> SourceOutput {
             return out;
         }
     };
-    let needed = [c_file, c_find, c_pid, c_age, c_view]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-    for (i, row) in rdr.byte_records().enumerate() {
-        let line = i + 2;
-        let loc = format!("{}:{line}", meta.display());
-        let row = match row {
-            Ok(r) if r.len() > needed => r,
-            Ok(r) => {
-                out.rejected.push(Rejected {
-                    path: loc,
-                    reason: format!(
-                        "malformed row: {} fields where the header has {}",
-                        r.len(),
-                        headers.len()
-                    ),
-                });
-                continue;
-            }
-            Err(e) => {
-                out.rejected.push(Rejected {
-                    path: loc,
-                    reason: format!("malformed row: {e}"),
-                });
-                continue;
-            }
-        };
-        let get = |c: usize| {
-            String::from_utf8_lossy(row.get(c).unwrap_or(b""))
-                .trim()
-                .to_string()
-        };
-        let (file, pid, age, view) = (get(c_file), get(c_pid), get(c_age), get(c_view));
-        if file.is_empty() || pid.is_empty() {
-            out.rejected.push(Rejected {
-                path: loc,
-                reason: "malformed row: no Image Index or Patient ID".into(),
-            });
-            continue;
-        }
-        let age_ok = age.parse::<f64>().is_ok_and(|a| (0.0..150.0).contains(&a));
-        if !age_ok {
-            out.rejected.push(Rejected {
-                path: loc,
-                reason: format!("malformed row: Patient Age '{age}' is not an age in years"),
-            });
-            continue;
-        }
-        let shown = files
-            .get(&file)
-            .cloned()
-            .unwrap_or_else(|| dir.join("images").join(&file));
-        if !NIH_FRONTAL_VIEWS
-            .iter()
-            .any(|v| v.eq_ignore_ascii_case(&view))
-        {
-            out.excluded.push(Rejected {
-                path: shown.display().to_string(),
-                reason: format!("view '{view}' is not frontal (PA, AP)"),
-            });
-            continue;
-        }
-        let label = match nih_finding(&get(c_find)) {
-            Ok(l) => l,
-            Err(reason) => {
-                out.excluded.push(Rejected {
-                    path: shown.display().to_string(),
-                    reason,
-                });
-                continue;
-            }
-        };
-        let Some(path) = files.get(&file).cloned() else {
-            out.rejected.push(Rejected {
-                path: shown.display().to_string(),
-                reason: format!("file listed in {} line {line} is missing", meta.display()),
-            });
-            continue;
-        };
-        out.candidates.push(Candidate {
-            path,
-            label,
-            patient: format!("nih:{pid}"),
-            source: "nih",
-            population: Population::of("nih", &age),
-            age,
-            view,
-        });
-    }
+    let table = NihTable {
+        dir,
+        meta: &meta,
+        files,
+        width: headers.len(),
+        file,
+        finding,
+        patient,
+        age,
+        view,
+    };
+    out.read_rows(&meta, &mut rdr, |line, row| table.row(line, row));
     out
 }
 
