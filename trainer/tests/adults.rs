@@ -36,11 +36,34 @@ fn nih_layout_partial_labels_populations_and_broken_rows() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nih = dir.path().join("ChestX-ray14");
+    let (rows, young_file) = nih_release_copy(&shared, &nih);
+    let out = dir.path().join("out");
+    let said = ok(&[
+        "data",
+        "build",
+        "--nih",
+        nih.to_str().unwrap(),
+        "--folder",
+        shared.join("data/adult-normal").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(said.contains("train/adult"), "{said}");
+    assert!(said.contains("pneumonia"), "{said}");
+    let manifest = check_nih_manifest(&out, &rows, young_file);
+    check_nih_rows_left_out(&out, manifest.len());
+}
+
+/// A copy of NIH ChestX-ray14 in the release's layout (images_001/images/*.png,
+/// images_002/images/*.png, ...) at `nih`: 10 normal and 10 pneumonia rows, a child, a row whose
+/// file is absent, a finding that is neither, a lateral view, an age that is not one and a
+/// broken row. Returns the good rows and the child's file.
+fn nih_release_copy(shared: &Path, nih: &Path) -> (Vec<csv::StringRecord>, &'static str) {
     let src = shared.join("data/nih-chestxray14/images");
-    let (headers, rows) = nih_rows(&shared, 10);
+    let (headers, rows) = nih_rows(shared, 10);
     // The release's layout: images_001/images/*.png, images_002/images/*.png, ...
     let mut w = csv::Writer::from_path({
-        std::fs::create_dir_all(&nih).unwrap();
+        std::fs::create_dir_all(nih).unwrap();
         nih.join("Data_Entry_2017_v2020.csv")
     })
     .unwrap();
@@ -90,20 +113,16 @@ fn nih_layout_partial_labels_populations_and_broken_rows() {
         .unwrap();
     writeln!(f, "00099903_000.png,Pneumonia").unwrap();
     drop(f);
+    (rows, young_file)
+}
 
-    let out = dir.path().join("out");
-    let said = ok(&[
-        "data",
-        "build",
-        "--nih",
-        nih.to_str().unwrap(),
-        "--folder",
-        shared.join("data/adult-normal").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(said.contains("train/adult"), "{said}");
-    assert!(said.contains("pneumonia"), "{said}");
+/// The manifest: every good row with its label, the child a child, the adult normals adults, no
+/// patient in two splits, the partial label in every split. Returns the manifest's rows.
+fn check_nih_manifest(
+    out: &Path,
+    rows: &[csv::StringRecord],
+    young_file: &str,
+) -> Vec<HashMap<String, String>> {
     let manifest = read_csv(&out.join("manifest.csv"));
     let nih_rows: Vec<_> = manifest.iter().filter(|r| r["source"] == "nih").collect();
     assert_eq!(nih_rows.len(), 21, "10 normal + 10 pneumonia + the child");
@@ -114,7 +133,7 @@ fn nih_layout_partial_labels_populations_and_broken_rows() {
             (name, r["label"].as_str())
         })
         .collect();
-    for rec in &rows {
+    for rec in rows {
         let want = if &rec[1] == "No Finding" {
             "normal"
         } else {
@@ -148,6 +167,12 @@ fn nih_layout_partial_labels_populations_and_broken_rows() {
             "no pneumonia of unknown pathogen in {s}"
         );
     }
+    manifest
+}
+
+/// The rows left out, each with its reason, and the summary's counts adding up to the
+/// manifest's `images`.
+fn check_nih_rows_left_out(out: &Path, images: usize) {
     let rejected = read_csv(&out.join("rejected.csv"));
     let why = |needle: &str| rejected.iter().any(|r| r["reason"].contains(needle));
     assert!(
@@ -174,7 +199,7 @@ fn nih_layout_partial_labels_populations_and_broken_rows() {
         .filter_map(|k| by_pop.get(&k))
         .flat_map(|m| m.as_object().unwrap().values().map(|v| v.as_u64().unwrap()))
         .sum();
-    assert_eq!(total, manifest.len() as u64);
+    assert_eq!(total, images as u64);
 }
 
 /// Children, adults and partial labels through `train --folds 3`: every train + val image is
@@ -233,6 +258,18 @@ fn cross_validation_by_patient_with_partial_labels() {
     };
     let said = cv_args(&[]);
     assert!(said.contains("macro_f1_children_and_covid19"), "{said}");
+    check_out_of_fold_predictions(&cv, &rows, &manifest);
+    check_cv_summary(&cv, &rows);
+    // Run again with --resume: nothing is retrained, the same summary comes out.
+    let before = std::fs::read(cv.join("cv.json")).unwrap();
+    cv_args(&["--resume"]);
+    assert_eq!(before, std::fs::read(cv.join("cv.json")).unwrap());
+    check_cv_ensemble_with_itself(&cv, &before, dir.path());
+}
+
+/// Every train + val image is predicted once, out of fold, each patient in one fold, with
+/// probabilities that sum to one.
+fn check_out_of_fold_predictions(cv: &Path, rows: &[HashMap<String, String>], manifest: &Path) {
     let mut fold_of: HashMap<String, usize> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
     for k in 0..3 {
@@ -277,6 +314,11 @@ fn cross_validation_by_patient_with_partial_labels() {
         })
         .collect();
     assert_eq!(seen, pool, "out-of-fold predictions are not train + val");
+}
+
+/// `cv.json` and `cv.md`: the spread over three folds, the partial labels of adults counted,
+/// one feature cache for all folds.
+fn check_cv_summary(cv: &Path, rows: &[HashMap<String, String>]) {
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(cv.join("cv.json")).unwrap()).unwrap();
     assert_eq!(s["folds"], 3);
@@ -309,13 +351,12 @@ fn cross_validation_by_patient_with_partial_labels() {
         .unwrap();
         assert_eq!(t["feature_extraction_seconds"].as_f64().unwrap(), 0.0);
     }
-    // Run again with --resume: nothing is retrained, the same summary comes out.
-    let before = std::fs::read(cv.join("cv.json")).unwrap();
-    cv_args(&["--resume"]);
-    assert_eq!(before, std::fs::read(cv.join("cv.json")).unwrap());
-    // An ensemble of a cross-validation with itself averages equal probabilities: the same
-    // figures as the member's.
-    let ens = dir.path().join("cv-ens");
+}
+
+/// An ensemble of a cross-validation with itself averages equal probabilities: the same
+/// figures as the member's.
+fn check_cv_ensemble_with_itself(cv: &Path, before: &[u8], dir: &Path) {
+    let ens = dir.join("cv-ens");
     ok(&[
         "cv-ensemble",
         "--out",
@@ -325,7 +366,7 @@ fn cross_validation_by_patient_with_partial_labels() {
     ]);
     let e: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ens.join("cv.json")).unwrap()).unwrap();
-    let s: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(before).unwrap();
     for (name, sp) in s["spread"].as_object().unwrap() {
         let (a, b) = (
             sp["mean"].as_f64().unwrap(),

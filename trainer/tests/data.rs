@@ -80,9 +80,68 @@ fn unseen_layouts_and_broken_inputs() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    // Kermany layout, deeper, with a few files of each kind and broken ones.
-    let kdir = root.join("downloads/xray/v2/chest_xray/train");
     let src = shared.join("data/kermany/chest_xray/train");
+    let n_ok = deep_kermany_with_broken_files(&src, root);
+    let cdir = root.join("covid-new");
+    let (covid, strep) = covid_new_schema(&shared, &cdir);
+    // Class folders.
+    let fdir = root.join("extra");
+    copy(
+        &src.join("NORMAL")
+            .read_dir()
+            .unwrap()
+            .last()
+            .unwrap()
+            .unwrap()
+            .path(),
+        &fdir.join("normal/a.jpeg"),
+    );
+    std::fs::create_dir_all(fdir.join("viral")).unwrap();
+    std::fs::write(fdir.join("viral/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+
+    let out = root.join("out");
+    ok(&[
+        "data",
+        "build",
+        "--kermany",
+        root.join("downloads").to_str().unwrap(),
+        "--covid",
+        cdir.to_str().unwrap(),
+        "--covid-all-findings",
+        "--folder",
+        fdir.to_str().unwrap(),
+        "--val",
+        "0.2",
+        "--test",
+        "0.2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = read_csv(&out.join("manifest.csv"));
+    assert_eq!(
+        rows.iter().filter(|r| r["source"] == "kermany").count(),
+        n_ok
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["source"] == "cohen" && r["label"] == "covid19")
+            .count(),
+        covid
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["source"] == "cohen" && r["label"] == "bacterial")
+            .count(),
+        strep
+    );
+    assert_eq!(rows.iter().filter(|r| r["source"] == "folder").count(), 1);
+    check_rejections(&out);
+}
+
+/// The Kermany layout, deeper, with 12 files of each kind from `src` and broken ones; returns
+/// the number of good files.
+fn deep_kermany_with_broken_files(src: &Path, root: &Path) -> usize {
+    let kdir = root.join("downloads/xray/v2/chest_xray/train");
     let mut n_ok = 0;
     for sub in ["NORMAL", "PNEUMONIA"] {
         let mut files: Vec<_> = std::fs::read_dir(src.join(sub))
@@ -114,9 +173,12 @@ fn unseen_layouts_and_broken_inputs() {
     std::fs::write(kdir.join("NORMAL/IM-9003-0001.jpeg"), b"").unwrap(); // empty
     std::fs::write(kdir.join("PNEUMONIA/person9004_bacteria_1.txt"), b"notes").unwrap(); // wrong type
     std::fs::write(kdir.join("PNEUMONIA/person9005_fungus_1.jpeg"), &good).unwrap(); // no subtype
+    n_ok
+}
 
-    // COVID-19 collection with the newer finding schema, a missing file and a broken row.
-    let cdir = root.join("covid-new");
+/// The COVID-19 collection with the newer finding schema, a missing file and a broken row, in
+/// `cdir`; returns the COVID-19 and streptococcus rows written.
+fn covid_new_schema(shared: &Path, cdir: &Path) -> (usize, usize) {
     let csrc = shared.join("data/covid-chestxray-dataset");
     let meta = std::fs::read_to_string(csrc.join("metadata.csv")).unwrap_or_else(|_| {
         String::from_utf8_lossy(&std::fs::read(csrc.join("metadata.csv")).unwrap()).to_string()
@@ -177,58 +239,11 @@ fn unseen_layouts_and_broken_inputs() {
         .unwrap();
     use std::io::Write;
     writeln!(f, "1000,0,M").unwrap(); // a broken row: too few fields, no file name
+    (covid, strep)
+}
 
-    // Class folders.
-    let fdir = root.join("extra");
-    copy(
-        &src.join("NORMAL")
-            .read_dir()
-            .unwrap()
-            .last()
-            .unwrap()
-            .unwrap()
-            .path(),
-        &fdir.join("normal/a.jpeg"),
-    );
-    std::fs::create_dir_all(fdir.join("viral")).unwrap();
-    std::fs::write(fdir.join("viral/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
-
-    let out = root.join("out");
-    ok(&[
-        "data",
-        "build",
-        "--kermany",
-        root.join("downloads").to_str().unwrap(),
-        "--covid",
-        cdir.to_str().unwrap(),
-        "--covid-all-findings",
-        "--folder",
-        fdir.to_str().unwrap(),
-        "--val",
-        "0.2",
-        "--test",
-        "0.2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let rows = read_csv(&out.join("manifest.csv"));
-    assert_eq!(
-        rows.iter().filter(|r| r["source"] == "kermany").count(),
-        n_ok
-    );
-    assert_eq!(
-        rows.iter()
-            .filter(|r| r["source"] == "cohen" && r["label"] == "covid19")
-            .count(),
-        covid
-    );
-    assert_eq!(
-        rows.iter()
-            .filter(|r| r["source"] == "cohen" && r["label"] == "bacterial")
-            .count(),
-        strep
-    );
-    assert_eq!(rows.iter().filter(|r| r["source"] == "folder").count(), 1);
+/// Each broken input of the build is rejected with its reason.
+fn check_rejections(out: &Path) {
     let rejected = read_csv(&out.join("rejected.csv"));
     let reason = |name: &str| {
         rejected

@@ -52,6 +52,25 @@ fn train_export_evaluate_predict_gradcam() {
     let manifest = small_manifest(&shared, dir.path());
     let run_dir = dir.path().join("run");
     train(&shared, &manifest, &run_dir, "6", &[]);
+    check_run_folder(&run_dir);
+
+    let model = dir.path().join("m.pneumoscope");
+    export(&run_dir, &model, &[]);
+    let model_s = model.to_str().unwrap();
+    check_evaluation(model_s, &manifest, dir.path());
+
+    let rows = read_csv(&manifest);
+    let test_rows: Vec<_> = rows.iter().filter(|r| r["split"] == "test").collect();
+    let a = &test_rows[0]["path"];
+    let b = &test_rows.last().unwrap()["path"];
+    check_prediction(model_s, a, b);
+    check_gradcam(model_s, a, dir.path());
+    check_f16_export(&run_dir, &model, a, dir.path());
+    check_broken_model_files(&shared, &model, a, dir.path());
+}
+
+/// A six-epoch run's folder: its files, one row per epoch, the last two checkpoints only.
+fn check_run_folder(run_dir: &Path) {
     for f in [
         "config.json",
         "epochs.csv",
@@ -69,17 +88,10 @@ fn train_export_evaluate_predict_gradcam() {
         !run_dir.join("checkpoint-0004.bpk").exists(),
         "only the last two checkpoints are kept"
     );
+}
 
-    let model = dir.path().join("m.pneumoscope");
-    ok(&[
-        "export",
-        "--run",
-        run_dir.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    let model_s = model.to_str().unwrap();
-
+/// `evaluate --json` and `evaluate --out` of the exported model on the small manifest.
+fn check_evaluation(model_s: &str, manifest: &Path, dir: &Path) {
     // evaluate --json
     let js = ok(&[
         "evaluate",
@@ -109,7 +121,7 @@ fn train_export_evaluate_predict_gradcam() {
     assert!(v["accuracy"].as_f64().unwrap() > 0.4, "{v}");
 
     // evaluate --out writes the reports.
-    let rep = dir.path().join("report");
+    let rep = dir.join("report");
     ok(&[
         "evaluate",
         "--model",
@@ -130,12 +142,11 @@ fn train_export_evaluate_predict_gradcam() {
     }
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     assert!(md.contains("not a medical device") && md.contains("By source"));
+}
 
+/// `predict`, plain and with test-time augmentation, of two test images and a missing file.
+fn check_prediction(model_s: &str, a: &str, b: &str) {
     // predict: good files answered, a missing one reported, non-zero exit.
-    let rows = read_csv(&manifest);
-    let test_rows: Vec<_> = rows.iter().filter(|r| r["split"] == "test").collect();
-    let a = &test_rows[0]["path"];
-    let b = &test_rows.last().unwrap()["path"];
     let r = run(&["predict", "--model", model_s, a, "/nonexistent/x.png", b]);
     assert!(!r.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout)
@@ -168,9 +179,12 @@ fn train_export_evaluate_predict_gradcam() {
             .iter()
             .any(|c| tta["probabilities"][c] != plain["probabilities"][c])
     );
+}
 
+/// `gradcam` of a test image for a chosen class.
+fn check_gradcam(model_s: &str, a: &str, dir: &Path) {
     // gradcam
-    let png = dir.path().join("cam.png");
+    let png = dir.join("cam.png");
     let js = ok(&[
         "gradcam",
         "--model",
@@ -186,9 +200,13 @@ fn train_export_evaluate_predict_gradcam() {
     assert_eq!(v["map"]["width"], 7);
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (224, 224));
+}
 
+/// The f16 export gives the same answers within half-precision error, in a smaller file.
+fn check_f16_export(run_dir: &Path, model: &Path, a: &str, dir: &Path) {
+    let model_s = model.to_str().unwrap();
     // f16 export gives the same answers within half-precision error, in a smaller file.
-    let m16 = dir.path().join("m16.pneumoscope");
+    let m16 = dir.join("m16.pneumoscope");
     ok(&[
         "export",
         "--run",
@@ -198,7 +216,7 @@ fn train_export_evaluate_predict_gradcam() {
         "--f16",
     ]);
     assert!(
-        std::fs::metadata(&m16).unwrap().len() < std::fs::metadata(&model).unwrap().len() * 6 / 10
+        std::fs::metadata(&m16).unwrap().len() < std::fs::metadata(model).unwrap().len() * 6 / 10
     );
     let p32: serde_json::Value =
         serde_json::from_str(ok(&["predict", "--model", model_s, a]).trim()).unwrap();
@@ -215,9 +233,12 @@ fn train_export_evaluate_predict_gradcam() {
         .abs();
         assert!(d < 1e-2, "{c}: {d}");
     }
+}
 
+/// Corrupt, truncated and foreign model files: clear errors.
+fn check_broken_model_files(shared: &Path, model: &Path, a: &str, dir: &Path) {
     // Corrupt, truncated and foreign model files: clear errors.
-    let bytes = std::fs::read(&model).unwrap();
+    let bytes = std::fs::read(model).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated", bytes[..bytes.len() / 2].to_vec(), "truncated"),
         (
@@ -247,7 +268,7 @@ fn train_export_evaluate_predict_gradcam() {
         ("empty", Vec::new(), "not a Pneumoscope model file"),
     ];
     for (name, content, needle) in cases {
-        let p = dir.path().join(format!("{name}.pneumoscope"));
+        let p = dir.join(format!("{name}.pneumoscope"));
         std::fs::write(&p, content).unwrap();
         let r = run(&["predict", "--model", p.to_str().unwrap(), a]);
         assert!(!r.status.success(), "{name}");
@@ -552,16 +573,7 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(&shared, dir.path());
     let partial = |out: &Path, epochs: &str, extra: &[&str]| {
-        let mut args = train_args(&shared, &manifest, out, epochs);
-        let mode = args.iter().position(|a| a == "frozen").unwrap();
-        args[mode] = "partial".into();
-        let batch = args.iter().position(|a| a == "--batch-size").unwrap();
-        args[batch + 1] = "8".into();
-        if !extra.contains(&"--tune-blocks") {
-            args.extend(["--tune-blocks", "2"].map(String::from));
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        train_partial(&shared, &manifest, out, epochs, extra)
     };
     let straight = dir.path().join("straight");
     let r = partial(&straight, "2", &[]);
@@ -571,17 +583,59 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
         assert!(straight.join("features").join(f).is_file(), "{f} missing");
     }
 
-    // Against the ImageNet backbone: blocks 0-13 and the stem untouched, blocks 14-15 and the
-    // head convolution trained (weights and batch-norm statistics).
-    let trained = dir.path().join("partial.pneumoscope");
-    ok(&[
-        "export",
-        "--run",
-        straight.to_str().unwrap(),
-        "--out",
-        trained.to_str().unwrap(),
-    ]);
-    let imagenet = dir.path().join("imagenet.pneumoscope");
+    let (trained, a) = check_only_the_last_blocks_trained(&shared, &straight, dir.path());
+    check_calibrated_export(&straight, &trained, &a, &manifest, dir.path());
+    // Stopped after one epoch and resumed: the uninterrupted run's numbers.
+    let split = dir.path().join("split");
+    assert!(partial(&split, "1", &[]).status.success());
+    let r = partial(&split, "2", &["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows = |run: &Path| -> Vec<Vec<String>> {
+        read_csv(&run.join("epochs.csv"))
+            .into_iter()
+            .map(|r| {
+                ["epoch", "train_loss", "val_accuracy", "val_macro_f1"]
+                    .map(|c| r[c].clone())
+                    .to_vec()
+            })
+            .collect()
+    };
+    assert_eq!(rows(&split), rows(&straight));
+
+    check_partial_refusals(&partial, &manifest, dir.path());
+}
+
+/// A partial fine-tuning run of the last two blocks (unless `extra` says how many), batch 8.
+fn train_partial(
+    shared: &Path,
+    manifest: &Path,
+    out: &Path,
+    epochs: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = train_args(shared, manifest, out, epochs);
+    let mode = args.iter().position(|a| a == "frozen").unwrap();
+    args[mode] = "partial".into();
+    let batch = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[batch + 1] = "8".into();
+    if !extra.contains(&"--tune-blocks") {
+        args.extend(["--tune-blocks", "2"].map(String::from));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Against the ImageNet backbone: blocks 0-13 and the stem untouched, blocks 14-15 and the
+/// head convolution trained (weights and batch-norm statistics). Returns the exported model
+/// and its parameters.
+fn check_only_the_last_blocks_trained(
+    shared: &Path,
+    straight: &Path,
+    dir: &Path,
+) -> (PathBuf, std::collections::BTreeMap<String, Vec<f32>>) {
+    let trained = dir.join("partial.pneumoscope");
+    export(straight, &trained, &[]);
+    let imagenet = dir.join("imagenet.pneumoscope");
     let w = shared.join("weights/efficientnet-lite0-57934424.pth");
     ok(&[
         "untrained",
@@ -617,26 +671,28 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
         same > 50 && changed > 10,
         "{same} frozen, {changed} trained"
     );
+    (trained, a)
+}
 
-    // Calibrated export: a temperature fitted on validation, folded into the head. The classes
-    // predicted stay, the validation log-likelihood does not get worse, and only the head's
-    // last layer differs.
-    let calibrated = dir.path().join("calibrated.pneumoscope");
-    ok(&[
-        "export",
-        "--run",
-        straight.to_str().unwrap(),
-        "--out",
-        calibrated.to_str().unwrap(),
-        "--calibrate",
-    ]);
+/// Calibrated export: a temperature fitted on validation, folded into the head. The classes
+/// predicted stay, the validation log-likelihood does not get worse, and only the head's last
+/// layer differs.
+fn check_calibrated_export(
+    straight: &Path,
+    trained: &Path,
+    a: &std::collections::BTreeMap<String, Vec<f32>>,
+    manifest: &Path,
+    dir: &Path,
+) {
+    let calibrated = dir.join("calibrated.pneumoscope");
+    export(straight, &calibrated, &["--calibrate"]);
     let header =
         pneumoscope::model_file::ModelFile::read_header(&std::fs::read(&calibrated).unwrap())
             .unwrap();
     let t = header.extra["calibration"]["temperature"].as_f64().unwrap();
     assert!(t > 0.0 && t != 1.0, "temperature {t}");
     let c = parameters(&calibrated);
-    for (k, v) in &a {
+    for (k, v) in a {
         if k.starts_with("head.fc2.") {
             for (x, y) in v.iter().zip(&c[k]) {
                 assert!((x / t as f32 - y).abs() <= 1e-5 * x.abs().max(1.0), "{k}");
@@ -646,7 +702,7 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
         }
     }
     let val = |model: &Path, out: &str| {
-        let d = dir.path().join(out);
+        let d = dir.join(out);
         ok(&[
             "evaluate",
             "--model",
@@ -666,7 +722,7 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
             .sum::<f64>()
             / rows.len() as f64
     };
-    let (plain, cal) = (val(&trained, "eval-plain"), val(&calibrated, "eval-cal"));
+    let (plain, cal) = (val(trained, "eval-plain"), val(&calibrated, "eval-cal"));
     for (p, q) in plain.iter().zip(&cal) {
         assert_eq!((&p["path"], &p["top"]), (&q["path"], &q["top"]));
     }
@@ -676,25 +732,14 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
         nll(&cal),
         nll(&plain)
     );
+}
 
-    // Stopped after one epoch and resumed: the uninterrupted run's numbers.
-    let split = dir.path().join("split");
-    assert!(partial(&split, "1", &[]).status.success());
-    let r = partial(&split, "2", &["--resume"]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let rows = |run: &Path| -> Vec<Vec<String>> {
-        read_csv(&run.join("epochs.csv"))
-            .into_iter()
-            .map(|r| {
-                ["epoch", "train_loss", "val_accuracy", "val_macro_f1"]
-                    .map(|c| r[c].clone())
-                    .to_vec()
-            })
-            .collect()
-    };
-    assert_eq!(rows(&split), rows(&straight));
-
-    // Refusals with their reasons.
+/// Refusals with their reasons; the comparison refuses the whole list before training anything.
+fn check_partial_refusals(
+    partial: &dyn Fn(&Path, &str, &[&str]) -> std::process::Output,
+    manifest: &Path,
+    dir: &Path,
+) {
     for (extra, needle) in [
         (
             vec!["--tune-blocks", "17"],
@@ -706,7 +751,7 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
             "resnet50 is not split into blocks here",
         ),
     ] {
-        let r = partial(&dir.path().join(extra.join("")), "1", &extra);
+        let r = partial(&dir.join(extra.join("")), "1", &extra);
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(
             !r.status.success() && err.contains(needle),
@@ -714,7 +759,7 @@ fn partial_fine_tuning_trains_only_the_last_blocks() {
         );
     }
     // The comparison refuses the whole list before training anything.
-    let bench = dir.path().join("bench");
+    let bench = dir.join("bench");
     let r = run(&[
         "benchmark",
         "--data",
@@ -755,14 +800,7 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
         let run_dir = dir.path().join(format!("run-{seed}"));
         train(&shared, &manifest, &run_dir, "2", &["--seed", seed]);
         let model = dir.path().join(format!("m{seed}.pneumoscope"));
-        ok(&[
-            "export",
-            "--run",
-            run_dir.to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-            "--f16",
-        ]);
+        export(&run_dir, &model, &["--f16"]);
         members.push(model);
     }
     let ens = dir.path().join("ensemble.pneumoscope");
@@ -816,7 +854,19 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
         assert!((both["ood"]["score"].as_f64().unwrap() - mean).abs() < 1e-4);
     }
 
-    // evaluate and gradcam take it like any model file.
+    check_ensemble_evaluate_and_gradcam(&ens, &header, m, &images[0], dir.path());
+    check_ensemble_refusals(&shared, &members, &bytes, &images[0], dir.path());
+}
+
+/// `evaluate` and `gradcam` take the ensemble `ens` like any model file.
+fn check_ensemble_evaluate_and_gradcam(
+    ens: &Path,
+    header: &serde_json::Value,
+    m: &str,
+    image: &Path,
+    dir: &Path,
+) {
+    let e = ens.to_str().unwrap();
     let js = ok(&["evaluate", "--model", e, "--data", m, "--json"]);
     let v: serde_json::Value = serde_json::from_str(js.trim()).unwrap();
     assert_eq!(v["n"], 24);
@@ -824,8 +874,7 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
         v["macro_f1"].as_f64().unwrap(),
         header["metrics"]["test"]["macro_f1"].as_f64().unwrap()
     );
-    let image = &images[0];
-    let png = dir.path().join("cam.png");
+    let png = dir.join("cam.png");
     let out = ok(&[
         "gradcam",
         "--model",
@@ -837,12 +886,23 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
     let g: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(g["map"]["width"], 224);
     assert!(png.is_file());
+}
 
-    // Refused: one member, a corrupt member (named), members trained on other data, and a
-    // damaged ensemble file.
+/// Refused: one member, a corrupt member (named), members trained on other data, and a damaged
+/// ensemble file (`bytes` are the ensemble's).
+fn check_ensemble_refusals(
+    shared: &Path,
+    members: &[PathBuf],
+    bytes: &[u8],
+    image: &Path,
+    dir: &Path,
+) {
+    let e = dir.join("ensemble.pneumoscope");
+    let e = e.to_str().unwrap();
+    let m1 = members[0].to_str().unwrap();
     let one = run(&["ensemble", "--out", e, m1]);
     assert!(!one.status.success());
-    let cut = dir.path().join("cut.pneumoscope");
+    let cut = dir.join("cut.pneumoscope");
     let b1 = std::fs::read(&members[1]).unwrap();
     std::fs::write(&cut, &b1[..b1.len() / 2]).unwrap();
     let out = run(&["ensemble", "--out", e, m1, cut.to_str().unwrap()]);
@@ -852,7 +912,7 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
         err.contains("cut.pneumoscope") && err.contains("truncated"),
         "{err}"
     );
-    let other = dir.path().join("other.pneumoscope");
+    let other = dir.join("other.pneumoscope");
     ok(&[
         "untrained",
         "--arch",
@@ -869,10 +929,10 @@ fn an_ensemble_of_two_runs_answers_with_their_mean() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("other data"), "{err}");
-    let mut damaged = bytes.clone();
+    let mut damaged = bytes.to_vec();
     let n = damaged.len() - 1000;
     damaged[n] ^= 0x40;
-    let bad = dir.path().join("damaged.pneumoscope");
+    let bad = dir.join("damaged.pneumoscope");
     std::fs::write(&bad, &damaged).unwrap();
     let out = run(&[
         "predict",

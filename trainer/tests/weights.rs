@@ -277,60 +277,7 @@ fn training_without_weights_needs_allow_random_init() {
     let o = train(&["--allow-random-init"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("random initialisation"));
-    let model = dir.path().join("m.pneumoscope");
-    ok(&[
-        "export",
-        "--run",
-        run_dir.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    let header = pneumoscope::model_file::ModelFile::from_bytes(&std::fs::read(&model).unwrap())
-        .unwrap()
-        .header;
-    assert_eq!(header.arch, "squeezenet1_0");
-    assert_eq!(header.weight_source, "random-init");
-    let report = dir.path().join("report");
-    let eval = ok(&[
-        "evaluate",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        manifest.to_str().unwrap(),
-        "--json",
-        "--out",
-        report.to_str().unwrap(),
-    ]);
-    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
-    assert!(md.contains("squeezenet1_0 (random-init backbone)"), "{md}");
-    let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
-    assert_eq!(v["n"], 16);
-    assert!(eval.contains("random-init"), "{eval}");
-    let img = read_csv(&manifest)[0]["path"].clone();
-    let img = manifest.parent().unwrap().join(img);
-    let line = ok(&[
-        "predict",
-        "--model",
-        model.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    let p: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    let sum: f64 = ["normal", "bacterial", "viral", "covid19"]
-        .iter()
-        .map(|c| p["probabilities"][c].as_f64().unwrap())
-        .sum();
-    assert!((sum - 1.0).abs() < 1e-4);
-    let png = dir.path().join("cam.png");
-    ok(&[
-        "gradcam",
-        "--model",
-        model.to_str().unwrap(),
-        img.to_str().unwrap(),
-        "--out",
-        png.to_str().unwrap(),
-    ]);
-    assert!(png.is_file());
-
+    check_random_init_marked(&run_dir, &manifest, dir.path());
     // Fine-tuning every layer works for a torchvision port too (one epoch).
     let ft = dir.path().join("run-ft");
     let mut a = args(&["--allow-random-init"]);
@@ -351,4 +298,56 @@ fn training_without_weights_needs_allow_random_init() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(ft.join("model.bpk").is_file());
     assert_eq!(read_csv(&ft.join("epochs.csv")).len(), 1);
+}
+
+/// The model file exported from the random-init run at `run_dir`, its evaluation and its
+/// predictions carry the mark, and it answers and explains.
+fn check_random_init_marked(run_dir: &Path, manifest: &Path, dir: &Path) {
+    let model = dir.join("m.pneumoscope");
+    export(run_dir, &model, &[]);
+    let header = pneumoscope::model_file::ModelFile::from_bytes(&std::fs::read(&model).unwrap())
+        .unwrap()
+        .header;
+    assert_eq!(header.arch, "squeezenet1_0");
+    assert_eq!(header.weight_source, "random-init");
+    let report = dir.join("report");
+    let eval = ok(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        manifest.to_str().unwrap(),
+        "--json",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("squeezenet1_0 (random-init backbone)"), "{md}");
+    let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(v["n"], 16);
+    assert!(eval.contains("random-init"), "{eval}");
+    let img = read_csv(manifest)[0]["path"].clone();
+    let img = manifest.parent().unwrap().join(img);
+    let line = ok(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let sum: f64 = ["normal", "bacterial", "viral", "covid19"]
+        .iter()
+        .map(|c| p["probabilities"][c].as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4);
+    let png = dir.join("cam.png");
+    ok(&[
+        "gradcam",
+        "--model",
+        model.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(png.is_file());
 }

@@ -39,6 +39,19 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `export --run RUN --out OUT` and the `extra` options, asserting success; returns stdout.
+pub fn export(run: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 /// Builds the full manifest of the shared data into `dir`.
 pub fn build_full(shared: &Path, dir: &Path) -> PathBuf {
     let k = shared.join("data/kermany");
