@@ -5,7 +5,7 @@
 //! CSV, HTML), a grid of confusion matrices and a grid of Grad-CAMs of the same test images.
 
 use crate::data::Split;
-use crate::train::{Mode, TrainConfig};
+use crate::train::{Mode, Optimisation, TrainConfig};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use plotters::prelude::*;
@@ -34,26 +34,13 @@ pub struct BenchmarkOptions {
     /// with `k % n == i - 1`.
     #[arg(long, default_value = "1/1", value_parser = parse_shard)]
     pub shard: Shard,
-    /// Epochs.
-    #[arg(long, default_value_t = 40)]
-    pub epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 100)]
-    pub batch_size: usize,
-    /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// Epochs, batch, learning rate, seed and devices of every run.
+    #[command(flatten)]
+    pub optimisation: Optimisation,
     /// Architectures without fetched ImageNet weights train from random initialisation
     /// (marked in every output) instead of failing.
     #[arg(long)]
     pub allow_random_init: bool,
-    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
-    /// a comma-separated list for data-parallel training (evaluation runs on the first).
-    #[arg(long, visible_alias = "devices", default_value = "cpu")]
-    pub device: String,
 }
 
 /// Architecture names, in registry order.
@@ -243,7 +230,7 @@ fn run_one(o: &BenchmarkOptions, data: &Path, out: &Path, spec: &ArchSpec) -> Re
             ..Default::default()
         },
     )?;
-    let device = crate::device::parse_list(&o.device)?.swap_remove(0);
+    let device = crate::device::parse_list(&o.optimisation.device)?.swap_remove(0);
     let e = crate::evaluate::on_split(
         &crate::evaluate::EvaluateOptions {
             model: model_path.clone(),
@@ -303,11 +290,7 @@ fn train_arch(o: &BenchmarkOptions, data: &Path, spec: &ArchSpec, run_dir: &Path
         arch: spec.name.to_string(),
         weights,
         mode: o.mode,
-        epochs: o.epochs,
-        batch_size: o.batch_size,
-        lr: o.lr,
-        seed: o.seed,
-        device: o.device.clone(),
+        optimisation: o.optimisation.clone(),
         ..TrainConfig::default()
     };
     crate::train::train(cfg, run_dir, resume)

@@ -79,7 +79,7 @@ fn feature_cache(manifest: &Manifest, cfg: &TrainConfig) -> PathBuf {
     let key = serde_json::json!({
         "images": pneumoscope::model_file::sha256_hex(images.as_bytes()),
         "arch": cfg.arch, "mode": cfg.mode, "tune_blocks": cfg.tune_blocks,
-        "weights": cfg.weights, "augment": cfg.augment, "seed": cfg.seed,
+        "weights": cfg.weights, "augment": cfg.augment, "seed": cfg.optimisation.seed,
     });
     let mut key = key;
     if !cfg.region.is_whole() {

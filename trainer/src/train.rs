@@ -99,6 +99,30 @@ impl Schedule {
     }
 }
 
+/// How a run optimises: the settings `train` and `benchmark` share, flattened into both command
+/// lines and into a run's `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+pub struct Optimisation {
+    /// Epochs.
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
+    /// a comma-separated list of them for data-parallel training (`--devices cuda:0,cuda:1`):
+    /// each step's batch (`--batch-size` in all) is split over the devices and their gradients
+    /// added on the first (evaluation runs on the first).
+    #[arg(long, visible_alias = "devices", default_value = "cpu")]
+    pub device: String,
+}
+
 /// Everything that defines a run: the options of `train` (flattened into its command line,
 /// whose defaults are [`TrainConfig::default`]) and the run's `RUN/config.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
@@ -118,22 +142,14 @@ pub struct TrainConfig {
     /// convolution and the head; EfficientNet-Lite) or `finetune` (all layers).
     #[arg(long, value_enum, default_value = "frozen")]
     pub mode: Mode,
-    /// Epochs.
-    #[arg(long, default_value_t = 40)]
-    pub epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 100)]
-    pub batch_size: usize,
-    /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// Epochs, batch, learning rate, seed and devices (shared with `benchmark`).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub optimisation: Optimisation,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "constant")]
     #[serde(default = "constant")]
     pub schedule: Schedule,
-    /// Seed of initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Class-imbalance handling.
     #[arg(long, value_enum, default_value = "weighted")]
     pub imbalance: Imbalance,
@@ -144,12 +160,6 @@ pub struct TrainConfig {
     /// is the evaluation transform, the others random augmentations drawn once).
     #[arg(long, default_value_t = 1)]
     pub views: usize,
-    /// Device: cpu, vulkan[:N] or cuda[:N] (the latter two in builds with those features), or
-    /// a comma-separated list of them for data-parallel training (`--devices cuda:0,cuda:1`):
-    /// each step's batch (`--batch-size` in all) is split over the devices and their gradients
-    /// added on the first.
-    #[arg(long, visible_alias = "devices", default_value = "cpu")]
-    pub device: String,
     /// Dropout probability of the head (default: the paper's, 0.2; 0.5 for SqueezeNet's
     /// convolutional head).
     #[arg(long, value_parser = dropout_probability)]
@@ -558,7 +568,7 @@ impl Run<'_> {
                 .augment
                 .as_ref()
                 .filter(|_| v > 0)
-                .map(|a| (a, cfg.seed.wrapping_add(v as u64)));
+                .map(|a| (a, cfg.optimisation.seed.wrapping_add(v as u64)));
             let t = Instant::now();
             let label = format!("{tag}view {v}").replace('-', " ");
             let (f, hit) = features_cached(&dir, &format!("{tag}v{v}"), pool.len(), dim, || {
@@ -690,11 +700,18 @@ fn settle_config(cfg: TrainConfig, run: &Path, resume: bool) -> Result<TrainConf
     let cfg = if resume {
         let saved: TrainConfig = read_json(&cfg_path)
             .with_context(|| format!("--resume: {} is not a run folder", run.display()))?;
-        if saved.epochs != cfg.epochs {
-            eprintln!("resuming with {} epochs (was {})", cfg.epochs, saved.epochs);
+        let epochs = cfg.optimisation.epochs;
+        if saved.optimisation.epochs != epochs {
+            eprintln!(
+                "resuming with {epochs} epochs (was {})",
+                saved.optimisation.epochs
+            );
         }
         TrainConfig {
-            epochs: cfg.epochs,
+            optimisation: Optimisation {
+                epochs,
+                ..saved.optimisation
+            },
             ..saved
         }
     } else {
@@ -747,15 +764,15 @@ impl<'a> Run<'a> {
                 spec.name
             );
         }
-        let devices = crate::device::parse_list(&cfg.device)?;
+        let devices = crate::device::parse_list(&cfg.optimisation.device)?;
         let device = devices[0].clone();
         let replicas = Devices::new(&devices);
         if replicas.len() > 1 {
             eprintln!(
                 "data-parallel training on {} devices ({}); each step's batch of {} is split between them",
                 replicas.len(),
-                cfg.device,
-                cfg.batch_size
+                cfg.optimisation.device,
+                cfg.optimisation.batch_size
             );
         }
         let loaded = starting_backbone(cfg, &spec, &device)?;
@@ -784,7 +801,7 @@ impl<'a> Run<'a> {
             &manifest.populations(&train_rows),
             cfg.imbalance,
         );
-        replicas.main().seed(cfg.seed);
+        replicas.main().seed(cfg.optimisation.seed);
         let run = Run {
             cfg,
             dir,
@@ -957,6 +974,7 @@ impl<'a> Run<'a> {
         val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
     ) -> Result<M> {
         let cfg = self.cfg;
+        let opt = &cfg.optimisation;
         let mut optim = AdamConfig::new().init();
         let (mut progress, mut module) = Progress::resume(self.dir, module, &mut optim)?;
         // A shard's share of a batch's loss: the sum of its rows' weights (the loss's
@@ -964,22 +982,22 @@ impl<'a> Run<'a> {
         let row_w = &self.row_w;
         let shard_weight = |rows: &[usize]| -> f64 { rows.iter().map(|&i| row_w[i] as f64).sum() };
         let n = self.train_labels.len();
-        let steps_per_epoch = n.div_ceil(cfg.batch_size);
-        let remaining = cfg.epochs.saturating_sub(progress.state.epochs_done);
+        let steps_per_epoch = n.div_ceil(opt.batch_size);
+        let remaining = opt.epochs.saturating_sub(progress.state.epochs_done);
         let pb = crate::progress::bar((remaining * steps_per_epoch) as u64, "training");
         let t_train = Instant::now();
-        for epoch in progress.state.epochs_done + 1..=cfg.epochs {
+        for epoch in progress.state.epochs_done + 1..=opt.epochs {
             let t0 = Instant::now();
-            let epoch_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+            let epoch_seed = opt.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
             let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
             // The backend's generator (dropout masks) restarts each epoch too, so a resumed
             // run draws exactly what an uninterrupted one would.
             self.replicas.seed(epoch_seed);
             let order = epoch_order(&self.train_labels, cfg.imbalance, &mut rng);
             let mut total = 0.0;
-            for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
+            for (b, batch) in order.chunks(opt.batch_size).enumerate() {
                 let step = (epoch - 1) * steps_per_epoch + b;
-                let lr = cfg.schedule.lr(cfg.lr, step, cfg.epochs * steps_per_epoch);
+                let lr = cfg.schedule.lr(opt.lr, step, opt.epochs * steps_per_epoch);
                 let (lv, grads) =
                     self.replicas
                         .step(&module, batch, &mut rng, &loss, &shard_weight);
@@ -987,7 +1005,7 @@ impl<'a> Run<'a> {
                 module = optim.step(lr, module, grads);
                 pb.inc(1);
                 if pb.is_hidden() && (b + 1) % 20 == 0 {
-                    let rate = ((b + 1) * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64();
+                    let rate = ((b + 1) * opt.batch_size) as f64 / t0.elapsed().as_secs_f64();
                     log_step(&pb, t_train, (epoch, b + 1, steps_per_epoch), lv, rate);
                 }
             }
@@ -1004,7 +1022,7 @@ impl<'a> Run<'a> {
                 &pb,
                 format!(
                     "epoch {epoch:>3}/{}: loss {:.4}  val acc {:.4}  val macro-F1 {:.4}  ({:.1}s)",
-                    cfg.epochs, log.train_loss, acc, f1, log.seconds
+                    opt.epochs, log.train_loss, acc, f1, log.seconds
                 ),
             );
             progress.save(log, &module, &optim)?;
