@@ -41,6 +41,16 @@ impl Class {
         }
     }
 
+    /// The class as a reader names it ("Bacterial pneumonia"): what the page shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Normal => "Normal",
+            Class::Bacterial => "Bacterial pneumonia",
+            Class::Viral => "Viral pneumonia",
+            Class::Covid19 => "COVID-19",
+        }
+    }
+
     /// Index of the class in model outputs.
     pub fn index(self) -> usize {
         self as usize

@@ -76,6 +76,22 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").into()
 }
 
+/// The classes in the models' output order, as `[{ name, label }]` (`"bacterial"`,
+/// `"Bacterial pneumonia"`): the page's class controls and labels come from here.
+#[wasm_bindgen]
+pub fn classes() -> Result<JsValue, JsValue> {
+    #[derive(Serialize)]
+    struct Named {
+        name: &'static str,
+        label: &'static str,
+    }
+    let list = Class::ALL.map(|c| Named {
+        name: c.name(),
+        label: c.label(),
+    });
+    to_js(&list)
+}
+
 /// A loaded model file, ready to classify and explain chest X-rays.
 #[wasm_bindgen]
 pub struct Classifier {

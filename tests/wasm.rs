@@ -193,3 +193,23 @@ async fn a_model_too_big_for_the_gpu_falls_back_to_the_cpu_with_the_reason() {
         .unwrap();
     assert_eq!(bytes, (4 * 320 * 1280) as f64);
 }
+
+/// The page's class controls and labels come from the library: the four classes in the models'
+/// output order, each with its name and its label.
+#[wasm_bindgen_test]
+fn the_class_list_is_the_output_order_with_labels() {
+    let list = js_sys::Array::from(&pneumoscope::web::classes().unwrap());
+    assert_eq!(list.length() as usize, Class::ALL.len());
+    for (i, class) in Class::ALL.iter().enumerate() {
+        let item = list.get(i as u32);
+        let field = |key: &str| {
+            js_sys::Reflect::get(&item, &key.into())
+                .unwrap()
+                .as_string()
+                .unwrap()
+        };
+        assert_eq!(field("name"), class.name());
+        assert_eq!(field("label"), class.label());
+    }
+    assert_eq!(Class::Bacterial.label(), "Bacterial pneumonia");
+}

@@ -27,13 +27,16 @@
 // client restarts the worker with the same model, and `body[data-worker-restarts]` counts the
 // restarts. Test-only: `?panic-test` makes the library panic on purpose on the first image.
 
-import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
+import { PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
 const client = new PneumoscopeClient();
 const backend = requestedBackend();
 
 let modelReady = null; // Promise of the current model's load result
+let classes = []; // [{ name, label }] in output order, from the library
+let classesReady = Promise.resolve(); // Promise of `classes`
+const labelOf = (name) => classes.find((c) => c.name === name)?.label ?? name;
 let lastGood = null; // the last model that loaded, still in use when another fails
 let modelLabel = ""; // its file name
 let current = null; // { bytes, name } of the image on screen
@@ -200,6 +203,7 @@ async function analyse(cls, startedAt = performance.now()) {
   setBusy("Classifying and explaining…");
   try {
     await modelReady;
+    await classesReady;
     const callStart = performance.now();
     const panicForTest = panicArmed;
     panicArmed = false;
@@ -239,16 +243,16 @@ function maskText(mask) {
 
 function show(r, startedAt) {
   const result = $("result");
-  renderBars($("bars"), r.probabilities, r.top);
-  $("top-class").textContent = CLASS_LABELS[r.top];
+  renderBars($("bars"), r.probabilities, r.top, classes);
+  $("top-class").textContent = labelOf(r.top);
   const percent = `${Math.round(r.probabilities[r.top] * 100)} %`;
   $("top-probability").textContent = percent;
   // What a screen reader says when the result arrives.
-  $("announce").textContent = `Most probable: ${CLASS_LABELS[r.top]}, ${percent}.` +
+  $("announce").textContent = `Most probable: ${labelOf(r.top)}, ${percent}.` +
     (r.caution ? ` ${r.caution}` : "") + (r.ood?.flagged ? " Warning: this image is unlike the X-rays the model was trained on." : "");
   $("backend").textContent = r.backend;
   $("cam-class").value = r.cam.class;
-  $("cam-class-name").textContent = CLASS_LABELS[r.cam.class];
+  $("cam-class-name").textContent = labelOf(r.cam.class);
   const canvas = $("gradcam");
   drawOverlay(canvas, r, Number($("opacity").value));
   canvas.dataset.class = r.cam.class;
@@ -304,7 +308,7 @@ const COLLECTION_NAMES = {
 
 /** "Labelled viral pneumonia in its collection (…); a test image, never trained on. Image: …". */
 function exampleText(ex) {
-  return `Labelled ${CLASS_LABELS[ex.label] ?? ex.label} in its collection (${COLLECTION_NAMES[ex.source] ?? ex.source}); ` +
+  return `Labelled ${labelOf(ex.label)} in its collection (${COLLECTION_NAMES[ex.source] ?? ex.source}); ` +
     `a test image the model was never trained or tuned on. Image: ${ex.credit} (${ex.licence}).`;
 }
 
@@ -382,14 +386,14 @@ async function saveResult() {
   ctx.fillStyle = "#111111";
   ctx.font = "bold 20px sans-serif";
   let y = side + 52;
-  ctx.fillText(`Most probable: ${CLASS_LABELS[r.top]}, ${Math.round(r.probabilities[r.top] * 100)} %`, 20, y);
+  ctx.fillText(`Most probable: ${labelOf(r.top)}, ${Math.round(r.probabilities[r.top] * 100)} %`, 20, y);
   ctx.font = "16px sans-serif";
-  for (const c of CLASSES) {
+  for (const { name, label } of classes) {
     y += 24;
-    ctx.fillText(`${CLASS_LABELS[c]}: ${(r.probabilities[c] * 100).toFixed(1)} %`, 20, y);
+    ctx.fillText(`${label}: ${(r.probabilities[name] * 100).toFixed(1)} %`, 20, y);
   }
   y += 30;
-  ctx.fillText(`Grad-CAM for ${CLASS_LABELS[r.cam.class]}. Model: ${modelLabel} (${lastGood.info.arch})`.slice(0, 110), 20, y);
+  ctx.fillText(`Grad-CAM for ${labelOf(r.cam.class)}. Model: ${modelLabel} (${lastGood.info.arch})`.slice(0, 110), 20, y);
   y += 22;
   ctx.fillText(`Pneumoscope ${lastGood.version ?? ""}, ${r.backend} backend, ${new Date().toISOString().slice(0, 10)}`, 20, y);
   y += 26;
@@ -418,12 +422,17 @@ async function takeImage(file) {
 }
 
 async function init() {
-  for (const c of CLASSES) {
-    const o = document.createElement("option");
-    o.value = c;
-    o.textContent = CLASS_LABELS[c];
-    $("cam-class").append(o);
-  }
+  // The class controls, once the library says its classes (a failure to start it is reported
+  // by the model's load).
+  classesReady = client.classes().then((list) => {
+    classes = list;
+    for (const c of list) {
+      const o = document.createElement("option");
+      o.value = c.name;
+      o.textContent = c.label;
+      $("cam-class").append(o);
+    }
+  }, () => {});
   $("image-input").addEventListener("change", (e) => {
     const file = e.target.files[0];
     e.target.value = ""; // choosing the same file again runs it again

@@ -6,17 +6,7 @@
 //   const model = await client.load({ url: "models/x.pneumoscope", backend: "auto" },
 //                                   (loaded, total) => {});
 //   const r = await client.explain(imageBytes);          // class optional: "viral", ...
-
-/** The four classes in the model's output order. */
-export const CLASSES = ["normal", "bacterial", "viral", "covid19"];
-
-/** Human-readable class names. */
-export const CLASS_LABELS = {
-  normal: "Normal",
-  bacterial: "Bacterial pneumonia",
-  viral: "Viral pneumonia",
-  covid19: "COVID-19",
-};
+//   const classes = await client.classes();              // [{ name, label }], from the library
 
 /** The backend asked for in the page address (`?backend=cpu|webgpu`), else "auto". */
 export function requestedBackend(search = globalThis.location?.search ?? "") {
@@ -116,6 +106,18 @@ export class PneumoscopeClient {
     return this.send(op, args, onProgress, transfer);
   }
 
+  /**
+   * The classes in the models' output order, as the library names them: `[{ name, label }]`
+   * (`"bacterial"`, `"Bacterial pneumonia"`). Asked of the worker once.
+   */
+  classes() {
+    this.classList ??= this.call("classes", {}).catch((e) => {
+      this.classList = null;
+      throw e;
+    });
+    return this.classList;
+  }
+
   /** Loads a model from `url` or from `bytes` (an ArrayBuffer); `backend`: auto|webgpu|cpu. */
   async load({ url, bytes, backend = "auto", name }, onProgress) {
     const result = await this.call("load", { url: url && String(url), bytes, backend, name }, onProgress);
@@ -185,23 +187,23 @@ export function lungShareText(lungs, crop = null) {
   return `${Math.round(lungs.share * 100)} % of the evidence lies in the lung fields (outlined).` + framed;
 }
 
-/** Fills `container` with one labelled bar per class. */
-export function renderBars(container, probabilities, top) {
+/** Fills `container` with one labelled bar per class of `classes` (from `client.classes()`). */
+export function renderBars(container, probabilities, top, classes) {
   container.replaceChildren();
-  for (const c of CLASSES) {
+  for (const { name: c, label: text } of classes) {
     const p = probabilities[c];
     const row = document.createElement("div");
     row.className = "bar" + (c === top ? " top" : "");
     const label = document.createElement("span");
     label.className = "bar-label";
-    label.textContent = CLASS_LABELS[c];
+    label.textContent = text;
     const track = document.createElement("span");
     track.className = "bar-track";
     track.setAttribute("role", "meter");
     track.setAttribute("aria-valuemin", "0");
     track.setAttribute("aria-valuemax", "100");
     track.setAttribute("aria-valuenow", (p * 100).toFixed(1));
-    track.setAttribute("aria-label", CLASS_LABELS[c]);
+    track.setAttribute("aria-label", text);
     const fill = document.createElement("span");
     fill.className = "bar-fill";
     fill.style.width = `${(p * 100).toFixed(1)}%`;

@@ -15,7 +15,7 @@
 // `detail` is the classification; failures fire `pneumoscope-error` and show the message.
 // Like the page, it runs everything on the user's device in a Web Worker.
 
-import { CLASSES, CLASS_LABELS, PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars } from "./client.js";
+import { PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars } from "./client.js";
 
 const TEMPLATE = `
   <link rel="stylesheet" href="${new URL("./pneumoscope-classifier.css", import.meta.url)}">
@@ -51,14 +51,9 @@ class PneumoscopeClassifier extends HTMLElement {
     this.ready = null;
     this.bytes = null;
     this.name = null;
+    this.classes = []; // [{ name, label }] in output order, from the library
     const $ = (s) => this.shadowRoot.querySelector(s);
     this.$ = $;
-    for (const c of CLASSES) {
-      const o = document.createElement("option");
-      o.value = c;
-      o.textContent = CLASS_LABELS[c];
-      $(".cam-class").append(o);
-    }
     $("input[type=file]").addEventListener("change", async (e) => {
       const f = e.target.files[0];
       e.target.value = ""; // choosing the same file again runs it again
@@ -96,10 +91,13 @@ class PneumoscopeClassifier extends HTMLElement {
     this.client = new PneumoscopeClient();
     const status = this.$(".status");
     this.ready = (async () => {
+      const classes = this.client.classes();
+      classes.catch(() => {}); // a worker that does not start fails the load below too
       const url = await this.modelUrl();
       const m = await this.client.load({ url, backend: this.getAttribute("backend") || "auto" }, (loaded) => {
         status.textContent = `Loading the model… ${(loaded / 1e6).toFixed(1)} MB`;
       });
+      this.showClasses(await classes);
       status.textContent = `${m.info.arch} on ${m.backend}`;
       this.dataset.backend = m.backend;
       return m;
@@ -109,6 +107,19 @@ class PneumoscopeClassifier extends HTMLElement {
     } catch (e) {
       status.textContent = "No model loaded.";
       this.fail(e.message);
+    }
+  }
+
+  /** The class selector's options, from the library's list. */
+  showClasses(list) {
+    this.classes = list;
+    const select = this.$(".cam-class");
+    select.replaceChildren();
+    for (const c of list) {
+      const o = document.createElement("option");
+      o.value = c.name;
+      o.textContent = c.label;
+      select.append(o);
     }
   }
 
@@ -127,9 +138,10 @@ class PneumoscopeClassifier extends HTMLElement {
       await this.ready;
       const r = await this.client.explain(this.bytes, cls);
       this.$(".result").hidden = false;
-      this.$(".top").textContent = `Most probable: ${CLASS_LABELS[r.top]}`;
+      const label = this.classes.find((c) => c.name === r.top)?.label ?? r.top;
+      this.$(".top").textContent = `Most probable: ${label}`;
       this.$(".cam-class").value = r.cam.class;
-      renderBars(this.$(".bars"), r.probabilities, r.top);
+      renderBars(this.$(".bars"), r.probabilities, r.top, this.classes);
       drawOverlay(this.$("canvas"), r, 0.45);
       this.dataset.probabilities = JSON.stringify(r.probabilities);
       this.dataset.backend = r.backend;

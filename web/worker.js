@@ -6,7 +6,7 @@
 // worker with the same model. A loaded model's bytes go back with the load result
 // (`modelData`, transferred), for that restart.
 
-import init, { Classifier, version } from "./pkg/pneumoscope.js";
+import init, { Classifier, classes, version } from "./pkg/pneumoscope.js";
 
 let ready = null; // Promise of the initialised wasm module
 let model = null; // the loaded Classifier
@@ -57,6 +57,13 @@ async function fetchWithProgress(url, id) {
 }
 
 const ops = {
+  /** The library's classes in output order: `[{ name, label }]`. */
+  async classes() {
+    ready ??= init();
+    await ready;
+    return classes();
+  },
+
   async load({ url, bytes, backend, name }, id) {
     const t0 = performance.now();
     ready ??= init();
