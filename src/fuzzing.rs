@@ -75,24 +75,9 @@ pub fn model_file(data: &[u8]) {
     } else {
         let spec = arch::find("efficientnet_lite0").expect("lite0 is registered");
         let header = ModelHeader {
-            format_version: FORMAT_VERSION,
-            arch: spec.name.into(),
-            classes: crate::Class::ALL.to_vec(),
-            input: spec.input.clone(),
-            gradcam_layer: spec.gradcam_layer.into(),
-            weights_dtype: "f32".into(),
-            weight_source: "fuzz".into(),
-            training: serde_json::Value::Null,
-            data: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-            extra: serde_json::Value::Null,
-            ood: None,
-            population: None,
-            lungs: None,
-            region: Default::default(),
-            created_by: "fuzz".into(),
             payload_len: rest.len() as u64,
             payload_sha256: crate::model_file::sha256_hex(rest),
+            ..ModelHeader::new(&spec, "fuzz", "fuzz")
         };
         let bytes = ModelFile {
             header,

@@ -6,6 +6,7 @@
 //! leaf. Channel weights are the spatial means of the gradient of the class score; the map is
 //! `ReLU(Σ_c w_c A_c)`, normalised to [0, 1].
 
+use crate::Class;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use burn::prelude::*;
@@ -21,8 +22,8 @@ pub struct CamMap {
     pub height: usize,
     /// Row-major values in [0, 1] (all zero when no location contributes positively).
     pub values: Vec<f32>,
-    /// The class the map explains (index in model-output order).
-    pub class: usize,
+    /// The class the map explains.
+    pub class: Class,
     /// The class logit.
     pub score: f32,
 }
@@ -61,20 +62,15 @@ pub struct CamParts {
 
 /// Forward and backward for one image `[1, 3, s, s]` (on a device without autodiff) and one
 /// class.
-pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamParts> {
+pub fn cam_parts(model: &Classifier, input: Tensor<4>, class: Class) -> Result<CamParts> {
     let activation = model.feature_map(input.without_autodiff()).detach();
     cam_parts_from(model, activation, class)
 }
 
 /// [`cam_parts`] from the target activation `[1, C, h, w]` already computed (e.g. by the
 /// classification of the same image): only the head runs forward and backward.
-pub fn cam_parts_from(model: &Classifier, activation: Tensor<4>, class: usize) -> Result<CamParts> {
-    if class >= crate::NUM_CLASSES {
-        return Err(Error::Invalid(format!(
-            "class index {class} is out of range 0..4"
-        )));
-    }
-    cam_parts_with(activation, class, |a| model.logits_from_map(a))
+pub fn cam_parts_from(model: &Classifier, activation: Tensor<4>, class: Class) -> Result<CamParts> {
+    cam_parts_with(activation, class.index(), |a| model.logits_from_map(a))
 }
 
 /// [`cam_parts_from`] for any continuation `logits` of the network from the target activation
@@ -124,19 +120,24 @@ fn cam_tensor(parts: &CamParts) -> Tensor<4> {
 pub(crate) fn normalised(
     mut values: Vec<f32>,
     [h, w]: [usize; 2],
-    class: usize,
+    class: Class,
     score: f32,
 ) -> CamMap {
-    let max = values.iter().cloned().fold(0.0f32, f32::max);
-    if max > 0.0 {
-        values.iter_mut().for_each(|v| *v /= max);
-    }
+    scale_to_one(&mut values);
     CamMap {
         width: w,
         height: h,
         values,
         class,
         score,
+    }
+}
+
+/// Divides `values` by their maximum when it is positive (all zero stays all zero).
+fn scale_to_one(values: &mut [f32]) {
+    let max = values.iter().cloned().fold(0.0f32, f32::max);
+    if max > 0.0 {
+        values.iter_mut().for_each(|v| *v /= max);
     }
 }
 
@@ -147,16 +148,28 @@ fn read_error(e: impl std::fmt::Debug) -> Error {
     }
 }
 
-/// [`combine_async`], blocking until the map is read (native callers).
-pub fn combine(parts: CamParts, class: usize) -> Result<CamMap> {
-    crate::block_on(combine_async(parts, class))
+/// [`read_map_async`], blocking until the map is read (native callers).
+pub fn read_map(parts: CamParts) -> Result<ReadMap> {
+    crate::block_on(read_map_async(parts))
 }
 
-/// Combines activation and gradient into a normalised map: `ReLU(Σ_c mean(∂y/∂A_c) A_c)`.
-pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
+/// A map read back from the device: `[h, w]` values scaled to a maximum of 1, and the logit
+/// of the output it explains (any continuation's, see [`cam_parts_with`]).
+pub struct ReadMap {
+    /// Row-major values in [0, 1].
+    pub values: Vec<f32>,
+    /// Height and width.
+    pub shape: [usize; 2],
+    /// The logit explained.
+    pub score: f32,
+}
+
+/// Combines activation and gradient into `ReLU(Σ_c mean(∂y/∂A_c) A_c)` and reads it back,
+/// scaled to a maximum of 1.
+pub async fn read_map_async(parts: CamParts) -> Result<ReadMap> {
     let [_, _, h, w] = parts.activation.dims();
     let cam = cam_tensor(&parts);
-    let values: Vec<f32> = cam
+    let mut values: Vec<f32> = cam
         .into_data_async()
         .await
         .map_err(read_error)?
@@ -169,21 +182,42 @@ pub async fn combine_async(parts: CamParts, class: usize) -> Result<CamMap> {
         .map_err(read_error)?
         .try_to_vec()
         .map_err(read_error)?;
-    Ok(normalised(values, [h, w], class, score[0]))
+    scale_to_one(&mut values);
+    Ok(ReadMap {
+        values,
+        shape: [h, w],
+        score: score[0],
+    })
+}
+
+/// The map of one of the four classes from its parts (see [`cam_parts`]).
+pub async fn combine_async(parts: CamParts, class: Class) -> Result<CamMap> {
+    let ReadMap {
+        values,
+        shape: [h, w],
+        score,
+    } = read_map_async(parts).await?;
+    Ok(CamMap {
+        width: w,
+        height: h,
+        values,
+        class,
+        score,
+    })
 }
 
 /// [`grad_cam_async`], blocking until the map is read (native callers).
-pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
+pub fn grad_cam(model: &Classifier, input: Tensor<4>, class: Class) -> Result<CamMap> {
     crate::block_on(grad_cam_async(model, input, class))
 }
 
 /// Grad-CAM of one preprocessed image `[1, 3, s, s]` for one class.
-pub async fn grad_cam_async(model: &Classifier, input: Tensor<4>, class: usize) -> Result<CamMap> {
+pub async fn grad_cam_async(model: &Classifier, input: Tensor<4>, class: Class) -> Result<CamMap> {
     combine_async(cam_parts(model, input, class)?, class).await
 }
 
 /// [`grad_cam_from_async`], blocking until the map is read (native callers).
-pub fn grad_cam_from(model: &Classifier, activation: Tensor<4>, class: usize) -> Result<CamMap> {
+pub fn grad_cam_from(model: &Classifier, activation: Tensor<4>, class: Class) -> Result<CamMap> {
     crate::block_on(grad_cam_from_async(model, activation, class))
 }
 
@@ -191,7 +225,7 @@ pub fn grad_cam_from(model: &Classifier, activation: Tensor<4>, class: usize) ->
 pub async fn grad_cam_from_async(
     model: &Classifier,
     activation: Tensor<4>,
-    class: usize,
+    class: Class,
 ) -> Result<CamMap> {
     combine_async(cam_parts_from(model, activation, class)?, class).await
 }

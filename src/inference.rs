@@ -317,7 +317,7 @@ impl Network {
     pub fn explain_input(&self, x: Vec<f32>, class: Option<Class>) -> Result<(Prediction, CamMap)> {
         let (prediction, activation) = self.classify_keeping_activation(x)?;
         let class = class.unwrap_or(prediction.top);
-        let cam = gradcam::grad_cam_from(&self.model, activation, class.index())?;
+        let cam = gradcam::grad_cam_from(&self.model, activation, class)?;
         Ok((prediction, cam))
     }
 }
@@ -625,7 +625,7 @@ impl Engine {
             .networks
             .iter()
             .zip(activations)
-            .map(|(n, a)| gradcam::grad_cam_from(&n.model, a, class.index()))
+            .map(|(n, a)| gradcam::grad_cam_from(&n.model, a, class))
             .collect::<Result<Vec<_>>>()?;
         Ok(self.mean_cam(cams))
     }
@@ -758,7 +758,7 @@ impl Engine {
             .zip(&mut timings.members)
         {
             let t = clock();
-            cams.push(gradcam::grad_cam_from_async(&n.model, a, class.index()).await?);
+            cams.push(gradcam::grad_cam_from_async(&n.model, a, class).await?);
             m.gradcam_ms = clock() - t;
         }
         let t = clock();
@@ -902,7 +902,7 @@ mod tests {
         let (_, ca) = ea.explain(&image, Some(class)).unwrap();
         let (_, cb) = eb.explain(&image, Some(class)).unwrap();
         let (_, c) = e.explain(&image, Some(class)).unwrap();
-        assert_eq!((c.width, c.height, c.class), (240, 240, class.index()));
+        assert_eq!((c.width, c.height, c.class), (240, 240, class));
         let mut want: Vec<f32> = ca
             .upsample(240)
             .iter()

@@ -107,11 +107,7 @@ impl LungDecoder {
 
     /// The decoder's weights as a Burn record (what a model file's lung section holds).
     pub fn to_bytes(self) -> Result<Vec<u8>> {
-        Ok(self
-            .into_record()
-            .into_bytes()
-            .map_err(|e| Error::ModelFile(format!("cannot serialise the decoder: {e:?}")))?
-            .to_vec())
+        model_file::record_bytes(self, "the decoder")
     }
 
     /// A decoder loaded from [`LungDecoder::to_bytes`]'s record.
@@ -775,11 +771,7 @@ impl model_file::Versioned for LungsHeader {
 impl LungsFile {
     /// Packs a segmenter. The header's length and checksum are filled in here.
     pub fn new(mut header: LungsHeader, model: LungNet) -> Result<Self> {
-        let payload = model
-            .into_record()
-            .into_bytes()
-            .map_err(|e| Error::ModelFile(format!("cannot serialise the weights: {e:?}")))?
-            .to_vec();
+        let payload = model_file::record_bytes(model, "the weights")?;
         header.format_version = LUNGS_FORMAT_VERSION;
         header.payload_len = payload.len() as u64;
         header.payload_sha256 = sha256_hex(&payload);

@@ -198,6 +198,37 @@ const MAX_SIDE: usize = 2048;
 const MIN_SIDE: usize = 16;
 
 impl ModelHeader {
+    /// The header every model file of `spec` starts from: the current format, the four classes,
+    /// the architecture's input transform and Grad-CAM layer, f32 weights, no statistics and
+    /// an empty payload (which [`ModelFile::from_classifier`] fills in). Callers set training,
+    /// data, metrics and extras with struct update syntax.
+    pub fn new(
+        spec: &arch::ArchSpec,
+        weight_source: impl Into<String>,
+        created_by: impl Into<String>,
+    ) -> Self {
+        ModelHeader {
+            format_version: FORMAT_VERSION,
+            arch: spec.name.into(),
+            classes: Class::ALL.to_vec(),
+            input: spec.input.clone(),
+            gradcam_layer: spec.gradcam_layer.into(),
+            weights_dtype: "f32".into(),
+            weight_source: weight_source.into(),
+            training: serde_json::Value::Null,
+            data: serde_json::Value::Null,
+            metrics: serde_json::Value::Null,
+            extra: serde_json::Value::Null,
+            ood: None,
+            population: None,
+            lungs: None,
+            region: Default::default(),
+            created_by: created_by.into(),
+            payload_len: 0,
+            payload_sha256: String::new(),
+        }
+    }
+
     /// Checks the header's values: a known architecture, the four classes in their order,
     /// input sizes and normalisation in range, a known weight precision, the Grad-CAM layer of
     /// the architecture, and finite, consistent out-of-distribution and population statistics.
@@ -310,6 +341,16 @@ fn current(kind: FileKind) -> Format {
     Format::of(Format::current(kind)).expect("the current versions are known")
 }
 
+/// A module's parameters as the bytes of a Burn record (a payload, a lung section); `what` names
+/// them in the error.
+pub(crate) fn record_bytes(module: impl Module, what: &str) -> Result<Vec<u8>> {
+    Ok(module
+        .into_record()
+        .into_bytes()
+        .map_err(|e| Error::ModelFile(format!("cannot serialise {what}: {e:?}")))?
+        .to_vec())
+}
+
 /// Lowercase hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -320,11 +361,7 @@ impl ModelFile {
     /// Packs a classifier and its description. `header.payload_len` and
     /// `header.payload_sha256` are filled in here.
     pub fn from_classifier(mut header: ModelHeader, model: Classifier) -> Result<Self> {
-        let bytes = model
-            .into_record()
-            .into_bytes()
-            .map_err(|e| Error::ModelFile(format!("cannot serialise the weights: {e:?}")))?;
-        let payload: Vec<u8> = bytes.to_vec();
+        let payload = record_bytes(model, "the weights")?;
         header.format_version = FORMAT_VERSION;
         header.payload_len = payload.len() as u64;
         header.payload_sha256 = sha256_hex(&payload);
@@ -856,27 +893,7 @@ pub(crate) mod tests {
     /// A random-init header of `arch` for tests (payload fields filled in by
     /// [`ModelFile::from_classifier`]).
     pub(crate) fn header_of(arch: &str) -> ModelHeader {
-        let spec = arch::find(arch).unwrap();
-        ModelHeader {
-            format_version: FORMAT_VERSION,
-            arch: spec.name.into(),
-            classes: Class::ALL.to_vec(),
-            input: spec.input.clone(),
-            gradcam_layer: spec.gradcam_layer.into(),
-            weights_dtype: "f32".into(),
-            weight_source: "random-init".into(),
-            training: serde_json::Value::Null,
-            data: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-            extra: serde_json::Value::Null,
-            ood: None,
-            population: None,
-            lungs: None,
-            region: Default::default(),
-            created_by: "test".into(),
-            payload_len: 0,
-            payload_sha256: String::new(),
-        }
+        ModelHeader::new(&arch::find(arch).unwrap(), "random-init", "test")
     }
 
     fn header() -> ModelHeader {

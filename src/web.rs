@@ -506,7 +506,7 @@ impl Classifier {
             let cam_out = CamOut {
                 width: e.cam.width,
                 height: e.cam.height,
-                class: Class::from_index(e.cam.class).expect("a class index"),
+                class: e.cam.class,
                 score: e.cam.score,
             };
             let cam_js = to_js(&cam_out)?;

@@ -135,7 +135,7 @@ fn check_network(
                 .iter()
                 .map(|v| if max > 0.0 { v / max } else { 0.0 })
                 .collect(),
-            class,
+            class: cls,
             score: 0.0,
         };
         for (s, u) in sums[class].iter_mut().zip(normalised.upsample(size)) {
@@ -201,7 +201,7 @@ fn predicted_class_map_is_informative_and_upsamples() {
     let path = &common::sample_images(&shared)[2];
     let bytes = std::fs::read(path).unwrap();
     let (pred, cam) = engine.explain(&bytes, None).unwrap();
-    assert_eq!(cam.class, pred.top.index());
+    assert_eq!(cam.class, pred.top);
     let max = cam.values.iter().cloned().fold(0f32, f32::max);
     assert!((max - 1.0).abs() < 1e-6, "normalised to 1");
     let size = engine.input_size();

@@ -74,14 +74,14 @@ async fn grad_cam_agrees_between_backends() {
         let a = pneumoscope::gradcam::grad_cam_async(
             &cpu.model,
             cpu.batch(std::slice::from_ref(&x)),
-            class.index(),
+            class,
         )
         .await
         .unwrap();
         let b = pneumoscope::gradcam::grad_cam_async(
             &gpu.model,
             gpu.batch(std::slice::from_ref(&x)),
-            class.index(),
+            class,
         )
         .await
         .unwrap();

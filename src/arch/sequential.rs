@@ -122,7 +122,7 @@ pub fn alexnet(imagenet_head: bool, d: &Device) -> SequentialNet {
         relu(),
         Layer::MaxPool(max_pool(3, 2, 0, false)),
     ];
-    let mut classifier = vec![
+    let hidden = vec![
         Layer::Dropout(dropout(0.5)),
         Layer::Linear(linear(256 * 6 * 6, 4096, d)),
         relu(),
@@ -130,17 +130,7 @@ pub fn alexnet(imagenet_head: bool, d: &Device) -> SequentialNet {
         Layer::Linear(linear(4096, 4096, d)),
         relu(),
     ];
-    if imagenet_head {
-        classifier.push(Layer::Linear(linear(4096, 1000, d)));
-    }
-    SequentialNet {
-        features,
-        classifier,
-        cam_split: 12,
-        pool: 6,
-        tail: 6,
-        conv_classifier: false,
-    }
+    fully_connected(features, hidden, 12, 6, imagenet_head, d)
 }
 
 /// VGG-16 (configuration D, no batch norm). Grad-CAM: `features.29`, the ReLU after the last
@@ -160,7 +150,7 @@ pub fn vgg16(imagenet_head: bool, d: &Device) -> SequentialNet {
             cin = c;
         }
     }
-    let mut classifier = vec![
+    let hidden = vec![
         Layer::Linear(linear(512 * 7 * 7, 4096, d)),
         relu(),
         Layer::Dropout(dropout(0.5)),
@@ -168,15 +158,30 @@ pub fn vgg16(imagenet_head: bool, d: &Device) -> SequentialNet {
         relu(),
         Layer::Dropout(dropout(0.5)),
     ];
+    fully_connected(features, hidden, 30, 7, imagenet_head, d)
+}
+
+/// AlexNet's and VGG's shape: `features`, average pooling to `pool`x`pool` and flattening,
+/// then the six `hidden` layers of the classifier (the backbone's) and, when kept, the ImageNet
+/// layer after them. `features[..cam_split]` gives the Grad-CAM target.
+fn fully_connected(
+    features: Vec<Layer>,
+    mut hidden: Vec<Layer>,
+    cam_split: usize,
+    pool: usize,
+    imagenet_head: bool,
+    d: &Device,
+) -> SequentialNet {
+    let tail = hidden.len();
     if imagenet_head {
-        classifier.push(Layer::Linear(linear(4096, 1000, d)));
+        hidden.push(Layer::Linear(linear(4096, 1000, d)));
     }
     SequentialNet {
         features,
-        classifier,
-        cam_split: 30,
-        pool: 7,
-        tail: 6,
+        classifier: hidden,
+        cam_split,
+        pool,
+        tail,
         conv_classifier: false,
     }
 }

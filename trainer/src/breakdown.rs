@@ -5,6 +5,7 @@
 
 use crate::data::{Label, PNEUMONIA_UNKNOWN, Population};
 use crate::metrics::{self, Interval, Metrics, argmax, percentile};
+use crate::report::Table;
 use pneumoscope::{Class, NUM_CLASSES};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -252,26 +253,53 @@ pub fn markdown(b: &Breakdown) -> String {
         f1(&b.children_and_covid19),
         f1(&b.all_with_a_class)
     );
-    out += "| population | source | images (patients) | normal → COVID-19 | normal → pneumonia | pneumonia (pathogen unknown) → normal | pneumonia (pathogen unknown) → COVID-19 | COVID-19 recall | not COVID-19 → COVID-19 |\n|---|---|---|---|---|---|---|---|---|\n";
-    for g in &b.groups {
-        out += &format!(
-            "| {} | {} | {} |\n",
-            g.population,
-            g.source,
-            group_cells(g).join(" | ")
-        );
-    }
+    out += &groups_table(b).markdown();
     out += "\nShares as hits/images = share [95 % interval, patients resampled]. Confusion per group:\n\n";
-    out += "| population | source | true label | normal | bacterial | viral | covid19 |\n|---|---|---|---|---|---|---|\n";
+    out += &group_confusion_table(b).markdown();
+    out
+}
+
+/// One row per population and source: images and patients, and the shares of the mistakes
+/// the shortcut would make.
+fn groups_table(b: &Breakdown) -> Table {
+    let mut t = Table::new(&[
+        "population",
+        "source",
+        "images (patients)",
+        "normal → COVID-19",
+        "normal → pneumonia",
+        "pneumonia (pathogen unknown) → normal",
+        "pneumonia (pathogen unknown) → COVID-19",
+        "COVID-19 recall",
+        "not COVID-19 → COVID-19",
+    ]);
+    for g in &b.groups {
+        let mut row = vec![g.population.clone(), g.source.clone()];
+        row.extend(group_cells(g));
+        t.rows.push(row);
+    }
+    t
+}
+
+/// Per population, source and true label: how many images were called each class.
+fn group_confusion_table(b: &Breakdown) -> Table {
+    let mut t = Table::new(&[
+        "population",
+        "source",
+        "true label",
+        "normal",
+        "bacterial",
+        "viral",
+        "covid19",
+    ]);
     for g in &b.groups {
         for (l, c) in &g.confusion {
-            out += &format!(
-                "| {} | {} | {l} | {} | {} | {} | {} |\n",
-                g.population, g.source, c[0], c[1], c[2], c[3]
-            );
+            let mut row = vec![g.population.clone(), g.source.clone(), l.clone()];
+            row.extend(c.iter().map(|v| v.to_string()));
+            t.rows.push(row);
         }
     }
-    out
+    t
 }
 
 /// The breakdown as HTML tables (the same content as [`markdown`]).
@@ -281,16 +309,9 @@ pub fn html(b: &Breakdown) -> String {
         f1(&b.children_and_covid19),
         f1(&b.all_with_a_class)
     );
-    out += "<table><tr><th>population</th><th>source</th><th>images (patients)</th><th>normal → COVID-19</th><th>normal → pneumonia</th><th>pneumonia (pathogen unknown) → normal</th><th>pneumonia (pathogen unknown) → COVID-19</th><th>COVID-19 recall</th><th>not COVID-19 → COVID-19</th></tr>";
-    for g in &b.groups {
-        out += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            g.population,
-            g.source,
-            group_cells(g).join("</td><td>")
-        );
-    }
-    out += "</table><p>Shares as hits/images = share [95 % interval, patients resampled].</p>";
+    out += &groups_table(b).html();
+    out += "<p>Shares as hits/images = share [95 % interval, patients resampled]. Confusion per group:</p>";
+    out += &group_confusion_table(b).html();
     out
 }
 

@@ -92,7 +92,7 @@ pub fn gradcam(
     crate::npy::write_f32(&npy, &[cam.height, cam.width], &cam.values)?;
     let mut line = serde_json::json!({
         "file": image.display().to_string(),
-        "class": Class::ALL[cam.class],
+        "class": cam.class,
         "top": pred.top,
         "score": cam.score,
         "map": { "width": cam.width, "height": cam.height, "npy": npy.display().to_string() },

@@ -254,7 +254,15 @@ fn write_reports(
     let (title, desc) = report_title(o, engine, e);
     let m = &e.metrics;
     report::confusion_png(&out.join("confusion_matrix.png"), &m.confusion, &title)?;
-    let mut md = report::markdown(&title, &desc, m, &e.sources, &e.by_population, cams);
+    let report = report::Report {
+        title: &title,
+        model_desc: &desc,
+        metrics: m,
+        sources: &e.sources,
+        by_population: &e.by_population,
+        cams,
+    };
+    let mut md = report.markdown();
     if let Some(l) = &e.lung_share {
         std::fs::write(
             out.join("lung_share.json"),
@@ -263,10 +271,7 @@ fn write_reports(
         md += &l.markdown();
     }
     std::fs::write(out.join("report.md"), md)?;
-    std::fs::write(
-        out.join("report.html"),
-        report::html(&title, &desc, m, &e.sources, &e.by_population, cams),
-    )?;
+    std::fs::write(out.join("report.html"), report.html())?;
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(m)?)?;
     let mut w = csv::Writer::from_path(out.join("gradcam.csv"))?;
     w.write_record(["overlay", "image", "truth", "predicted", "confidence"])?;

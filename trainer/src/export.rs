@@ -8,13 +8,10 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, DType};
-use pneumoscope::Class;
 use pneumoscope::arch;
 use pneumoscope::lungs::LungsFile;
 use pneumoscope::model::Classifier;
-use pneumoscope::model_file::{
-    EnsembleFile, FORMAT_VERSION, FileKind, Format, ModelFile, ModelHeader, format_of,
-};
+use pneumoscope::model_file::{EnsembleFile, FileKind, Format, ModelFile, ModelHeader, format_of};
 use pneumoscope::preprocess::InputRegion;
 use std::path::Path;
 
@@ -212,24 +209,12 @@ fn fit_ood(
 /// metrics and extras.
 fn header(spec: &arch::ArchSpec, f16: bool, weight_source: String) -> ModelHeader {
     ModelHeader {
-        format_version: FORMAT_VERSION,
-        arch: spec.name.to_string(),
-        classes: Class::ALL.to_vec(),
-        input: spec.input.clone(),
-        gradcam_layer: spec.gradcam_layer.to_string(),
         weights_dtype: if f16 { "f16".into() } else { "f32".into() },
-        weight_source,
-        training: serde_json::Value::Null,
-        data: serde_json::Value::Null,
-        metrics: serde_json::Value::Null,
-        extra: serde_json::Value::Null,
-        ood: None,
-        population: None,
-        lungs: None,
-        region: Default::default(),
-        created_by: format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
-        payload_len: 0,
-        payload_sha256: String::new(),
+        ..ModelHeader::new(
+            spec,
+            weight_source,
+            format!("pneumoscope {}", env!("CARGO_PKG_VERSION")),
+        )
     }
 }
 

@@ -139,7 +139,7 @@ fn write_cam(
             .imagenet_logits(backbone.head_input(a))
             .expect("head kept")
     })?;
-    let cam = gradcam::combine(parts, class)?;
-    npy::write_f32(out, &[cam.height, cam.width], &cam.values)?;
+    let map = gradcam::read_map(parts)?;
+    npy::write_f32(out, &map.shape, &map.values)?;
     Ok(())
 }

@@ -226,6 +226,46 @@ impl Table {
     }
 }
 
+/// The headline figures: images, patients, accuracy and macro-F1 with their patient-bootstrap
+/// intervals, the weighted figures, macro ROC-AUC and the calibration error.
+fn summary_table(m: &Metrics) -> Table {
+    let mut t = Table::new(&["metric", "value"]);
+    let with_ci = |v: f64, ci: &crate::metrics::Interval| {
+        format!("{} % (95% CI {}–{})", pct(v), pct(ci.low), pct(ci.high))
+    };
+    let rows = [
+        ("images", m.n.to_string()),
+        ("patients", m.patients.to_string()),
+        ("accuracy", with_ci(m.accuracy, &m.accuracy_ci)),
+        ("macro-F1", with_ci(m.macro_f1, &m.macro_f1_ci)),
+        ("weighted F1", format!("{} %", pct(m.weighted_f1))),
+        (
+            "weighted precision",
+            format!("{} %", pct(m.weighted_precision)),
+        ),
+        ("weighted recall", format!("{} %", pct(m.weighted_recall))),
+        ("macro ROC-AUC", format!("{:.4}", m.macro_auc)),
+        ("expected calibration error", format!("{:.4}", m.ece)),
+    ];
+    for (k, v) in rows {
+        t.rows.push(vec![k.to_string(), v]);
+    }
+    t
+}
+
+/// Counts of each true class (rows) against each predicted class (columns).
+fn confusion_table(m: &Metrics) -> Table {
+    let mut header = vec!["true \\ predicted"];
+    header.extend(Class::ALL.iter().map(|c| c.name()));
+    let mut t = Table::new(&header);
+    for (r, row) in m.confusion.iter().enumerate() {
+        let mut cells = vec![Class::ALL[r].name().to_string()];
+        cells.extend(row.iter().map(|v| v.to_string()));
+        t.rows.push(cells);
+    }
+    t
+}
+
 /// Precision, recall, F1, specificity, ROC-AUC and support of each class.
 fn per_class_table(m: &Metrics) -> Table {
     let mut t = Table::new(&[
@@ -275,69 +315,103 @@ fn pct(v: f64) -> String {
     format!("{:.1}", 100.0 * v)
 }
 
-/// The Markdown report.
-pub fn markdown(
-    title: &str,
-    model_desc: &str,
-    m: &Metrics,
-    sources: &SourceBreakdown,
-    by_population: &Breakdown,
-    cams: &[CamEntry],
-) -> String {
-    let mut s = format!("# {title}\n\n{model_desc}\n\n");
-    s += "> Research and teaching tool, not a medical device. Not for diagnosis.\n\n";
-    s += &format!(
-        "## Summary\n\n| metric | value |\n|---|---|\n| images | {} |\n| patients | {} |\n| accuracy | {} % (95% CI {}–{}) |\n| macro-F1 | {} % (95% CI {}–{}) |\n| weighted F1 | {} % |\n| weighted precision | {} % |\n| weighted recall | {} % |\n| macro ROC-AUC | {:.4} |\n| expected calibration error | {:.4} |\n\nConfidence intervals: 1000 bootstrap resamples of patients.\n\n",
-        m.n,
-        m.patients,
-        pct(m.accuracy),
-        pct(m.accuracy_ci.low),
-        pct(m.accuracy_ci.high),
-        pct(m.macro_f1),
-        pct(m.macro_f1_ci.low),
-        pct(m.macro_f1_ci.high),
-        pct(m.weighted_f1),
-        pct(m.weighted_precision),
-        pct(m.weighted_recall),
-        m.macro_auc,
-        m.ece
-    );
-    s += &format!(
-        "## Children and adults\n\n{CHILDREN_AND_ADULTS}\n\n{}\n",
-        crate::breakdown::markdown(by_population)
-    );
-    s += &format!("## Per class\n\n{}", per_class_table(m).markdown());
-    s += "\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n\n| true \\ predicted |";
-    for c in Class::ALL {
-        s += &format!(" {} |", c.name());
-    }
-    s += "\n|---|---|---|---|---|\n";
-    for (r, row) in m.confusion.iter().enumerate() {
-        s += &format!("| {} |", Class::ALL[r].name());
-        for v in row {
-            s += &format!(" {v} |");
+/// What an evaluation report shows, rendered as Markdown ([`Report::markdown`]) or as HTML
+/// ([`Report::html`]).
+pub struct Report<'a> {
+    /// The report's heading.
+    pub title: &'a str,
+    /// The model and data evaluated, in a sentence.
+    pub model_desc: &'a str,
+    /// The metrics of every image.
+    pub metrics: &'a Metrics,
+    /// Per source: images, accuracy and predictions.
+    pub sources: &'a SourceBreakdown,
+    /// Per population and source: the shortcut's mistakes.
+    pub by_population: &'a Breakdown,
+    /// The Grad-CAM panel.
+    pub cams: &'a [CamEntry],
+}
+
+impl Report<'_> {
+    /// The Markdown report.
+    pub fn markdown(&self) -> String {
+        let m = self.metrics;
+        let mut s = format!("# {}\n\n{}\n\n", self.title, self.model_desc);
+        s += "> Research and teaching tool, not a medical device. Not for diagnosis.\n\n";
+        s += &format!(
+            "## Summary\n\n{}\nConfidence intervals: 1000 bootstrap resamples of patients.\n\n",
+            summary_table(m).markdown()
+        );
+        s += &format!(
+            "## Children and adults\n\n{CHILDREN_AND_ADULTS}\n\n{}\n",
+            crate::breakdown::markdown(self.by_population)
+        );
+        s += &format!("## Per class\n\n{}", per_class_table(m).markdown());
+        s += &format!(
+            "\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n\n{}",
+            confusion_table(m).markdown()
+        );
+        s += "\n## By source (shortcut check)\n\nIn the public collections every COVID-19 image comes from adults (often figures cut from papers) and the Kermany images from children aged 1–5, so a model can tell the classes apart by age or image source instead of by disease. The table shows what the model predicts per source; a source whose images are all predicted as one class is a warning sign, and results on a single-source external set are the honest test.\n\n";
+        s += &source_table(self.sources).markdown();
+        if !self.cams.is_empty() {
+            s += "\n## Grad-CAM\n\nMaps of the predicted class at the last convolutional block, over the image the network sees.\n\n| image | true | predicted | map |\n|---|---|---|---|\n";
+            for e in self.cams {
+                s += &format!(
+                    "| {} | {} | {} ({:.2}) | ![]({}) |\n",
+                    Path::new(&e.file)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default(),
+                    e.truth,
+                    e.predicted,
+                    e.confidence,
+                    e.overlay
+                );
+            }
         }
-        s += "\n";
+        s
     }
-    s += "\n## By source (shortcut check)\n\nIn the public collections every COVID-19 image comes from adults (often figures cut from papers) and the Kermany images from children aged 1–5, so a model can tell the classes apart by age or image source instead of by disease. The table shows what the model predicts per source; a source whose images are all predicted as one class is a warning sign, and results on a single-source external set are the honest test.\n\n";
-    s += &source_table(sources).markdown();
-    if !cams.is_empty() {
-        s += "\n## Grad-CAM\n\nMaps of the predicted class at the last convolutional block, over the image the network sees.\n\n| image | true | predicted | map |\n|---|---|---|---|\n";
-        for e in cams {
-            s += &format!(
-                "| {} | {} | {} ({:.2}) | ![]({}) |\n",
-                Path::new(&e.file)
+
+    /// The HTML report (self-contained apart from the PNGs beside it).
+    pub fn html(&self) -> String {
+        let m = self.metrics;
+        let mut s = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}}table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}th:first-child,td:first-child{{text-align:left}}.note{{background:#fff4d6;padding:.6rem 1rem;border-left:4px solid #e0a800}}.cams{{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:1rem}}figure{{margin:0}}figcaption{{font-size:.85rem}}img{{max-width:100%}}</style></head><body><h1>{t}</h1><p>{d}</p><p class=\"note\">Research and teaching tool, not a medical device. Not for diagnosis.</p>",
+            t = esc(self.title),
+            d = esc(self.model_desc)
+        );
+        s += &format!("<h2>Summary</h2>{}", summary_table(m).html());
+        s += &format!(
+            "<h2>Children and adults</h2><p>{}</p>{}",
+            esc(CHILDREN_AND_ADULTS),
+            crate::breakdown::html(self.by_population)
+        );
+        s += &format!("<h2>Per class</h2>{}", per_class_table(m).html());
+        s += "<h2>Confusion matrix</h2><img src=\"confusion_matrix.png\" alt=\"confusion matrix, counts and row-normalised\">";
+        s += "<h2>By source (shortcut check)</h2><p>Every COVID-19 image of the public collections comes from adults, the Kermany images from children aged 1–5: a model can separate the classes by age or source. A source predicted as a single class is a warning sign.</p>";
+        s += &source_table(self.sources).html();
+        if !self.cams.is_empty() {
+            s += "<h2>Grad-CAM</h2><p>Maps of the predicted class at the last convolutional block.</p><div class=\"cams\">";
+            for e in self.cams {
+                let name = Path::new(&e.file)
                     .file_name()
                     .map(|f| f.to_string_lossy().to_string())
-                    .unwrap_or_default(),
-                e.truth,
-                e.predicted,
-                e.confidence,
-                e.overlay
-            );
+                    .unwrap_or_default();
+                s += &format!(
+                    "<figure><img src=\"{}\" alt=\"Grad-CAM of {}\"><figcaption>{}<br>true <b>{}</b>, predicted <b>{}</b> ({:.2})</figcaption></figure>",
+                    esc(&e.overlay),
+                    esc(&name),
+                    esc(&name),
+                    e.truth,
+                    e.predicted,
+                    e.confidence
+                );
+            }
+            s += "</div>";
         }
+        s += "</body></html>\n";
+        s
     }
-    s
 }
 
 fn esc(s: &str) -> String {
@@ -348,63 +422,3 @@ fn esc(s: &str) -> String {
 
 /// What the "Children and adults" section says before its tables.
 const CHILDREN_AND_ADULTS: &str = "Every public COVID-19 image is an adult's and most paediatric images are pneumonia, so a model can learn \"adult\" instead of \"COVID-19\". These are the headline figures: the four-class macro-F1 on the paper's population (children and COVID-19), and per population and source what adult normals, pneumonia of unknown pathogen (NIH ChestX-ray14: bacterial or viral, never COVID-19) and COVID-19 images were called.";
-
-/// The HTML report (self-contained apart from the PNGs beside it).
-pub fn html(
-    title: &str,
-    model_desc: &str,
-    m: &Metrics,
-    sources: &SourceBreakdown,
-    by_population: &Breakdown,
-    cams: &[CamEntry],
-) -> String {
-    let mut s = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}}table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}th:first-child,td:first-child{{text-align:left}}.note{{background:#fff4d6;padding:.6rem 1rem;border-left:4px solid #e0a800}}.cams{{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:1rem}}figure{{margin:0}}figcaption{{font-size:.85rem}}img{{max-width:100%}}</style></head><body><h1>{t}</h1><p>{d}</p><p class=\"note\">Research and teaching tool, not a medical device. Not for diagnosis.</p>",
-        t = esc(title),
-        d = esc(model_desc)
-    );
-    s += &format!(
-        "<h2>Summary</h2><table><tr><th>metric</th><th>value</th></tr><tr><td>images / patients</td><td>{} / {}</td></tr><tr><td>accuracy</td><td>{} % (95% CI {}–{})</td></tr><tr><td>macro-F1</td><td>{} % (95% CI {}–{})</td></tr><tr><td>weighted F1</td><td>{} %</td></tr><tr><td>macro ROC-AUC</td><td>{:.4}</td></tr><tr><td>expected calibration error</td><td>{:.4}</td></tr></table>",
-        m.n,
-        m.patients,
-        pct(m.accuracy),
-        pct(m.accuracy_ci.low),
-        pct(m.accuracy_ci.high),
-        pct(m.macro_f1),
-        pct(m.macro_f1_ci.low),
-        pct(m.macro_f1_ci.high),
-        pct(m.weighted_f1),
-        m.macro_auc,
-        m.ece
-    );
-    s += &format!(
-        "<h2>Children and adults</h2><p>{}</p>{}",
-        esc(CHILDREN_AND_ADULTS),
-        crate::breakdown::html(by_population)
-    );
-    s += &format!("<h2>Per class</h2>{}", per_class_table(m).html());
-    s += "<h2>Confusion matrix</h2><img src=\"confusion_matrix.png\" alt=\"confusion matrix, counts and row-normalised\">";
-    s += "<h2>By source (shortcut check)</h2><p>Every COVID-19 image of the public collections comes from adults, the Kermany images from children aged 1–5: a model can separate the classes by age or source. A source predicted as a single class is a warning sign.</p>";
-    s += &source_table(sources).html();
-    if !cams.is_empty() {
-        s += "<h2>Grad-CAM</h2><p>Maps of the predicted class at the last convolutional block.</p><div class=\"cams\">";
-        for e in cams {
-            let name = Path::new(&e.file)
-                .file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default();
-            s += &format!(
-                "<figure><img src=\"{}\" alt=\"Grad-CAM of {}\"><figcaption>{}<br>true <b>{}</b>, predicted <b>{}</b> ({:.2})</figcaption></figure>",
-                esc(&e.overlay),
-                esc(&name),
-                esc(&name),
-                e.truth,
-                e.predicted,
-                e.confidence
-            );
-        }
-        s += "</div>";
-    }
-    s += "</body></html>\n";
-    s
-}

@@ -52,6 +52,25 @@ pub fn load_backbone(
     })
 }
 
+/// Loads a burn-store `store` into `backbone` the way the ports need: every Sequential index
+/// kept as it is (parameter-free layers included, so indices must not be renumbered), a
+/// partial load allowed (checked by [`check_fit`]), enum variants skipped, and `spec`'s key
+/// remap. A macro because the stores share these builder methods without a common trait.
+macro_rules! ported {
+    ($backbone:expr, $store:expr, $spec:expr) => {{
+        let mut store = $store
+            .map_indices_contiguous(false)
+            .allow_partial(true)
+            .skip_enum_variants(true);
+        for (from, to) in &$spec.key_remap {
+            store = store.with_key_remapping(from.as_str(), to.as_str());
+        }
+        $backbone
+            .load_from(&mut store)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }};
+}
+
 /// Loads the tensors of the weights file at `path` into `backbone`, read by its extension, with
 /// `spec`'s key remap.
 fn apply_file(backbone: &mut Backbone, spec: &ArchSpec, path: &Path) -> Result<ApplyResult> {
@@ -61,37 +80,16 @@ fn apply_file(backbone: &mut Backbone, spec: &ArchSpec, path: &Path) -> Result<A
         .unwrap_or("")
         .to_ascii_lowercase();
     Ok(match ext.as_str() {
-        "safetensors" => {
-            // Safetensors files of PyTorch models (torchvision's, timm's) use PyTorch's
-            // parameter names and layouts, and Sequential indices as they are.
-            let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(PyTorchToBurnAdapter)
-                .map_indices_contiguous(false)
-                .allow_partial(true)
-                .skip_enum_variants(true);
-            for (from, to) in &spec.key_remap {
-                store = store.with_key_remapping(from.as_str(), to.as_str());
-            }
-            backbone
-                .load_from(&mut store)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("cannot load safetensors weights {}", path.display()))?
-        }
-        "pth" | "pt" | "bin" => {
-            // The ports keep every Sequential index (parameter-free layers included), so the
-            // indices must not be renumbered.
-            let mut store = PytorchStore::from_file(path)
-                .map_indices_contiguous(false)
-                .allow_partial(true)
-                .skip_enum_variants(true);
-            for (from, to) in &spec.key_remap {
-                store = store.with_key_remapping(from.as_str(), to.as_str());
-            }
-            backbone
-                .load_from(&mut store)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("cannot load PyTorch weights {}", path.display()))?
-        }
+        // Safetensors files of PyTorch models (torchvision's, timm's) use PyTorch's parameter
+        // names and layouts.
+        "safetensors" => ported!(
+            backbone,
+            SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter),
+            spec
+        )
+        .with_context(|| format!("cannot load safetensors weights {}", path.display()))?,
+        "pth" | "pt" | "bin" => ported!(backbone, PytorchStore::from_file(path), spec)
+            .with_context(|| format!("cannot load PyTorch weights {}", path.display()))?,
         other => bail!(
             "{}: unsupported weights extension '{other}' (expected .pth, .pt or .safetensors)",
             path.display()
