@@ -24,15 +24,21 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether tracked convolutions go through Burn's own convolution instead (the path before this
-/// module; kept so that `pneumoscope bench` can time both in one run).
-static BURN_CONVOLUTIONS: AtomicBool = AtomicBool::new(false);
+/// Whether tracked convolutions and ReLU6 go through Burn's own operations instead (the path
+/// before this module and [`super::activation`]; kept so that `pneumoscope bench` can time both
+/// in one run).
+static BURN_OPERATIONS: AtomicBool = AtomicBool::new(false);
 
-/// Sends every convolution through Burn's own convolution and its backward (`true`; for a
-/// depthwise layer the per-channel loop), or through this module (`false`, the default). For
-/// benchmarks: both compute the same function.
-pub fn use_burn_convolutions(on: bool) {
-    BURN_CONVOLUTIONS.store(on, Ordering::Relaxed);
+/// Sends every convolution and ReLU6 through Burn's own operations and their backward (`true`;
+/// for a depthwise layer the per-channel loop), or through this module and
+/// [`super::activation`] (`false`, the default). For benchmarks: both compute the same function.
+pub fn use_burn_operations(on: bool) {
+    BURN_OPERATIONS.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`use_burn_operations`] is on.
+pub fn burn_operations() -> bool {
+    BURN_OPERATIONS.load(Ordering::Relaxed)
 }
 
 /// Whether `conv` is a depthwise convolution (one input and one output channel per group, more
@@ -100,7 +106,7 @@ pub fn padding_pairs(conv: &Conv2d, h: usize, w: usize) -> [(usize, usize); 2] {
 /// weights); Burn's convolution otherwise (inference, Grad-CAM, frozen layers). All compute the
 /// same function.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    if BURN_CONVOLUTIONS.load(Ordering::Relaxed) || conv.dilation != [1, 1] {
+    if burn_operations() || conv.dilation != [1, 1] {
         return conv.forward(x);
     }
     let weight = conv.weight.val();
@@ -113,39 +119,23 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if !is_depthwise(conv) {
         return conv.forward(x);
     }
-    let [_, _, h, w] = x.dims();
-    let pad = padding_pairs(conv, h, w);
-    match depthwise_conv2d(x.clone(), weight, conv.stride, pad) {
-        Some(y) => match &conv.bias {
-            Some(b) => {
-                let c = y.dims()[1];
-                y + b.val().reshape([1, c, 1, 1])
-            }
-            None => y,
-        },
-        None => conv.forward(x),
-    }
-}
-
-/// A depthwise convolution without bias as this module's autodiff operation: `x` `[n, c, h,
-/// w]`, `weight` `[c, 1, kh, kw]`, `pad` `[(top, bottom), (left, right)]`, dilation 1. `None`
-/// when the tensors are not f32 tensors of the CPU backend with autodiff (the operation exists
-/// only there), or on wasm.
-pub fn depthwise_conv2d(
-    x: Tensor<4>,
-    weight: Tensor<4>,
-    stride: [usize; 2],
-    pad: [(usize, usize); 2],
-) -> Option<Tensor<4>> {
+    // The operation exists on the CPU backend with autodiff, natively; elsewhere (`None`, and
+    // on wasm) Burn's convolution runs.
     #[cfg(not(target_arch = "wasm32"))]
     {
-        native::depthwise_conv2d(x, weight, stride, pad)
+        let [_, _, h, w] = x.dims();
+        let pad = padding_pairs(conv, h, w);
+        if let Some(y) = native::depthwise_conv2d(x.clone(), weight, conv.stride, pad) {
+            return match &conv.bias {
+                Some(b) => {
+                    let c = y.dims()[1];
+                    y + b.val().reshape([1, c, 1, 1])
+                }
+                None => y,
+            };
+        }
     }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = (x, weight, stride, pad);
-        None
-    }
+    conv.forward(x)
 }
 
 /// Burn's own depthwise convolution (the reference the tests compare with): `x` `[n, c, h, w]`,
@@ -218,11 +208,13 @@ pub mod native {
         }
     }
 
-    fn contiguous(t: &FlexTensor) -> FlexTensor {
+    /// `t` with its values contiguous in row-major order.
+    pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
         t.to_contiguous()
     }
 
-    fn values(t: &FlexTensor) -> &[f32] {
+    /// The values of a contiguous f32 tensor.
+    pub(crate) fn values(t: &FlexTensor) -> &[f32] {
         t.as_slice::<f32>().expect("a contiguous f32 tensor")
     }
 
@@ -317,7 +309,8 @@ pub mod native {
         out
     }
 
-    fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    /// A tensor of the CPU backend from row-major `values`.
+    pub(crate) fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, shape))
     }
 
@@ -351,7 +344,10 @@ pub mod native {
         }
     }
 
-    /// See [`super::depthwise_conv2d`].
+    /// A depthwise convolution without bias as this module's autodiff operation: `x` `[n, c,
+    /// h, w]`, `weight` `[c, 1, kh, kw]`, `pad` `[(top, bottom), (left, right)]`, dilation 1.
+    /// `None` when the tensors are not f32 tensors of the CPU backend with autodiff (the
+    /// operation exists only there).
     pub fn depthwise_conv2d(
         x: Tensor<4>,
         weight: Tensor<4>,
@@ -400,8 +396,9 @@ pub mod native {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
+    use super::native::depthwise_conv2d;
     use super::*;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Distribution;

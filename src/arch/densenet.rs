@@ -4,6 +4,7 @@
 
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, avg_pool, bn, max_pool};
+use super::norm;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear};
@@ -161,15 +162,17 @@ impl DenseNet {
         ];
         for (block, transition) in stages {
             for l in &block.layers {
-                let y = relu(l.norm1.forward(x.clone()));
-                let y = relu(l.norm2.forward(l.conv1.forward(y)));
+                let y = relu(norm::forward(&l.norm1, x.clone()));
+                let y = relu(norm::forward(&l.norm2, l.conv1.forward(y)));
                 let y = l.conv2.forward(y);
                 x = Tensor::cat(vec![x, y], 1);
             }
             if let Some(t) = transition {
-                x = t.pool.forward(t.conv.forward(relu(t.norm.forward(x))));
+                x = t
+                    .pool
+                    .forward(t.conv.forward(relu(norm::forward(&t.norm, x))));
             }
         }
-        relu(f.norm5.forward(x))
+        relu(norm::forward(&f.norm5, x))
     }
 }

@@ -6,10 +6,10 @@
 //! (`_blocks.3._expand_conv.weight` → `blocks.3.expand_conv.weight`), so the weight-key remap in
 //! the registry is a single rule.
 
+use super::activation::relu6;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu6;
 
 use super::fold::{self, opt_bn};
 

@@ -48,7 +48,7 @@ pub fn conv_opt_bn(conv: Conv2d, bn: Option<BatchNorm>) -> (Conv2d, Option<Batch
 /// Applies an optional batch norm (`None` once folded).
 pub fn opt_bn(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
     match bn {
-        Some(bn) => bn.forward(x),
+        Some(bn) => super::norm::forward(bn, x),
         None => x,
     }
 }

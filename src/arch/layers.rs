@@ -61,10 +61,10 @@ impl Layer {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Layer::Conv(m) => super::conv::forward(m, x),
-            Layer::Bn(m) => m.forward(x),
+            Layer::Bn(m) => super::norm::forward(m, x),
             Layer::Linear(m) => m.forward(x),
             Layer::Relu(m) => m.forward(x),
-            Layer::Relu6(m) => m.forward(x),
+            Layer::Relu6(_) => super::activation::relu6(x),
             Layer::Hardswish(m) => m.forward(x),
             Layer::MaxPool(m) => m.forward(x),
             Layer::AvgPool(m) => m.forward(x),

@@ -2,12 +2,14 @@
 //! and by the browser library. An entry says how to build the backbone, how to rename the keys
 //! of its published ImageNet weights, which layer Grad-CAM targets, and what input it expects.
 
+pub mod activation;
 pub mod conv;
 pub mod densenet;
 pub mod efficientnet_lite;
 pub mod fold;
 pub mod googlenet;
 pub mod layers;
+pub mod norm;
 pub mod resnet;
 pub mod sequential;
 pub mod shufflenet;

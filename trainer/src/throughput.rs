@@ -82,9 +82,10 @@ pub struct BenchResult {
     pub burn_inference_folded_img_s: f64,
     /// Burn training step (forward, backward, Adam), images per second.
     pub burn_train_img_s: f64,
-    /// The same training step with every convolution through Burn's own convolution and its
-    /// backward (before `pneumoscope::arch::conv`: a depthwise layer's per-channel loop, 1x1
-    /// convolutions through the generic convolution backward).
+    /// The same training step with every convolution and ReLU6 through Burn's own operations and
+    /// their backward (before `pneumoscope::arch::conv` and `pneumoscope::arch::activation`: a
+    /// depthwise layer's per-channel loop, 1x1 convolutions through the generic convolution
+    /// backward, ReLU6 as two masked fills).
     pub burn_train_burn_conv_img_s: f64,
     /// PyTorch reference (as printed by the script), if run.
     pub pytorch: Option<serde_json::Value>,
@@ -188,9 +189,9 @@ fn training(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f
         trainable = optim.step(1e-4, trainable.clone(), g);
     };
     let t_train = time_it(o.iters, &mut train_step);
-    arch::conv::use_burn_convolutions(true);
+    arch::conv::use_burn_operations(true);
     let t_burn_conv = time_it(o.iters, &mut train_step);
-    arch::conv::use_burn_convolutions(false);
+    arch::conv::use_burn_operations(false);
     let n = (o.batch * o.iters) as f64;
     (n / t_train, n / t_burn_conv)
 }
@@ -295,30 +296,27 @@ pub fn table(r: &BenchResult) -> String {
             .map(fig)
             .unwrap_or_else(|| "—".into())
     };
-    s += &format!(
-        "{:<34}{:>14}{:>14}\n",
-        "inference (img/s)",
-        fig(r.burn_inference_img_s),
-        py("inference_img_s")
-    );
-    s += &format!(
-        "{:<34}{:>14}{:>14}\n",
-        "inference, batch norm folded",
-        fig(r.burn_inference_folded_img_s),
-        py("inference_img_s")
-    );
-    s += &format!(
-        "{:<34}{:>14}{:>14}\n",
-        "training step (img/s)",
-        fig(r.burn_train_img_s),
-        py("train_img_s")
-    );
-    s += &format!(
-        "{:<34}{:>14}{:>14}\n",
-        "training, Burn's own convolutions",
-        fig(r.burn_train_burn_conv_img_s),
-        py("train_img_s")
-    );
+    let rows = [
+        (
+            "inference (img/s)",
+            r.burn_inference_img_s,
+            "inference_img_s",
+        ),
+        (
+            "inference, batch norm folded",
+            r.burn_inference_folded_img_s,
+            "inference_img_s",
+        ),
+        ("training step (img/s)", r.burn_train_img_s, "train_img_s"),
+        (
+            "training, Burn's own operations",
+            r.burn_train_burn_conv_img_s,
+            "train_img_s",
+        ),
+    ];
+    for (label, burn, reference) in rows {
+        s += &format!("{label:<34}{:>14}{:>14}\n", fig(burn), py(reference));
+    }
     s += &format!(
         "frozen protocol, Burn: features cached {:.0} s vs recomputed every epoch {:.0} s ({:.1}x faster)\n",
         r.frozen_cached_s,

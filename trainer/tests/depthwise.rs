@@ -6,7 +6,7 @@
 mod common;
 use burn::prelude::*;
 use common::*;
-use pneumoscope::arch::conv::depthwise_conv2d;
+use pneumoscope::arch::conv::native::depthwise_conv2d;
 
 fn read(path: &std::path::Path) -> Tensor<4> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
