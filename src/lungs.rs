@@ -770,11 +770,14 @@ impl model_file::Versioned for LungsHeader {
 
 impl LungsFile {
     /// Packs a segmenter. The header's length and checksum are filled in here.
-    pub fn new(mut header: LungsHeader, model: LungNet) -> Result<Self> {
+    pub fn new(header: LungsHeader, model: LungNet) -> Result<Self> {
         let payload = model_file::record_bytes(model, "the weights")?;
-        header.format_version = LUNGS_FORMAT_VERSION;
-        header.payload_len = payload.len() as u64;
-        header.payload_sha256 = sha256_hex(&payload);
+        let header = LungsHeader {
+            format_version: LUNGS_FORMAT_VERSION,
+            payload_len: payload.len() as u64,
+            payload_sha256: sha256_hex(&payload),
+            ..header
+        };
         Ok(Self {
             header,
             payload,
