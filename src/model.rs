@@ -2,12 +2,12 @@
 //! Linear(256→4) on the backbone's features, or, for SqueezeNet, Dropout(0.5) → 1x1 convolution
 //! to 4 classes → ReLU → global average.
 
+use crate::arch::activation::relu;
 use crate::arch::{ArchSpec, Backbone, HeadKind, global_avg_pool};
 use crate::classes::NUM_CLASSES;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 /// Hidden width of the paper's head.
 pub const HEAD_HIDDEN: usize = 256;

@@ -1,21 +1,28 @@
-//! ReLU6 as training runs it: one pass forward and one backward.
+//! ReLU and ReLU6 as this project runs them on the CPU backend.
 //!
-//! Burn 0.22 composes `clamp(0, 6)` from `clamp_max` and `clamp_min`, each a comparison and a
-//! masked fill, and autodiff differentiates both masked fills: four passes over the activation
-//! forward and two more backward, on every ReLU6 of the EfficientNet-Lite family and
-//! MobileNetV2 (about a tenth of a Lite0 training step on the CPU backend). Here, on the CPU
-//! backend (Flex) with autodiff and a tracked input, ReLU6 is one autodiff operation of its own
-//! (Burn's extension API, as [`super::conv`]'s depthwise convolution): the forward clamps in one
-//! pass and keeps its output; the backward passes the gradient where the output lies strictly
-//! between 0 and 6 (PyTorch's `hardtanh` backward). Without a tracked input, on other backends
-//! and on wasm, Burn's `relu6` runs. Written because Burn 0.22 has no fused clamp; drop it when
-//! it does.
+//! - **Training** (autodiff, tracked input): Burn 0.22 composes `clamp(0, 6)` from `clamp_max`
+//!   and `clamp_min`, each a comparison and a masked fill, and autodiff differentiates both
+//!   masked fills: four passes over the activation forward and two more backward, on every
+//!   ReLU6 of the EfficientNet-Lite family and MobileNetV2 (about a tenth of a Lite0 training
+//!   step). Here ReLU6 is one autodiff operation of its own ([`native`], Burn's extension API,
+//!   as [`super::conv`]'s depthwise convolution): the forward clamps in one pass and keeps its
+//!   output; the backward passes the gradient where the output lies strictly between 0 and 6
+//!   (PyTorch's `hardtanh` backward).
+//! - **Inference** (the CPU backend without autodiff, natively and in the browser): Flex runs
+//!   `clamp` and `relu` as a scalar loop with a branch per element (about a sixth of a Lite0
+//!   forward pass on one core). Here both overwrite the activation in place ([`in_place`]), in a
+//!   loop the compiler turns into SIMD (SSE/AVX natively, SIMD128 in wasm).
+//!
+//! Both compute exactly Burn's function, NaN and signed zero included. Everywhere else (other
+//! backends, untracked autodiff tensors) Burn's `relu` and `relu6` run. Written because Burn
+//! 0.22 has no fused or vectorised clamp on the CPU; drop it when it does.
 
 use burn::prelude::*;
 
-/// ReLU6 of `x`: this module's operation where a gradient is tracked on the CPU backend, Burn's
-/// `relu6` otherwise (and always while [`super::conv::use_burn_operations`] is on). Both compute
-/// the same function.
+/// ReLU6 of `x`: this module's autodiff operation where a gradient is tracked on the CPU
+/// backend, the in-place kernel on the CPU backend without autodiff, Burn's `relu6` otherwise
+/// (and always in training while [`super::conv::use_burn_operations`] is on). All compute the
+/// same function.
 pub fn relu6(x: Tensor<4>) -> Tensor<4> {
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -26,7 +33,76 @@ pub fn relu6(x: Tensor<4>) -> Tensor<4> {
             return y;
         }
     }
-    burn::tensor::activation::relu6(x)
+    in_place::apply(x, in_place::relu6, burn::tensor::activation::relu6)
+}
+
+/// ReLU of `x`: the in-place kernel on the CPU backend without autodiff, Burn's `relu`
+/// otherwise. Both compute the same function.
+pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    in_place::apply(x, in_place::relu, burn::tensor::activation::relu)
+}
+
+/// Activations computed in place on the CPU backend without autodiff (inference).
+pub mod in_place {
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    use burn::tensor::DType;
+
+    /// Elements per parallel chunk (native builds): large enough that a chunk outweighs its
+    /// scheduling.
+    #[cfg(not(target_arch = "wasm32"))]
+    const CHUNK: usize = 1 << 16;
+
+    /// Whether the kernels run on `x`: an f32 tensor of the CPU backend without autodiff.
+    pub fn runs_on<const D: usize>(x: &Tensor<D>) -> bool {
+        let device = x.device();
+        !device.is_autodiff() && device == Device::flex() && x.dtype() == DType::F32
+    }
+
+    /// `kernel` applied to the values of `x` when [`runs_on`] holds: in place when `x` owns its
+    /// values, on a copy otherwise (a tensor shared with another handle keeps its values).
+    /// `otherwise(x)` for any other tensor.
+    pub fn apply<const D: usize>(
+        x: Tensor<D>,
+        kernel: fn(&mut [f32]),
+        otherwise: impl FnOnce(Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
+        if !runs_on(&x) {
+            return otherwise(x);
+        }
+        let mut t = x
+            .try_into_primitive::<Flex>()
+            .unwrap_or_else(|_| unreachable!("a tensor on the Flex device is a Flex tensor"));
+        if !t.is_contiguous() {
+            t = t.to_contiguous();
+        }
+        let start = t.layout().start_offset();
+        let n = t.layout().num_elements();
+        // Copy-on-write: the values are copied first when another handle shares them.
+        let values = &mut t.storage_mut::<f32>()[start..start + n];
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            values.par_chunks_mut(CHUNK).for_each(kernel);
+        }
+        #[cfg(target_arch = "wasm32")]
+        kernel(values);
+        Tensor::from_primitive::<Flex>(t)
+    }
+
+    /// Clamps to [0, 6] (`f32::clamp`: NaN stays NaN, -0 stays -0, as in Burn's clamp).
+    pub fn relu6(values: &mut [f32]) {
+        for v in values {
+            *v = v.clamp(0.0, 6.0);
+        }
+    }
+
+    /// `max(x, 0)` with NaN kept (Burn's `relu`: `x` where `x > 0` or NaN, else +0).
+    pub fn relu(values: &mut [f32]) {
+        for v in values {
+            *v = if *v > 0.0 || v.is_nan() { *v } else { 0.0 };
+        }
+    }
 }
 
 /// The autodiff operation on the CPU backend (native builds).
@@ -88,9 +164,8 @@ pub mod native {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(o, x)| {
-                for (o, x) in o.iter_mut().zip(x) {
-                    *o = if x.is_nan() { *x } else { x.clamp(0.0, 6.0) };
-                }
+                o.copy_from_slice(x);
+                super::in_place::relu6(o);
             });
         out
     }
@@ -152,16 +227,57 @@ mod tests {
         );
     }
 
-    /// Untracked input (inference, Grad-CAM) goes through Burn's `relu6`, with the same values.
+    /// Values with both bends, NaN, infinities and both zeros, as a `[2, 3, 4, 5]` tensor.
+    fn awkward(device: &Device) -> Tensor<4> {
+        let mut v: Vec<f32> = (0..120).map(|i| (i as f32 - 50.0) * 0.17).collect();
+        v[..6].copy_from_slice(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 6.0]);
+        Tensor::from_data(TensorData::new(v, [2, 3, 4, 5]), device)
+    }
+
+    fn bits<const D: usize>(x: Tensor<D>) -> Vec<u32> {
+        let v: Vec<f32> = x.into_data().try_to_vec().unwrap();
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Inference on the CPU backend: the in-place kernels give Burn's `relu6` and `relu` bit for
+    /// bit (NaN and signed zero included), on a contiguous tensor, on a transposed one and on
+    /// one shared with another handle, whose values stay as they were.
     #[test]
-    fn untracked_input_keeps_burns_path() {
+    fn in_place_kernels_match_burn_bit_for_bit() {
         let device = Device::flex();
-        let x = Tensor::<4>::random([1, 2, 3, 4], Distribution::Normal(3.0, 4.0), &device);
-        let a: Vec<f32> = relu6(x.clone()).into_data().try_to_vec().unwrap();
-        let b: Vec<f32> = burn::tensor::activation::relu6(x)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        assert_eq!(a, b);
+        let x = awkward(&device);
+        let before = bits(x.clone());
+        assert!(in_place::runs_on(&x), "the kernels run");
+        for t in [x.clone(), x.clone().swap_dims(1, 3)] {
+            assert_eq!(
+                bits(relu6(t.clone())),
+                bits(burn::tensor::activation::relu6(t.clone()))
+            );
+            assert_eq!(
+                bits(relu(t.clone())),
+                bits(burn::tensor::activation::relu(t))
+            );
+        }
+        assert_eq!(bits(x.clone()), before, "a shared tensor keeps its values");
+        let flat = x.clone().reshape([6, 20]);
+        assert_eq!(
+            bits(relu(flat.clone())),
+            bits(burn::tensor::activation::relu(flat))
+        );
+        let y: Vec<f32> = relu6(x).into_data().try_to_vec().unwrap();
+        assert!(y[0].is_nan() && y[1] == 6.0 && y[2] == 0.0 && y[3].is_sign_negative());
+        assert!(y.iter().any(|v| *v > 0.0 && *v < 6.0));
+    }
+
+    /// Autodiff tensors (even untracked ones) take Burn's path.
+    #[test]
+    fn autodiff_tensors_take_burns_path() {
+        let device = Device::flex().autodiff();
+        let x = awkward(&device);
+        assert!(!in_place::runs_on(&x));
+        assert_eq!(
+            bits(relu6(x.clone())),
+            bits(burn::tensor::activation::relu6(x))
+        );
     }
 }

@@ -5,11 +5,11 @@
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, avg_pool, bn, max_pool};
 use super::norm;
+use crate::arch::activation::relu;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 const EPS: f64 = 1e-5;
 const GROWTH: usize = 48;

@@ -6,11 +6,11 @@
 
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, bn, max_pool};
+use crate::arch::activation::relu;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 const EPS: f64 = 1e-3;
 

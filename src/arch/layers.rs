@@ -5,6 +5,7 @@
 //! `Sequential` it ports and torchvision's weight keys (`features.3.weight`) land on it without a
 //! rename: the weight loader skips the enum's variant names.
 
+use super::activation::relu;
 use burn::nn::activation::{HardSwish, Relu6};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{
@@ -15,7 +16,7 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{hard_sigmoid, relu};
+use burn::tensor::activation::hard_sigmoid;
 
 /// One entry of a ported `nn.Sequential`.
 // Built once per model: the size of the largest variant does not matter.
@@ -63,7 +64,7 @@ impl Layer {
             Layer::Conv(m) => super::conv::forward(m, x),
             Layer::Bn(m) => super::norm::forward(m, x),
             Layer::Linear(m) => m.forward(x),
-            Layer::Relu(m) => m.forward(x),
+            Layer::Relu(_) => super::activation::relu(x),
             Layer::Relu6(_) => super::activation::relu6(x),
             Layer::Hardswish(m) => m.forward(x),
             Layer::MaxPool(m) => m.forward(x),

@@ -4,11 +4,11 @@
 
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, Layer, bn, max_pool, seq};
+use crate::arch::activation::relu;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 const EPS: f64 = 1e-5;
 
