@@ -90,10 +90,16 @@ pub mod in_place {
         Tensor::from_primitive::<Flex>(t)
     }
 
-    /// Clamps to [0, 6] (`f32::clamp`: NaN stays NaN, -0 stays -0, as in Burn's clamp).
+    /// `v` clamped to [0, 6] (`f32::clamp`: NaN stays NaN, -0 stays -0, as in Burn's clamp).
+    #[inline]
+    pub fn relu6_value(v: f32) -> f32 {
+        v.clamp(0.0, 6.0)
+    }
+
+    /// [`relu6_value`] of every value.
     pub fn relu6(values: &mut [f32]) {
         for v in values {
-            *v = v.clamp(0.0, 6.0);
+            *v = relu6_value(*v);
         }
     }
 
@@ -164,8 +170,9 @@ pub mod native {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(o, x)| {
-                o.copy_from_slice(x);
-                super::in_place::relu6(o);
+                for (o, x) in o.iter_mut().zip(x) {
+                    *o = super::in_place::relu6_value(*x);
+                }
             });
         out
     }

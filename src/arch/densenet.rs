@@ -2,10 +2,10 @@
 //! bottleneck width 4). Grad-CAM: `features.norm5` followed by the ReLU the forward applies
 //! (2208x7x7).
 
+use super::activation::relu;
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, avg_pool, bn, max_pool};
 use super::norm;
-use crate::arch::activation::relu;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear};

@@ -4,9 +4,9 @@
 //! with), auxiliary classifiers absent (their tensors in the file are ignored). Grad-CAM:
 //! `inception5b` (1024x7x7).
 
+use super::activation::relu;
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, bn, max_pool};
-use crate::arch::activation::relu;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear};

@@ -64,7 +64,7 @@ impl Layer {
             Layer::Conv(m) => super::conv::forward(m, x),
             Layer::Bn(m) => super::norm::forward(m, x),
             Layer::Linear(m) => m.forward(x),
-            Layer::Relu(_) => super::activation::relu(x),
+            Layer::Relu(_) => relu(x),
             Layer::Relu6(_) => super::activation::relu6(x),
             Layer::Hardswish(m) => m.forward(x),
             Layer::MaxPool(m) => m.forward(x),

@@ -2,9 +2,9 @@
 //! the 3x3 convolution, "ResNet v1.5"). Grad-CAM: `layer4`, the output of the last bottleneck
 //! (2048x7x7).
 
+use super::activation::relu;
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, Layer, bn, max_pool, seq};
-use crate::arch::activation::relu;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, Linear};
