@@ -25,13 +25,14 @@ use burn::tensor::ops::ConvOptions;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether tracked convolutions and ReLU6 go through Burn's own operations instead (the path
-/// before this module and [`super::activation`]; kept so that `pneumoscope bench` can time both
-/// in one run).
+/// before this module, [`super::activation`] and [`super::fused`]; kept so that
+/// `pneumoscope bench` can time both in one run).
 static BURN_OPERATIONS: AtomicBool = AtomicBool::new(false);
 
 /// Sends every convolution and ReLU6 through Burn's own operations and their backward (`true`;
-/// for a depthwise layer the per-channel loop), or through this module and
-/// [`super::activation`] (`false`, the default). For benchmarks: both compute the same function.
+/// for a depthwise layer the per-channel loop; in inference no fused convolutions), or through
+/// this module, [`super::activation`] and [`super::fused`] (`false`, the default). For
+/// benchmarks: both compute the same function.
 pub fn use_burn_operations(on: bool) {
     BURN_OPERATIONS.store(on, Ordering::Relaxed);
 }

@@ -12,6 +12,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 
 use super::fold::{self, opt_bn};
+use super::fused::{Act, conv_bn_act, conv_bn_add};
 
 /// Width, depth and resolution of one EfficientNet-Lite variant.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -119,14 +120,11 @@ impl MbConv {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let Some(c) = &self.expand_conv {
-            x = relu6(opt_bn(&self.bn0, super::conv::forward(c, x)));
+            x = conv_bn_act(c, &self.bn0, x, Act::Relu6);
         }
-        x = relu6(opt_bn(
-            &self.bn1,
-            super::conv::forward(&self.depthwise_conv, x),
-        ));
-        x = opt_bn(&self.bn2, super::conv::forward(&self.project_conv, x));
-        if self.residual { x + input } else { x }
+        x = conv_bn_act(&self.depthwise_conv, &self.bn1, x, Act::Relu6);
+        let residual = self.residual.then_some(input);
+        conv_bn_add(&self.project_conv, &self.bn2, x, residual)
     }
 
     /// The block with each batch norm folded into its convolution.
@@ -236,7 +234,7 @@ impl EfficientNetLite {
         for b in &self.blocks[n..] {
             x = b.forward(x);
         }
-        relu6(opt_bn(&self.bn1, super::conv::forward(&self.conv_head, x)))
+        conv_bn_act(&self.conv_head, &self.bn1, x, Act::Relu6)
     }
 
     /// The backbone with every batch norm folded into the convolution before it (inference).

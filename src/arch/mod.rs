@@ -7,6 +7,7 @@ pub mod conv;
 pub mod densenet;
 pub mod efficientnet_lite;
 pub mod fold;
+pub mod fused;
 pub mod googlenet;
 pub mod layers;
 pub mod norm;

@@ -80,6 +80,9 @@ pub struct BenchResult {
     /// Burn inference with the batch norms folded into the convolutions (what `predict` and
     /// the page run), images per second.
     pub burn_inference_folded_img_s: f64,
+    /// The same folded network with every convolution, bias and activation through Burn's own
+    /// operations (before `pneumoscope::arch::fused`).
+    pub burn_inference_folded_burn_ops_img_s: f64,
     /// Burn training step (forward, backward, Adam), images per second.
     pub burn_train_img_s: f64,
     /// The same training step with every convolution and ReLU6 through Burn's own operations and
@@ -114,7 +117,11 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
     let spec = arch::find(&o.arch)?;
     let s = spec.input.crop;
     let device = crate::device::parse(&o.device)?;
-    let (burn_inference_img_s, burn_inference_folded_img_s) = inference(o, &spec, &device);
+    let [
+        burn_inference_img_s,
+        burn_inference_folded_img_s,
+        burn_inference_folded_burn_ops_img_s,
+    ] = inference(o, &spec, &device);
     let (burn_train_img_s, burn_train_burn_conv_img_s) = training(o, &spec, &device);
     let (frozen_cached_s, frozen_recomputed_s) =
         frozen_protocol(o, &spec, &device, burn_inference_img_s);
@@ -140,6 +147,7 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
         size: s,
         burn_inference_img_s,
         burn_inference_folded_img_s,
+        burn_inference_folded_burn_ops_img_s,
         burn_train_img_s,
         burn_train_burn_conv_img_s,
         pytorch,
@@ -152,20 +160,24 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
     })
 }
 
-/// Inference images per second with the batch norms as trained, and folded.
-fn inference(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f64) {
+/// Inference images per second with the batch norms as trained, folded, and folded through
+/// Burn's own operations (no fused convolutions).
+fn inference(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> [f64; 3] {
     let s = spec.input.crop;
     let model = Classifier::new(spec, device).valid();
     let x = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), device);
-    let t_inf = time_it(o.iters, || {
-        let _: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
-    });
+    let time = |m: &Classifier| {
+        let t = time_it(o.iters, || {
+            let _: Vec<f32> = m.forward(x.clone()).into_data().try_to_vec().unwrap();
+        });
+        (o.batch * o.iters) as f64 / t
+    };
     let folded = model.clone().fold_batchnorm();
-    let t_fold = time_it(o.iters, || {
-        let _: Vec<f32> = folded.forward(x.clone()).into_data().try_to_vec().unwrap();
-    });
-    let n = (o.batch * o.iters) as f64;
-    (n / t_inf, n / t_fold)
+    let (as_trained, fused) = (time(&model), time(&folded));
+    arch::conv::use_burn_operations(true);
+    let burn_ops = time(&folded);
+    arch::conv::use_burn_operations(false);
+    [as_trained, fused, burn_ops]
 }
 
 /// Training-step images per second, with this project's convolutions and with Burn's own.
@@ -305,6 +317,11 @@ pub fn table(r: &BenchResult) -> String {
         (
             "inference, batch norm folded",
             r.burn_inference_folded_img_s,
+            "inference_img_s",
+        ),
+        (
+            "inference, folded, Burn's own ops",
+            r.burn_inference_folded_burn_ops_img_s,
             "inference_img_s",
         ),
         ("training step (img/s)", r.burn_train_img_s, "train_img_s"),
