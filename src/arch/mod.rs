@@ -293,50 +293,80 @@ fn efficientnet_lite() -> Vec<ArchSpec> {
     ]
 }
 
+/// A torchvision network's own fields; [`Torchvision::spec`] adds what every torchvision
+/// entry shares (its evaluation transform, the IMAGENET1K_V1 weights file, the paper's MLP head
+/// on `[feature_dim, 1, 1]`, weight keys as published, no block split). An entry that differs
+/// overrides the field by struct update.
+struct Torchvision {
+    name: &'static str,
+    kind: ArchKind,
+    feature_dim: usize,
+    gradcam_layer: &'static str,
+    file: &'static str,
+    gmacs: f64,
+    params: usize,
+}
+
+impl Torchvision {
+    fn spec(self) -> ArchSpec {
+        ArchSpec {
+            name: self.name,
+            kind: self.kind,
+            input: torchvision_input(),
+            feature_dim: self.feature_dim,
+            head_shape: [self.feature_dim, 1, 1],
+            head: HeadKind::Mlp,
+            gradcam_layer: self.gradcam_layer,
+            key_remap: vec![],
+            weights: torchvision_weights(self.file),
+            gmacs: self.gmacs,
+            params: self.params,
+            splits_into_blocks: false,
+        }
+    }
+}
+
 /// AlexNet, VGG-16 and GoogLeNet (torchvision).
 fn classic_cnns() -> Vec<ArchSpec> {
     vec![
         ArchSpec {
-            name: "alexnet",
-            kind: ArchKind::AlexNet,
-            input: torchvision_input(),
-            feature_dim: 256,
             head_shape: [4096, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "features.11 (ReLU after the last convolution); the head reads classifier.5",
-            key_remap: vec![],
-            weights: torchvision_weights("alexnet-owt-7be5be79.pth"),
-            gmacs: 0.714,
-            params: 61_100_840,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "alexnet",
+                kind: ArchKind::AlexNet,
+                feature_dim: 256,
+                gradcam_layer: "features.11 (ReLU after the last convolution); the head reads classifier.5",
+                file: "alexnet-owt-7be5be79.pth",
+                gmacs: 0.714,
+                params: 61_100_840,
+            }
+            .spec()
         },
         ArchSpec {
-            name: "vgg16",
-            kind: ArchKind::Vgg16,
-            input: torchvision_input(),
-            feature_dim: 512,
             head_shape: [4096, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "features.29 (ReLU after the last convolution); the head reads classifier.5",
-            key_remap: vec![],
-            weights: torchvision_weights("vgg16-397923af.pth"),
-            gmacs: 15.470,
-            params: 138_357_544,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "vgg16",
+                kind: ArchKind::Vgg16,
+                feature_dim: 512,
+                gradcam_layer: "features.29 (ReLU after the last convolution); the head reads classifier.5",
+                file: "vgg16-397923af.pth",
+                gmacs: 15.470,
+                params: 138_357_544,
+            }
+            .spec()
         },
         ArchSpec {
-            name: "googlenet",
-            kind: ArchKind::GoogLeNet,
-            input: torchvision_input(),
-            feature_dim: 1024,
-            head_shape: [1024, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "inception5b (output of the last inception module)",
             key_remap: rules(&[(r"\.branch4\.1\.", ".branch4.0.")]),
-            weights: torchvision_weights("googlenet-1378be20.pth"),
-            gmacs: 1.498,
-            params: 6_624_904,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "googlenet",
+                kind: ArchKind::GoogLeNet,
+                feature_dim: 1024,
+                gradcam_layer: "inception5b (output of the last inception module)",
+                file: "googlenet-1378be20.pth",
+                gmacs: 1.498,
+                params: 6_624_904,
+            }
+            .spec()
         },
     ]
 }
@@ -350,48 +380,36 @@ fn resnets() -> Vec<ArchSpec> {
         })
     };
     vec![
-        ArchSpec {
+        Torchvision {
             name: "resnet50",
             kind: resnet(1, 64),
-            input: torchvision_input(),
             feature_dim: 2048,
-            head_shape: [2048, 1, 1],
-            head: HeadKind::Mlp,
             gradcam_layer: "layer4 (output of the last bottleneck)",
-            key_remap: vec![],
-            weights: torchvision_weights("resnet50-0676ba61.pth"),
+            file: "resnet50-0676ba61.pth",
             gmacs: 4.089,
             params: 25_557_032,
-            splits_into_blocks: false,
-        },
-        ArchSpec {
+        }
+        .spec(),
+        Torchvision {
             name: "wide_resnet50_2",
             kind: resnet(1, 128),
-            input: torchvision_input(),
             feature_dim: 2048,
-            head_shape: [2048, 1, 1],
-            head: HeadKind::Mlp,
             gradcam_layer: "layer4 (output of the last bottleneck)",
-            key_remap: vec![],
-            weights: torchvision_weights("wide_resnet50_2-95faca4d.pth"),
+            file: "wide_resnet50_2-95faca4d.pth",
             gmacs: 11.398,
             params: 68_883_240,
-            splits_into_blocks: false,
-        },
-        ArchSpec {
+        }
+        .spec(),
+        Torchvision {
             name: "resnext50_32x4d",
             kind: resnet(32, 4),
-            input: torchvision_input(),
             feature_dim: 2048,
-            head_shape: [2048, 1, 1],
-            head: HeadKind::Mlp,
             gradcam_layer: "layer4 (output of the last bottleneck)",
-            key_remap: vec![],
-            weights: torchvision_weights("resnext50_32x4d-7cdf4587.pth"),
+            file: "resnext50_32x4d-7cdf4587.pth",
             gmacs: 4.230,
             params: 25_028_904,
-            splits_into_blocks: false,
-        },
+        }
+        .spec(),
     ]
 }
 
@@ -399,34 +417,33 @@ fn resnets() -> Vec<ArchSpec> {
 fn densenet_and_squeezenet() -> Vec<ArchSpec> {
     vec![
         ArchSpec {
-            name: "densenet161",
-            kind: ArchKind::DenseNet161,
-            input: torchvision_input(),
-            feature_dim: densenet::FEATURES,
-            head_shape: [densenet::FEATURES, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "features.norm5 + ReLU (output of the last dense block)",
             key_remap: densenet_rules(),
-            weights: torchvision_weights("densenet161-8d451a50.pth"),
-            gmacs: 7.728,
-            params: 28_681_000,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "densenet161",
+                kind: ArchKind::DenseNet161,
+                feature_dim: densenet::FEATURES,
+                gradcam_layer: "features.norm5 + ReLU (output of the last dense block)",
+                file: "densenet161-8d451a50.pth",
+                gmacs: 7.728,
+                params: 28_681_000,
+            }
+            .spec()
         },
         ArchSpec {
-            name: "squeezenet1_0",
-            kind: ArchKind::SqueezeNet1_0,
-            input: torchvision_input(),
-            feature_dim: 512,
             // The paper's SqueezeNet head replaces the final 1x1 convolution: it reads the
             // last Fire module's 13x13 map itself.
             head_shape: [512, 13, 13],
             head: HeadKind::Conv,
-            gradcam_layer: "features.12 (the last Fire module)",
-            key_remap: vec![],
-            weights: torchvision_weights("squeezenet1_0-b66bff10.pth"),
-            gmacs: 0.819,
-            params: 1_248_424,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "squeezenet1_0",
+                kind: ArchKind::SqueezeNet1_0,
+                feature_dim: 512,
+                gradcam_layer: "features.12 (the last Fire module)",
+                file: "squeezenet1_0-b66bff10.pth",
+                gmacs: 0.819,
+                params: 1_248_424,
+            }
+            .spec()
         },
     ]
 }
@@ -434,61 +451,54 @@ fn densenet_and_squeezenet() -> Vec<ArchSpec> {
 /// The mobile networks: ShuffleNetV2, MobileNetV2 and V3, MNASNet (torchvision).
 fn mobile_networks() -> Vec<ArchSpec> {
     vec![
-        ArchSpec {
+        Torchvision {
             name: "shufflenet_v2_x1_0",
             kind: ArchKind::ShuffleNetV2,
-            input: torchvision_input(),
             feature_dim: 1024,
-            head_shape: [1024, 1, 1],
-            head: HeadKind::Mlp,
             gradcam_layer: "conv5 (last 1x1 convolution + BN + ReLU)",
-            key_remap: vec![],
-            weights: torchvision_weights("shufflenetv2_x1-5666bf0f80.pth"),
+            file: "shufflenetv2_x1-5666bf0f80.pth",
             gmacs: 0.145,
             params: 2_278_604,
-            splits_into_blocks: false,
-        },
+        }
+        .spec(),
         ArchSpec {
-            name: "mobilenet_v2",
-            kind: ArchKind::MobileNetV2,
-            input: torchvision_input(),
-            feature_dim: 1280,
-            head_shape: [1280, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "features.18 (last 1x1 convolution + BN + ReLU6)",
             key_remap: rules(&[(r"\.conv\.", ".layers.")]),
-            weights: torchvision_weights("mobilenet_v2-b0353104.pth"),
-            gmacs: 0.301,
-            params: 3_504_872,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "mobilenet_v2",
+                kind: ArchKind::MobileNetV2,
+                feature_dim: 1280,
+                gradcam_layer: "features.18 (last 1x1 convolution + BN + ReLU6)",
+                file: "mobilenet_v2-b0353104.pth",
+                gmacs: 0.301,
+                params: 3_504_872,
+            }
+            .spec()
         },
         ArchSpec {
-            name: "mobilenet_v3_large",
-            kind: ArchKind::MobileNetV3Large,
-            input: torchvision_input(),
-            feature_dim: 960,
-            head_shape: [960, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "features.16 (last 1x1 convolution + BN + Hardswish)",
             key_remap: rules(&[(r"\.block\.", ".layers.")]),
-            weights: torchvision_weights("mobilenet_v3_large-8738ca79.pth"),
-            gmacs: 0.217,
-            params: 5_483_032,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "mobilenet_v3_large",
+                kind: ArchKind::MobileNetV3Large,
+                feature_dim: 960,
+                gradcam_layer: "features.16 (last 1x1 convolution + BN + Hardswish)",
+                file: "mobilenet_v3_large-8738ca79.pth",
+                gmacs: 0.217,
+                params: 5_483_032,
+            }
+            .spec()
         },
         ArchSpec {
-            name: "mnasnet1_0",
-            kind: ArchKind::MnasNet1_0,
-            input: torchvision_input(),
-            feature_dim: 1280,
-            head_shape: [1280, 1, 1],
-            head: HeadKind::Mlp,
-            gradcam_layer: "layers.16 (ReLU after the last 1x1 convolution)",
             key_remap: rules(&[(r"^layers\.", "features.")]),
-            weights: torchvision_weights("mnasnet1.0_top1_73.512-f206786ef8.pth"),
-            gmacs: 0.314,
-            params: 4_383_312,
-            splits_into_blocks: false,
+            ..Torchvision {
+                name: "mnasnet1_0",
+                kind: ArchKind::MnasNet1_0,
+                feature_dim: 1280,
+                gradcam_layer: "layers.16 (ReLU after the last 1x1 convolution)",
+                file: "mnasnet1.0_top1_73.512-f206786ef8.pth",
+                gmacs: 0.314,
+                params: 4_383_312,
+            }
+            .spec()
         },
     ]
 }
