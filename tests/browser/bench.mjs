@@ -140,12 +140,15 @@ async function onnxruntime(browser, ep) {
 const browser = await launch({ webgpu: true });
 const version = browser.version();
 const rows = [];
+// --cpu-only yes: the page's CPU backend and onnxruntime-web's wasm backend, without WebGPU.
+const backends = args["cpu-only"] ? ["cpu"] : ["cpu", "webgpu"];
+const providers = args["cpu-only"] ? ["wasm"] : ["wasm", "webgpu"];
 try {
-  for (const backend of ["cpu", "webgpu"]) rows.push(await pneumoscope(browser, backend));
+  for (const backend of backends) rows.push(await pneumoscope(browser, backend));
   if (args["default-model"]) {
-    for (const backend of ["cpu", "webgpu"]) rows.push(await pneumoscope(browser, backend, args["default-model"]));
+    for (const backend of backends) rows.push(await pneumoscope(browser, backend, args["default-model"]));
   }
-  for (const ep of ["wasm", "webgpu"]) rows.push(await onnxruntime(browser, ep));
+  for (const ep of providers) rows.push(await onnxruntime(browser, ep));
 } finally {
   await browser.close();
 }

@@ -448,7 +448,7 @@ fn bench(args: &[String]) -> Result<()> {
 /// onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model, which is what the
 /// ONNX reference holds), and the default model's choose → result time, in one headless
 /// chromium run.
-fn bench_web(runs: Option<u32>) -> Result<()> {
+fn bench_web(runs: Option<u32>, cpu_only: bool) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
     let py = venv()?;
@@ -486,6 +486,12 @@ fn bench_web(runs: Option<u32>) -> Result<()> {
         .arg(&out)
         .args(
             runs.map(|n| ["--runs".to_string(), n.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .args(
+            cpu_only
+                .then_some(["--cpu-only", "yes"])
                 .into_iter()
                 .flatten(),
         )
@@ -539,6 +545,10 @@ enum Task {
         /// Timed runs per measurement.
         #[arg(long)]
         runs: Option<u32>,
+        /// Only the CPU backends (the page's CPU backend and onnxruntime-web's wasm), leaving out
+        /// WebGPU, which takes minutes on a machine without a GPU.
+        #[arg(long)]
+        cpu_only: bool,
     },
 }
 
@@ -551,7 +561,7 @@ fn main() {
         Task::Dist { out } => dist_command(out),
         Task::Venv => venv().map(|p| println!("{}", p.display())),
         Task::Bench { args } => bench(&args),
-        Task::BenchWeb { runs } => bench_web(runs),
+        Task::BenchWeb { runs, cpu_only } => bench_web(runs, cpu_only),
     };
     if let Err(e) = done {
         eprintln!("error: {e:#}");
