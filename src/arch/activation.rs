@@ -79,7 +79,12 @@ pub mod in_place {
         let start = t.layout().start_offset();
         let n = t.layout().num_elements();
         // Copy-on-write: the values are copied first when another handle shares them.
-        let values = &mut t.storage_mut::<f32>()[start..start + n];
+        run(kernel, &mut t.storage_mut::<f32>()[start..start + n]);
+        Tensor::from_primitive::<Flex>(t)
+    }
+
+    /// `kernel` over `values`, in chunks on every core natively, in one call in wasm.
+    pub fn run(kernel: fn(&mut [f32]), values: &mut [f32]) {
         #[cfg(not(target_arch = "wasm32"))]
         {
             use rayon::prelude::*;
@@ -87,7 +92,6 @@ pub mod in_place {
         }
         #[cfg(target_arch = "wasm32")]
         kernel(values);
-        Tensor::from_primitive::<Flex>(t)
     }
 
     /// `v` clamped to [0, 6] (`f32::clamp`: NaN stays NaN, -0 stays -0, as in Burn's clamp).
@@ -103,10 +107,16 @@ pub mod in_place {
         }
     }
 
-    /// `max(x, 0)` with NaN kept (Burn's `relu`: `x` where `x > 0` or NaN, else +0).
+    /// `max(v, 0)` with NaN kept (Burn's `relu`: `v` where `v > 0` or NaN, else +0).
+    #[inline]
+    pub fn relu_value(v: f32) -> f32 {
+        if v > 0.0 || v.is_nan() { v } else { 0.0 }
+    }
+
+    /// [`relu_value`] of every value.
     pub fn relu(values: &mut [f32]) {
         for v in values {
-            *v = if *v > 0.0 || v.is_nan() { *v } else { 0.0 };
+            *v = relu_value(*v);
         }
     }
 }

@@ -58,18 +58,11 @@ impl Act {
     /// The activation applied to values in place (bit for bit the function of [`Act::tensor`]),
     /// on every core natively.
     fn values(self, values: &mut [f32]) {
-        let kernel = match self {
-            Act::Identity => return,
-            Act::Relu => in_place::relu,
-            Act::Relu6 => in_place::relu6,
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            values.par_chunks_mut(1 << 16).for_each(kernel);
+        match self {
+            Act::Identity => {}
+            Act::Relu => in_place::run(in_place::relu, values),
+            Act::Relu6 => in_place::run(in_place::relu6, values),
         }
-        #[cfg(target_arch = "wasm32")]
-        kernel(values);
     }
 
     /// The activation of one value.
@@ -77,13 +70,7 @@ impl Act {
     fn value(self, v: f32) -> f32 {
         match self {
             Act::Identity => v,
-            Act::Relu => {
-                if v > 0.0 || v.is_nan() {
-                    v
-                } else {
-                    0.0
-                }
-            }
+            Act::Relu => in_place::relu_value(v),
             Act::Relu6 => in_place::relu6_value(v),
         }
     }
