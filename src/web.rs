@@ -37,11 +37,26 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-/// Shows Rust panics in the browser console instead of "unreachable", and leaves the message
-/// in the global `pneumoscopePanic`, where the worker reads it after the trap that follows (a
-/// panic aborts in wasm32: the instance is unusable afterwards and the worker starts anew).
+unsafe extern "C" {
+    /// The module's static constructors (the `inventory` registrations of a dependency of
+    /// Burn's WebGPU compiler), synthesised by the linker.
+    fn __wasm_call_ctors();
+}
+
+/// Runs the static constructors once, shows Rust panics in the browser console instead of
+/// "unreachable", and leaves the message in the global `pneumoscopePanic`, where the worker
+/// reads it after the trap that follows (a panic aborts in wasm32: the instance is unusable
+/// afterwards and the worker starts anew).
+///
+/// The explicit constructor call matters for speed: a module that never calls
+/// `__wasm_call_ctors` itself is linked "command-style", and the linker then wraps every
+/// exported function (every call from JavaScript, several per classification) in a call that
+/// runs all the constructors again.
 #[wasm_bindgen(start)]
 pub fn start() {
+    // SAFETY: called once, by the wasm-bindgen glue right after instantiation, before any
+    // other export; the constructors only register static items.
+    unsafe { __wasm_call_ctors() };
     std::panic::set_hook(Box::new(|info| {
         let message = info.to_string();
         let _ = Reflect::set(

@@ -394,9 +394,14 @@ fn depthwise_plane(
                     let len = w.min(wq - start);
                     dst[start..start + len].copy_from_slice(&src[..len]);
                 } else {
-                    for (q, d) in dst.iter_mut().enumerate() {
-                        if let Some(col) = (sw * q + b).checked_sub(left).filter(|&j| j < w) {
-                            *d = src[col];
+                    // Phase column q holds input column sw·q + b − left, where that is inside
+                    // the row: q from ⌈(left − b) / sw⌉ up to ⌈(w + left − b) / sw⌉.
+                    let first = left.saturating_sub(b).div_ceil(sw);
+                    let end = (w + left).saturating_sub(b).div_ceil(sw).min(wq);
+                    if first < end {
+                        let cols = src[sw * first + b - left..].iter().step_by(sw);
+                        for (d, &v) in dst[first..end].iter_mut().zip(cols) {
+                            *d = v;
                         }
                     }
                 }
