@@ -3,7 +3,7 @@
 //
 //   node tests/browser/bench.mjs --url http://127.0.0.1:PORT/ --image X.jpeg --onnx M.onnx \
 //        --pkg pkg --model web/models/M.pneumoscope [--default-model web/models/D.pneumoscope] \
-//        [--runs 8] [--out bench.json]
+//        [--runs 8] [--rounds 3] [--cpu-only yes] [--out bench.json]
 //
 // Run by `cargo xtask bench-web`, which builds pkg/, serves the page and makes the ONNX file.
 // Pneumoscope is measured through the page itself (its worker): navigation → model ready, the
@@ -137,20 +137,43 @@ async function onnxruntime(browser, ep) {
   };
 }
 
-const browser = await launch({ webgpu: true });
-const version = browser.version();
+// The CPU rows run in a browser without the WebGPU flags. With them, this GPU-less machine
+// composites the page in SwiftShader on the same two cores as the worker, which slows the
+// page's inference by 10-15 ms (measured: 53 vs 40 ms) while onnxruntime-web's blank reference
+// page draws nothing; a machine with a GPU composites on the GPU. The page and the reference
+// alternate for `--rounds` rounds in the same browser, so each round is one like-for-like ratio.
+// Each WebGPU row gets a fresh browser: the default model never became ready on SwiftShader
+// after the light model's WebGPU run in the same browser.
+const rounds = Number(args.rounds || 3);
 const rows = [];
-// --cpu-only yes: the page's CPU backend and onnxruntime-web's wasm backend, without WebGPU.
-const backends = args["cpu-only"] ? ["cpu"] : ["cpu", "webgpu"];
-const providers = args["cpu-only"] ? ["wasm"] : ["wasm", "webgpu"];
+const ratios = [];
+const cpuBrowser = await launch({ webgpu: false });
+const version = cpuBrowser.version();
 try {
-  for (const backend of backends) rows.push(await pneumoscope(browser, backend));
-  if (args["default-model"]) {
-    for (const backend of backends) rows.push(await pneumoscope(browser, backend, args["default-model"]));
+  for (let round = 1; round <= rounds; round++) {
+    const ours = await pneumoscope(cpuBrowser, "cpu");
+    const reference = await onnxruntime(cpuBrowser, "wasm");
+    for (const r of [ours, reference]) rows.push({ ...r, round });
+    ratios.push(reference.steady_ms / ours.steady_ms);
   }
-  for (const ep of providers) rows.push(await onnxruntime(browser, ep));
+  if (args["default-model"]) rows.push(await pneumoscope(cpuBrowser, "cpu", args["default-model"]));
 } finally {
-  await browser.close();
+  await cpuBrowser.close();
+}
+if (!args["cpu-only"]) {
+  const gpuRows = [
+    (b) => pneumoscope(b, "webgpu"),
+    ...(args["default-model"] ? [(b) => pneumoscope(b, "webgpu", args["default-model"])] : []),
+    (b) => onnxruntime(b, "webgpu"),
+  ];
+  for (const row of gpuRows) {
+    const browser = await launch({ webgpu: true });
+    try {
+      rows.push(await row(browser));
+    } finally {
+      await browser.close();
+    }
+  }
 }
 
 const ortDist = ort().dist;
@@ -166,18 +189,20 @@ const sizes = {
 const fmt = (v) => (v == null ? "—" : v.toFixed(0));
 console.log(`\nIn-browser latency, chromium ${version} headless, ${runs} runs (first + median of the rest), ms`);
 console.log("WebGPU here is SwiftShader (a CPU emulation of a GPU) unless the machine has a real GPU.\n");
-console.log("| engine | model | backend | page/session → ready | first inference | steady inference | Grad-CAM | library total | choose → result, first | choose → result, steady |");
-console.log("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+console.log("| round | engine | model | backend | page/session → ready | first inference | steady inference | Grad-CAM | library total | choose → result, first | choose → result, steady |");
+console.log("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
 for (const r of rows) {
-  console.log(`| ${r.engine} | ${r.model} | ${r.backend} | ${fmt(r.ready_ms)} | ${fmt(r.first_ms)} | ${fmt(r.steady_ms)} | ` +
+  console.log(`| ${r.round ?? "—"} | ${r.engine} | ${r.model} | ${r.backend} | ${fmt(r.ready_ms)} | ${fmt(r.first_ms)} | ${fmt(r.steady_ms)} | ` +
     `${fmt(r.gradcam_ms)} | ${fmt(r.total_ms)} | ${fmt(r.wall_first_ms)} | ${fmt(r.wall_ms)} |`);
 }
+console.log(`\nSteady CPU inference, onnxruntime-web wasm ÷ pneumoscope (light model), per round: ` +
+  `${ratios.map((x) => `${x.toFixed(2)}x`).join(", ")} (above 1: the page is faster)`);
 console.log("\n| file | raw (MB) | gzip (MB) |");
 console.log("|---|---:|---:|");
 for (const [name, s] of Object.entries(sizes)) {
   console.log(`| ${name} | ${(s.raw / 1e6).toFixed(2)} | ${(s.gzip / 1e6).toFixed(2)} |`);
 }
 if (args.out) {
-  writeFileSync(args.out, JSON.stringify({ chromium: version, runs, rows, sizes, date: new Date().toISOString() }, null, 2));
+  writeFileSync(args.out, JSON.stringify({ chromium: version, runs, rounds, ratios, rows, sizes, date: new Date().toISOString() }, null, 2));
   console.log(`\nwritten: ${args.out} (${statSync(args.out).size} bytes)`);
 }

@@ -444,11 +444,11 @@ fn bench(args: &[String]) -> Result<()> {
         .args(args))
 }
 
-/// `bench-web [--runs N]`: in-browser latency of the page (both backends) next to
-/// onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model, which is what the
-/// ONNX reference holds), and the default model's choose → result time, in one headless
-/// chromium run.
-fn bench_web(runs: Option<u32>, cpu_only: bool) -> Result<()> {
+/// `bench-web [--runs N] [--rounds R] [--cpu-only]`: in-browser latency of the page (both
+/// backends) next to onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model,
+/// which is what the ONNX reference holds), the CPU rows alternated for R rounds, and the
+/// default model's choose → result time, in headless chromium.
+fn bench_web(runs: Option<u32>, rounds: Option<u32>, cpu_only: bool) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
     let py = venv()?;
@@ -485,8 +485,9 @@ fn bench_web(runs: Option<u32>, cpu_only: bool) -> Result<()> {
         .arg("--out")
         .arg(&out)
         .args(
-            runs.map(|n| ["--runs".to_string(), n.to_string()])
+            [("--runs", runs), ("--rounds", rounds)]
                 .into_iter()
+                .filter_map(|(flag, n)| n.map(|n| [flag.to_string(), n.to_string()]))
                 .flatten(),
         )
         .args(
@@ -545,6 +546,10 @@ enum Task {
         /// Timed runs per measurement.
         #[arg(long)]
         runs: Option<u32>,
+        /// Rounds of the page's CPU backend alternated with onnxruntime-web's wasm (default 3),
+        /// each one like-for-like ratio.
+        #[arg(long)]
+        rounds: Option<u32>,
         /// Only the CPU backends (the page's CPU backend and onnxruntime-web's wasm), leaving out
         /// WebGPU, which takes minutes on a machine without a GPU.
         #[arg(long)]
@@ -561,7 +566,11 @@ fn main() {
         Task::Dist { out } => dist_command(out),
         Task::Venv => venv().map(|p| println!("{}", p.display())),
         Task::Bench { args } => bench(&args),
-        Task::BenchWeb { runs, cpu_only } => bench_web(runs, cpu_only),
+        Task::BenchWeb {
+            runs,
+            rounds,
+            cpu_only,
+        } => bench_web(runs, rounds, cpu_only),
     };
     if let Err(e) = done {
         eprintln!("error: {e:#}");
