@@ -386,25 +386,18 @@ fn depthwise_plane(
                 continue;
             };
             let src = &input[row * w..][..w];
-            for b in 0..sw {
-                let dst = &mut phases[(a * sw + b) * size + r * wq..][..wq];
-                if sw == 1 {
-                    // Columns left.. of the phase row hold the input row.
+            let mut planes = phases[a * sw * size..].chunks_exact_mut(size);
+            let mut phase_row = || &mut planes.next().expect("sw phase planes")[r * wq..][..wq];
+            match sw {
+                // Columns left.. of the phase row hold the input row.
+                1 => {
+                    let dst = phase_row();
                     let start = left.min(wq);
                     let len = w.min(wq - start);
                     dst[start..start + len].copy_from_slice(&src[..len]);
-                } else {
-                    // Phase column q holds input column sw·q + b − left, where that is inside
-                    // the row: q from ⌈(left − b) / sw⌉ up to ⌈(w + left − b) / sw⌉.
-                    let first = left.saturating_sub(b).div_ceil(sw);
-                    let end = (w + left).saturating_sub(b).div_ceil(sw).min(wq);
-                    if first < end {
-                        let cols = src[sw * first + b - left..].iter().step_by(sw);
-                        for (d, &v) in dst[first..end].iter_mut().zip(cols) {
-                            *d = v;
-                        }
-                    }
                 }
+                2 => split_pairs(src, left, [phase_row(), phase_row()]),
+                _ => (0..sw).for_each(|b| split_strided(src, left, sw, b, phase_row())),
             }
         }
     }
@@ -437,6 +430,59 @@ fn depthwise_plane(
     for (row, dst) in out.chunks_exact_mut(ow).enumerate() {
         for (d, &a) in dst.iter_mut().zip(&acc[row * wq..]) {
             *d = act.value(a);
+        }
+    }
+}
+
+/// One padded input row split into its two phase rows at stride 2: padded column `j` (input
+/// column `j − left`) goes to row `j % 2`, column `j / 2`. Input columns are taken in pairs,
+/// which compiles to whole-vector shuffles.
+fn split_pairs(src: &[f32], left: usize, [even, odd]: [&mut [f32]; 2]) {
+    let wq = even.len();
+    // Input column 2p lands in row left % 2 at p + left / 2, column 2p + 1 in the other row at
+    // p + (left + 1) / 2.
+    let (first, second) = if left % 2 == 0 {
+        (even, odd)
+    } else {
+        (odd, even)
+    };
+    let (o1, o2) = (left / 2, left.div_ceil(2));
+    let n = (src.len() / 2)
+        .min(wq.saturating_sub(o1))
+        .min(wq.saturating_sub(o2));
+    let pairs = first[o1.min(wq)..][..n]
+        .iter_mut()
+        .zip(&mut second[o2.min(wq)..][..n]);
+    for ((x, y), pair) in pairs.zip(src.chunks_exact(2)) {
+        *x = pair[0];
+        *y = pair[1];
+    }
+    // The columns the pairs left out: an odd width's last one, or none.
+    for (col, &v) in src.iter().enumerate().skip(2 * n) {
+        let (row, q) = if col % 2 == 0 {
+            (&mut *first, col / 2 + o1)
+        } else {
+            (&mut *second, col / 2 + o2)
+        };
+        if let Some(d) = row.get_mut(q) {
+            *d = v;
+        }
+    }
+}
+
+/// Phase `b` of one padded input row at stride `sw`: phase column `q` holds input column
+/// `sw·q + b − left`, where that is inside the row, so `q` runs from ⌈(left − b) / sw⌉ up to
+/// ⌈(w + left − b) / sw⌉.
+fn split_strided(src: &[f32], left: usize, sw: usize, b: usize, dst: &mut [f32]) {
+    let first = left.saturating_sub(b).div_ceil(sw);
+    let end = (src.len() + left)
+        .saturating_sub(b)
+        .div_ceil(sw)
+        .min(dst.len());
+    if first < end {
+        let cols = src[sw * first + b - left..].iter().step_by(sw);
+        for (d, &v) in dst[first..end].iter_mut().zip(cols) {
+            *d = v;
         }
     }
 }
@@ -496,7 +542,8 @@ mod tests {
         let device = Device::flex();
         let cases = [
             // (channels, kernel, stride, padding, input size): every depthwise shape of the
-            // EfficientNet-Lite family and MobileNetV2, odd sizes and explicit padding.
+            // EfficientNet-Lite family and MobileNetV2, odd sizes and explicit padding, each
+            // way of splitting the padded input into phase planes.
             (8, 3, 1, PaddingConfig2d::Same, 15),
             (8, 3, 2, PaddingConfig2d::Same, 16),
             (8, 5, 2, PaddingConfig2d::Same, 14),
@@ -505,6 +552,10 @@ mod tests {
             (4, 3, 2, PaddingConfig2d::Explicit(1, 1, 1, 1), 11),
             (4, 3, 1, PaddingConfig2d::Valid, 9),
             (4, 5, 1, PaddingConfig2d::Explicit(2, 2, 2, 2), 1),
+            // Odd left padding at stride 2, and stride 3 (the general phase split).
+            (4, 5, 2, PaddingConfig2d::Explicit(3, 3, 3, 3), 12),
+            (4, 3, 3, PaddingConfig2d::Explicit(1, 1, 1, 1), 10),
+            (4, 5, 3, PaddingConfig2d::Explicit(2, 2, 2, 2), 13),
         ];
         for (c, k, s, pad, size) in cases {
             let conv = layer([c, c], k, s, c, pad.clone(), &device);
