@@ -68,6 +68,26 @@ pub fn start() {
     }));
 }
 
+/// How many times the module's static constructors have run.
+static CONSTRUCTOR_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A static constructor of this crate's own, which counts its runs, so that a test can tell
+/// that the constructors run once per instance and not once per call.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static COUNT_CONSTRUCTOR_RUNS: extern "C" fn() = count_constructor_run;
+
+extern "C" fn count_constructor_run() {
+    CONSTRUCTOR_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Test-only: how many times the static constructors have run in this instance (1 once
+/// started, however many calls followed).
+#[wasm_bindgen(js_name = constructorRunsForTest)]
+pub fn constructor_runs_for_test() -> u32 {
+    CONSTRUCTOR_RUNS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[wasm_bindgen]
 extern "C" {
     #[wasm_bindgen(js_namespace = console, js_name = error)]

@@ -441,7 +441,7 @@ fn split_pairs(src: &[f32], left: usize, [even, odd]: [&mut [f32]; 2]) {
     let wq = even.len();
     // Input column 2p lands in row left % 2 at p + left / 2, column 2p + 1 in the other row at
     // p + (left + 1) / 2.
-    let (first, second) = if left % 2 == 0 {
+    let (first, second) = if left.is_multiple_of(2) {
         (even, odd)
     } else {
         (odd, even)
@@ -459,7 +459,7 @@ fn split_pairs(src: &[f32], left: usize, [even, odd]: [&mut [f32]; 2]) {
     }
     // The columns the pairs left out: an odd width's last one, or none.
     for (col, &v) in src.iter().enumerate().skip(2 * n) {
-        let (row, q) = if col % 2 == 0 {
+        let (row, q) = if col.is_multiple_of(2) {
             (&mut *first, col / 2 + o1)
         } else {
             (&mut *second, col / 2 + o2)

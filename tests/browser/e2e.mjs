@@ -285,6 +285,14 @@ async function backendSuite(browser, backend) {
       checkTimings(got);
     });
   }
+  await t.test(`${backend}: the library's static constructors ran once, not once per call`, async () => {
+    // The worker imported pkg/pneumoscope.js already: importing it again in the worker's realm
+    // gives the same, initialised module.
+    const worker = page.workers()[0];
+    check(worker, "the page has no worker");
+    const runs = await worker.evaluate(async () => (await import("./pkg/pneumoscope.js")).constructorRunsForTest());
+    check(runs === 1, `the constructors ran ${runs} times after ${images.length} images: the module is linked command-style`);
+  });
   // DICOM decoding is the same Rust code on both backends: tested once, on the CPU backend.
   if (backend === "cpu" && args.python) {
     const dir = join(args.artifacts, "dicom");
