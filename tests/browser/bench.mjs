@@ -3,7 +3,8 @@
 //
 //   node tests/browser/bench.mjs --url http://127.0.0.1:PORT/ --image X.jpeg --onnx M.onnx \
 //        --pkg pkg --model web/models/M.pneumoscope [--default-model web/models/D.pneumoscope] \
-//        [--runs 8] [--rounds 3] [--cpu-only yes] [--out bench.json]
+//        [--runs 8] [--rounds 3] [--cpu-only yes] [--profile-pkg DIR --profile-out F.cpuprofile]
+//        [--out bench.json]
 //
 // Run by `cargo xtask bench-web`, which builds pkg/, serves the page and makes the ONNX file.
 // Pneumoscope is measured through the page itself (its worker): navigation → model ready, the
@@ -90,6 +91,55 @@ async function pneumoscope(browser, backend, model = args.model) {
   };
 }
 
+/**
+ * A V8 profile of the library's CPU inference in the browser: the profiling build (function
+ * names kept, no wasm-opt) in a blank page of the site's origin, the light model, `runs × 4`
+ * calls of `explain` after one unprofiled call. The page's own worker is out of reach of the
+ * DevTools session Playwright opens, so here the library runs in the page's main thread.
+ * Writes the profile (`--profile-out`, for Chromium's DevTools) and returns the functions with
+ * the most samples.
+ */
+async function profileLibrary(browser) {
+  const context = await browser.newContext();
+  await context.route(`${args.url}__profile/**`, (route) => {
+    const path = new URL(route.request().url()).pathname.replace(/^\/__profile\//, "");
+    if (path === "page.html") return route.fulfill({ contentType: "text/html", body: "<!doctype html><title>profile</title>" });
+    const file = path === "model" ? args.model : path === "image" ? args.image : join(args["profile-pkg"], path.replace(/^pkg\//, ""));
+    const type = file.endsWith(".wasm") ? "application/wasm" : file.endsWith(".js") ? "text/javascript" : "application/octet-stream";
+    return route.fulfill({ contentType: type, body: readFileSync(file) });
+  });
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Profiler.enable");
+  await cdp.send("Profiler.setSamplingInterval", { interval: 200 });
+  await page.exposeFunction("__profilerStart", () => cdp.send("Profiler.start"));
+  await page.goto(`${args.url}__profile/page.html`);
+  const calls = runs * 4;
+  await page.evaluate(async (calls) => {
+    const lib = await import("/__profile/pkg/pneumoscope.js");
+    await lib.default({ module_or_path: "/__profile/pkg/pneumoscope_bg.wasm" });
+    const model = new Uint8Array(await (await fetch("/__profile/model")).arrayBuffer());
+    const image = new Uint8Array(await (await fetch("/__profile/image")).arrayBuffer());
+    const classifier = await lib.Classifier.load(model, "cpu");
+    await classifier.explain(image.slice());
+    await window.__profilerStart();
+    for (let i = 0; i < calls; i++) await classifier.explain(image.slice());
+  }, calls);
+  const { profile } = await cdp.send("Profiler.stop");
+  await context.close();
+  writeFileSync(args["profile-out"], JSON.stringify(profile));
+  const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+  const samples = new Map();
+  for (const id of profile.samples) {
+    // Rust's symbol hash (`::h` and 16 hex digits) says nothing to a reader.
+    const name = (nodes.get(id).callFrame.functionName || "(anonymous)").replace(/::h[0-9a-f]{16}$/, "");
+    samples.set(name, (samples.get(name) || 0) + 1);
+  }
+  const total = profile.samples.length;
+  const top = [...samples].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([name, n]) => ({ name, share: n / total }));
+  return { calls, samples: total, top };
+}
+
 async function onnxruntime(browser, ep) {
   const ortDist = ort().dist;
   const context = await browser.newContext();
@@ -147,6 +197,7 @@ async function onnxruntime(browser, ep) {
 const rounds = Number(args.rounds || 3);
 const rows = [];
 const ratios = [];
+let profiled = null;
 const cpuBrowser = await launch({ webgpu: false });
 const version = cpuBrowser.version();
 try {
@@ -157,6 +208,7 @@ try {
     ratios.push(reference.steady_ms / ours.steady_ms);
   }
   if (args["default-model"]) rows.push(await pneumoscope(cpuBrowser, "cpu", args["default-model"]));
+  if (args["profile-pkg"]) profiled = await profileLibrary(cpuBrowser);
 } finally {
   await cpuBrowser.close();
 }
@@ -197,12 +249,19 @@ for (const r of rows) {
 }
 console.log(`\nSteady CPU inference, onnxruntime-web wasm ÷ pneumoscope (light model), per round: ` +
   `${ratios.map((x) => `${x.toFixed(2)}x`).join(", ")} (above 1: the page is faster)`);
+if (profiled) {
+  console.log(`\nV8 profile of the library's CPU inference: light model, ${profiled.calls} explain calls in a page's ` +
+    `main thread, ${profiled.samples} samples (the build with function names, no wasm-opt); written: ${args["profile-out"]}`);
+  console.log("\n| share of samples | function |");
+  console.log("|---:|---|");
+  for (const f of profiled.top) console.log(`| ${(100 * f.share).toFixed(1)} % | ${f.name.replace(/\|/g, "\\|")} |`);
+}
 console.log("\n| file | raw (MB) | gzip (MB) |");
 console.log("|---|---:|---:|");
 for (const [name, s] of Object.entries(sizes)) {
   console.log(`| ${name} | ${(s.raw / 1e6).toFixed(2)} | ${(s.gzip / 1e6).toFixed(2)} |`);
 }
 if (args.out) {
-  writeFileSync(args.out, JSON.stringify({ chromium: version, runs, rounds, ratios, rows, sizes, date: new Date().toISOString() }, null, 2));
+  writeFileSync(args.out, JSON.stringify({ chromium: version, runs, rounds, ratios, rows, profile: profiled && profiled.top, sizes, date: new Date().toISOString() }, null, 2));
   console.log(`\nwritten: ${args.out} (${statSync(args.out).size} bytes)`);
 }

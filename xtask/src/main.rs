@@ -444,11 +444,19 @@ fn bench(args: &[String]) -> Result<()> {
         .args(args))
 }
 
-/// `bench-web [--runs N] [--rounds R] [--cpu-only]`: in-browser latency of the page (both
-/// backends) next to onnxruntime-web on the same network (the shipped EfficientNet-Lite0 model,
-/// which is what the ONNX reference holds), the CPU rows alternated for R rounds, and the
+/// What `bench-web` measures besides the CPU rows.
+struct BenchWebParts {
+    /// A V8 profile of the library's CPU inference.
+    profile: bool,
+    /// The WebGPU rows.
+    webgpu: bool,
+}
+
+/// `bench-web [--runs N] [--rounds R] [--profile] [--cpu-only]`: in-browser latency of the page
+/// (both backends) next to onnxruntime-web on the same network (the shipped EfficientNet-Lite0
+/// model, which is what the ONNX reference holds), the CPU rows alternated for R rounds, and the
 /// default model's choose → result time, in headless chromium.
-fn bench_web(runs: Option<u32>, rounds: Option<u32>, cpu_only: bool) -> Result<()> {
+fn bench_web(runs: Option<u32>, rounds: Option<u32>, parts: BenchWebParts) -> Result<()> {
     ensure_system()?;
     let shared = shared()?;
     let py = venv()?;
@@ -468,6 +476,15 @@ fn bench_web(runs: Option<u32>, rounds: Option<u32>, cpu_only: bool) -> Result<(
         ([127, 0, 0, 1], 0).into(),
     )?;
     let out = target_dir().join("bench-web.json");
+    let profile = match parts.profile {
+        true => vec![
+            "--profile-pkg".into(),
+            web::profiling_pkg()?.into_os_string(),
+            "--profile-out".into(),
+            target_dir().join("bench-web.cpuprofile").into_os_string(),
+        ],
+        false => Vec::new(),
+    };
     run(Command::new("node")
         .arg(root().join("tests/browser/bench.mjs"))
         .arg("--url")
@@ -491,11 +508,12 @@ fn bench_web(runs: Option<u32>, rounds: Option<u32>, cpu_only: bool) -> Result<(
                 .flatten(),
         )
         .args(
-            cpu_only
+            (!parts.webgpu)
                 .then_some(["--cpu-only", "yes"])
                 .into_iter()
                 .flatten(),
         )
+        .args(profile)
         .current_dir(root()))
 }
 
@@ -550,6 +568,10 @@ enum Task {
         /// each one like-for-like ratio.
         #[arg(long)]
         rounds: Option<u32>,
+        /// Also profile the library's CPU inference in the browser (V8's sampling profiler):
+        /// prints the functions with the most samples and writes `bench-web.cpuprofile`.
+        #[arg(long)]
+        profile: bool,
         /// Only the CPU backends (the page's CPU backend and onnxruntime-web's wasm), leaving out
         /// WebGPU, which takes minutes on a machine without a GPU.
         #[arg(long)]
@@ -569,8 +591,16 @@ fn main() {
         Task::BenchWeb {
             runs,
             rounds,
+            profile,
             cpu_only,
-        } => bench_web(runs, rounds, cpu_only),
+        } => bench_web(
+            runs,
+            rounds,
+            BenchWebParts {
+                profile,
+                webgpu: !cpu_only,
+            },
+        ),
     };
     if let Err(e) = done {
         eprintln!("error: {e:#}");

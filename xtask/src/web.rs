@@ -130,6 +130,18 @@ pub fn build_pkg() -> Result<PathBuf> {
     Ok(pkg)
 }
 
+/// The same module as the last [`build_pkg`], bound again with its function names kept and
+/// without `wasm-opt` (which drops them), for profiles; returns its folder.
+pub fn profiling_pkg() -> Result<PathBuf> {
+    let wasm = target_dir().join(TARGET).join("release/pneumoscope.wasm");
+    let out = target_dir().join("profile-pkg");
+    run(Command::new("wasm-bindgen")
+        .args(["--keep-debug", "--target", "web", "--out-dir"])
+        .arg(&out)
+        .arg(&wasm))?;
+    Ok(out)
+}
+
 /// Refuses a module that imports from `env`: functions some dependency declared `extern "C"`
 /// (C's `malloc`, say) that nothing defined. wasm-bindgen leaves them as imports of a module no
 /// browser has, and the page's worker would then fail to start without a message.
