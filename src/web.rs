@@ -54,9 +54,7 @@ unsafe extern "C" {
 /// runs all the constructors again.
 #[wasm_bindgen(start)]
 pub fn start() {
-    // SAFETY: called once, by the wasm-bindgen glue right after instantiation, before any
-    // other export; the constructors only register static items.
-    unsafe { __wasm_call_ctors() };
+    run_constructors();
     std::panic::set_hook(Box::new(|info| {
         let message = info.to_string();
         let _ = Reflect::set(
@@ -66,6 +64,16 @@ pub fn start() {
         );
         web_console_error(&message);
     }));
+}
+
+/// Runs the module's static constructors, the first time only. [`start`] calls it, and so does
+/// every way to WebGPU (whose compiler needs the registrations): a host that never calls the
+/// start function, such as `wasm-bindgen-test`'s harness, still gets them, once.
+pub fn run_constructors() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the linker's constructor function, run once per instance; the constructors only
+    // register static items.
+    ONCE.call_once(|| unsafe { __wasm_call_ctors() });
 }
 
 /// How many times the module's static constructors have run.
@@ -311,6 +319,7 @@ thread_local! {
 /// This thread's WebGPU device, initialised asynchronously on first use; `Err` says why there
 /// is none.
 pub async fn webgpu_device() -> Result<Device, String> {
+    run_constructors();
     if let Some(known) = WEBGPU.with(|w| w.borrow().clone()) {
         return known;
     }

@@ -34,6 +34,15 @@ async fn webgpu() -> Device {
         .expect("WebGPU initialises in the test browser (chromium --enable-unsafe-webgpu)")
 }
 
+/// This harness never calls the library's start function: the way to WebGPU runs the static
+/// constructors itself (the WebGPU compiler needs their registrations), and only once.
+#[wasm_bindgen_test]
+async fn static_constructors_run_once_without_the_start_function() {
+    webgpu().await;
+    pneumoscope::web::run_constructors();
+    assert_eq!(pneumoscope::web::constructor_runs_for_test(), 1);
+}
+
 #[wasm_bindgen_test]
 async fn cpu_and_webgpu_agree_on_real_xrays() {
     let cpu = Network::load(MODEL, Device::flex()).unwrap();
