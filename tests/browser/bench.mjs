@@ -91,6 +91,13 @@ async function pneumoscope(browser, backend, model = args.model) {
   };
 }
 
+/** Answers a routed request with a file from disk, typed by its extension. */
+function fulfillFile(route, file) {
+  const types = { ".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript" };
+  const ext = Object.keys(types).find((e) => file.endsWith(e));
+  return route.fulfill({ contentType: types[ext] ?? "application/octet-stream", body: readFileSync(file) });
+}
+
 /**
  * A V8 profile of the library's CPU inference in the browser: the profiling build (function
  * names kept, no wasm-opt) in a blank page of the site's origin, the light model, `runs × 4`
@@ -105,8 +112,7 @@ async function profileLibrary(browser) {
     const path = new URL(route.request().url()).pathname.replace(/^\/__profile\//, "");
     if (path === "page.html") return route.fulfill({ contentType: "text/html", body: "<!doctype html><title>profile</title>" });
     const file = path === "model" ? args.model : path === "image" ? args.image : join(args["profile-pkg"], path.replace(/^pkg\//, ""));
-    const type = file.endsWith(".wasm") ? "application/wasm" : file.endsWith(".js") ? "text/javascript" : "application/octet-stream";
-    return route.fulfill({ contentType: type, body: readFileSync(file) });
+    return fulfillFile(route, file);
   });
   const page = await context.newPage();
   const cdp = await context.newCDPSession(page);
@@ -148,10 +154,9 @@ async function onnxruntime(browser, ep) {
   await context.route(`${args.url}__bench/**`, (route) => {
     const path = new URL(route.request().url()).pathname.replace(/^\/__bench\//, "");
     if (path === "page.html") return route.fulfill({ contentType: "text/html", body: "<!doctype html><title>ort</title>" });
-    if (path === "model.onnx") return route.fulfill({ contentType: "application/octet-stream", body: readFileSync(args.onnx) });
+    if (path === "model.onnx") return fulfillFile(route, args.onnx);
     const file = join(ortDist, path.replace(/^ort\//, ""));
-    const type = file.endsWith(".wasm") ? "application/wasm" : "text/javascript";
-    return route.fulfill({ contentType: type, body: readFileSync(file) });
+    return fulfillFile(route, file);
   });
   const page = await context.newPage();
   await page.goto(`${args.url}__bench/page.html`);

@@ -476,14 +476,15 @@ fn bench_web(runs: Option<u32>, rounds: Option<u32>, parts: BenchWebParts) -> Re
         ([127, 0, 0, 1], 0).into(),
     )?;
     let out = target_dir().join("bench-web.json");
-    let profile = match parts.profile {
-        true => vec![
+    let profile = if parts.profile {
+        vec![
             "--profile-pkg".into(),
             web::profiling_pkg()?.into_os_string(),
             "--profile-out".into(),
             target_dir().join("bench-web.cpuprofile").into_os_string(),
-        ],
-        false => Vec::new(),
+        ]
+    } else {
+        Vec::new()
     };
     run(Command::new("node")
         .arg(root().join("tests/browser/bench.mjs"))

@@ -86,6 +86,11 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The release wasm module cargo builds for `pkg/`, before `wasm-bindgen`.
+fn release_module() -> PathBuf {
+    target_dir().join(TARGET).join("release/pneumoscope.wasm")
+}
+
 /// Builds `pkg/` (release); returns its folder.
 pub fn build_pkg() -> Result<PathBuf> {
     ensure_tools()?;
@@ -100,7 +105,7 @@ pub fn build_pkg() -> Result<PathBuf> {
         "--crate-type",
         "cdylib",
     ]))?;
-    let wasm = target_dir().join(TARGET).join("release/pneumoscope.wasm");
+    let wasm = release_module();
     let pkg = root().join("pkg");
     run(Command::new("wasm-bindgen")
         .args(["--target", "web", "--out-dir"])
@@ -133,7 +138,7 @@ pub fn build_pkg() -> Result<PathBuf> {
 /// The same module as the last [`build_pkg`], bound again with its function names kept and
 /// without `wasm-opt` (which drops them), for profiles; returns its folder.
 pub fn profiling_pkg() -> Result<PathBuf> {
-    let wasm = target_dir().join(TARGET).join("release/pneumoscope.wasm");
+    let wasm = release_module();
     let out = target_dir().join("profile-pkg");
     run(Command::new("wasm-bindgen")
         .args(["--keep-debug", "--target", "web", "--out-dir"])
