@@ -125,6 +125,7 @@ pub mod in_place {
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native {
     use super::super::conv::native::{contiguous, tensor, values};
+    use super::super::lanes;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
@@ -133,7 +134,6 @@ pub mod native {
     use burn::backend::{Autodiff, Flex};
     use burn::prelude::*;
     use burn::tensor::DType;
-    use rayon::prelude::*;
 
     /// Elements per parallel chunk: large enough that a chunk outweighs its scheduling.
     const CHUNK: usize = 1 << 16;
@@ -161,30 +161,20 @@ pub mod native {
         }
     }
 
-    /// `g` where `y` lies strictly between 0 and 6, else 0.
+    /// `g` where `y` lies strictly between 0 and 6, else 0: a mask of the bits of `g`, without
+    /// a branch, so that the loop is vectorised.
     pub fn pass_inside(g: &[f32], y: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(o, (g, y))| {
-                for ((o, g), y) in o.iter_mut().zip(g).zip(y) {
-                    *o = if *y > 0.0 && *y < 6.0 { *g } else { 0.0 };
-                }
-            });
-        out
+        lanes::zip_map(g, y, CHUNK, |_| {
+            |g: f32, y: f32| {
+                let inside = (y > 0.0) & (y < 6.0);
+                f32::from_bits(g.to_bits() & (inside as u32).wrapping_neg())
+            }
+        })
     }
 
     /// `x` clamped to [0, 6] (NaN stays NaN, as in Burn's clamp).
     pub fn clamp(x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.iter_mut().zip(x) {
-                    *o = super::in_place::relu6_value(*x);
-                }
-            });
-        out
+        lanes::map(x, CHUNK, |_| super::in_place::relu6_value)
     }
 
     /// ReLU6 as this module's autodiff operation. `None` when `x` is not an f32 tensor of the

@@ -161,6 +161,7 @@ pub fn reference_conv2d(
 /// The autodiff operation on the CPU backend and its kernels (native builds).
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native {
+    use super::super::lanes;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
@@ -245,11 +246,8 @@ pub mod native {
                                 if sx == 1 {
                                     let off = cols.start + v - px;
                                     let len = cols.len();
-                                    sum += grow[cols.start..][..len]
-                                        .iter()
-                                        .zip(&xrow[off..][..len])
-                                        .map(|(a, b)| a * b)
-                                        .sum::<f32>();
+                                    sum +=
+                                        lanes::dot(&grow[cols.start..][..len], &xrow[off..][..len]);
                                 } else {
                                     for j in cols.clone() {
                                         sum += grow[j] * xrow[j * sx + v - px];

@@ -9,6 +9,8 @@ pub mod efficientnet_lite;
 pub mod fold;
 pub mod fused;
 pub mod googlenet;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod lanes;
 pub mod layers;
 pub mod norm;
 pub mod resnet;

@@ -62,6 +62,7 @@ fn update_running(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>) {
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native {
     use super::super::conv::native::{contiguous, tensor, values};
+    use super::super::lanes;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
@@ -109,11 +110,11 @@ pub mod native {
             .into_par_iter()
             .map(|ch| {
                 let sum: f64 = planes(x, shape, ch)
-                    .map(|p| p.iter().map(|v| *v as f64).sum::<f64>())
+                    .map(|p| lanes::sum(p, |v| v as f64))
                     .sum();
                 let mean = sum / count;
                 let sq: f64 = planes(x, shape, ch)
-                    .map(|p| p.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>())
+                    .map(|p| lanes::sum(p, |v| (v as f64 - mean).powi(2)))
                     .sum();
                 let var = sq / count;
                 (
@@ -134,19 +135,12 @@ pub mod native {
     /// `γ (x − μ) / √(σ² + ε) + β`, plane by plane.
     pub fn normalise(x: &[f32], s: &Stats, gamma: &[f32], beta: &[f32]) -> Vec<f32> {
         let [_, c, h, w] = s.shape;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w))
-            .enumerate()
-            .for_each(|(plane, (o, x))| {
-                let ch = plane % c;
-                let scale = gamma[ch] * s.inv_std[ch];
-                let shift = beta[ch] - s.mean[ch] * scale;
-                for (o, x) in o.iter_mut().zip(x) {
-                    *o = x * scale + shift;
-                }
-            });
-        out
+        lanes::map(x, h * w, |plane| {
+            let ch = plane % c;
+            let scale = gamma[ch] * s.inv_std[ch];
+            let shift = beta[ch] - s.mean[ch] * scale;
+            move |x| x * scale + shift
+        })
     }
 
     /// The gradients of `x`, `γ` and `β` from the output gradient `g`.
@@ -166,28 +160,20 @@ pub mod native {
                 planes(x, s.shape, ch).zip(planes(g, s.shape, ch)).fold(
                     (0f64, 0f64),
                     |(sg, sgx), (xp, gp)| {
-                        let (a, b) = xp.iter().zip(gp).fold((0f32, 0f32), |(a, b), (x, g)| {
-                            (a + g, b + g * (x - mean) * inv)
-                        });
+                        let (a, b) = lanes::sum2(xp, gp, |x, g| (g, g * (x - mean) * inv));
                         (sg + a as f64, sgx + b as f64)
                     },
                 )
             })
             .collect();
-        let mut gx = vec![0f32; x.len()];
-        gx.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w).zip(g.par_chunks(h * w)))
-            .enumerate()
-            .for_each(|(plane, (o, (x, g)))| {
-                let ch = plane % c;
-                let (mean, inv) = (s.mean[ch], s.inv_std[ch]);
-                let mean_g = (sums[ch].0 / count) as f32;
-                let mean_gx = (sums[ch].1 / count) as f32;
-                let scale = gamma[ch] * inv;
-                for ((o, x), g) in o.iter_mut().zip(x).zip(g) {
-                    *o = scale * (g - mean_g - (x - mean) * inv * mean_gx);
-                }
-            });
+        let gx = lanes::zip_map(x, g, h * w, |plane| {
+            let ch = plane % c;
+            let (mean, inv) = (s.mean[ch], s.inv_std[ch]);
+            let mean_g = (sums[ch].0 / count) as f32;
+            let mean_gx = (sums[ch].1 / count) as f32;
+            let scale = gamma[ch] * inv;
+            move |x, g| scale * (g - mean_g - (x - mean) * inv * mean_gx)
+        });
         let dgamma = sums.iter().map(|s| s.1 as f32).collect();
         let dbeta = sums.iter().map(|s| s.0 as f32).collect();
         (gx, dgamma, dbeta)

@@ -13,7 +13,7 @@ use crate::fsutil::write_atomic;
 use crate::metrics::percentile;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -407,7 +407,7 @@ fn fit_decoder(
     let ad = Device::flex().autodiff();
     ad.seed(cfg.seed);
     let mut decoder = LungDecoder::new(&ad);
-    let mut optim = AdamConfig::new().init();
+    let mut optim = crate::adam::optimizer();
     let state_path = run.join("state.json");
     let mut state = State::default();
     if resume && state_path.exists() {

@@ -1,6 +1,7 @@
 //! `pneumoscope`: the native command line of Pneumoscope — dataset building, training,
 //! evaluation, reports, prediction, Grad-CAM, export and benchmarks.
 
+mod adam;
 mod augment;
 mod breakdown;
 mod calibrate;

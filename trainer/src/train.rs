@@ -12,7 +12,6 @@ use crate::parallel::Devices;
 use crate::weights;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::AdamConfig;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -975,7 +974,7 @@ impl<'a> Run<'a> {
     ) -> Result<M> {
         let cfg = self.cfg;
         let opt = &cfg.optimisation;
-        let mut optim = AdamConfig::new().init();
+        let mut optim = crate::adam::optimizer();
         let (mut progress, mut module) = Progress::resume(self.dir, module, &mut optim)?;
         // A shard's share of a batch's loss: the sum of its rows' weights (the loss's
         // normaliser is the sum of the batch's weights).
@@ -1136,7 +1135,7 @@ impl Progress {
         let module = module
             .try_load_record(rec)
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.model))?;
-        *optim = std::mem::replace(optim, AdamConfig::new().init())
+        *optim = std::mem::replace(optim, crate::adam::optimizer())
             .from_bytes(Bytes::from_bytes_vec(o))
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.optimizer))?;
         saved.epochs_done = r.epoch;
