@@ -230,6 +230,7 @@ pub mod native {
             .into_par_iter()
             .map(|ch| {
                 let mut acc = vec![0f64; kh * kw];
+                let mut picked = Vec::with_capacity(wo);
                 for b in 0..n {
                     let xs = &x[(b * c + ch) * h * w..][..h * w];
                     let gs = &g[(b * c + ch) * ho * wo..][..ho * wo];
@@ -249,9 +250,11 @@ pub mod native {
                                     sum +=
                                         lanes::dot(&grow[cols.start..][..len], &xrow[off..][..len]);
                                 } else {
-                                    for j in cols.clone() {
-                                        sum += grow[j] * xrow[j * sx + v - px];
-                                    }
+                                    // The strided values gathered first, so that the sum
+                                    // runs in lanes.
+                                    picked.clear();
+                                    picked.extend(cols.clone().map(|j| xrow[j * sx + v - px]));
+                                    sum += lanes::dot(&grow[cols.clone()], &picked);
                                 }
                             }
                             acc[u * kw + v] += sum as f64;
@@ -270,6 +273,8 @@ pub mod native {
         let [kh, kw] = geo.kernel;
         let [ho, wo] = geo.output;
         let (sx, px) = (geo.stride[1], geo.pad[1]);
+        // The columns of each tap, worked out once (two divisions each).
+        let columns: Vec<_> = (0..kw).map(|v| geo.columns(v)).collect();
         let mut out = vec![0f32; n * c * h * w];
         out.par_chunks_mut(h * w)
             .enumerate()
@@ -286,7 +291,7 @@ pub mod native {
                         let xrow = &mut gx[y * w..][..w];
                         for v in 0..kw {
                             let t = taps[u * kw + v];
-                            let cols = geo.columns(v);
+                            let cols = columns[v].clone();
                             if sx == 1 {
                                 let off = cols.start + v - px;
                                 let len = cols.len();
@@ -418,11 +423,15 @@ mod tests {
 
     /// Output, input gradient and weight gradient of the operation against Burn's grouped
     /// convolution, for the shapes the architectures use (3x3 and 5x5, stride 1 and 2,
-    /// symmetric and TensorFlow "same" padding, odd and even sizes, no padding).
+    /// symmetric and TensorFlow "same" padding, odd and even sizes, no padding, rows shorter
+    /// and longer than the lanes of [`super::super::lanes`]).
     #[test]
     fn the_operation_matches_burns_grouped_convolution() {
         let device = Device::flex().autodiff();
-        let cases: [Case; 7] = [
+        let cases: [Case; 9] = [
+            // Rows longer than the partial sums' lanes, at both strides.
+            (3, 1, 40, [(1, 1), (1, 1)]),
+            (5, 2, 41, [(1, 2), (1, 2)]),
             (3, 1, 9, [(1, 1), (1, 1)]),
             (3, 2, 10, [(0, 1), (0, 1)]),
             (5, 2, 11, [(1, 2), (1, 2)]),
