@@ -167,11 +167,9 @@ pub mod native {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::flex::FlexTensor;
-    use burn::backend::ops::ModuleOps;
     use burn::backend::{Autodiff, Flex};
     use burn::prelude::*;
     use burn::tensor::DType;
-    use burn::tensor::ops::ConvOptions;
     use rayon::prelude::*;
 
     /// The shapes of one depthwise convolution.
@@ -213,6 +211,15 @@ pub mod native {
     /// `t` with its values contiguous in row-major order.
     pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
         t.to_contiguous()
+    }
+
+    /// `t` contiguous from its first value (a cheap handle when it already is).
+    fn dense(t: FlexTensor) -> FlexTensor {
+        if t.is_contiguous() && t.layout().start_offset() == 0 {
+            t
+        } else {
+            t.to_contiguous()
+        }
     }
 
     /// The values of a contiguous f32 tensor.
@@ -378,23 +385,29 @@ pub mod native {
         };
         let xa = x.try_into_primitive::<Ad>().ok()?;
         let wa = weight.try_into_primitive::<Ad>().ok()?;
-        let options = ConvOptions::new_with_padding(stride, pad, [1, 1], c);
+        // The inference kernel of `fused` (phase planes, no padded copy), without bias or
+        // activation: about twice as fast as Flex's depthwise convolution.
+        let forward = |x: &FlexTensor, w: &FlexTensor, geo: &Geometry| {
+            let [oh, ow] = geo.output;
+            tensor(
+                super::super::fused::depthwise_forward(x, w, geo),
+                [n, c, oh, ow],
+            )
+        };
         let out = match DepthwiseBackward
             .prepare::<NoCheckpointing>([xa.node(), wa.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xp, wp) = (xa.into_primitive(), wa.into_primitive());
-                let y = Flex::conv2d(xp.clone(), wp.clone(), None, options);
+                let (xp, wp) = (dense(xa.into_primitive()), dense(wa.into_primitive()));
+                let y = forward(&xp, &wp, &geo);
                 prep.finish((xp, wp, geo), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
-                xa.into_primitive(),
-                wa.into_primitive(),
-                None,
-                options,
-            )),
+            OpsKind::UnTracked(prep) => {
+                let (xp, wp) = (dense(xa.into_primitive()), dense(wa.into_primitive()));
+                prep.finish(forward(&xp, &wp, &geo))
+            }
         };
         Some(Tensor::from_primitive::<Ad>(out))
     }

@@ -350,6 +350,25 @@ fn depthwise(
     y
 }
 
+/// The forward pass of the depthwise convolution that training runs
+/// ([`super::conv::native::depthwise_conv2d`]): this module's kernel without bias or activation,
+/// on contiguous `x` `[n, c, h, w]` and `weight` `[c, 1, kh, kw]`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn depthwise_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    geo: &super::conv::native::Geometry,
+) -> Vec<f32> {
+    let plane = Plane {
+        input: [geo.input[2], geo.input[3]],
+        kernel: geo.kernel,
+        stride: geo.stride,
+        before: geo.pad,
+        output: geo.output,
+    };
+    depthwise(x, weight, None, Act::Identity, &plane)
+}
+
 /// Buffers reused from one channel to the next.
 #[derive(Default)]
 struct Scratch {
