@@ -161,7 +161,7 @@ pub fn reference_conv2d(
 /// The autodiff operation on the CPU backend and its kernels (native builds).
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native {
-    use super::super::lanes;
+    use super::super::{fused, lanes};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
@@ -188,23 +188,15 @@ pub mod native {
     }
 
     impl Geometry {
-        /// Input row `i·s + u − p` of output row `i` and tap `u` on axis `a`, if inside.
-        fn source(&self, a: usize, i: usize, u: usize) -> Option<usize> {
-            let y = (i * self.stride[a] + u).checked_sub(self.pad[a])?;
-            (y < self.input[2 + a]).then_some(y)
-        }
-
-        /// The output columns `j` whose source column `j·s + v − p` lies inside the row.
-        fn columns(&self, v: usize) -> std::ops::Range<usize> {
-            let (s, p, w) = (self.stride[1], self.pad[1], self.input[3]);
-            let first = p.saturating_sub(v).div_ceil(s);
-            // Last j with j·s + v − p ≤ w − 1.
-            let end = if w + p > v {
-                ((w + p - v - 1) / s + 1).min(self.output[1])
-            } else {
-                0
-            };
-            first..end.max(first)
+        /// The same geometry as the forward kernel of [`fused`] takes it, for one channel.
+        pub(crate) fn plane(&self) -> fused::Plane {
+            fused::Plane {
+                input: [self.input[2], self.input[3]],
+                kernel: self.kernel,
+                stride: self.stride,
+                before: self.pad,
+                output: self.output,
+            }
         }
     }
 
@@ -227,43 +219,35 @@ pub mod native {
         t.as_slice::<f32>().expect("a contiguous f32 tensor")
     }
 
-    /// `∂L/∂w` `[c, 1, kh, kw]` from the input `x` and the output gradient `g`.
+    /// `∂L/∂w` `[c, 1, kh, kw]` from the input `x` and the output gradient `g`: for each
+    /// channel and image, the phase planes of the padded input (as the forward kernel builds
+    /// them), then per tap one dot product per output row against a contiguous row of its
+    /// phase plane.
     pub fn weight_grad(x: &[f32], g: &[f32], geo: &Geometry) -> Vec<f32> {
         let [n, c, h, w] = geo.input;
         let [kh, kw] = geo.kernel;
         let [ho, wo] = geo.output;
-        let (sx, px) = (geo.stride[1], geo.pad[1]);
+        let [sh, sw] = geo.stride;
+        let plane = geo.plane();
+        let [hq, wq] = plane.phase_size();
+        let size = hq * wq;
         let per_channel: Vec<Vec<f32>> = (0..c)
             .into_par_iter()
-            .map(|ch| {
+            .map_init(Vec::new, |phases, ch| {
                 let mut acc = vec![0f64; kh * kw];
-                let mut picked = Vec::with_capacity(wo);
                 for b in 0..n {
                     let xs = &x[(b * c + ch) * h * w..][..h * w];
                     let gs = &g[(b * c + ch) * ho * wo..][..ho * wo];
+                    fused::phase_planes(xs, &plane, phases);
                     for u in 0..kh {
                         for v in 0..kw {
-                            let cols = geo.columns(v);
-                            let mut sum = 0f32;
-                            for i in 0..ho {
-                                let Some(y) = geo.source(0, i, u) else {
-                                    continue;
-                                };
-                                let xrow = &xs[y * w..][..w];
-                                let grow = &gs[i * wo..][..wo];
-                                if sx == 1 {
-                                    let off = cols.start + v - px;
-                                    let len = cols.len();
-                                    sum +=
-                                        lanes::dot(&grow[cols.start..][..len], &xrow[off..][..len]);
-                                } else {
-                                    // The strided values gathered first, so that the sum
-                                    // runs in lanes.
-                                    picked.clear();
-                                    picked.extend(cols.clone().map(|j| xrow[j * sx + v - px]));
-                                    sum += lanes::dot(&grow[cols.clone()], &picked);
-                                }
-                            }
+                            let p = &phases[((u % sh) * sw + v % sw) * size..][..size];
+                            let (r0, c0) = (u / sh, v / sw);
+                            let sum: f32 = (0..ho)
+                                .map(|i| {
+                                    lanes::dot(&gs[i * wo..][..wo], &p[(i + r0) * wq + c0..][..wo])
+                                })
+                                .sum();
                             acc[u * kw + v] += sum as f64;
                         }
                     }
@@ -274,49 +258,57 @@ pub mod native {
         per_channel.concat()
     }
 
-    /// `∂L/∂x` `[n, c, h, w]` from the weights `wt` and the output gradient `g`.
+    /// `∂L/∂x` `[n, c, h, w]` from the weights `wt` and the output gradient `g`: the forward
+    /// pass transposed. Each tap adds its weight times the output gradient's rows into
+    /// contiguous rows of the phase planes of the padded input gradient; the planes are then
+    /// read back into the unpadded layout.
     pub fn input_grad(wt: &[f32], g: &[f32], geo: &Geometry) -> Vec<f32> {
         let [n, c, h, w] = geo.input;
         let [kh, kw] = geo.kernel;
         let [ho, wo] = geo.output;
-        let (sx, px) = (geo.stride[1], geo.pad[1]);
-        // The columns of each tap, worked out once (two divisions each).
-        let columns: Vec<_> = (0..kw).map(|v| geo.columns(v)).collect();
+        let [sh, sw] = geo.stride;
+        let [top, left] = geo.pad;
+        let plane = geo.plane();
+        let [hq, wq] = plane.phase_size();
+        let size = hq * wq;
         let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, gx)| {
-                let ch = plane % c;
-                let gs = &g[plane * ho * wo..][..ho * wo];
+        out.par_chunks_mut(h * w).enumerate().for_each_init(
+            Vec::new,
+            |phases: &mut Vec<f32>, (i_plane, gx)| {
+                let ch = i_plane % c;
+                let gs = &g[i_plane * ho * wo..][..ho * wo];
                 let taps = &wt[ch * kh * kw..][..kh * kw];
-                for i in 0..ho {
-                    let grow = &gs[i * wo..][..wo];
-                    for u in 0..kh {
-                        let Some(y) = geo.source(0, i, u) else {
-                            continue;
-                        };
-                        let xrow = &mut gx[y * w..][..w];
-                        for v in 0..kw {
-                            let t = taps[u * kw + v];
-                            let cols = columns[v].clone();
-                            if sx == 1 {
-                                let off = cols.start + v - px;
-                                let len = cols.len();
-                                for (o, a) in xrow[off..][..len]
-                                    .iter_mut()
-                                    .zip(&grow[cols.start..][..len])
-                                {
-                                    *o += a * t;
-                                }
-                            } else {
-                                for j in cols.clone() {
-                                    xrow[j * sx + v - px] += grow[j] * t;
-                                }
+                phases.clear();
+                phases.resize(sh * sw * size, 0.0);
+                for u in 0..kh {
+                    for v in 0..kw {
+                        let t = taps[u * kw + v];
+                        let p = &mut phases[((u % sh) * sw + v % sw) * size..][..size];
+                        let (r0, c0) = (u / sh, v / sw);
+                        for i in 0..ho {
+                            let dst = &mut p[(i + r0) * wq + c0..][..wo];
+                            for (d, a) in dst.iter_mut().zip(&gs[i * wo..][..wo]) {
+                                *d += a * t;
                             }
                         }
                     }
                 }
-            });
+                // Padded row y + top lies in phase row (y + top) % sh at row (y + top) / sh;
+                // padded column x + left in phase column b = (x + left) % sw at (x + left) / sw.
+                for (y, row) in gx.chunks_exact_mut(w).enumerate() {
+                    let (a, r) = ((y + top) % sh, (y + top) / sh);
+                    for b in 0..sw {
+                        let src = &phases[(a * sw + b) * size + r * wq..][..wq];
+                        // The first column x with (x + left) % sw == b.
+                        let x0 = (b + sw - left % sw) % sw;
+                        let dst = row.iter_mut().skip(x0).step_by(sw);
+                        for (d, v) in dst.zip(&src[(x0 + left) / sw..]) {
+                            *d = *v;
+                        }
+                    }
+                }
+            },
+        );
         out
     }
 

@@ -288,22 +288,22 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
 
 /// The geometry of one channel of a depthwise convolution.
 #[derive(Clone, Copy, Debug)]
-struct Plane {
+pub(crate) struct Plane {
     /// Input `[h, w]`.
-    input: [usize; 2],
+    pub input: [usize; 2],
     /// Kernel `[kh, kw]`.
-    kernel: [usize; 2],
+    pub kernel: [usize; 2],
     /// Stride `[sh, sw]`.
-    stride: [usize; 2],
+    pub stride: [usize; 2],
     /// Padding before the first row and column `[top, left]` (the rest is implied by `output`).
-    before: [usize; 2],
+    pub before: [usize; 2],
     /// Output `[oh, ow]`.
-    output: [usize; 2],
+    pub output: [usize; 2],
 }
 
 impl Plane {
     /// Rows and columns of each phase plane: the output's, plus the largest tap offset.
-    fn phase_size(&self) -> [usize; 2] {
+    pub(crate) fn phase_size(&self) -> [usize; 2] {
         let [oh, ow] = self.output;
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
@@ -359,14 +359,7 @@ pub(crate) fn depthwise_forward(
     weight: &FlexTensor,
     geo: &super::conv::native::Geometry,
 ) -> Vec<f32> {
-    let plane = Plane {
-        input: [geo.input[2], geo.input[3]],
-        kernel: geo.kernel,
-        stride: geo.stride,
-        before: geo.pad,
-        output: geo.output,
-    };
-    depthwise(x, weight, None, Act::Identity, &plane)
+    depthwise(x, weight, None, Act::Identity, &geo.plane())
 }
 
 /// Buffers reused from one channel to the next.
@@ -378,25 +371,15 @@ struct Scratch {
     acc: Vec<f32>,
 }
 
-/// One channel: `out = act(bias + Σ taps · shifted input)`.
-fn depthwise_plane(
-    input: &[f32],
-    taps: &[f32],
-    bias: f32,
-    act: Act,
-    plane: &Plane,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) {
+/// The phase planes of one channel's padded input, into `phases`: `sh·sw` planes of
+/// [`Plane::phase_size`] values, plane `a·sw + b` holding the padded input's rows a, a + sh, …
+/// and columns b, b + sw, … (zeros in the padding).
+pub(crate) fn phase_planes(input: &[f32], plane: &Plane, phases: &mut Vec<f32>) {
     let [h, w] = plane.input;
-    let [kh, kw] = plane.kernel;
     let [sh, sw] = plane.stride;
     let [top, left] = plane.before;
-    let [oh, ow] = plane.output;
     let [hq, wq] = plane.phase_size();
     let size = hq * wq;
-    // Phase (a, b) holds the padded input's rows a, a + sh, … and columns b, b + sw, …
-    let phases = &mut scratch.phases;
     phases.clear();
     phases.resize(sh * sw * size, 0.0);
     for a in 0..sh {
@@ -420,6 +403,25 @@ fn depthwise_plane(
             }
         }
     }
+}
+
+/// One channel: `out = act(bias + Σ taps · shifted input)`.
+fn depthwise_plane(
+    input: &[f32],
+    taps: &[f32],
+    bias: f32,
+    act: Act,
+    plane: &Plane,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let [kh, kw] = plane.kernel;
+    let [sh, sw] = plane.stride;
+    let [oh, ow] = plane.output;
+    let [_, wq] = plane.phase_size();
+    let size = plane.phase_size()[0] * wq;
+    let phases = &mut scratch.phases;
+    phase_planes(input, plane, phases);
     // Output row y lies at y·wq in `acc`; columns ow.. of each row are never read.
     let len = (oh - 1) * wq + ow;
     let acc = &mut scratch.acc;
