@@ -258,53 +258,54 @@ mod tests {
         out
     }
 
-    /// One step of `optim` from `net` per batch of `x`, at a falling learning rate.
-    fn train(mut net: Net, optim: &mut ModuleOptimizer, x: &[Tensor<4>]) -> Net {
+    /// One step of `optim` from `net` per batch of `x`, at a falling learning rate; `done`
+    /// steps were taken before.
+    fn train(mut net: Net, optim: &mut ModuleOptimizer, x: &[Tensor<4>], done: usize) -> Net {
         for (i, x) in x.iter().enumerate() {
             let grads = GradientsParams::from_grads(net.loss(x.clone()).backward(), &net);
-            net = optim.step(1e-2 / (i + 1) as f64, net, grads);
+            net = optim.step(1e-2 / (done + i + 1) as f64, net, grads);
         }
         net
+    }
+
+    /// A network and `steps` random batches on the CPU backend with autodiff.
+    fn setup(steps: usize) -> (Net, Vec<Tensor<4>>) {
+        let device = Device::flex().autodiff();
+        let x = (0..steps)
+            .map(|_| Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device))
+            .collect();
+        (Net::new(&device), x)
     }
 
     /// Five steps give exactly the parameters of Burn's `Adam` with its default settings.
     #[test]
     fn five_steps_equal_burns_adam() {
-        let device = Device::flex().autodiff();
-        let net = Net::new(&device);
-        let x: Vec<_> = (0..5)
-            .map(|_| Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device))
-            .collect();
-        let ours = train(net.clone(), &mut optimizer(), &x);
-        let burns = train(net.clone(), &mut AdamConfig::new().init(), &x);
+        let (net, x) = setup(5);
+        let ours = train(net.clone(), &mut optimizer(), &x, 0);
+        let burns = train(net.clone(), &mut AdamConfig::new().init(), &x, 0);
         let (ours, burns, start) = (params(&ours), params(&burns), params(&net));
         assert_eq!(ours, burns);
         assert_ne!(ours, start, "the parameters moved");
     }
 
-    /// A checkpoint of the fused optimizer resumes in Burn's `Adam` and the other way round,
-    /// with the same next step as an uninterrupted run.
+    /// A checkpoint of either optimizer resumes in either, with the same steps as an
+    /// uninterrupted run.
     #[test]
     fn checkpoints_resume_in_either_optimizer() {
-        let device = Device::flex().autodiff();
-        let net = Net::new(&device);
-        let x: Vec<_> = (0..4)
-            .map(|_| Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device))
-            .collect();
-        let straight = params(&train(net.clone(), &mut optimizer(), &x));
-        let mut first: ModuleOptimizer = optimizer();
-        let half = train(net.clone(), &mut first, &x[..2]);
-        let bytes = first.into_bytes().expect("optimizer record");
-        let resume = |mut o: ModuleOptimizer| {
-            o = o.from_bytes(bytes.clone()).expect("readable record");
-            let mut net = half.clone();
-            for (i, x) in x[2..].iter().enumerate() {
-                let grads = GradientsParams::from_grads(net.loss(x.clone()).backward(), &net);
-                net = o.step(1e-2 / (i + 3) as f64, net, grads);
-            }
-            params(&net)
-        };
-        assert_eq!(resume(optimizer()), straight);
-        assert_eq!(resume(AdamConfig::new().init()), straight);
+        let (net, x) = setup(4);
+        let straight = params(&train(net.clone(), &mut optimizer(), &x, 0));
+        let burns = || AdamConfig::new().init();
+        for (saved_by, resumed_by) in [
+            (optimizer(), burns()),
+            (burns(), optimizer()),
+            (optimizer(), optimizer()),
+        ] {
+            let mut first = saved_by;
+            let half = train(net.clone(), &mut first, &x[..2], 0);
+            let bytes = first.into_bytes().expect("optimizer record");
+            let mut second = resumed_by.from_bytes(bytes).expect("readable record");
+            let resumed = train(half, &mut second, &x[2..], 2);
+            assert_eq!(params(&resumed), straight);
+        }
     }
 }
