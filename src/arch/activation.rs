@@ -45,6 +45,7 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Activations computed in place on the CPU backend without autodiff (inference).
 pub mod in_place {
     use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
     use burn::prelude::*;
     use burn::tensor::DType;
 
@@ -76,11 +77,16 @@ pub mod in_place {
         if !t.is_contiguous() {
             t = t.to_contiguous();
         }
+        run(kernel, values_mut(&mut t));
+        Tensor::from_primitive::<Flex>(t)
+    }
+
+    /// The values of a contiguous f32 Flex tensor, for writing. Copy-on-write: they are copied
+    /// first when another handle shares them.
+    pub fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
         let start = t.layout().start_offset();
         let n = t.layout().num_elements();
-        // Copy-on-write: the values are copied first when another handle shares them.
-        run(kernel, &mut t.storage_mut::<f32>()[start..start + n]);
-        Tensor::from_primitive::<Flex>(t)
+        &mut t.storage_mut::<f32>()[start..start + n]
     }
 
     /// `kernel` over `values`, in chunks on every core natively, in one call in wasm.

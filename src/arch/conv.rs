@@ -200,18 +200,9 @@ pub mod native {
         }
     }
 
-    /// `t` with its values contiguous in row-major order.
+    /// `t` with its values contiguous in row-major order (a cheap handle when they already are).
     pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
         t.to_contiguous()
-    }
-
-    /// `t` contiguous from its first value (a cheap handle when it already is).
-    fn dense(t: FlexTensor) -> FlexTensor {
-        if t.is_contiguous() && t.layout().start_offset() == 0 {
-            t
-        } else {
-            t.to_contiguous()
-        }
     }
 
     /// The values of a contiguous f32 tensor.
@@ -227,10 +218,8 @@ pub mod native {
         let [n, c, h, w] = geo.input;
         let [kh, kw] = geo.kernel;
         let [ho, wo] = geo.output;
-        let [sh, sw] = geo.stride;
         let plane = geo.plane();
-        let [hq, wq] = plane.phase_size();
-        let size = hq * wq;
+        let [_, wq] = plane.phase_size();
         let per_channel: Vec<Vec<f32>> = (0..c)
             .into_par_iter()
             .map_init(Vec::new, |phases, ch| {
@@ -241,11 +230,10 @@ pub mod native {
                     fused::phase_planes(xs, &plane, phases);
                     for u in 0..kh {
                         for v in 0..kw {
-                            let p = &phases[((u % sh) * sw + v % sw) * size..][..size];
-                            let (r0, c0) = (u / sh, v / sw);
+                            let tap = plane.tap_offset(u, v);
                             let sum: f32 = (0..ho)
                                 .map(|i| {
-                                    lanes::dot(&gs[i * wo..][..wo], &p[(i + r0) * wq + c0..][..wo])
+                                    lanes::dot(&gs[i * wo..][..wo], &phases[tap + i * wq..][..wo])
                                 })
                                 .sum();
                             acc[u * kw + v] += sum as f64;
@@ -283,10 +271,9 @@ pub mod native {
                 for u in 0..kh {
                     for v in 0..kw {
                         let t = taps[u * kw + v];
-                        let p = &mut phases[((u % sh) * sw + v % sw) * size..][..size];
-                        let (r0, c0) = (u / sh, v / sw);
+                        let tap = plane.tap_offset(u, v);
                         for i in 0..ho {
-                            let dst = &mut p[(i + r0) * wq + c0..][..wo];
+                            let dst = &mut phases[tap + i * wq..][..wo];
                             for (d, a) in dst.iter_mut().zip(&gs[i * wo..][..wo]) {
                                 *d += a * t;
                             }
@@ -381,10 +368,7 @@ pub mod native {
         // activation: about twice as fast as Flex's depthwise convolution.
         let forward = |x: &FlexTensor, w: &FlexTensor, geo: &Geometry| {
             let [oh, ow] = geo.output;
-            tensor(
-                super::super::fused::depthwise_forward(x, w, geo),
-                [n, c, oh, ow],
-            )
+            tensor(fused::depthwise_forward(x, w, geo), [n, c, oh, ow])
         };
         let out = match DepthwiseBackward
             .prepare::<NoCheckpointing>([xa.node(), wa.node()])
@@ -392,12 +376,18 @@ pub mod native {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xp, wp) = (dense(xa.into_primitive()), dense(wa.into_primitive()));
+                let (xp, wp) = (
+                    contiguous(&xa.into_primitive()),
+                    contiguous(&wa.into_primitive()),
+                );
                 let y = forward(&xp, &wp, &geo);
                 prep.finish((xp, wp, geo), y)
             }
             OpsKind::UnTracked(prep) => {
-                let (xp, wp) = (dense(xa.into_primitive()), dense(wa.into_primitive()));
+                let (xp, wp) = (
+                    contiguous(&xa.into_primitive()),
+                    contiguous(&wa.into_primitive()),
+                );
                 prep.finish(forward(&xp, &wp, &geo))
             }
         };

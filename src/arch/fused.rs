@@ -309,6 +309,14 @@ impl Plane {
         let [sh, sw] = self.stride;
         [oh + (kh - 1) / sh, ow + (kw - 1) / sw]
     }
+
+    /// Where tap `(ky, kx)` reads in the [`phase_planes`]: the offset of the value that output
+    /// `(0, 0)` multiplies; output `(y, x)` reads the value `y·wq + x` further on.
+    pub(crate) fn tap_offset(&self, ky: usize, kx: usize) -> usize {
+        let [sh, sw] = self.stride;
+        let [hq, wq] = self.phase_size();
+        ((ky % sh) * sw + kx % sw) * hq * wq + (ky / sh) * wq + kx / sw
+    }
 }
 
 /// A depthwise convolution `[n, c, h, w]` with weights `[c, 1, kh, kw]`: `act(conv + bias)`,
@@ -416,10 +424,8 @@ fn depthwise_plane(
     scratch: &mut Scratch,
 ) {
     let [kh, kw] = plane.kernel;
-    let [sh, sw] = plane.stride;
     let [oh, ow] = plane.output;
     let [_, wq] = plane.phase_size();
-    let size = plane.phase_size()[0] * wq;
     let phases = &mut scratch.phases;
     phase_planes(input, plane, phases);
     // Output row y lies at y·wq in `acc`; columns ow.. of each row are never read.
@@ -429,10 +435,7 @@ fn depthwise_plane(
     acc.resize(len, bias);
     for ky in 0..kh {
         // The taps of kernel row `ky`, each reading the phase plane its column falls in.
-        let src = |kx: usize| {
-            let phase = (ky % sh) * sw + kx % sw;
-            &phases[phase * size + (ky / sh) * wq + kx / sw..][..len]
-        };
+        let src = |kx: usize| &phases[plane.tap_offset(ky, kx)..][..len];
         let row = &taps[ky * kw..][..kw];
         match kw {
             3 => taps_row::<3>(

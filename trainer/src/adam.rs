@@ -16,6 +16,7 @@ use burn::optim::{
 };
 use burn::prelude::*;
 use burn::tensor::DType;
+use pneumoscope::arch::activation::in_place::{runs_on, values_mut};
 use rayon::prelude::*;
 
 /// Burn's `AdamConfig` defaults, which the trainer uses.
@@ -114,43 +115,26 @@ pub fn update_all(
         });
 }
 
-/// Whether the fused pass takes `t`: an f32 tensor of the CPU backend without autodiff.
-fn on_cpu<const D: usize>(t: &Tensor<D>) -> bool {
-    let device = t.device();
-    t.dtype() == DType::F32 && !device.is_autodiff() && device == Device::flex()
-}
-
-/// `t` (an [`on_cpu`] tensor) as a contiguous Flex tensor.
+/// `t` (a tensor the fused pass takes) as a contiguous Flex tensor.
 fn contiguous<const D: usize>(t: Tensor<D>) -> FlexTensor {
-    let t = t
-        .try_into_primitive::<Flex>()
-        .unwrap_or_else(|_| unreachable!("a tensor on the Flex device is a Flex tensor"));
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-/// The values of a contiguous tensor, for writing (copied first when shared).
-fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
-    let start = t.layout().start_offset();
-    let n = t.layout().num_elements();
-    &mut t.storage_mut::<f32>()[start..start + n]
+    t.try_into_primitive::<Flex>()
+        .unwrap_or_else(|_| unreachable!("a tensor on the Flex device is a Flex tensor"))
+        .to_contiguous()
 }
 
 /// Whether the fused pass takes this step: the parameter, its gradient and its moments are
-/// [`on_cpu`] tensors, and there is no AMSGrad maximum.
+/// f32 tensors of the CPU backend without autodiff ([`runs_on`]), and there is no
+/// AMSGrad maximum.
 fn fusable<const D: usize>(
     tensor: &Tensor<D>,
     grad: &Tensor<D>,
     state: Option<&AdamState<D>>,
 ) -> bool {
-    on_cpu(tensor)
-        && on_cpu(grad)
+    runs_on(tensor)
+        && runs_on(grad)
         && state.is_none_or(|s| {
             let m = &s.momentum;
-            m.max_moment_2.is_none() && on_cpu(&m.moment_1) && on_cpu(&m.moment_2)
+            m.max_moment_2.is_none() && runs_on(&m.moment_1) && runs_on(&m.moment_2)
         })
 }
 
