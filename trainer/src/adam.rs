@@ -27,16 +27,25 @@ const EPSILON: f32 = 1e-5;
 /// Values per parallel chunk: large enough that a chunk outweighs its scheduling.
 const CHUNK: usize = 1 << 15;
 
-/// The trainer's optimizer: [`FusedAdam`] over every parameter.
-pub fn optimizer() -> ModuleOptimizer {
-    ModuleOptimizer::from(FusedAdam::default())
+/// The trainer's optimizer: [`FusedAdam`] over every parameter, with decoupled weight decay
+/// `weight_decay` (AdamW; 0: Adam).
+pub fn optimizer(weight_decay: f64) -> ModuleOptimizer {
+    ModuleOptimizer::from(FusedAdam {
+        weight_decay,
+        ..FusedAdam::default()
+    })
 }
 
-/// Adam with Burn's default settings, fused into one pass per parameter on the CPU backend.
+/// Adam with Burn's default settings, fused into one pass per parameter on the CPU backend,
+/// and optionally AdamW's decoupled weight decay of the parameters of rank 2 and more
+/// (convolution and linear weights; biases and batch norms are not decayed): before the Adam
+/// step, `p ← p·(1 − lr·weight_decay)`, as Burn's `AdamW` does.
 #[derive(Clone)]
 pub struct FusedAdam {
     /// Burn's Adam with the same settings, for the tensors the fused pass does not take.
     burn: Adam,
+    /// Decoupled weight decay (0: none).
+    pub weight_decay: f64,
 }
 
 impl Default for FusedAdam {
@@ -47,7 +56,17 @@ impl Default for FusedAdam {
                 .with_beta_2(BETA_2)
                 .with_epsilon(EPSILON)
                 .build(),
+            weight_decay: 0.0,
         }
+    }
+}
+
+impl FusedAdam {
+    /// The factor a parameter of rank `rank` is multiplied by before a step at rate `lr`
+    /// (`None`: no decay, which includes a rate of 0).
+    fn decay(&self, rank: usize, lr: LearningRate) -> Option<f32> {
+        let rate = lr * self.weight_decay;
+        (rank >= 2 && rate != 0.0).then_some((1.0 - rate) as f32)
     }
 }
 
@@ -62,11 +81,13 @@ struct StepFactors {
     epsilon: f32,
     /// The learning rate.
     lr: f32,
+    /// Weight decay's factor (1: none).
+    decay: f32,
 }
 
 impl StepFactors {
     /// Computed as Burn's `Adam` computes them.
-    fn new(t: usize, lr: LearningRate) -> Self {
+    fn new(t: usize, lr: LearningRate, keep: Option<f32>) -> Self {
         let t = t as i32;
         let bias_correction2_sqrt = (1.0 - BETA_2.powi(t)).sqrt();
         Self {
@@ -74,6 +95,7 @@ impl StepFactors {
             combined: bias_correction2_sqrt / (1.0 - BETA_1.powi(t)),
             epsilon: EPSILON * bias_correction2_sqrt,
             lr: lr as f32,
+            decay: keep.unwrap_or(1.0),
         }
     }
 }
@@ -90,6 +112,9 @@ fn update(f: &StepFactors, p: &mut f32, m1: &mut f32, m2: &mut f32, g: f32, firs
         *m2 = *m2 * BETA_2 + (g * g) * f.keep[1];
     }
     let step = (*m1 * f.combined) / (m2.sqrt() + f.epsilon);
+    if f.decay != 1.0 {
+        *p *= f.decay;
+    }
     *p -= step * f.lr;
 }
 
@@ -98,12 +123,13 @@ fn update(f: &StepFactors, p: &mut f32, m1: &mut f32, m2: &mut f32, g: f32, firs
 pub fn update_all(
     t: usize,
     lr: LearningRate,
+    keep: Option<f32>,
     p: &mut [f32],
     [m1, m2]: [&mut [f32]; 2],
     g: &[f32],
     first: bool,
 ) {
-    let f = StepFactors::new(t, lr);
+    let f = StepFactors::new(t, lr, keep);
     p.par_chunks_mut(CHUNK)
         .zip(m1.par_chunks_mut(CHUNK))
         .zip(m2.par_chunks_mut(CHUNK))
@@ -141,6 +167,7 @@ fn fusable<const D: usize>(
 /// The fused step of a [`fusable`] parameter.
 fn fused<const D: usize>(
     lr: LearningRate,
+    keep: Option<f32>,
     tensor: Tensor<D>,
     grad: Tensor<D>,
     state: Option<AdamState<D>>,
@@ -165,6 +192,7 @@ fn fused<const D: usize>(
     update_all(
         t,
         lr,
+        keep,
         values_mut(&mut p),
         [values_mut(&mut m1), values_mut(&mut m2)],
         g.as_slice::<f32>().expect("a contiguous f32 tensor"),
@@ -185,10 +213,15 @@ impl Optimizer for FusedAdam {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let keep = self.decay(D, lr);
         if pneumoscope::arch::conv::burn_operations() || !fusable(&tensor, &grad, state.as_ref()) {
+            let tensor = match keep {
+                Some(k) => tensor.mul_scalar(k),
+                None => tensor,
+            };
             return self.burn.step(lr, tensor, grad, state);
         }
-        let (tensor, state) = fused(lr, tensor, grad, state);
+        let (tensor, state) = fused(lr, keep, tensor, grad, state);
         (tensor, Some(state))
     }
 
@@ -265,11 +298,40 @@ mod tests {
     #[test]
     fn five_steps_equal_burns_adam() {
         let (net, x) = setup(5);
-        let ours = train(net.clone(), &mut optimizer(), &x, 0);
+        let ours = train(net.clone(), &mut optimizer(0.0), &x, 0);
         let burns = train(net.clone(), &mut AdamConfig::new().init(), &x, 0);
         let (ours, burns, start) = (params(&ours), params(&burns), params(&net));
         assert_eq!(ours, burns);
         assert_ne!(ours, start, "the parameters moved");
+    }
+
+    /// With weight decay, one step gives Burn's `AdamW` for the weights (rank 2 and 4; to an
+    /// ulp, since `AdamW` orders its bias corrections differently) and exactly Burn's `Adam`
+    /// for the biases, which are not decayed.
+    #[test]
+    fn weight_decay_is_adamw_for_weights_only() {
+        let (net, x) = setup(1);
+        let wd = 0.3;
+        let ours = params(&train(net.clone(), &mut optimizer(wd), &x, 0));
+        let adamw = burn::optim::AdamWConfig::new()
+            .with_beta_1(BETA_1)
+            .with_beta_2(BETA_2)
+            .with_epsilon(EPSILON)
+            .with_weight_decay(wd as f32);
+        let adamw = params(&train(net.clone(), &mut adamw.init(), &x, 0));
+        let adam = params(&train(net.clone(), &mut AdamConfig::new().init(), &x, 0));
+        // [conv weight, conv bias, linear weight, linear bias]
+        for k in [0, 2] {
+            let off = ours[k]
+                .iter()
+                .zip(&adamw[k])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(off < 1e-7, "parameter {k}: {off}");
+        }
+        assert_eq!(ours[1], adam[1]);
+        assert_eq!(ours[3], adam[3]);
+        assert_ne!(ours[0], adam[0], "the decay changed the weights");
     }
 
     /// A checkpoint of either optimizer resumes in either, with the same steps as an
@@ -277,12 +339,12 @@ mod tests {
     #[test]
     fn checkpoints_resume_in_either_optimizer() {
         let (net, x) = setup(4);
-        let straight = params(&train(net.clone(), &mut optimizer(), &x, 0));
+        let straight = params(&train(net.clone(), &mut optimizer(0.0), &x, 0));
         let burns = || AdamConfig::new().init();
         for (saved_by, resumed_by) in [
-            (optimizer(), burns()),
-            (burns(), optimizer()),
-            (optimizer(), optimizer()),
+            (optimizer(0.0), burns()),
+            (burns(), optimizer(0.0)),
+            (optimizer(0.0), optimizer(0.0)),
         ] {
             let mut first = saved_by;
             let half = train(net.clone(), &mut first, &x[..2], 0);

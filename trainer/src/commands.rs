@@ -228,6 +228,9 @@ struct TrainArgs {
     /// Disable the paper's augmentation.
     #[arg(long)]
     no_augment: bool,
+    /// Radiograph augmentations added to the paper's (intensity, blur, noise, borders).
+    #[command(flatten)]
+    radiograph: crate::augment::Radiograph,
     /// Run folder.
     #[arg(long)]
     out: PathBuf,
@@ -242,6 +245,10 @@ struct TrainArgs {
     /// Seed of the fold assignment.
     #[arg(long, default_value_t = 7)]
     fold_seed: u64,
+    /// With `--folds`: run only these folds (comma-separated, 0-based), e.g. to screen
+    /// settings on a fixed subset before a full cross-validation; the summary covers them.
+    #[arg(long, value_delimiter = ',', requires = "folds")]
+    only_folds: Vec<usize>,
 }
 
 /// Options of `cv-ensemble`.
@@ -466,6 +473,14 @@ fn archs_table() -> String {
 
 fn train_command(a: TrainArgs) -> Result<()> {
     let mut cfg = a.config;
+    if a.radiograph.any() {
+        if a.no_augment {
+            anyhow::bail!("--no-augment and --aug-* contradict each other");
+        }
+        if let Some(aug) = cfg.augment.as_mut() {
+            aug.radiograph = a.radiograph;
+        }
+    }
     if a.no_augment {
         cfg.augment = None;
     }
@@ -479,7 +494,8 @@ fn train_command(a: TrainArgs) -> Result<()> {
     }
     match a.folds {
         Some(k) => {
-            let s = cv::cross_validate(cfg, &a.out, k as usize, a.fold_seed, a.resume)?;
+            let only = (!a.only_folds.is_empty()).then_some(a.only_folds.as_slice());
+            let s = cv::cross_validate(cfg, &a.out, (k as usize, a.fold_seed), only, a.resume)?;
             println!("cross-validation, {k} folds: {}", cv::line(&s));
             println!("wrote {}", a.out.join("cv.md").display());
         }

@@ -225,15 +225,19 @@ fn headline(b: &Breakdown) -> Vec<(&'static str, Option<f64>)> {
 
 /// Trains (or resumes) every fold of `cfg` into `out/fold-K`, then writes `out/cv.json` and
 /// `out/cv.md`. Folds whose run has finished are not trained again.
+/// `only`: run just these folds (a screening subset); the summary covers them.
 pub fn cross_validate(
     cfg: TrainConfig,
     out: &Path,
-    k: usize,
-    seed: u64,
+    (k, seed): (usize, u64),
+    only: Option<&[usize]>,
     resume: bool,
 ) -> Result<CvSummary> {
     if k < 2 {
         bail!("--folds {k}: cross-validation needs at least 2 folds");
+    }
+    if let Some(&bad) = only.and_then(|o| o.iter().find(|&&i| i >= k)) {
+        bail!("--only-folds {bad}: folds are numbered 0 to {}", k - 1);
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let marker = out.join("cv-config.json");
@@ -262,7 +266,7 @@ pub fn cross_validate(
     )?;
     let mut per_fold = Vec::new();
     let mut pooled = Vec::new();
-    for index in 0..k {
+    for index in (0..k).filter(|i| only.is_none_or(|o| o.contains(i))) {
         let dir = out.join(format!("fold-{index}"));
         if !dir.join("model.bpk").is_file() {
             eprintln!("fold {} of {k}", index + 1);
@@ -330,6 +334,14 @@ pub fn markdown(s: &CvSummary) -> String {
         s.fold_seed,
         s.config.imbalance
     );
+    if s.per_fold.len() < s.folds {
+        let run: Vec<String> = s.per_fold.iter().map(|f| f.fold.to_string()).collect();
+        out += &format!(
+            "Folds run: {} of the {} (a screening subset).\n\n",
+            run.join(", "),
+            s.folds
+        );
+    }
     out += "| figure | mean | sd | per fold |\n|---|---|---|---|\n";
     for (name, sp) in &s.spread {
         let folds: Vec<String> = sp.folds.iter().map(|v| format!("{v:.3}")).collect();

@@ -407,7 +407,7 @@ fn fit_decoder(
     let ad = Device::flex().autodiff();
     ad.seed(cfg.seed);
     let mut decoder = LungDecoder::new(&ad);
-    let mut optim = crate::adam::optimizer();
+    let mut optim = crate::adam::optimizer(0.0);
     let state_path = run.join("state.json");
     let mut state = State::default();
     if resume && state_path.exists() {

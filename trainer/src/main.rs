@@ -27,6 +27,7 @@ mod progress;
 mod report;
 mod throughput;
 mod train;
+mod tuning;
 mod weights;
 
 use clap::Parser;

@@ -9,6 +9,7 @@ use crate::data::{Label, Manifest, NUM_LABELS, Population, Split};
 use crate::fsutil::write_atomic;
 use crate::metrics;
 use crate::parallel::Devices;
+use crate::tuning::{self, FineTuning, LrGroups};
 use crate::weights;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -190,6 +191,11 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lungs: Option<PathBuf>,
+    /// Fine-tuning: LP-FT, learning rates per group, warm-up, weight decay, early stopping,
+    /// batch norm (partial and finetune modes).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tuning: FineTuning,
 }
 
 impl Default for TrainConfig {
@@ -484,19 +490,35 @@ fn new_head(spec: &ArchSpec, dropout: Option<f64>, device: &Device) -> Head {
     head
 }
 
-/// A classifier of `backbone` and a new head on the main training device, with autodiff.
+/// A classifier of `backbone` and its head on the main training device, with autodiff: a new
+/// head, or under LP-FT (`--init-head`) the frozen run's trained head; the backbone's batch
+/// norms frozen under `--bn frozen`.
 fn trainable(
     backbone: arch::Backbone,
     spec: &ArchSpec,
     cfg: &TrainConfig,
     device: &Device,
-) -> Classifier {
-    Classifier {
-        backbone,
-        head: new_head(spec, cfg.dropout, device),
-    }
-    .fork(device)
-    .train()
+) -> Result<Classifier> {
+    let head = match &cfg.tuning.init_head {
+        Some(from) => {
+            let model = tuning::head_source(from, &cfg.arch, cfg.fold)?;
+            let mut head = tuning::load_head(&model, spec, device)?;
+            if let Some(p) = cfg.dropout {
+                head.dropout = burn::nn::DropoutConfig::new(p).init();
+            }
+            eprintln!("LP-FT: the head starts from {}", model.display());
+            head
+        }
+        None => new_head(spec, cfg.dropout, device),
+    };
+    let model = Classifier { backbone, head }.fork(device).train();
+    Ok(match cfg.tuning.bn {
+        tuning::BatchNorm::Train => model,
+        tuning::BatchNorm::Frozen => {
+            let (backbone, _) = tuning::freeze_batch_norms(model.backbone);
+            Classifier { backbone, ..model }
+        }
+    })
 }
 
 /// The rows of a batch, each from one of the cached views drawn at random (view 0 when
@@ -763,6 +785,13 @@ impl<'a> Run<'a> {
                 spec.name
             );
         }
+        if cfg.mode == Mode::Frozen && cfg.tuning != FineTuning::default() {
+            bail!(
+                "--init-head, --backbone-lr-scale, --layer-decay, --warmup-epochs, \
+                 --weight-decay, --patience and --bn are options of --mode partial and \
+                 finetune; --mode frozen trains only a new head"
+            );
+        }
         let devices = crate::device::parse_list(&cfg.optimisation.device)?;
         let device = devices[0].clone();
         let replicas = Devices::new(&devices);
@@ -830,8 +859,10 @@ impl<'a> Run<'a> {
             TensorData::new(val_feats, [self.val_rows.len(), dim]),
             device,
         );
+        let groups = LrGroups::new(&FineTuning::default(), spec, None)?;
         let head = self.train_loop(
             head,
+            &groups,
             timing,
             |m: &Head, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
                 let x = pick_views(&train_views, batch, dim, rng);
@@ -878,12 +909,14 @@ impl<'a> Run<'a> {
         let dim: usize = shape.iter().product();
         let (train_views, val_feats) =
             self.cached_inputs(what, &format!("block{cut}-"), &backbone, timing)?;
-        let model = trainable(backbone, spec, self.cfg, self.replicas.main());
+        let model = trainable(backbone, spec, self.cfg, self.replicas.main())?;
+        let groups = LrGroups::new(&self.cfg.tuning, spec, Some(blocks))?;
         let rows4 = |x: Vec<f32>, n: usize, d: &Device| {
             Tensor::<4>::from_data(TensorData::new(x, [n, shape[0], shape[1], shape[2]]), d)
         };
         let model = self.train_loop(
             model,
+            &groups,
             timing,
             |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
                 let x = pick_views(&train_views, batch, dim, rng);
@@ -910,12 +943,10 @@ impl<'a> Run<'a> {
     /// Full fine-tuning: every layer trained on augmented images.
     fn finetune(&self, backbone: arch::Backbone, timing: &mut Timing) -> Result<Trained> {
         let (spec, device) = (&self.spec, &self.device);
-        let model = trainable(backbone, spec, self.cfg, self.replicas.main());
-        let aug = self.cfg.augment.unwrap_or(Augment {
-            min_scale: 1.0,
-            max_rotation: 0.0,
-            hflip: false,
-        });
+        let blocks = backbone.block_count();
+        let model = trainable(backbone, spec, self.cfg, self.replicas.main())?;
+        let groups = LrGroups::new(&self.cfg.tuning, spec, blocks)?;
+        let aug = self.cfg.augment.unwrap_or_else(Augment::none);
         let val_imgs: Vec<Vec<f32>> = self
             .val_rows
             .par_iter()
@@ -923,6 +954,7 @@ impl<'a> Run<'a> {
             .collect();
         let model = self.train_loop(
             model,
+            &groups,
             timing,
             |m: &Classifier, batch: &[usize], rng: &mut ChaCha8Rng, d: &Device| {
                 let seeds: Vec<u64> = batch.iter().map(|_| rng.random()).collect();
@@ -962,19 +994,22 @@ impl<'a> Run<'a> {
 
     /// The epoch loop every mode shares. `loss` runs one training batch (indices into the
     /// training rows) on a device; a step spreads the batch over the replicas' devices (see
-    /// [`crate::parallel`]); `val_probs` gives validation probabilities. A checkpoint is
-    /// saved after every epoch; a resumed run starts after its newest one that verifies.
-    /// Returns the best module (by validation macro-F1).
+    /// [`crate::parallel`]); `val_probs` gives validation probabilities; `groups` gives each
+    /// parameter's share of the step's learning rate. A checkpoint is saved after every epoch;
+    /// a resumed run starts after its newest one that verifies. Stops early after
+    /// `--patience` epochs without a better validation macro-F1. Returns the best module (by
+    /// validation macro-F1).
     fn train_loop<M: Module>(
         &self,
         module: M,
+        groups: &LrGroups,
         timing: &mut Timing,
         loss: impl Fn(&M, &[usize], &mut ChaCha8Rng, &Device) -> Tensor<1> + Sync,
         val_probs: impl Fn(&M) -> Vec<[f32; NUM_CLASSES]>,
     ) -> Result<M> {
         let cfg = self.cfg;
         let opt = &cfg.optimisation;
-        let mut optim = crate::adam::optimizer();
+        let mut optim = crate::adam::optimizer(cfg.tuning.weight_decay);
         let (mut progress, mut module) = Progress::resume(self.dir, module, &mut optim)?;
         // A shard's share of a batch's loss: the sum of its rows' weights (the loss's
         // normaliser is the sum of the batch's weights).
@@ -982,10 +1017,26 @@ impl<'a> Run<'a> {
         let shard_weight = |rows: &[usize]| -> f64 { rows.iter().map(|&i| row_w[i] as f64).sum() };
         let n = self.train_labels.len();
         let steps_per_epoch = n.div_ceil(opt.batch_size);
+        let total_steps = opt.epochs * steps_per_epoch;
+        let warmup = (cfg.tuning.warmup_epochs * steps_per_epoch as f64).round() as usize;
         let remaining = opt.epochs.saturating_sub(progress.state.epochs_done);
         let pb = crate::progress::bar((remaining * steps_per_epoch) as u64, "training");
         let t_train = Instant::now();
         for epoch in progress.state.epochs_done + 1..=opt.epochs {
+            let state = &progress.state;
+            if let Some(p) = cfg.tuning.patience
+                && state.epochs_done >= state.best_epoch + p
+            {
+                crate::progress::println(
+                    &pb,
+                    format!(
+                        "early stop: no better validation macro-F1 in the {p} epochs after epoch {}",
+                        state.best_epoch
+                    ),
+                );
+                timing.insert("stopped_early_after_epoch".into(), state.epochs_done.into());
+                break;
+            }
             let t0 = Instant::now();
             let epoch_seed = opt.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
             let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
@@ -996,12 +1047,12 @@ impl<'a> Run<'a> {
             let mut total = 0.0;
             for (b, batch) in order.chunks(opt.batch_size).enumerate() {
                 let step = (epoch - 1) * steps_per_epoch + b;
-                let lr = cfg.schedule.lr(opt.lr, step, opt.epochs * steps_per_epoch);
+                let lr = tuning::lr_at(cfg.schedule, opt.lr, step, total_steps, warmup);
                 let (lv, grads) =
                     self.replicas
                         .step(&module, batch, &mut rng, &loss, &shard_weight);
                 total += lv as f64 * batch.len() as f64;
-                module = optim.step(lr, module, grads);
+                module = optim.step(groups.at(lr), module, grads);
                 pb.inc(1);
                 if pb.is_hidden() && (b + 1) % 20 == 0 {
                     let rate = ((b + 1) * opt.batch_size) as f64 / t0.elapsed().as_secs_f64();
@@ -1037,6 +1088,9 @@ impl<'a> Run<'a> {
             serde_json::to_value(state.history.iter().map(|h| h.seconds).collect::<Vec<_>>())?,
         );
         timing.insert("best_epoch".into(), state.best_epoch.into());
+        if let Some(b) = tuning::peak_rss_bytes() {
+            timing.insert("peak_rss_bytes_this_session".into(), b.into());
+        }
         progress.best(module)
     }
 }
@@ -1135,7 +1189,7 @@ impl Progress {
         let module = module
             .try_load_record(rec)
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.model))?;
-        *optim = std::mem::replace(optim, crate::adam::optimizer())
+        *optim = std::mem::replace(optim, crate::adam::optimizer(0.0))
             .from_bytes(Bytes::from_bytes_vec(o))
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.optimizer))?;
         saved.epochs_done = r.epoch;
