@@ -85,6 +85,8 @@ step() {
     frozen) cv lite0-frozen efficientnet_lite0 --mode frozen --epochs 40 --batch-size 100 --lr 1e-3 ;;
     partial) screen lite0-partial4-lpft efficientnet_lite0 --mode partial --tune-blocks 4 --views 4 \
         --init-head "$RUNS/study/lite0-frozen" --epochs 10 "${FT[@]}" ;;
+    partial-bnfrozen) screen lite0-partial4-lpft-bnfrozen efficientnet_lite0 --mode partial --tune-blocks 4 \
+        --views 4 --bn frozen --init-head "$RUNS/study/lite0-frozen" --epochs 10 "${FT[@]}" ;;
     full) screen lite0-full-lpft efficientnet_lite0 --mode finetune \
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
     full-bnfrozen) screen lite0-full-lpft-bnfrozen efficientnet_lite0 --mode finetune --bn frozen \
@@ -98,6 +100,6 @@ step() {
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen full-radaug full-randomhead)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen partial-bnfrozen full-radaug full-randomhead)
 for s in "${STEPS[@]}"; do step "$s"; done
 log "study: all steps done (${STEPS[*]})"

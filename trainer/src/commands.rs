@@ -46,6 +46,10 @@ enum Command {
     /// Cross-validate an ensemble from finished cross-validations (`train --folds`) of the
     /// same manifest and folds: their out-of-fold probabilities averaged, nothing trained.
     CvEnsemble(CvEnsembleArgs),
+    /// Cross-validations side by side: `OUT/study.md` (headline figures, mean ± sd over the
+    /// folds, and each setting's cost) and `OUT/val-macro-f1.png` (validation macro-F1 per
+    /// epoch). Trains nothing.
+    Study(StudyArgs),
     /// Evaluate a model file on a split of a manifest: metrics, confusion matrix, reports.
     Evaluate(EvaluateArgs),
     /// Class probabilities of images: one JSON line per image.
@@ -251,6 +255,17 @@ struct TrainArgs {
     only_folds: Vec<usize>,
 }
 
+/// Options of `study`.
+#[derive(clap::Args)]
+struct StudyArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// The cross-validations, each as LABEL=FOLDER (the folder of `train --folds`).
+    #[arg(required = true)]
+    settings: Vec<crate::study::Setting>,
+}
+
 /// Options of `cv-ensemble`.
 #[derive(clap::Args)]
 struct CvEnsembleArgs {
@@ -390,6 +405,11 @@ impl Cli {
             Command::Train(a) => train_command(*a),
             Command::Lungs { command } => lungs_command(command),
             Command::CvEnsemble(a) => cv_ensemble(a),
+            Command::Study(a) => {
+                print!("{}", crate::study::write(&a.settings, &a.out)?);
+                println!("wrote {}", a.out.join("study.md").display());
+                Ok(())
+            }
             Command::Evaluate(a) => evaluate_command(a),
             Command::Predict(a) => {
                 let failures = cli::predict(&a.model, &a.images, a.tta, &Device::flex())?;

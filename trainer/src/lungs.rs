@@ -9,6 +9,7 @@
 //! end the segmenter is evaluated on the held-out pairs at each mask's own size (Dice and IoU
 //! per source, with image-bootstrap intervals) and written as `lungs.pneumoscope`.
 
+use crate::checkpoint::Checkpoints;
 use crate::fsutil::write_atomic;
 use crate::metrics::percentile;
 use anyhow::{Context, Result, anyhow, bail};
@@ -196,12 +197,65 @@ pub struct LungsConfig {
     pub f16: bool,
 }
 
+/// A run's progress: kept in its checkpoints ([`crate::checkpoint`]), with a copy in
+/// `RUN/state.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct State {
     epochs_done: usize,
     losses: Vec<f64>,
+    /// Earlier versions: the checksums of `decoder.bpk` and `optimizer.bpk` beside
+    /// `state.json` (the current layout keeps them in the checkpoint folders).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     decoder_sha256: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     optimizer_sha256: String,
+}
+
+/// Files of a decoder checkpoint.
+const DECODER: &str = "decoder.bpk";
+const OPTIMIZER: &str = "optimizer.bpk";
+
+/// A decoder checkpoint read back: the progress and the two records.
+struct SavedDecoder {
+    state: State,
+    decoder: Vec<u8>,
+    optimizer: Vec<u8>,
+}
+
+/// The newest checkpoint of a run that verifies; from a run of an earlier version, the files
+/// beside `state.json`. `None` for a run with none.
+fn saved_decoder(run: &Path) -> Result<Option<SavedDecoder>> {
+    if let Some(mut saved) = Checkpoints::new(run, 2).latest::<State>()? {
+        let (decoder, optimizer) = (saved.take(DECODER)?, saved.take(OPTIMIZER)?);
+        return Ok(Some(SavedDecoder {
+            state: saved.state,
+            decoder,
+            optimizer,
+        }));
+    }
+    let state_path = run.join("state.json");
+    if !state_path.exists() {
+        return Ok(None);
+    }
+    let state: State = serde_json::from_slice(&std::fs::read(&state_path)?)
+        .with_context(|| format!("{}: malformed JSON", state_path.display()))?;
+    let (d, o) = (
+        std::fs::read(run.join(DECODER)),
+        std::fs::read(run.join(OPTIMIZER)),
+    );
+    match (d, o) {
+        (Ok(d), Ok(o))
+            if sha256_hex(&d) == state.decoder_sha256
+                && sha256_hex(&o) == state.optimizer_sha256 =>
+        {
+            Ok(Some(SavedDecoder {
+                state,
+                decoder: d,
+                optimizer: o,
+            }))
+        }
+        _ => Err(crate::checkpoint::unresumable(run)),
+    }
 }
 
 /// Loss of a batch: binary cross-entropy on the logits plus the soft Dice loss.
@@ -408,24 +462,16 @@ fn fit_decoder(
     ad.seed(cfg.seed);
     let mut decoder = LungDecoder::new(&ad);
     let mut optim = crate::adam::optimizer(0.0);
-    let state_path = run.join("state.json");
+    let store = Checkpoints::new(run, 2);
     let mut state = State::default();
-    if resume && state_path.exists() {
-        state = serde_json::from_slice(&std::fs::read(&state_path)?)?;
-        let d = std::fs::read(run.join("decoder.bpk"))?;
-        let o = std::fs::read(run.join("optimizer.bpk"))?;
-        if sha256_hex(&d) != state.decoder_sha256 || sha256_hex(&o) != state.optimizer_sha256 {
-            bail!(
-                "{}: the checkpoint does not match state.json (corrupt); delete the run folder to start again",
-                run.display()
-            );
-        }
-        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(d))
-            .map_err(|e| anyhow!("decoder.bpk: {e:?}"))?;
+    if resume && let Some(saved) = saved_decoder(run)? {
+        state = saved.state;
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(saved.decoder))
+            .map_err(|e| anyhow!("{DECODER}: {e:?}"))?;
         decoder = decoder.load_record(rec);
         optim = optim
-            .from_bytes(Bytes::from_bytes_vec(o))
-            .map_err(|e| anyhow!("optimizer.bpk: {e:?}"))?;
+            .from_bytes(Bytes::from_bytes_vec(saved.optimizer))
+            .map_err(|e| anyhow!("{OPTIMIZER}: {e:?}"))?;
         eprintln!("resuming after epoch {}", state.epochs_done);
     }
     for epoch in state.epochs_done + 1..=cfg.epochs {
@@ -450,14 +496,17 @@ fn fit_decoder(
             .into_bytes()
             .map_err(|e| anyhow!("{e:?}"))?;
         let o = optim.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
-        state.decoder_sha256 = sha256_hex(&d);
-        state.optimizer_sha256 = sha256_hex(&o);
-        write_atomic(&run.join("decoder.bpk"), &d)?;
-        write_atomic(&run.join("optimizer.bpk"), &o)?;
+        state.decoder_sha256.clear();
+        state.optimizer_sha256.clear();
+        store.save(epoch, &state, &[(DECODER, &d), (OPTIMIZER, &o)])?;
         write_atomic(
-            &state_path,
+            &run.join("state.json"),
             serde_json::to_string_pretty(&state)?.as_bytes(),
         )?;
+        // An earlier version's checkpoint beside state.json goes once this one is current.
+        for f in [DECODER, OPTIMIZER] {
+            let _ = std::fs::remove_file(run.join(f));
+        }
     }
     Ok((decoder, state))
 }

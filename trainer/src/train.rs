@@ -4,6 +4,7 @@
 //! checkpoint every epoch and `--resume`.
 
 use crate::augment::Augment;
+use crate::checkpoint::Checkpoints;
 use crate::data::cache::{self, Framing, SquareCache};
 use crate::data::{Label, Manifest, NUM_LABELS, Population, Split};
 use crate::fsutil::write_atomic;
@@ -238,8 +239,9 @@ struct State {
     best_epoch: usize,
     best_val_macro_f1: f64,
     history: Vec<EpochLog>,
-    /// The last two checkpoints, oldest first.
-    #[serde(default)]
+    /// Earlier versions: the last two checkpoints, oldest first (files beside `state.json`;
+    /// the current layout keeps them in [`crate::checkpoint`]'s folders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     checkpoints: Vec<CheckpointRef>,
     /// Single-checkpoint layout of earlier runs (`checkpoint.bpk`, `optimizer.bpk`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,7 +250,7 @@ struct State {
     optimizer_sha256: Option<String>,
 }
 
-/// The files of the checkpoint written after one epoch, and their checksums.
+/// Earlier versions: the files of the checkpoint written after one epoch, and their checksums.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CheckpointRef {
     epoch: usize,
@@ -1136,140 +1138,192 @@ fn log_step(
     );
 }
 
-/// A run's progress (`RUN/state.json`) and its checkpoints: resumed from, saved after every
-/// epoch, the last two kept, and the best module beside them (`best-module.bpk`).
+/// A run's progress and its checkpoints ([`crate::checkpoint`]): resumed from, saved after
+/// every epoch (the module, the optimizer and the best module so far), the last two kept;
+/// `RUN/state.json` and `RUN/epochs.csv` are copies for people and scripts.
 struct Progress {
     dir: PathBuf,
     state: State,
+    /// The best module so far, as a record.
+    best: Vec<u8>,
+    store: Checkpoints,
 }
+
+/// A checkpoint read back: the progress and the records of the module, the optimizer and the
+/// best module.
+struct Resumed {
+    state: State,
+    model: Vec<u8>,
+    optimizer: Vec<u8>,
+    best: Vec<u8>,
+}
+
+/// Files of a training checkpoint.
+const MODEL: &str = "model.bpk";
+const OPTIMIZER: &str = "optimizer.bpk";
+const BEST: &str = "best.bpk";
 
 impl Progress {
     /// A new run's progress, or a resumed run's: `module` and `optim` loaded from the newest
-    /// checkpoint that verifies (a corrupt one falls back to the one before).
+    /// checkpoint that verifies (a corrupt one falls back to the one before). Runs of earlier
+    /// versions (checkpoint files beside `state.json`) resume too, and go on in the current
+    /// layout.
     fn resume<M: Module>(
         dir: &Path,
         module: M,
         optim: &mut burn::optim::ModuleOptimizer,
     ) -> Result<(Self, M)> {
-        let fresh = State {
-            epochs_done: 0,
-            best_epoch: 0,
-            best_val_macro_f1: -1.0,
-            history: Vec::new(),
-            checkpoints: Vec::new(),
-            checkpoint_sha256: None,
-            optimizer_sha256: None,
+        let store = Checkpoints::new(dir, 2);
+        let Resumed {
+            state,
+            model: m,
+            optimizer: o,
+            best,
+        } = match store.latest::<State>()? {
+            Some(mut saved) => Resumed {
+                model: saved.take(MODEL)?,
+                optimizer: saved.take(OPTIMIZER)?,
+                best: saved.take(BEST)?,
+                state: saved.state,
+            },
+            None => match Self::legacy(dir)? {
+                Some(loaded) => loaded,
+                None => {
+                    let fresh = State {
+                        epochs_done: 0,
+                        best_epoch: 0,
+                        best_val_macro_f1: -1.0,
+                        history: Vec::new(),
+                        checkpoints: Vec::new(),
+                        checkpoint_sha256: None,
+                        optimizer_sha256: None,
+                    };
+                    let progress = Progress {
+                        dir: dir.to_path_buf(),
+                        state: fresh,
+                        best: Vec::new(),
+                        store,
+                    };
+                    return Ok((progress, module));
+                }
+            },
         };
-        let progress = |state| Progress {
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m)).map_err(|e| {
+            anyhow::anyhow!(
+                "checkpoint of epoch {}: unreadable model: {e:?}",
+                state.epochs_done
+            )
+        })?;
+        let module = module
+            .try_load_record(rec)
+            .map_err(|e| anyhow::anyhow!("checkpoint of epoch {}: {e:?}", state.epochs_done))?;
+        *optim = std::mem::replace(optim, crate::adam::optimizer(0.0))
+            .from_bytes(Bytes::from_bytes_vec(o))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint of epoch {}: optimizer: {e:?}",
+                    state.epochs_done
+                )
+            })?;
+        eprintln!(
+            "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
+            state.epochs_done, state.best_epoch, state.best_val_macro_f1
+        );
+        let progress = Progress {
             dir: dir.to_path_buf(),
             state,
+            best,
+            store,
         };
+        Ok((progress, module))
+    }
+
+    /// A run saved by an earlier version: `state.json` naming checkpoint files beside it (the
+    /// last two, `checkpoint-NNNN.bpk` and `optimizer-NNNN.bpk`, or one `checkpoint.bpk` and
+    /// `optimizer.bpk`) and `best-module.bpk`. `None` when the run has no state yet.
+    fn legacy(dir: &Path) -> Result<Option<Resumed>> {
         let Ok(mut saved) = read_json::<State>(&dir.join("state.json")) else {
-            return Ok((progress(fresh), module));
+            return Ok(None);
         };
         saved.upgrade_single_checkpoint();
-        let mut loaded = None;
-        for r in saved.checkpoints.iter().rev() {
+        for r in saved.checkpoints.clone().iter().rev() {
             match r.read(dir) {
-                Ok(files) => {
-                    loaded = Some((r.clone(), files));
-                    break;
+                Ok((m, o)) => {
+                    let best_path = dir.join("best-module.bpk");
+                    let best = std::fs::read(&best_path)
+                        .with_context(|| format!("cannot read {}", best_path.display()))?;
+                    saved.epochs_done = r.epoch;
+                    saved.history.truncate(r.epoch);
+                    saved.checkpoints.clear();
+                    return Ok(Some(Resumed {
+                        state: saved,
+                        model: m,
+                        optimizer: o,
+                        best,
+                    }));
                 }
                 Err(e) => eprintln!("warning: {e:#}; trying the previous checkpoint"),
             }
         }
-        let Some((r, (m, o))) = loaded else {
-            bail!(
-                "{}: no checkpoint of this run verifies (corrupt or missing); delete the run folder to start again",
-                dir.display()
-            );
-        };
-        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m))
-            .map_err(|e| anyhow::anyhow!("{}: unreadable checkpoint: {e:?}", r.model))?;
-        let module = module
-            .try_load_record(rec)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.model))?;
-        *optim = std::mem::replace(optim, crate::adam::optimizer(0.0))
-            .from_bytes(Bytes::from_bytes_vec(o))
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", r.optimizer))?;
-        saved.epochs_done = r.epoch;
-        saved.history.truncate(r.epoch);
-        saved.checkpoints.retain(|c| c.epoch <= r.epoch);
-        eprintln!(
-            "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
-            r.epoch, saved.best_epoch, saved.best_val_macro_f1
-        );
-        Ok((progress(saved), module))
+        Err(crate::checkpoint::unresumable(dir))
     }
 
-    /// Records a finished epoch: the best module when it is the best so far, a checkpoint of
-    /// the module and the optimizer, `epochs.csv` and `state.json`; then deletes the
-    /// checkpoints older than the last two.
+    /// Records a finished epoch: the best module when it is the best so far, then a checkpoint
+    /// of the module, the optimizer and the best module, `epochs.csv` and `state.json`. Files of
+    /// an earlier version's layout go once the first checkpoint of this one is current.
     fn save<M: Module>(
         &mut self,
         log: EpochLog,
         module: &M,
         optim: &burn::optim::ModuleOptimizer,
     ) -> Result<()> {
-        let (dir, state) = (&self.dir, &mut self.state);
+        let state = &mut self.state;
         let epoch = log.epoch;
         let f1 = log.val_macro_f1;
         state.history.push(log);
-        let record = |m: &M| {
-            m.clone()
-                .into_record()
-                .into_bytes()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))
-        };
+        let m = module
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("epoch {epoch}: the module's record: {e:?}"))?;
         if f1 > state.best_val_macro_f1 {
             state.best_val_macro_f1 = f1;
             state.best_epoch = epoch;
-            write_atomic(&dir.join("best-module.bpk"), &record(module)?)?;
+            self.best = m.to_vec();
         }
-        let m = record(module)?;
-        let o = optim.into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let r = CheckpointRef {
-            epoch,
-            model: format!("checkpoint-{epoch:04}.bpk"),
-            model_sha256: sha256_hex(&m),
-            optimizer: format!("optimizer-{epoch:04}.bpk"),
-            optimizer_sha256: sha256_hex(&o),
-        };
-        write_atomic(&dir.join(&r.model), &m)?;
-        write_atomic(&dir.join(&r.optimizer), &o)?;
-        state.checkpoints.push(r);
-        let stale: Vec<CheckpointRef> = if state.checkpoints.len() > 2 {
-            state
-                .checkpoints
-                .drain(..state.checkpoints.len() - 2)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let o = optim
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("epoch {epoch}: the optimizer's record: {e:?}"))?;
         state.epochs_done = epoch;
-        write_epochs_csv(&dir.join("epochs.csv"), &state.history)?;
+        self.store.save(
+            epoch,
+            &*state,
+            &[(MODEL, &m), (OPTIMIZER, &o), (BEST, &self.best)],
+        )?;
+        write_epochs_csv(&self.dir.join("epochs.csv"), &state.history)?;
         write_atomic(
-            &dir.join("state.json"),
+            &self.dir.join("state.json"),
             serde_json::to_string_pretty(&state)?.as_bytes(),
         )?;
-        // Only once the state no longer names them.
-        for c in stale {
-            let _ = std::fs::remove_file(dir.join(&c.model));
-            let _ = std::fs::remove_file(dir.join(&c.optimizer));
+        for e in std::fs::read_dir(&self.dir)?.filter_map(|e| e.ok()) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let legacy = (n.starts_with("checkpoint") || n.starts_with("optimizer"))
+                && n.ends_with(".bpk")
+                || n == "best-module.bpk";
+            if legacy {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         Ok(())
     }
 
-    /// The best module of the run (`best-module.bpk`), loaded into `module`.
+    /// The best module of the run, loaded into `module`.
     fn best<M: Module>(&self, module: M) -> Result<M> {
-        let best_path = self.dir.join("best-module.bpk");
-        let best = std::fs::read(&best_path)
-            .with_context(|| format!("cannot read {}", best_path.display()))?;
-        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(best))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(self.best.clone()))
+            .map_err(|e| anyhow::anyhow!("{}: the best module: {e:?}", self.dir.display()))?;
         module
             .try_load_record(rec)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", best_path.display()))
+            .map_err(|e| anyhow::anyhow!("{}: the best module: {e:?}", self.dir.display()))
     }
 }
 

@@ -332,8 +332,8 @@ fn a_finetune_run_with_every_option_killed_resumes_to_the_same_result() {
     type Ready = Box<dyn Fn(&Path) -> bool>;
     let kills: [(&str, Ready); 3] = [
         ("just after the start", Box::new(has("config.json"))),
-        ("after epoch 1", Box::new(has("checkpoint-0001.bpk"))),
-        ("around epoch 2", Box::new(has("checkpoint-0002.bpk"))),
+        ("after epoch 1", Box::new(has("checkpoints/current"))),
+        ("around epoch 2", Box::new(has("checkpoints/epoch-0002"))),
     ];
     for (i, (when, ready)) in kills.into_iter().enumerate() {
         let run = dir.path().join(format!("killed-{i}"));
@@ -352,5 +352,98 @@ fn a_finetune_run_with_every_option_killed_resumes_to_the_same_result() {
             want_metrics["val"],
             "killed {when}: validation metrics differ"
         );
+    }
+}
+
+/// `--only-folds` runs a screening subset of a cross-validation, a later run without it trains
+/// the rest; `study` puts cross-validations side by side in a table and a figure.
+#[test]
+fn screening_folds_and_the_study_table() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_manifest(&shared, dir.path());
+    let cv = dir.path().join("cv");
+    let opts = ["--mode", "frozen", "--epochs", "3", "--folds", "3"];
+    let mut screen = opts.to_vec();
+    screen.extend(["--only-folds", "1"]);
+    train_ok(&shared, &manifest, &cv, &screen);
+    assert!(cv.join("fold-1/model.bpk").is_file() && !cv.join("fold-0").exists());
+    let md = std::fs::read_to_string(cv.join("cv.md")).unwrap();
+    assert!(md.contains("Folds run: 1 of the 3"), "{md}");
+    let o = train(
+        &shared,
+        &manifest,
+        &cv,
+        &[
+            "--mode",
+            "frozen",
+            "--only-folds",
+            "3",
+            "--folds",
+            "3",
+            "--epochs",
+            "3",
+            "--resume",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("folds are numbered 0 to 2"),
+        "{}",
+        stderr(&o)
+    );
+    let screened = dir.path().join("screened");
+    std::fs::create_dir_all(&screened).unwrap();
+    // A copy of the screening, kept before the other folds are trained.
+    for f in ["cv.json", "cv.md", "cv-config.json"] {
+        std::fs::copy(cv.join(f), screened.join(f)).unwrap();
+    }
+    copy_dir(&cv.join("fold-1"), &screened.join("fold-1"));
+    let mut all = opts.to_vec();
+    all.push("--resume");
+    train_ok(&shared, &manifest, &cv, &all);
+    assert!(cv.join("fold-0/model.bpk").is_file() && cv.join("fold-2/model.bpk").is_file());
+
+    let out = dir.path().join("study");
+    let table = ok(&[
+        "study",
+        "--out",
+        out.to_str().unwrap(),
+        &format!("all folds={}", cv.display()),
+        &format!("screening={}", screened.display()),
+    ]);
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| all folds") || l.starts_with("| screening"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[0].contains("| 3 |") && rows[0].contains(" ± "),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[1].contains("| 1 of 3 |"), "{}", rows[1]);
+    let png = image::open(out.join("val-macro-f1.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (900, 560));
+    // A folder that is not a finished cross-validation is named.
+    let o = run(&[
+        "study",
+        "--out",
+        out.to_str().unwrap(),
+        &format!("x={}", dir.path().display()),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("not a finished cross-validation"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

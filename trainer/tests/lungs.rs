@@ -65,9 +65,29 @@ fn quick_segmenter_learns_and_resumes_to_the_same_result() {
         !out.status.success(),
         "a second run into the same folder is refused"
     );
+    // Resumed from the layout of earlier versions (decoder.bpk and optimizer.bpk beside
+    // state.json, which holds their checksums); it goes on in the current layout.
+    to_earlier_layout(&b);
     let mut args = train_args(p, w, b.to_str().unwrap(), "3");
     args.push("--resume");
     ok(&args);
+    assert!(
+        b.join("checkpoints/epoch-0003/decoder.bpk").is_file() && !b.join("decoder.bpk").exists()
+    );
+    // Killed while the third epoch's checkpoint was being written: the half-written folder
+    // never became current, and the run resumes after epoch 2 to the same result.
+    let c = dir.path().join("c");
+    ok(&train_args(p, w, c.to_str().unwrap(), "2"));
+    let torn = c.join("checkpoints/epoch-0003");
+    std::fs::create_dir_all(&torn).unwrap();
+    std::fs::write(torn.join("decoder.bpk"), b"half").unwrap();
+    let mut args = train_args(p, w, c.to_str().unwrap(), "3");
+    args.push("--resume");
+    ok(&args);
+    assert_eq!(
+        json(&a.join("state.json"))["losses"],
+        json(&c.join("state.json"))["losses"]
+    );
     // The same losses epoch by epoch and the same held-out scores, to the last bit (the
     // record bytes themselves differ: they carry the parameters' run-time ids).
     let (sa, sb) = (json(&a.join("state.json")), json(&b.join("state.json")));
@@ -660,4 +680,24 @@ fn check_lung_focused_export(
     )
     .unwrap();
     assert!(p["top"].is_string(), "{p}");
+}
+
+/// Rewrites a segmenter run into the layout of earlier versions: the current checkpoint's
+/// `decoder.bpk` and `optimizer.bpk` beside `state.json`, which carries their checksums.
+fn to_earlier_layout(run: &std::path::Path) {
+    let dir = run.join("checkpoints");
+    let current = std::fs::read_to_string(dir.join("current")).unwrap();
+    let index = json(&dir.join(&current).join("checkpoint.json"));
+    for f in ["decoder.bpk", "optimizer.bpk"] {
+        std::fs::copy(dir.join(&current).join(f), run.join(f)).unwrap();
+    }
+    let mut state = index["state"].clone();
+    state["decoder_sha256"] = index["files"]["decoder.bpk"].clone();
+    state["optimizer_sha256"] = index["files"]["optimizer.bpk"].clone();
+    std::fs::write(
+        run.join("state.json"),
+        serde_json::to_vec_pretty(&state).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -77,15 +77,22 @@ fn check_run_folder(run_dir: &Path) {
         "state.json",
         "metrics.json",
         "model.bpk",
-        "checkpoint-0006.bpk",
-        "optimizer-0006.bpk",
-        "checkpoint-0005.bpk",
+        "checkpoints/current",
+        "checkpoints/epoch-0006/model.bpk",
+        "checkpoints/epoch-0006/optimizer.bpk",
+        "checkpoints/epoch-0006/best.bpk",
+        "checkpoints/epoch-0006/checkpoint.json",
+        "checkpoints/epoch-0005/model.bpk",
     ] {
         assert!(run_dir.join(f).is_file(), "{f} missing");
     }
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("checkpoints/current")).unwrap(),
+        "epoch-0006"
+    );
     assert_eq!(read_csv(&run_dir.join("epochs.csv")).len(), 6);
     assert!(
-        !run_dir.join("checkpoint-0004.bpk").exists(),
+        !run_dir.join("checkpoints/epoch-0004").exists(),
         "only the last two checkpoints are kept"
     );
 }
@@ -322,7 +329,7 @@ fn resume_continues_to_the_same_result() {
     // the uninterrupted run's numbers.
     let third = dir.path().join("third");
     train(&shared, &manifest, &third, "3", &[]);
-    let latest = third.join("checkpoint-0003.bpk");
+    let latest = third.join("checkpoints/epoch-0003/model.bpk");
     let mut bytes = std::fs::read(&latest).unwrap();
     let n = bytes.len() / 2;
     bytes[n] ^= 0x55;
@@ -331,7 +338,7 @@ fn resume_continues_to_the_same_result() {
     assert!(resumed.status.success());
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(
-        err.contains("checkpoint-0003.bpk")
+        err.contains("epoch-0003/model.bpk")
             && err.contains("checksum")
             && err.contains("resuming after epoch 2"),
         "{err}"
@@ -339,20 +346,73 @@ fn resume_continues_to_the_same_result() {
     let c = std::fs::read_to_string(third.join("epochs.csv")).unwrap();
     assert_eq!(strip(&a), strip(&c));
 
+    // A run saved by the earlier layout (checkpoint files beside state.json) resumes to the
+    // same numbers, and goes on in the current layout.
+    let old = dir.path().join("old-layout");
+    train(&shared, &manifest, &old, "3", &[]);
+    to_earlier_layout(&old);
+    assert!(!old.join("checkpoints").exists() && old.join("checkpoint-0003.bpk").is_file());
+    let resumed = train_output(&shared, &manifest, &old, "5", &["--resume"]);
+    assert!(resumed.status.success());
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming after epoch 3"));
+    let c = std::fs::read_to_string(old.join("epochs.csv")).unwrap();
+    assert_eq!(strip(&a), strip(&c));
+    assert!(old.join("checkpoints/epoch-0005/model.bpk").is_file());
+    assert!(!old.join("checkpoint-0003.bpk").exists() && !old.join("best-module.bpk").exists());
+
     // Every checkpoint corrupt: a clear refusal.
-    for f in std::fs::read_dir(&third).unwrap() {
+    for f in std::fs::read_dir(third.join("checkpoints")).unwrap() {
         let p = f.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("checkpoint-")
-        {
-            std::fs::write(&p, b"garbage").unwrap();
+        if p.is_dir() {
+            std::fs::write(p.join("model.bpk"), b"garbage").unwrap();
         }
     }
     let r = train_output(&shared, &manifest, &third, "6", &["--resume"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("no checkpoint of this run verifies"));
+}
+
+/// Rewrites a run folder into the layout of earlier versions: its last two checkpoints as
+/// `checkpoint-NNNN.bpk` and `optimizer-NNNN.bpk` beside `state.json`, which names them with
+/// their checksums, and the best module as `best-module.bpk`.
+fn to_earlier_layout(run: &Path) {
+    let dir = run.join("checkpoints");
+    let current = std::fs::read_to_string(dir.join("current")).unwrap();
+    let mut refs = Vec::new();
+    let mut epochs: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("epoch-"))
+        .collect();
+    epochs.sort();
+    let mut state = serde_json::Value::Null;
+    for name in &epochs {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(name).join("checkpoint.json")).unwrap())
+                .unwrap();
+        let e = index["epoch"].as_u64().unwrap();
+        let (model, optimizer) = (
+            format!("checkpoint-{e:04}.bpk"),
+            format!("optimizer-{e:04}.bpk"),
+        );
+        std::fs::copy(dir.join(name).join("model.bpk"), run.join(&model)).unwrap();
+        std::fs::copy(dir.join(name).join("optimizer.bpk"), run.join(&optimizer)).unwrap();
+        refs.push(serde_json::json!({
+            "epoch": e, "model": model, "model_sha256": index["files"]["model.bpk"],
+            "optimizer": optimizer, "optimizer_sha256": index["files"]["optimizer.bpk"],
+        }));
+        if *name == current {
+            std::fs::copy(dir.join(name).join("best.bpk"), run.join("best-module.bpk")).unwrap();
+            state = index["state"].clone();
+        }
+    }
+    state["checkpoints"] = serde_json::Value::Array(refs);
+    std::fs::write(
+        run.join("state.json"),
+        serde_json::to_vec_pretty(&state).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Starts a training run and `kill -9`s it as soon as `ready(run)` holds.
@@ -409,9 +469,9 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
             Box::new(has("features/v0.f32")),
         ),
         // Between epochs, as soon as the second checkpoint lands.
-        ("after epoch 2", Box::new(has("checkpoint-0002.bpk"))),
+        ("after epoch 2", Box::new(has("checkpoints/epoch-0002"))),
         // While the fourth epoch's checkpoint is being written or just after.
-        ("around epoch 4", Box::new(has("checkpoint-0003.bpk"))),
+        ("around epoch 4", Box::new(has("checkpoints/epoch-0004"))),
     ];
     for (i, (when, ready)) in kills.into_iter().enumerate() {
         let run = dir.path().join(format!("killed-{i}"));
