@@ -27,7 +27,7 @@
 // client restarts the worker with the same model, and `body[data-worker-restarts]` counts the
 // restarts. Test-only: `?panic-test` makes the library panic on purpose on the first image.
 
-import { PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
+import { PneumoscopeClient, choiceText, drawOverlay, lungShareText, oodMessage, renderBars, requestedBackend } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
 const client = new PneumoscopeClient();
@@ -126,7 +126,8 @@ async function loadModel(source, label, bytes = null) {
   try {
     const m = await promise;
     const t = m.timings;
-    const fallback = m.fallbackReason ? ` (WebGPU unavailable: ${m.fallbackReason})` : "";
+    const chosen = choiceText(m.choice);
+    const fallback = chosen ? ` · ${chosen}` : m.fallbackReason ? ` (WebGPU unavailable: ${m.fallbackReason})` : "";
     // A model trained without ImageNet weights says so wherever it is used.
     const randomInit = m.info.weight_source === "random-init" ? " · random-init (no ImageNet weights)" : "";
     const untrained = m.info.training?.untrained ? " · UNTRAINED (deployment test only: its answers mean nothing)" : "";
@@ -363,46 +364,134 @@ async function takeExample(ex) {
   await analyse(undefined, startedAt);
 }
 
+/** `text` in lines no wider than `width` in `ctx`'s current font (a word longer than the width
+ * is cut where it no longer fits). */
+function wrapText(ctx, text, width) {
+  const lines = [];
+  let line = "";
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    const candidate = line ? `${line} ${word}` : word;
+    if (ctx.measureText(candidate).width <= width) {
+      line = candidate;
+      continue;
+    }
+    if (line) lines.push(line);
+    line = word;
+    while (ctx.measureText(line).width > width) {
+      let n = line.length - 1;
+      while (n > 1 && ctx.measureText(line.slice(0, n)).width > width) n--;
+      lines.push(line.slice(0, n));
+      line = line.slice(n);
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
+/** A PNG chunk: length, type, data, CRC-32 of type and data. */
+function pngChunk(type, data) {
+  const body = new Uint8Array(4 + data.length);
+  body.set(new TextEncoder().encode(type), 0);
+  body.set(data, 4);
+  let crc = 0xffffffff;
+  for (const byte of body) {
+    crc ^= byte;
+    for (let k = 0; k < 8; k++) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
+  }
+  const out = new Uint8Array(12 + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, data.length);
+  out.set(body, 4);
+  view.setUint32(8 + data.length, (crc ^ 0xffffffff) >>> 0);
+  return out;
+}
+
+/** `png` with international text chunks (`iTXt`, UTF-8) after its header chunk. */
+function withText(png, entries) {
+  const enc = new TextEncoder();
+  const chunks = entries.map(([key, text]) => {
+    const k = enc.encode(key);
+    const t = enc.encode(text);
+    // keyword, NUL, no compression (0, 0), empty language tag and translated keyword (NUL, NUL)
+    const data = new Uint8Array(k.length + 5 + t.length);
+    data.set(k, 0);
+    data.set(t, k.length + 5);
+    return pngChunk("iTXt", data);
+  });
+  const ihdrEnd = 8 + 25; // signature, then IHDR (4 + 4 + 13 + 4)
+  const parts = [png.subarray(0, ihdrEnd), ...chunks, png.subarray(ihdrEnd)];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 /**
  * "Save result": one PNG made here in the browser (nothing is sent): the image, the Grad-CAM
- * overlay, the probabilities, the model and "not a diagnosis", for a slide or a worksheet.
+ * overlay, the probabilities, every warning the page shows beside the result (the caution, the
+ * out-of-distribution warning, the lung fields), the model and "not a diagnosis", for a slide
+ * or a worksheet. Every text is wrapped to the image's width, and the whole text is also in
+ * the PNG's `Description` (iTXt), where a screen reader or a script can read it.
  */
 async function saveResult() {
   if (!explanation || !lastGood) return;
   const r = explanation;
   const side = 360;
+  const width = 2 * side + 60;
+  const textWidth = width - 40;
+  const paragraphs = [
+    { font: "bold 20px sans-serif", color: "#111111", size: 20, text: `Most probable: ${labelOf(r.top)}, ${Math.round(r.probabilities[r.top] * 100)} %` },
+    ...classes.map(({ name, label }) => ({ font: "16px sans-serif", color: "#111111", size: 16, text: `${label}: ${(r.probabilities[name] * 100).toFixed(1)} %` })),
+  ];
+  const warn = (text) => text && paragraphs.push({ font: "bold 16px sans-serif", color: "#8a3b00", size: 16, gap: 8, text });
+  warn(r.caution ?? "");
+  warn(oodMessage(r.ood, r.lungs?.reason ?? null));
+  if (r.lungs) paragraphs.push({ font: "16px sans-serif", color: "#111111", size: 16, gap: 8, text: lungShareText(r.lungs, r.crop) });
+  paragraphs.push(
+    { font: "16px sans-serif", color: "#111111", size: 16, gap: 12, text: `Grad-CAM for ${labelOf(r.cam.class)}. Model: ${modelLabel} (${lastGood.info.arch})` },
+    { font: "16px sans-serif", color: "#111111", size: 16, text: `Pneumoscope ${lastGood.version ?? ""}, ${r.backend} backend, ${new Date().toISOString().slice(0, 10)}` },
+    { font: "bold 16px sans-serif", color: "#a00000", size: 16, gap: 8, text: "Pneumoscope, a research and teaching tool: NOT A DIAGNOSIS." },
+  );
+  // Measure first: the canvas is as tall as its text.
+  const measure = document.createElement("canvas").getContext("2d");
+  let height = side + 40;
+  const laidOut = [];
+  for (const p of paragraphs) {
+    measure.font = p.font;
+    const lines = wrapText(measure, p.text, textWidth);
+    height += (p.gap ?? 0);
+    for (const line of lines) {
+      height += Math.round(p.size * 1.4);
+      laidOut.push({ ...p, line, y: height - Math.round(p.size * 0.35), width: measure.measureText(line).width });
+    }
+  }
+  height += 20;
   const canvas = document.createElement("canvas");
-  canvas.width = 2 * side + 60;
-  canvas.height = side + 282;
+  canvas.width = width;
+  canvas.height = height;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#ffffff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.fillRect(0, 0, width, height);
   const preview = $("preview");
   await preview.decode().catch(() => {});
   const scale = Math.min(side / preview.naturalWidth, side / preview.naturalHeight) || 1;
   const [w, h] = [preview.naturalWidth * scale, preview.naturalHeight * scale];
   ctx.drawImage(preview, 20 + (side - w) / 2, 20 + (side - h) / 2, w, h);
   ctx.drawImage($("gradcam"), side + 40, 20, side, side);
-  ctx.fillStyle = "#111111";
-  ctx.font = "bold 20px sans-serif";
-  let y = side + 52;
-  ctx.fillText(`Most probable: ${labelOf(r.top)}, ${Math.round(r.probabilities[r.top] * 100)} %`, 20, y);
-  ctx.font = "16px sans-serif";
-  for (const { name, label } of classes) {
-    y += 24;
-    ctx.fillText(`${label}: ${(r.probabilities[name] * 100).toFixed(1)} %`, 20, y);
+  for (const l of laidOut) {
+    ctx.font = l.font;
+    ctx.fillStyle = l.color;
+    ctx.fillText(l.line, 20, l.y);
   }
-  y += 30;
-  ctx.fillText(`Grad-CAM for ${labelOf(r.cam.class)}. Model: ${modelLabel} (${lastGood.info.arch})`.slice(0, 110), 20, y);
-  y += 22;
-  ctx.fillText(`Pneumoscope ${lastGood.version ?? ""}, ${r.backend} backend, ${new Date().toISOString().slice(0, 10)}`, 20, y);
-  y += 26;
-  ctx.fillStyle = "#a00000";
-  ctx.font = "bold 16px sans-serif";
-  ctx.fillText("Pneumoscope, a research and teaching tool: NOT A DIAGNOSIS.", 20, y);
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  const text = paragraphs.map((p) => p.text).join("\n");
+  const layout = JSON.stringify({ width, margin: 20, lines: laidOut.map((l) => ({ text: l.line, width: l.width })) });
+  const png = withText(new Uint8Array(await blob.arrayBuffer()), [["Description", text], ["Pneumoscope layout", layout]]);
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(blob);
+  link.href = URL.createObjectURL(new Blob([png], { type: "image/png" }));
   link.download = `pneumoscope-${current?.name?.replace(/\.[^.]*$/, "") ?? "result"}.png`;
   document.body.append(link);
   link.click();

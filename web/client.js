@@ -8,10 +8,56 @@
 //   const r = await client.explain(imageBytes);          // class optional: "viral", ...
 //   const classes = await client.classes();              // [{ name, label }], from the library
 
-/** The backend asked for in the page address (`?backend=cpu|webgpu`), else "auto". */
+/**
+ * The backend asked for in the page address: `?backend=cpu|webgpu` forces one, `measure` times
+ * both even on a software adapter and forgets any remembered choice; else "auto" (see
+ * [`PneumoscopeClient.load`]).
+ */
 export function requestedBackend(search = globalThis.location?.search ?? "") {
   const b = new URLSearchParams(search).get("backend");
-  return b === "cpu" || b === "webgpu" ? b : "auto";
+  return b === "cpu" || b === "webgpu" || b === "measure" ? b : "auto";
+}
+
+/** Where the measured backend choice of a model is remembered (localStorage). */
+export const choiceKey = (model) => `pneumoscope.backend:${model}`;
+
+/** The remembered choice for `model`, or null (no storage, nothing stored, unreadable). */
+function rememberedChoice(model) {
+  try {
+    const v = globalThis.localStorage?.getItem(choiceKey(model));
+    return v ? JSON.parse(v) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Remembers a measured choice (storage may be refused, e.g. in a sandboxed frame: ignored). */
+function rememberChoice(model, choice) {
+  try {
+    const { backend, cpuMs, gpuFirstMs, gpuMs, browser, modelSha256 } = choice;
+    const at = new Date().toISOString();
+    globalThis.localStorage?.setItem(choiceKey(model), JSON.stringify({ backend, cpuMs, gpuFirstMs, gpuMs, browser, modelSha256, at }));
+  } catch {
+    // Nothing to do: the next visit measures again.
+  }
+}
+
+/**
+ * How the backend was chosen, in a few words: "CPU 118 ms, WebGPU 1,940 ms (first run 3,200
+ * ms): using the CPU, measured in 5.4 s", "… measured on an earlier visit", or "WebGPU not
+ * used: the adapter is a software renderer (swiftshader)"; "" when nothing was chosen.
+ */
+export function choiceText(choice) {
+  if (!choice) return "";
+  const ms = (v) => `${Math.round(v).toLocaleString("en")} ms`;
+  const name = (b) => (b === "webgpu" ? "WebGPU" : "the CPU");
+  if (choice.cpuMs != null && choice.gpuMs != null) {
+    const first = choice.gpuFirstMs != null ? ` (first run ${ms(choice.gpuFirstMs)})` : "";
+    const how = choice.reused ? "measured on an earlier visit" : `measured in ${((choice.probeMs ?? 0) / 1000).toFixed(1)} s`;
+    return `CPU ${ms(choice.cpuMs)}, WebGPU ${ms(choice.gpuMs)}${first}: using ${name(choice.backend)}, ${how}`;
+  }
+  if (choice.reason) return choice.backend === "cpu" ? `WebGPU not used: ${choice.reason}` : choice.reason;
+  return "";
 }
 
 /**
@@ -118,10 +164,20 @@ export class PneumoscopeClient {
     return this.classList;
   }
 
-  /** Loads a model from `url` or from `bytes` (an ArrayBuffer); `backend`: auto|webgpu|cpu. */
+  /**
+   * Loads a model from `url` or from `bytes` (an ArrayBuffer). `backend`: `cpu` or `webgpu`
+   * force one; `auto` takes the CPU where WebGPU is missing or a software adapter, else the
+   * faster of the two on a probe image (WebGPU's first run reported apart), and remembers that
+   * choice for this model file and browser (localStorage), so the next visit skips the probe;
+   * `measure` always probes. The result's `choice` says what decided.
+   */
   async load({ url, bytes, backend = "auto", name }, onProgress) {
-    const result = await this.call("load", { url: url && String(url), bytes, backend, name }, onProgress);
-    this.model = { bytes: takeModelData(result), backend, name: name || (url && String(url)) };
+    const key = name || (url && String(url));
+    const remembered = backend === "auto" && key ? rememberedChoice(key) : null;
+    const result = await this.call("load", { url: url && String(url), bytes, backend, name, remembered }, onProgress);
+    if (result.choice?.measured && key) rememberChoice(key, result.choice);
+    // A restart after a fault keeps the backend this load ended on, without a new probe.
+    this.model = { bytes: takeModelData(result), backend: result.backend, name: key };
     return result;
   }
 
@@ -169,7 +225,10 @@ export function drawOverlay(canvas, explanation, opacity) {
   ctx.globalAlpha = opacity;
   ctx.drawImage(layer, 0, 0);
   ctx.globalAlpha = 1;
-  if (lungs) {
+  // Lung fields the shape rules find implausible (none, an odd area, one side) are not drawn:
+  // an outline over a photo or a lateral view would look like an answer.
+  canvas.dataset.outline = !lungs ? "none" : lungs.reason ? "withheld" : "drawn";
+  if (lungs && !lungs.reason) {
     const image = ctx.getImageData(0, 0, size, size);
     for (let i = 0; i < lungs.outline.length; i++) {
       if (lungs.outline[i]) image.data.set([255, 255, 255, 255], 4 * i);
@@ -183,6 +242,9 @@ export function lungShareText(lungs, crop = null) {
   if (!lungs) return "";
   const framed = crop ? " The model looks at the lung fields only: the image is cut to them." : "";
   if (lungs.regions === 0) return "No lung fields were found in this image." + framed;
+  if (lungs.reason) {
+    return `Lung fields not outlined, and no share of the evidence given: ${lungs.reason}.` + framed;
+  }
   if (lungs.share == null) return "The Grad-CAM map is empty: no share of evidence to measure." + framed;
   return `${Math.round(lungs.share * 100)} % of the evidence lies in the lung fields (outlined).` + framed;
 }

@@ -6,7 +6,8 @@
 //                           backend="auto"></pneumoscope-classifier>
 //
 // Attributes: `model` (URL of a model file; default: the default of models/index.json),
-// `backend` (auto | webgpu | cpu). After each image the element carries `data-top`,
+// `backend` (auto | webgpu | cpu | measure; auto measures which is faster here and remembers it,
+// the others force one or always measure). After each image the element carries `data-top`,
 // `data-probabilities` (JSON), `data-backend` and `data-ood` (JSON `{score, flagged}` or null; a
 // flagged image also shows a warning) and `data-caution` (present, and the caution shown, when
 // the model saw too few training images of the answer's class from the image's population) and
@@ -15,7 +16,7 @@
 // `detail` is the classification; failures fire `pneumoscope-error` and show the message.
 // Like the page, it runs everything on the user's device in a Web Worker.
 
-import { PneumoscopeClient, drawOverlay, lungShareText, oodMessage, renderBars } from "./client.js";
+import { PneumoscopeClient, choiceText, drawOverlay, lungShareText, oodMessage, renderBars } from "./client.js";
 
 const TEMPLATE = `
   <link rel="stylesheet" href="${new URL("./pneumoscope-classifier.css", import.meta.url)}">
@@ -98,7 +99,8 @@ class PneumoscopeClassifier extends HTMLElement {
         status.textContent = `Loading the model… ${(loaded / 1e6).toFixed(1)} MB`;
       });
       this.showClasses(await classes);
-      status.textContent = `${m.info.arch} on ${m.backend}`;
+      const chosen = choiceText(m.choice);
+      status.textContent = `${m.info.arch} on ${m.backend}${chosen ? ` · ${chosen}` : ""}`;
       this.dataset.backend = m.backend;
       return m;
     })();

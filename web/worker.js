@@ -64,7 +64,7 @@ const ops = {
     return classes();
   },
 
-  async load({ url, bytes, backend, name }, id) {
+  async load({ url, bytes, backend, name, remembered }, id) {
     const t0 = performance.now();
     ready ??= init();
     await ready;
@@ -73,9 +73,21 @@ const ops = {
     const t2 = performance.now();
     // A model that fails to load leaves the previous one in place.
     let loaded;
+    let choice = null;
     try {
-      const limit = backend === "cpu" ? null : await gpuMaxBuffer();
-      loaded = await Classifier.load(data, backend || "auto", limit ?? undefined);
+      if (backend === "cpu" || backend === "webgpu") {
+        const limit = backend === "cpu" ? null : await gpuMaxBuffer();
+        loaded = await Classifier.load(data, backend, limit ?? undefined);
+      } else {
+        ({ loaded, choice } = await chooseBackend(data, backend, remembered));
+      }
+      // On WebGPU the first image would compile every pipeline of the forward and the
+      // Grad-CAM passes: that is done here, on the probe image, while the model loads.
+      if (loaded.backend === "webgpu") {
+        const w = performance.now();
+        await loaded.explain(probeImage());
+        (choice ??= { backend: "webgpu" }).warmupMs = performance.now() - w;
+      }
     } catch (e) {
       throw new Error(`${name || url || "model file"}: ${messageOf(e)}`);
     }
@@ -86,10 +98,12 @@ const ops = {
       modelData: data.buffer,
       backend: model.backend,
       fallbackReason: model.fallbackReason ?? null,
+      choice,
       info: model.info,
       inputSize: model.inputSize,
       version: version(),
       modelBytes: data.length,
+      modelSha256: choice?.modelSha256 ?? null,
       timings: { wasm_init_ms: t1 - t0, download_ms: t2 - t1, model_init_ms: t3 - t2 },
     };
   },
@@ -113,20 +127,108 @@ const ops = {
 
 // The largest buffer this browser's WebGPU adapter allows (the library refuses WebGPU for a
 // model whose largest tensor is bigger, and says so), or null when there is no adapter.
-let adapterLimit;
 async function gpuMaxBuffer() {
-  if (adapterLimit === undefined) {
-    adapterLimit = null;
+  const adapter = await gpuAdapter();
+  return adapter ? Math.min(adapter.limits.maxStorageBufferBindingSize, adapter.limits.maxBufferSize) : null;
+}
+
+let adapterPromise;
+/** This browser's WebGPU adapter, or null. */
+function gpuAdapter() {
+  adapterPromise ??= (async () => {
     try {
-      const adapter = await navigator.gpu?.requestAdapter();
-      if (adapter) {
-        adapterLimit = Math.min(adapter.limits.maxStorageBufferBindingSize, adapter.limits.maxBufferSize);
-      }
+      return (await navigator.gpu?.requestAdapter()) ?? null;
     } catch {
-      adapterLimit = null;
+      return null;
     }
+  })();
+  return adapterPromise;
+}
+
+/** Whether the adapter says it is a fallback (software) adapter, such as SwiftShader. */
+function isSoftware(adapter) {
+  return Boolean(adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter);
+}
+
+// The probe image: a 64x64 grey PNG (two dark fields on a bright ground), decoded, resized and
+// classified like any X-ray; the same input on both backends.
+const PROBE_PNG =
+  "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAAAAACPAi4CAAABsklEQVR42u2XQXqjMAyFnyTngKWdU4bSa8yZgiXNIgYcixjm6xZpgfwjHg8HcKC/+F0wLoFL4BIAgBTIZAYwDyd5cDDOj/kxP+bxJG8F7qXvMd9P8VZgnLcYT/BWYJpzldMhD5M45zlnM4DNQXzIWwff+TW+D3hwkHPOWdWdTADmfMBbB1NWVc0lVTVPXR4clC51wASURbXL9wRMTc0ABqnoJrDL20v4UdOldyl/Ojw4UDMzW8/0HHR4ELA1qlGHBwE382c6GZmbm3mHhzkwd2vSrcOjgzWqusPjjVR2ldz63vFWwOHLpirf8933gVcH+QkeBAgEqrZH/EWg7KKtaztoj0cHRES09JVBj7c/I61R1R0eBJiIiYmdvVRE3OFxDpipSaYOjw5K1DV3eBCQ5y4BOdE6eM/DJXwIi4hwSRFh+ejw+EoTERYTEEClt8v3BJI5yADmJKkS2OXhRhqSiEgqKSJp6PK4sKRkhuVMKaV0wMPD9Jle4/OAx8X1Zg5SdyKRW7od8vA4D7dU5XDIAVDzwXEvyzin9OcMDwIYtVj9OseDwP/+S6Prm+kSuAQAAP8AvUhdqsZ9aGYAAAAASUVORK5CYII=";
+function probeImage() {
+  return Uint8Array.from(atob(PROBE_PNG), (c) => c.charCodeAt(0));
+}
+
+/** Milliseconds of one classification of the probe image by `classifier`. */
+async function timeProbe(classifier) {
+  const t = performance.now();
+  await classifier.classify(probeImage());
+  return performance.now() - t;
+}
+
+/** Hex SHA-256 of the model bytes: a remembered choice holds only for the same file. */
+async function sha256(data) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// WebGPU must be this much faster in steady state to be chosen (a margin against noise), and
+// a first run (pipeline compilation) this many times slower than the CPU's run marks an
+// adapter whose every new pipeline (Grad-CAM's, a new image size) would cost the visit more
+// than the steady gain returns.
+const STEADY_MARGIN = 0.9;
+const FIRST_RUN_LIMIT = 20;
+
+/**
+ * The backend for `auto` (and `measure`), with what decided it: no WebGPU adapter (the
+ * library's fallback), the choice remembered for this model file and browser, a software
+ * adapter (the CPU without a probe), or the probe image timed on both backends (steady time;
+ * WebGPU's first run reported apart). `measure` always probes. Returns the loaded classifier and `choice`:
+ * `{ backend, measured, reason, cpuMs, gpuFirstMs, gpuMs, probeMs, reused, browser, modelSha256 }`.
+ */
+async function chooseBackend(data, backend, remembered) {
+  const browser = navigator.userAgent;
+  const modelSha256 = await sha256(data);
+  const base = { browser, modelSha256, measured: false, reused: false };
+  const adapter = await gpuAdapter();
+  if (!adapter) {
+    // The library's own fallback says why (no WebGPU in this browser): no choice to report.
+    return { loaded: await Classifier.load(data, "auto"), choice: null };
   }
-  return adapterLimit;
+  if (
+    backend !== "measure" &&
+    remembered &&
+    remembered.modelSha256 === modelSha256 &&
+    remembered.browser === browser &&
+    (remembered.backend === "cpu" || remembered.backend === "webgpu")
+  ) {
+    const limit = remembered.backend === "webgpu" ? await gpuMaxBuffer() : null;
+    const loaded = await Classifier.load(data, remembered.backend, limit ?? undefined);
+    const { cpuMs, gpuFirstMs, gpuMs } = remembered;
+    return { loaded, choice: { ...base, backend: loaded.backend, cpuMs, gpuFirstMs, gpuMs, reused: true } };
+  }
+  if (backend !== "measure" && isSoftware(adapter)) {
+    const loaded = await Classifier.load(data, "cpu");
+    const reason = `the adapter is a software renderer${adapter.info?.architecture ? ` (${adapter.info.architecture})` : ""}`;
+    return { loaded, choice: { ...base, backend: "cpu", reason } };
+  }
+  const t0 = performance.now();
+  const cpu = await Classifier.load(data, "cpu");
+  await timeProbe(cpu); // the first CPU run: allocations, caches
+  const cpuMs = await timeProbe(cpu);
+  let gpu;
+  try {
+    gpu = await Classifier.load(data, "webgpu", (await gpuMaxBuffer()) ?? undefined);
+  } catch (e) {
+    const choice = { ...base, backend: "cpu", measured: true, cpuMs, reason: messageOf(e), probeMs: performance.now() - t0 };
+    return { loaded: cpu, choice };
+  }
+  const gpuFirstMs = await timeProbe(gpu);
+  const gpuMs = await timeProbe(gpu);
+  const useGpu = gpuMs < STEADY_MARGIN * cpuMs && gpuFirstMs < FIRST_RUN_LIMIT * cpuMs;
+  const [loaded, other] = useGpu ? [gpu, cpu] : [cpu, gpu];
+  other.free();
+  const choice = { ...base, backend: loaded.backend, measured: true, cpuMs, gpuFirstMs, gpuMs, probeMs: performance.now() - t0 };
+  return { loaded, choice };
 }
 
 function messageOf(e) {

@@ -132,6 +132,7 @@ async function readResult(page) {
       lungReason: r.dataset.lungReason ?? null,
       lungMask: c.dataset.lungMask ?? null,
       lungText: document.getElementById("lung-share").hidden ? null : document.getElementById("lung-share").textContent,
+      outline: c.dataset.outline ?? null,
       timings: document.getElementById("timings").textContent,
       timingsJson: JSON.parse(r.dataset.timings),
       wallMs: Number(r.dataset.wallMs),
@@ -203,6 +204,14 @@ function compareLungs(file, got, native) {
   check((share == null) === (native.lung_share == null), `${file}: lung share ${share} in the page, ${native.lung_share} natively`);
   if (share != null) {
     check(Math.abs(share - native.lung_share) <= 0.01, `${file}: lung share ${share} in the page vs ${native.lung_share} natively`);
+  }
+  if (native.lung_reason) {
+    // Implausible lung fields: neither outlined nor given a share, and the reason said.
+    check(got.outline === "withheld", `${file}: outline ${got.outline} over implausible lung fields`);
+    check(got.lungText?.startsWith("Lung fields not outlined") && got.lungText.includes(native.lung_reason),
+      `${file}: #lung-share says ${JSON.stringify(got.lungText)} for ${native.lung_reason}`);
+  } else if (share != null) {
+    check(got.outline === "drawn", `${file}: outline ${got.outline}`);
     const pct = `${Math.round(share * 100)} % of the evidence lies in the lung fields`;
     check(got.lungText?.startsWith(pct), `${file}: #lung-share says ${JSON.stringify(got.lungText)}, expected "${pct}…"`);
   }
@@ -332,6 +341,13 @@ async function backendSuite(browser, backend) {
     const got = await upload(page, cautioned);
     compareWithNative(cautioned, got, backend);
     check(/saw only \d+ X-rays of adults/.test(got.cautionShown ?? ""), `#caution shows ${JSON.stringify(got.cautionShown)}`);
+    // The saved PNG carries the caution, wrapped inside the image.
+    if (backend === "cpu") {
+      const saved = await savedResult(page, "saved-caution.png");
+      check(saved.text.includes(got.cautionShown), `the saved PNG leaves out the caution: ${saved.text}`);
+      const drawn = saved.lines.map((l) => l.text).join(" ");
+      check(drawn.includes(got.cautionShown.split(" ").slice(0, 6).join(" ")), `the caution is not drawn: ${drawn}`);
+    }
   });
   await t.test(`${backend}: a photo is flagged as out of distribution, with the CLI's score`, async () => {
     const photo = join(args.shared, "fixtures/imagenet/chelsea.png");
@@ -340,6 +356,11 @@ async function backendSuite(browser, backend) {
     const got = await upload(page, photo);
     compareWithNative(photo, got, backend);
     check(/unlike the chest X-rays/.test(got.oodWarning ?? ""), `no warning shown: ${got.oodWarning}`);
+    // The cat has no lung fields worth drawing: no outline, no "n % of the evidence".
+    const { native: line } = compareCam(photo, got.cam, `${backend}-photo`);
+    check(line.lung_reason, `the CLI finds the cat's lung fields plausible: ${JSON.stringify(line)}`);
+    compareLungs(photo, got, line);
+    check(!/of the evidence lies in the lung fields/.test(got.lungText ?? ""), `#lung-share: ${got.lungText}`);
     for (const file of images) {
       check(!native.get(file).ood.flagged, `${file}, a chest X-ray, is flagged: ${JSON.stringify(native.get(file).ood)}`);
     }
@@ -737,15 +758,11 @@ async function exampleSuite(browser) {
         `${file}: ${JSON.stringify(truth)} for ${JSON.stringify(ex)}`);
       console.log(`#   ${file}: labelled ${ex.label}, the page says ${got.top}`);
     }
-    // "Save result": a PNG made in the page (nothing sent), the size the page draws it at.
-    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#save-result")]);
-    const saved = join(args.artifacts, "saved-result.png");
-    await download.saveAs(saved);
-    const png = readFileSync(saved);
-    check(png.subarray(1, 4).toString() === "PNG", "the saved result is not a PNG");
-    const [w, h] = [png.readUInt32BE(16), png.readUInt32BE(20)];
-    check(w === 780 && h === 642, `the saved result is ${w}x${h}`);
-    check(download.suggestedFilename() === "pneumoscope-adult-covid19.png", `saved as ${download.suggestedFilename()}`);
+    // "Save result": a PNG made in the page (nothing sent), the width the page draws it at.
+    const saved = await savedResult(page, "saved-result.png");
+    check(saved.width === 780, `the saved result is ${saved.width} wide`);
+    check(saved.filename === "pneumoscope-adult-covid19.png", `saved as ${saved.filename}`);
+    check(saved.text.includes("NOT A DIAGNOSIS") && saved.text.includes("Most probable") && saved.text.includes("Model:"), saved.text);
     // An image of one's own afterwards carries no label.
     await upload(page, images[0]);
     const after = await page.evaluate(() => document.getElementById("result").dataset.exampleLabel ?? null);
@@ -1052,6 +1069,112 @@ async function architectureSuite(browser, backend, archs) {
   await context.close();
 }
 
+/**
+ * Clicks "Save result as PNG" and reads the file back: its size, its `Description` text and the
+ * page's layout record (every drawn line and its measured width), which must fit the image.
+ */
+async function savedResult(page, name) {
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#save-result")]);
+  const path = join(args.artifacts, name);
+  await download.saveAs(path);
+  const png = readFileSync(path);
+  check(png.subarray(1, 4).toString() === "PNG", `${name} is not a PNG`);
+  const texts = {};
+  for (let at = 8; at < png.length;) {
+    const n = png.readUInt32BE(at);
+    const type = png.subarray(at + 4, at + 8).toString("latin1");
+    if (type === "iTXt") {
+      const data = png.subarray(at + 8, at + 8 + n);
+      const key = data.subarray(0, data.indexOf(0)).toString("latin1");
+      // keyword NUL, compression flag and method, language tag NUL, translated keyword NUL
+      let p = data.indexOf(0) + 3;
+      p = data.indexOf(0, p) + 1;
+      p = data.indexOf(0, p) + 1;
+      texts[key] = data.subarray(p).toString("utf8");
+    }
+    at += 12 + n;
+  }
+  const width = png.readUInt32BE(16);
+  check(texts.Description, `${name} carries no Description text`);
+  const layout = JSON.parse(texts["Pneumoscope layout"] ?? "null");
+  check(layout && layout.width === width, `${name}: layout ${JSON.stringify(layout)?.slice(0, 200)}`);
+  for (const l of layout.lines) {
+    check(layout.margin + l.width <= width - layout.margin + 0.5, `${name}: "${l.text}" is ${l.width} px wide, past the image's ${width} px`);
+  }
+  // Every word of the text is drawn: nothing is cut at the right edge.
+  const drawn = layout.lines.map((l) => l.text).join(" ");
+  check(drawn === texts.Description.replace(/\s+/g, " ").trim(), `${name}: drawn "${drawn}" for "${texts.Description}"`);
+  return { width, height: png.readUInt32BE(20), text: texts.Description, lines: layout.lines, filename: download.suggestedFilename() };
+}
+
+/** The stored backend choice of the default model, as the page keeps it (localStorage). */
+async function storedChoice(page) {
+  return page.evaluate(() => {
+    const keys = Object.keys(localStorage).filter((k) => k.startsWith("pneumoscope.backend:"));
+    return keys.length === 1 ? { key: keys[0], value: JSON.parse(localStorage.getItem(keys[0])) } : { keys };
+  });
+}
+
+async function readyStatus(page, url) {
+  await page.goto(url);
+  await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
+  return { backend: await page.evaluate(() => document.body.dataset.backend), status: await page.textContent("#model-status") };
+}
+
+/** `auto` without `?backend=`: the measured choice, the software adapter, the stored choice. */
+async function autoSuite(browser) {
+  const { context, page, errors } = await visit(browser, "auto");
+  try {
+    await t.test("auto: on a software WebGPU adapter the page takes the CPU by itself, says why, and answers like the CLI", async () => {
+      const { backend, status } = await readyStatus(page, args.url);
+      check(backend === "cpu", `auto chose ${backend} on SwiftShader`);
+      check(status.includes("software renderer"), `no reason given: ${status}`);
+      const t0 = Date.now();
+      const got = await upload(page, images[0]);
+      compareWithNative(images[0], got, "cpu");
+      console.log(`#   ${status}; first image answered in ${Date.now() - t0} ms`);
+      const stored = await storedChoice(page);
+      check(stored.keys?.length === 0, `nothing was measured, yet a choice was stored: ${JSON.stringify(stored)}`);
+    });
+    await t.test("measure: both backends timed on the probe, both times in the status line, the faster kept and remembered", async () => {
+      const { backend, status } = await readyStatus(page, `${args.url}?backend=measure`);
+      const m = status.match(/CPU ([\d,]+) ms, WebGPU ([\d,]+) ms \(first run ([\d,]+) ms\): using (the CPU|WebGPU)/);
+      check(m, `the status line does not give both times: ${status}`);
+      const stored = await storedChoice(page);
+      check(stored.value, `no choice stored: ${JSON.stringify(stored)}`);
+      const { cpuMs, gpuMs, modelSha256, browser: ua } = stored.value;
+      check(stored.value.backend === backend, `stored ${stored.value.backend}, using ${backend}`);
+      check((backend === "webgpu") === (gpuMs < 0.9 * cpuMs), `chose ${backend} with CPU ${cpuMs} ms, WebGPU ${gpuMs} ms`);
+      check(/^[0-9a-f]{64}$/.test(modelSha256) && ua.includes("Chrome"), JSON.stringify(stored.value));
+      console.log(`#   ${status}`);
+    });
+    await t.test("auto: a stored choice is reused for the same model file and browser, and discarded when the file changes", async () => {
+      // A stored measurement that found WebGPU faster on this browser: reused without a probe.
+      const { key, value } = await storedChoice(page);
+      await page.evaluate(([k, v]) => localStorage.setItem(k, JSON.stringify(v)), [key, { ...value, backend: "webgpu", gpuMs: 1, cpuMs: 100 }]);
+      let r = await readyStatus(page, args.url);
+      check(r.backend === "webgpu", `the stored choice was not reused: ${r.backend}`);
+      check(r.status.includes("measured on an earlier visit"), r.status);
+      // A forced backend wins over it.
+      r = await readyStatus(page, `${args.url}?backend=cpu`);
+      check(r.backend === "cpu", `?backend=cpu gave ${r.backend}`);
+      // Another model file (its checksum differs): the stored choice no longer holds.
+      await page.evaluate(([k, v]) => localStorage.setItem(k, JSON.stringify(v)), [key, { ...value, backend: "webgpu", modelSha256: "0".repeat(64) }]);
+      r = await readyStatus(page, args.url);
+      check(r.backend === "cpu" && r.status.includes("software renderer"), `${r.backend}: ${r.status}`);
+      // Another browser version: the same.
+      await page.evaluate(([k, v]) => localStorage.setItem(k, JSON.stringify(v)), [key, { ...value, backend: "webgpu", browser: "Chrome/1.0" }]);
+      r = await readyStatus(page, args.url);
+      check(r.backend === "cpu" && r.status.includes("software renderer"), `${r.backend}: ${r.status}`);
+    });
+    await t.test("auto: no errors in the console", async () => {
+      check(errors.length === 0, errors.join("\n"));
+    });
+  } finally {
+    await context.close();
+  }
+}
+
 async function fallbackSuite() {
   const browser = await launch({ webgpu: false });
   try {
@@ -1094,6 +1217,7 @@ try {
     await page.close();
     check(adapter, "no WebGPU adapter: the webgpu backend cannot be tested");
   });
+  if (want("auto")) await autoSuite(browser);
   if (want("backend")) for (const backend of backends) await backendSuite(browser, backend);
   if (want("restart")) for (const backend of backends) await restartSuite(browser, backend);
   if (want("soak")) {
