@@ -245,6 +245,59 @@ fn site(out: &Path) -> Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
+/// Prints what a first visit downloads: the site's own files (the page, the scripts, the wasm
+/// module, the examples; the model card and the models aside), then each model of the index and
+/// the total with it, raw and gzipped (what a server that compresses sends).
+fn first_visit(site: &Path) -> Result<()> {
+    let mut page = (0usize, 0usize);
+    let mut stack = vec![site.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let rel = p.strip_prefix(site).unwrap_or(&p);
+            if p.is_dir() {
+                if !matches!(rel.to_str(), Some("models" | "docs")) {
+                    stack.push(p);
+                }
+            } else if !matches!(rel.to_str(), Some("README.txt")) {
+                let (r, g) = web::sizes(&p)?;
+                page = (page.0 + r, page.1 + g);
+            }
+        }
+    }
+    let mb = |b: usize| b as f64 / 1e6;
+    let (wasm, wasm_gz) = web::sizes(&site.join("pkg/pneumoscope_bg.wasm"))?;
+    println!("first visit, bytes downloaded (MB, raw / gzipped):");
+    println!(
+        "  wasm module       {:>6.2} / {:>6.2}",
+        mb(wasm),
+        mb(wasm_gz)
+    );
+    println!(
+        "  site without models {:>4.2} / {:>6.2} (the wasm module included)",
+        mb(page.0),
+        mb(page.1)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.join("models/index.json"))?)?;
+    let default = index["default"].as_str().unwrap_or_default();
+    for m in index["models"].as_array().into_iter().flatten() {
+        let Some(file) = m["file"].as_str() else {
+            continue;
+        };
+        let (r, g) = web::sizes(&site.join("models").join(file))?;
+        println!(
+            "  {file}{} {:>6.2} / {:>6.2}; first visit with it {:>6.2} / {:>6.2}",
+            if file == default { " (default)" } else { "" },
+            mb(r),
+            mb(g),
+            mb(page.0 + r),
+            mb(page.1 + g)
+        );
+    }
+    Ok(())
+}
+
 /// The site's default folder: `dist/` in the repository.
 fn dist_dir() -> PathBuf {
     root().join("dist")
@@ -469,6 +522,7 @@ fn bench_web(runs: Option<u32>, rounds: Option<u32>, parts: BenchWebParts) -> Re
             .arg(&onnx))?;
     }
     let folder = site(&target_dir().join("bench-site"))?;
+    first_visit(&folder)?;
     let running = server::start(
         server::Site {
             root: folder.clone(),
