@@ -264,6 +264,10 @@ struct StudyArgs {
     /// The cross-validations, each as LABEL=FOLDER (the folder of `train --folds`).
     #[arg(required = true)]
     settings: Vec<crate::study::Setting>,
+    /// Only these folds of each (comma-separated, 0-based): a screening on a subset of folds
+    /// beside the others on the same folds.
+    #[arg(long, value_delimiter = ',')]
+    only_folds: Vec<usize>,
 }
 
 /// Options of `cv-ensemble`.
@@ -406,7 +410,8 @@ impl Cli {
             Command::Lungs { command } => lungs_command(command),
             Command::CvEnsemble(a) => cv_ensemble(a),
             Command::Study(a) => {
-                print!("{}", crate::study::write(&a.settings, &a.out)?);
+                let only = (!a.only_folds.is_empty()).then_some(a.only_folds.as_slice());
+                print!("{}", crate::study::write(&a.settings, only, &a.out)?);
                 println!("wrote {}", a.out.join("study.md").display());
                 Ok(())
             }

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One cross-validation of the study: its label and folder.
@@ -51,7 +52,8 @@ struct Read {
     label: String,
     folds: Vec<usize>,
     of: usize,
-    spread: serde_json::Value,
+    /// Each headline figure per fold read (in the order of `folds`), where every fold has it.
+    figures: BTreeMap<String, Vec<f64>>,
     /// Validation macro-F1 per epoch, per fold.
     curves: Vec<Vec<f64>>,
     epoch_seconds: Vec<f64>,
@@ -64,7 +66,8 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&b).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 
-fn read(s: &Setting) -> Result<Read> {
+/// The setting's cross-validation, restricted to the folds of `only` when given.
+fn read(s: &Setting, only: Option<&[usize]>) -> Result<Read> {
     let cv = read_json(&s.dir.join("cv.json")).with_context(|| {
         format!(
             "{}: not a finished cross-validation (train --folds writes cv.json)",
@@ -81,11 +84,32 @@ fn read(s: &Setting) -> Result<Read> {
                 .collect()
         })
         .unwrap_or_default();
+    let keep: Vec<usize> = (0..folds.len())
+        .filter(|&i| only.is_none_or(|o| o.contains(&folds[i])))
+        .collect();
+    if keep.is_empty() {
+        bail!(
+            "{}: none of the folds asked for was run (it ran {folds:?})",
+            s.dir.display()
+        );
+    }
+    let mut figures = BTreeMap::new();
+    for (k, _) in COLUMNS {
+        let per_fold: Vec<f64> = cv["spread"][k]["folds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        // A figure some fold lacks cannot be matched to its folds: left out.
+        if per_fold.len() == folds.len() {
+            figures.insert(k.to_string(), keep.iter().map(|&i| per_fold[i]).collect());
+        }
+    }
+    let folds: Vec<usize> = keep.iter().map(|&i| folds[i]).collect();
     let mut r = Read {
         label: s.label.clone(),
         folds: folds.clone(),
         of,
-        spread: cv["spread"].clone(),
+        figures,
         curves: Vec::new(),
         epoch_seconds: Vec::new(),
         extraction_seconds: 0.0,
@@ -113,12 +137,17 @@ fn read(s: &Setting) -> Result<Read> {
     Ok(r)
 }
 
-/// Writes `OUT/study.md` and `OUT/val-macro-f1.png` for the settings, and returns the table.
-pub fn write(settings: &[Setting], out: &Path) -> Result<String> {
+/// Writes `OUT/study.md` and `OUT/val-macro-f1.png` for the settings (each restricted to the
+/// folds of `only` when given, so that a screening on a subset of folds is compared with the
+/// others on the same folds), and returns the table.
+pub fn write(settings: &[Setting], only: Option<&[usize]>, out: &Path) -> Result<String> {
     if settings.is_empty() {
         bail!("no cross-validation given (LABEL=CV_FOLDER ...)");
     }
-    let rows: Vec<Read> = settings.iter().map(read).collect::<Result<_>>()?;
+    let rows: Vec<Read> = settings
+        .iter()
+        .map(|s| read(s, only))
+        .collect::<Result<_>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let table = markdown(&rows);
     crate::fsutil::write_atomic(&out.join("study.md"), table.as_bytes())?;
@@ -143,10 +172,14 @@ fn markdown(rows: &[Read]) -> String {
         };
         t += &format!("| {} | {folds} |", r.label);
         for (k, _) in COLUMNS {
-            let s = &r.spread[k];
-            t += &match (s["mean"].as_f64(), s["sd"].as_f64()) {
-                (Some(m), Some(sd)) if r.folds.len() > 1 => format!(" {m:.3} ± {sd:.3} |"),
-                (Some(m), _) => format!(" {m:.3} |"),
+            t += &match r.figures.get(k) {
+                Some(v) if v.len() > 1 => {
+                    let n = v.len() as f64;
+                    let m = v.iter().sum::<f64>() / n;
+                    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                    format!(" {m:.3} ± {sd:.3} |")
+                }
+                Some(v) if v.len() == 1 => format!(" {:.3} |", v[0]),
                 _ => " – |".into(),
             };
         }

@@ -424,6 +424,33 @@ fn screening_folds_and_the_study_table() {
     assert!(rows[1].contains("| 1 of 3 |"), "{}", rows[1]);
     let png = image::open(out.join("val-macro-f1.png")).unwrap();
     assert_eq!((png.width(), png.height()), (900, 560));
+    // The same folds only: both rows on fold 1.
+    let table = ok(&[
+        "study",
+        "--out",
+        out.to_str().unwrap(),
+        "--only-folds",
+        "1",
+        &format!("all folds={}", cv.display()),
+        &format!("screening={}", screened.display()),
+    ]);
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| all folds") || l.starts_with("| screening"))
+        .collect();
+    assert!(rows.iter().all(|r| r.contains("| 1 of 3 |")), "{table}");
+    fn figures(r: &str) -> Vec<String> {
+        r.split('|')
+            .skip(3)
+            .take(6)
+            .map(|c| c.trim().to_string())
+            .collect()
+    }
+    assert_eq!(
+        figures(rows[0]),
+        figures(rows[1]),
+        "fold 1 is the same run in both"
+    );
     // A folder that is not a finished cross-validation is named.
     let o = run(&[
         "study",
