@@ -91,15 +91,22 @@ step() {
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
     full-bnfrozen) screen lite0-full-lpft-bnfrozen efficientnet_lite0 --mode finetune --bn frozen \
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
-    full-radaug) screen lite0-full-lpft-radaug efficientnet_lite0 --mode finetune "${RAD[@]}" \
-        --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
-    full-randomhead) screen lite0-full-randomhead efficientnet_lite0 --mode finetune \
-        --epochs 5 "${FT[@]}" ;;
+    full-bnfrozen-lowlr) screen lite0-full-lpft-bnfrozen-lowlr efficientnet_lite0 --mode finetune \
+        --bn frozen --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" --lr 2e-4 \
+        --backbone-lr-scale 0.1 ;;
+    full-radaug) screen lite0-full-lpft-bnfrozen-radaug efficientnet_lite0 --mode finetune \
+        --bn frozen "${RAD[@]}" --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
+    full-randomhead) screen lite0-full-bnfrozen-randomhead efficientnet_lite0 --mode finetune \
+        --bn frozen --epochs 5 "${FT[@]}" ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
   esac
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen partial-bnfrozen full-radaug full-randomhead)
+# Screening first (fold 0, short schedules). The radiograph augmentation and the random head
+# are screened with batch norm frozen, the usual choice when fine-tuning with small batches;
+# the steps before compare the two batch-norm settings on the same fold.
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen partial-bnfrozen
+  full-bnfrozen-lowlr full-radaug full-randomhead)
 for s in "${STEPS[@]}"; do step "$s"; done
 log "study: all steps done (${STEPS[*]})"
