@@ -12,6 +12,20 @@ fn tiny_manifest(shared: &Path, dir: &Path) -> PathBuf {
     subset(&full, &dir.join("tiny"), [8, 4, 2])
 }
 
+/// The tiny manifest and a frozen run of `epochs` on it (`DIR/frozen`), whose head LP-FT
+/// starts from.
+fn frozen_run(shared: &Path, dir: &Path, epochs: &str) -> (PathBuf, PathBuf) {
+    let manifest = tiny_manifest(shared, dir);
+    let frozen = dir.join("frozen");
+    train_ok(
+        shared,
+        &manifest,
+        &frozen,
+        &["--mode", "frozen", "--epochs", epochs],
+    );
+    (manifest, frozen)
+}
+
 /// `train` on `manifest` into `out` with the Lite0 ImageNet weights and `extra` options.
 fn train_args(shared: &Path, manifest: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let w = shared.join("weights/efficientnet-lite0-57934424.pth");
@@ -52,6 +66,12 @@ fn val_probs(run: &Path) -> Vec<[f64; 4]> {
         .collect()
 }
 
+/// The run failed and its message says `why`.
+fn refused(o: &std::process::Output, why: &str) {
+    assert!(!o.status.success(), "accepted, yet it should say: {why}");
+    assert!(stderr(o).contains(why), "{}", stderr(o));
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -63,14 +83,7 @@ fn json(path: &Path) -> serde_json::Value {
 fn lp_ft_starts_from_the_frozen_runs_head() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let manifest = tiny_manifest(&shared, dir.path());
-    let frozen = dir.path().join("frozen");
-    train_ok(
-        &shared,
-        &manifest,
-        &frozen,
-        &["--mode", "frozen", "--epochs", "4"],
-    );
+    let (manifest, frozen) = frozen_run(&shared, dir.path(), "4");
     let lpft = dir.path().join("lpft");
     let f = frozen.to_str().unwrap();
     train_ok(
@@ -144,12 +157,7 @@ fn lp_ft_starts_from_the_frozen_runs_head() {
         "--init-head",
         f,
     ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("trained efficientnet_lite0"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "trained efficientnet_lite0");
     // A cross-validation whose folds would start from a head validated elsewhere.
     let o = train(
         &shared,
@@ -166,12 +174,7 @@ fn lp_ft_starts_from_the_frozen_runs_head() {
             f,
         ],
     );
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("seen this run's validation patients"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "seen this run's validation patients");
     // Fine-tuning options in frozen mode.
     let o = train(
         &shared,
@@ -179,12 +182,7 @@ fn lp_ft_starts_from_the_frozen_runs_head() {
         &dir.path().join("frozen-bn"),
         &["--mode", "frozen", "--epochs", "1", "--bn", "frozen"],
     );
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("--mode partial and finetune"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "--mode partial and finetune");
     // Contradicting augmentation options, and a border that would cover the lungs.
     let o = train(
         &shared,
@@ -192,14 +190,14 @@ fn lp_ft_starts_from_the_frozen_runs_head() {
         &dir.path().join("x"),
         &["--no-augment", "--aug-noise", "0.1"],
     );
-    assert!(stderr(&o).contains("contradict"), "{}", stderr(&o));
+    refused(&o, "contradict");
     let o = train(
         &shared,
         &manifest,
         &dir.path().join("y"),
         &["--aug-border", "0.6"],
     );
-    assert!(stderr(&o).contains("covers the lungs"), "{}", stderr(&o));
+    refused(&o, "covers the lungs");
 }
 
 /// Early stopping: with nothing to learn (rate 0) the first epoch stays the best, and the run
@@ -236,26 +234,6 @@ fn early_stopping_stops_after_patience_epochs() {
     assert_eq!(read_csv(&run.join("epochs.csv")).len(), 3);
 }
 
-/// Starts a training run and `kill -9`s it as soon as `ready(run)` holds.
-fn killed(args: &[String], out: &Path, ready: impl Fn(&Path) -> bool) {
-    let mut child = bin()
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !ready(out) {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it could be killed");
-        }
-        assert!(start.elapsed().as_secs() < 600, "the run never got there");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 /// Full fine-tuning with every new option on (LP-FT, group rates with layer decay, warm-up,
 /// cosine, weight decay, patience, frozen batch norm, every radiograph augmentation), killed
 /// at the start, between epochs and around a checkpoint, resumes to exactly the uninterrupted
@@ -264,14 +242,7 @@ fn killed(args: &[String], out: &Path, ready: impl Fn(&Path) -> bool) {
 fn a_finetune_run_with_every_option_killed_resumes_to_the_same_result() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let manifest = tiny_manifest(&shared, dir.path());
-    let frozen = dir.path().join("frozen");
-    train_ok(
-        &shared,
-        &manifest,
-        &frozen,
-        &["--mode", "frozen", "--epochs", "3"],
-    );
+    let (manifest, frozen) = frozen_run(&shared, dir.path(), "3");
     let f = frozen.to_str().unwrap().to_string();
     let opts: Vec<&str> = vec![
         "--mode",
@@ -386,11 +357,7 @@ fn screening_folds_and_the_study_table() {
             "--resume",
         ],
     );
-    assert!(
-        stderr(&o).contains("folds are numbered 0 to 2"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "folds are numbered 0 to 2");
     let screened = dir.path().join("screened");
     std::fs::create_dir_all(&screened).unwrap();
     // A copy of the screening, kept before the other folds are trained.
@@ -458,11 +425,7 @@ fn screening_folds_and_the_study_table() {
         out.to_str().unwrap(),
         &format!("x={}", dir.path().display()),
     ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("not a finished cross-validation"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "not a finished cross-validation");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

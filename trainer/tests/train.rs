@@ -415,33 +415,6 @@ fn to_earlier_layout(run: &Path) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Starts a training run and `kill -9`s it as soon as `ready(run)` holds.
-fn train_killed(
-    shared: &Path,
-    manifest: &Path,
-    out: &Path,
-    epochs: &str,
-    ready: impl Fn(&Path) -> bool,
-) {
-    let mut child = bin()
-        .args(train_args(shared, manifest, out, epochs))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !ready(out) {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it could be killed");
-        }
-        assert!(start.elapsed().as_secs() < 600, "the run never got there");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    // SIGKILL: no destructor, no flush, no clean-up runs.
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn a_run_killed_at_any_point_resumes_to_the_same_result() {
     let Some(shared) = shared() else { return };
@@ -475,7 +448,7 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
     ];
     for (i, (when, ready)) in kills.into_iter().enumerate() {
         let run = dir.path().join(format!("killed-{i}"));
-        train_killed(&shared, &manifest, &run, "6", ready);
+        killed(&train_args(&shared, &manifest, &run, "6"), &run, ready);
         let resumed = train_output(&shared, &manifest, &run, "6", &["--resume"]);
         assert!(
             resumed.status.success(),

@@ -28,6 +28,27 @@ pub fn run(args: &[&str]) -> Output {
     out
 }
 
+/// Starts the binary with `args` and `kill -9`s it as soon as `ready(out)` holds (SIGKILL: no
+/// destructor, no flush, no clean-up runs); fails when the run ends first.
+pub fn killed(args: &[String], out: &Path, ready: impl Fn(&Path) -> bool) {
+    let mut child = bin()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !ready(out) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        assert!(start.elapsed().as_secs() < 600, "the run never got there");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Runs the binary and asserts success; returns stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = run(args);
