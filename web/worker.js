@@ -103,7 +103,6 @@ const ops = {
       inputSize: model.inputSize,
       version: version(),
       modelBytes: data.length,
-      modelSha256: choice?.modelSha256 ?? null,
       timings: { wasm_init_ms: t1 - t0, download_ms: t2 - t1, model_init_ms: t3 - t2 },
     };
   },
@@ -202,9 +201,13 @@ async function chooseBackend(data, backend, remembered) {
     (remembered.backend === "cpu" || remembered.backend === "webgpu")
   ) {
     const limit = remembered.backend === "webgpu" ? await gpuMaxBuffer() : null;
-    const loaded = await Classifier.load(data, remembered.backend, limit ?? undefined);
-    const { cpuMs, gpuFirstMs, gpuMs } = remembered;
-    return { loaded, choice: { ...base, backend: loaded.backend, cpuMs, gpuFirstMs, gpuMs, reused: true } };
+    try {
+      const loaded = await Classifier.load(data, remembered.backend, limit ?? undefined);
+      const { cpuMs, gpuFirstMs, gpuMs } = remembered;
+      return { loaded, choice: { ...base, backend: loaded.backend, cpuMs, gpuFirstMs, gpuMs, reused: true } };
+    } catch {
+      // The remembered backend no longer loads here (a lost device, say): decide afresh.
+    }
   }
   if (backend !== "measure" && isSoftware(adapter)) {
     const loaded = await Classifier.load(data, "cpu");
