@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{read_json, write_atomic};
 
 /// The folder of a run's checkpoints.
 pub const DIR: &str = "checkpoints";
@@ -117,10 +117,7 @@ impl Checkpoints {
     fn read<S: DeserializeOwned>(&self, name: &str) -> Result<Saved<S>> {
         let folder = self.dir.join(name);
         let index_path = folder.join("checkpoint.json");
-        let bytes = std::fs::read(&index_path)
-            .with_context(|| format!("cannot read {}", index_path.display()))?;
-        let index: Index<S> = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: malformed", index_path.display()))?;
+        let index: Index<S> = read_json(&index_path)?;
         let mut files = BTreeMap::new();
         for (file, sha) in &index.files {
             let p = folder.join(file);

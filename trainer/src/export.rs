@@ -15,11 +15,6 @@ use pneumoscope::model_file::{EnsembleFile, FileKind, Format, ModelFile, ModelHe
 use pneumoscope::preprocess::InputRegion;
 use std::path::Path;
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&b).with_context(|| format!("{}: malformed JSON", path.display()))
-}
-
 /// Options of `export`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ExportOptions {
@@ -51,8 +46,10 @@ impl Default for ExportOptions {
 
 /// Packs `RUN/model.bpk` with its description into a model file at `out`.
 pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
-    let cfg: TrainConfig = serde_json::from_value(read_json(&run.join("config.json"))?)
-        .with_context(|| format!("{}: not a training run", run.display()))?;
+    let cfg: TrainConfig = serde_json::from_value(crate::fsutil::read_json::<serde_json::Value>(
+        &run.join("config.json"),
+    )?)
+    .with_context(|| format!("{}: not a training run", run.display()))?;
     let spec = arch::find(&cfg.arch)?;
     let device = Device::flex();
     let framing = crate::data::cache::Framing::of(&cfg)?;
@@ -69,7 +66,8 @@ pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
     let mut header = ModelHeader {
         training: run_training(run, &cfg),
         data: run_data(&cfg),
-        metrics: read_json(&run.join("metrics.json")).unwrap_or(serde_json::Value::Null),
+        metrics: crate::fsutil::read_json::<serde_json::Value>(&run.join("metrics.json"))
+            .unwrap_or(serde_json::Value::Null),
         extra: serde_json::json!({ "tta": o.tta, "calibration": calibration }),
         ..header(
             &spec,

@@ -4,6 +4,13 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Reads and parses a JSON file; the error names the file and whether it could not be read or
+/// is malformed.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed JSON", path.display()))
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -237,8 +237,7 @@ fn saved_decoder(run: &Path) -> Result<Option<SavedDecoder>> {
     if !state_path.exists() {
         return Ok(None);
     }
-    let state: State = serde_json::from_slice(&std::fs::read(&state_path)?)
-        .with_context(|| format!("{}: malformed JSON", state_path.display()))?;
+    let state: State = crate::fsutil::read_json(&state_path)?;
     let (d, o) = (
         std::fs::read(run.join(DECODER)),
         std::fs::read(run.join(OPTIMIZER)),

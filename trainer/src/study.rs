@@ -3,6 +3,7 @@
 //! with what each setting costs (seconds per epoch, one-time feature extraction, peak memory),
 //! and a figure of validation macro-F1 per epoch (mean over folds, and their range).
 
+use crate::fsutil::read_json;
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -61,14 +62,9 @@ struct Read {
     peak_rss: u64,
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&b).with_context(|| format!("{}: malformed JSON", path.display()))
-}
-
 /// The setting's cross-validation, restricted to the folds of `only` when given.
 fn read(s: &Setting, only: Option<&[usize]>) -> Result<Read> {
-    let cv = read_json(&s.dir.join("cv.json")).with_context(|| {
+    let cv = read_json::<serde_json::Value>(&s.dir.join("cv.json")).with_context(|| {
         format!(
             "{}: not a finished cross-validation (train --folds writes cv.json)",
             s.dir.display()
@@ -127,7 +123,7 @@ fn read(s: &Setting, only: Option<&[usize]>) -> Result<Read> {
             r.epoch_seconds.push(rec.seconds);
         }
         r.curves.push(curve);
-        if let Ok(t) = read_json(&run.join("timing.json")) {
+        if let Ok(t) = read_json::<serde_json::Value>(&run.join("timing.json")) {
             r.extraction_seconds += t["feature_extraction_seconds"].as_f64().unwrap_or(0.0);
             r.peak_rss = r
                 .peak_rss

@@ -7,7 +7,7 @@ use crate::augment::Augment;
 use crate::checkpoint::Checkpoints;
 use crate::data::cache::{self, Framing, SquareCache};
 use crate::data::{Label, Manifest, NUM_LABELS, Population, Split};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{read_json, write_atomic};
 use crate::metrics;
 use crate::parallel::Devices;
 use crate::tuning::{self, FineTuning, LrGroups};
@@ -285,11 +285,6 @@ impl CheckpointRef {
 
 fn constant() -> Schedule {
     Schedule::Constant
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 
 /// Weighted cross-entropy against a set of allowed classes per row:

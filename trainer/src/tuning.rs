@@ -230,10 +230,8 @@ pub fn head_source(from: &Path, arch: &str, fold: Option<Fold>) -> Result<PathBu
         );
     }
     let cfg_path = run.join("config.json");
-    let bytes = std::fs::read(&cfg_path)
-        .with_context(|| format!("--init-head: cannot read {}", cfg_path.display()))?;
-    let theirs: TrainConfig = serde_json::from_slice(&bytes)
-        .with_context(|| format!("--init-head: {}: malformed JSON", cfg_path.display()))?;
+    let theirs: TrainConfig =
+        crate::fsutil::read_json(&cfg_path).context("--init-head: its run's configuration")?;
     if theirs.arch != arch {
         bail!(
             "--init-head {}: that run trained {}, this one trains {arch}",
