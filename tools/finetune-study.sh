@@ -66,7 +66,7 @@ cv() {
 screen() {
   local name=$1 out=$RUNS/study/$1
   shift
-  if [ -f "$out/.screening" ] && [ -f "$out/cv.json" ]; then
+  if [ -f "$out/cv.json" ]; then
     log "$name: screening done"
     return
   fi
@@ -80,6 +80,15 @@ FT=(--lr 5e-4 --backbone-lr-scale 0.2 --schedule cosine --warmup-epochs 0.5
 RAD=(--aug-brightness 0.1 --aug-contrast 0.1 --aug-gamma 0.2 --aug-blur 1 --aug-noise 0.02
      --aug-border 0.15)
 
+# Promoting a screened setting trains its other folds on top of the screened fold 0 (same
+# arguments, without --only-folds); the marker goes once every fold is done.
+promote() {
+  local name=$1
+  shift
+  cv "$name" "$@"
+  rm -f "$RUNS/study/$name/.screening"
+}
+
 step() {
   case $1 in
     frozen) cv lite0-frozen efficientnet_lite0 --mode frozen --epochs 40 --batch-size 100 --lr 1e-3 ;;
@@ -90,6 +99,8 @@ step() {
     full) screen lite0-full-lpft efficientnet_lite0 --mode finetune \
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
     full-bnfrozen) screen lite0-full-lpft-bnfrozen efficientnet_lite0 --mode finetune --bn frozen \
+        --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
+    full-bnfrozen-cv) promote lite0-full-lpft-bnfrozen efficientnet_lite0 --mode finetune --bn frozen \
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
     full-bnfrozen-lowlr) screen lite0-full-lpft-bnfrozen-lowlr efficientnet_lite0 --mode finetune \
         --bn frozen --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" --lr 2e-4 \
@@ -106,7 +117,8 @@ STEPS=("$@")
 # Screening first (fold 0, short schedules). The radiograph augmentation and the random head
 # are screened with batch norm frozen, the usual choice when fine-tuning with small batches;
 # the steps before compare the two batch-norm settings on the same fold.
+# The lead screen (full fine-tuning, batch norm frozen) then goes through every fold.
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen partial-bnfrozen
-  full-bnfrozen-lowlr full-radaug full-randomhead)
+  full-bnfrozen-cv full-radaug full-bnfrozen-lowlr full-randomhead)
 for s in "${STEPS[@]}"; do step "$s"; done
 log "study: all steps done (${STEPS[*]})"
