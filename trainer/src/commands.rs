@@ -3,10 +3,11 @@
 //! settings (`train::TrainConfig`, `export::ExportOptions`, …) — and each verb is one short
 //! function here.
 
-use crate::{
-    breakdown, cli, comparison, cv, data, ensemble, evaluate, export, fetch, forward, lungs,
-    throughput, train,
-};
+use crate::bench::{forward, throughput};
+use crate::model_file::{ensemble, export};
+use crate::pretrained::fetch;
+use crate::study::{breakdown, comparison, cv, evaluate};
+use crate::{data, inspect, lungs, train};
 use anyhow::Result;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
@@ -234,7 +235,7 @@ struct TrainArgs {
     no_augment: bool,
     /// Radiograph augmentations added to the paper's (intensity, blur, noise, borders).
     #[command(flatten)]
-    radiograph: crate::augment::Radiograph,
+    radiograph: crate::data::augment::Radiograph,
     /// Run folder.
     #[arg(long)]
     out: PathBuf,
@@ -263,7 +264,7 @@ struct StudyArgs {
     out: PathBuf,
     /// The cross-validations, each as LABEL=FOLDER (the folder of `train --folds`).
     #[arg(required = true)]
-    settings: Vec<crate::study::Setting>,
+    settings: Vec<crate::study::screening::Setting>,
     /// Only these folds of each (comma-separated, 0-based): a screening on a subset of folds
     /// beside the others on the same folds.
     #[arg(long, value_delimiter = ',')]
@@ -411,16 +412,19 @@ impl Cli {
             Command::CvEnsemble(a) => cv_ensemble(a),
             Command::Study(a) => {
                 let only = (!a.only_folds.is_empty()).then_some(a.only_folds.as_slice());
-                print!("{}", crate::study::write(&a.settings, only, &a.out)?);
+                print!(
+                    "{}",
+                    crate::study::screening::write(&a.settings, only, &a.out)?
+                );
                 println!("wrote {}", a.out.join("study.md").display());
                 Ok(())
             }
             Command::Evaluate(a) => evaluate_command(a),
             Command::Predict(a) => {
-                let failures = cli::predict(&a.model, &a.images, a.tta, &Device::flex())?;
+                let failures = inspect::predict(&a.model, &a.images, a.tta, &Device::flex())?;
                 fail_if_any(failures, a.images.len(), "classified")
             }
-            Command::Gradcam(a) => cli::gradcam(
+            Command::Gradcam(a) => inspect::gradcam(
                 &a.model,
                 &a.image,
                 &a.out,
@@ -445,17 +449,6 @@ impl Cli {
             }
         }
     }
-}
-
-/// The command line's defaults of an options struct, as if its verb were called with `args`
-/// only: one declaration of every default, for the verb and for callers in code.
-pub fn defaults<T: clap::Args>(args: &[&str]) -> T {
-    #[derive(Parser)]
-    struct Defaults<T: clap::Args> {
-        #[command(flatten)]
-        options: T,
-    }
-    Defaults::<T>::parse_from(std::iter::once("pneumoscope").chain(args.iter().copied())).options
 }
 
 /// An error when some of `n` inputs failed.
@@ -512,7 +505,7 @@ fn train_command(a: TrainArgs) -> Result<()> {
     // A resumed run keeps the weights its config.json names (a cross-validation's folds yet
     // to start need them named).
     if !(a.resume && a.folds.is_none()) {
-        cfg.weights = resolve_weights(&cfg.arch, cfg.weights.take(), a.allow_random_init)?;
+        cfg.weights = fetch::resolve_weights(&cfg.arch, cfg.weights.take(), a.allow_random_init)?;
     }
     if cfg.region == pneumoscope::preprocess::InputRegion::Lungs && cfg.lungs.is_none() {
         anyhow::bail!("--input lungs needs the lung segmenter: --lungs FILE");
@@ -580,7 +573,7 @@ fn lungs_command(command: LungsCommand) -> Result<()> {
     match command {
         LungsCommand::Train(a) => {
             let mut cfg = a.config;
-            cfg.weights = resolve_weights(pneumoscope::lungs::ENCODER, cfg.weights, false)?;
+            cfg.weights = fetch::resolve_weights(pneumoscope::lungs::ENCODER, cfg.weights, false)?;
             let file = lungs::train(&cfg, &a.out, a.resume)?;
             let metrics = std::fs::read_to_string(a.out.join("metrics.json"))?;
             println!("{metrics}");
@@ -600,7 +593,7 @@ fn lungs_command(command: LungsCommand) -> Result<()> {
             )?;
             if let Some(out) = a.out {
                 let all = serde_json::to_string_pretty(&summary)?;
-                crate::fsutil::write_atomic(&out, all.as_bytes())?;
+                crate::machinery::fsutil::write_atomic(&out, all.as_bytes())?;
             }
             // Per image only in --out; the groups here.
             let mut groups = summary;
@@ -660,7 +653,7 @@ fn upgrade_command(a: UpgradeArgs) -> Result<()> {
 
 fn untrained_command(a: UntrainedArgs) -> Result<()> {
     let spec = pneumoscope::arch::find(&a.arch)?;
-    let weights = resolve_weights(&a.arch, a.weights, true)?;
+    let weights = fetch::resolve_weights(&a.arch, a.weights, true)?;
     let h = export::untrained(&spec, weights.as_deref(), &a.out, a.f16)?;
     println!(
         "wrote {} ({}, {} weights from {}, UNTRAINED head)",
@@ -742,31 +735,4 @@ fn fetch_all(specs: &[pneumoscope::arch::ArchSpec], o: &fetch::FetchOptions) -> 
         );
     }
     Ok(())
-}
-
-/// The weights a training run starts from: the given file, else the cached published file,
-/// else nothing when random initialisation is allowed.
-pub fn resolve_weights(
-    arch: &str,
-    given: Option<PathBuf>,
-    allow_random: bool,
-) -> Result<Option<PathBuf>> {
-    if given.is_some() {
-        return Ok(given);
-    }
-    let spec = pneumoscope::arch::find(arch)?;
-    let cache = fetch::default_cache();
-    if let Some(p) = fetch::cached(&spec, &cache) {
-        return Ok(Some(p));
-    }
-    if allow_random {
-        return Ok(None);
-    }
-    anyhow::bail!(
-        "no ImageNet weights for {arch}: {} is not in {} — run `pneumoscope weights fetch {arch}` \
-         (or pass --weights FILE); to train from random initialisation instead, pass \
-         --allow-random-init",
-        spec.weights.file,
-        cache.display()
-    )
 }

@@ -1,36 +1,20 @@
 //! `pneumoscope`: the native command line of Pneumoscope — dataset building, training,
 //! evaluation, reports, prediction, Grad-CAM, export and benchmarks.
 
-mod adam;
-mod augment;
-mod breakdown;
-mod calibrate;
-mod checkpoint;
-mod cli;
+// The floors, top to bottom (a module imports only from floors below its own):
+// the command line; what judges and compares models; what goes into a model file; training;
+// the lung segmenter; data; published weights and benchmarks; the run machinery.
+mod bench;
 mod commands;
-mod comparison;
-mod cv;
 mod data;
-mod device;
-mod ensemble;
-mod evaluate;
-mod export;
-mod fetch;
-mod forward;
-mod fsutil;
+mod inspect;
 mod lungs;
+mod machinery;
 mod metrics;
-mod npy;
-mod ood;
-mod parallel;
-mod population;
-mod progress;
-mod report;
+mod model_file;
+mod pretrained;
 mod study;
-mod throughput;
 mod train;
-mod tuning;
-mod weights;
 
 use clap::Parser;
 

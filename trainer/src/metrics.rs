@@ -184,7 +184,7 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Computes every metric. `patients` groups images for the bootstrap (1000 resamples, seeded).
 pub fn compute(probs: &[[f32; NUM_CLASSES]], labels: &[usize], patients: &[String]) -> Metrics {
     // Rows with a partial label (index NUM_CLASSES: pneumonia of unknown pathogen) have no
-    // class to score against; they are reported by `crate::breakdown`.
+    // class to score against; they are reported by `crate::study::breakdown`.
     let keep: Vec<usize> = (0..labels.len())
         .filter(|&i| labels[i] < NUM_CLASSES)
         .collect();

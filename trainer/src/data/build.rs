@@ -265,7 +265,7 @@ fn decode_all(unique: Vec<Candidate>, rejected: &mut Vec<Rejected>) -> Vec<Decod
         .hash_size(16, 16)
         .hash_alg(HashAlg::Gradient)
         .to_hasher();
-    let pb = crate::progress::bar(unique.len() as u64, "decoding");
+    let pb = crate::machinery::progress::bar(unique.len() as u64, "decoding");
     let results: Vec<_> = unique
         .into_par_iter()
         .map(|c| {

@@ -3,14 +3,12 @@
 //! the manifest so that training epochs never decode a full-size image again.
 
 use super::Manifest;
-use crate::train::TrainConfig;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use image::{DynamicImage, GrayImage};
 use pneumoscope::inference::Framed;
 use pneumoscope::lungs::{LungNet, Rect};
 use pneumoscope::model_file::sha256_hex;
-use pneumoscope::preprocess::InputRegion;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -50,28 +48,13 @@ pub enum Framing {
 }
 
 impl Framing {
-    /// The framing of a run's configuration (loads its segmenter).
-    pub fn of(cfg: &TrainConfig) -> Result<Self> {
-        match cfg.region {
-            InputRegion::Whole => Ok(Framing::Whole),
-            InputRegion::Lungs => {
-                let Some(path) = &cfg.lungs else {
-                    bail!("--input lungs needs the lung segmenter (--lungs FILE)");
-                };
-                Self::lungs(path)
-            }
-        }
-    }
-
-    /// Lung-focused framing by the segmenter in `path`.
-    pub fn lungs(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let net = crate::lungs::load(path, &Device::flex())?;
-        Ok(Framing::Lungs {
+    /// Lung-focused framing by `net`, the segmenter read from the file `file` (whose hash
+    /// names the caches).
+    pub fn lungs(net: LungNet, file: &[u8]) -> Self {
+        Framing::Lungs {
             net: Box::new(net),
-            key: sha256_hex(&bytes)[..12].to_string(),
-        })
+            key: sha256_hex(file)[..12].to_string(),
+        }
     }
 
     /// What the caches' names add for this framing (`None` for the whole image).
@@ -113,7 +96,7 @@ pub fn load_or_build(manifest: &Manifest, side: usize, framing: &Framing) -> Res
         }
         tracing::warn!("cache {} has the wrong size, rebuilding", path.display());
     }
-    let pb = crate::progress::bar(manifest.records.len() as u64, "caching");
+    let pb = crate::machinery::progress::bar(manifest.records.len() as u64, "caching");
     let (data, crops) = match framing {
         Framing::Whole => (whole_squares(manifest, side, &pb)?, Vec::new()),
         Framing::Lungs { net, .. } => {
@@ -130,7 +113,7 @@ pub fn load_or_build(manifest: &Manifest, side: usize, framing: &Framing) -> Res
     if framing.key().is_some() {
         write_crops(&crops_path(manifest, framing), &crops)?;
     }
-    crate::fsutil::write_atomic(&path, &data)?;
+    crate::machinery::fsutil::write_atomic(&path, &data)?;
     Ok(SquareCache { side, data })
 }
 
@@ -269,6 +252,6 @@ fn write_crops(path: &Path, crops: &[Crop]) -> Result<()> {
             r.height.to_string(),
         ])?;
     }
-    crate::fsutil::write_atomic(path, &w.into_inner()?)?;
+    crate::machinery::fsutil::write_atomic(path, &w.into_inner()?)?;
     Ok(())
 }

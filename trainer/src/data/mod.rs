@@ -5,8 +5,10 @@
 //! "pneumonia, pathogen unknown" (bacterial or viral, never COVID-19) of collections such as
 //! NIH ChestX-ray14 that do not name the pathogen. Every row also has its [`Population`].
 
+pub mod augment;
 pub mod build;
 pub mod cache;
+pub mod folds;
 pub mod sources;
 
 use anyhow::{Context, Result, bail};

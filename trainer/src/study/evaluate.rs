@@ -1,11 +1,11 @@
 //! `pneumoscope evaluate`: a model file on one split of a manifest → metrics, figures and
 //! reports.
 
-use crate::breakdown::{self, Breakdown};
-use crate::cli::load_engine;
 use crate::data::{Manifest, Split};
 use crate::metrics::{self, Metrics};
-use crate::report::{self, CamEntry, SourceBreakdown};
+use crate::model_file::load_engine;
+use crate::study::breakdown::{self, Breakdown};
+use crate::study::report::{self, CamEntry, SourceBreakdown};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use pneumoscope::ood::OodScore;
@@ -86,7 +86,7 @@ fn classify_rows(
     manifest: &Manifest,
     rows: &[usize],
 ) -> Result<(Vec<Probabilities>, Vec<Option<OodScore>>)> {
-    let pb = crate::progress::bar(rows.len() as u64, "evaluating");
+    let pb = crate::machinery::progress::bar(rows.len() as u64, "evaluating");
     let mut probs: Vec<[f32; NUM_CLASSES]> = Vec::with_capacity(rows.len());
     let mut ood: Vec<Option<OodScore>> = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(32) {
@@ -206,7 +206,7 @@ fn report_title(
     let random = if engine
         .networks
         .iter()
-        .any(|n| n.header.weight_source == crate::weights::RANDOM_INIT)
+        .any(|n| n.header.weight_source == crate::pretrained::weights::RANDOM_INIT)
     {
         " (random-init backbone)"
     } else {
@@ -368,7 +368,7 @@ fn lung_shares(
     let side = engine.input_size();
     let mut groups: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let mut no_lungs = 0;
-    let pb = crate::progress::bar(rows.len() as u64, "lung shares");
+    let pb = crate::machinery::progress::bar(rows.len() as u64, "lung shares");
     for &i in rows {
         let r = &manifest.records[i];
         let p = manifest.resolve(r);
@@ -493,7 +493,7 @@ fn write_predictions(
         w.write_record(&rec)?;
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::fsutil::write_atomic(path, &bytes)
+    crate::machinery::fsutil::write_atomic(path, &bytes)
 }
 
 /// Human-readable summary.

@@ -9,8 +9,8 @@
 //! end the segmenter is evaluated on the held-out pairs at each mask's own size (Dice and IoU
 //! per source, with image-bootstrap intervals) and written as `lungs.pneumoscope`.
 
-use crate::checkpoint::Checkpoints;
-use crate::fsutil::write_atomic;
+use crate::machinery::checkpoint::Checkpoints;
+use crate::machinery::fsutil::write_atomic;
 use crate::metrics::percentile;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Module;
@@ -197,7 +197,7 @@ pub struct LungsConfig {
     pub f16: bool,
 }
 
-/// A run's progress: kept in its checkpoints ([`crate::checkpoint`]), with a copy in
+/// A run's progress: kept in its checkpoints ([`crate::machinery::checkpoint`]), with a copy in
 /// `RUN/state.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -237,7 +237,7 @@ fn saved_decoder(run: &Path) -> Result<Option<SavedDecoder>> {
     if !state_path.exists() {
         return Ok(None);
     }
-    let state: State = crate::fsutil::read_json(&state_path)?;
+    let state: State = crate::machinery::fsutil::read_json(&state_path)?;
     let (d, o) = (
         std::fs::read(run.join(DECODER)),
         std::fs::read(run.join(OPTIMIZER)),
@@ -253,7 +253,7 @@ fn saved_decoder(run: &Path) -> Result<Option<SavedDecoder>> {
                 optimizer: o,
             }))
         }
-        _ => Err(crate::checkpoint::unresumable(run)),
+        _ => Err(crate::machinery::checkpoint::unresumable(run)),
     }
 }
 
@@ -280,7 +280,7 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
         .weights
         .as_deref()
         .context("lungs train: no encoder weights named")?;
-    let loaded = crate::weights::load_backbone(&spec, weights, false, &device)?;
+    let loaded = crate::pretrained::weights::load_backbone(&spec, weights, false, &device)?;
     let Backbone::EfficientNetLite(encoder) = loaded.backbone else {
         bail!("the lung encoder must be {}", lungs::ENCODER);
     };
@@ -299,7 +299,7 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
         decoder: decoder.valid().to_device(&device),
     };
     if cfg.f16 {
-        net = crate::export::to_f16(net);
+        net = crate::machinery::precision::to_f16(net);
     }
     let header = LungsHeader {
         format_version: lungs::LUNGS_FORMAT_VERSION,
@@ -393,7 +393,7 @@ fn encode_views(
     train_idx: &[usize],
     device: &Device,
 ) -> Result<Vec<View>> {
-    let pb = crate::progress::bar(train_idx.len() as u64, "encoding");
+    let pb = crate::machinery::progress::bar(train_idx.len() as u64, "encoding");
     let mut views = Vec::with_capacity(2 * train_idx.len());
     let plane = INPUT_SIDE * INPUT_SIDE;
     for &i in train_idx {
@@ -460,7 +460,7 @@ fn fit_decoder(
     let ad = Device::flex().autodiff();
     ad.seed(cfg.seed);
     let mut decoder = LungDecoder::new(&ad);
-    let mut optim = crate::adam::optimizer(0.0);
+    let mut optim = crate::machinery::adam::optimizer(0.0);
     let store = Checkpoints::new(run, 2);
     let mut state = State::default();
     if resume && let Some(saved) = saved_decoder(run)? {
@@ -775,7 +775,7 @@ pub fn embed(model: &Path, segmenter: &Path, out: &Path) -> Result<serde_json::V
     let x = probe_input(&device);
     let (k, d) = shared_encoder(&engine, &seg, x.clone())
         .map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    let decoder = crate::export::to_f16(seg.decoder.clone())
+    let decoder = crate::machinery::precision::to_f16(seg.decoder.clone())
         .to_bytes()
         .map_err(|e| anyhow!("{e}"))?;
     let section = lungs::LungsSection {
@@ -976,7 +976,7 @@ pub fn shapes(
         *k += 1;
         limit.is_none_or(|l| *k <= l)
     });
-    let bar = crate::progress::bar(jobs.len() as u64, "lung shapes");
+    let bar = crate::machinery::progress::bar(jobs.len() as u64, "lung shapes");
     let mut groups: BTreeMap<String, ShapeGroup> = BTreeMap::new();
     let mut rows = Vec::new();
     for (group, path) in &jobs {

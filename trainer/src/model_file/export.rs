@@ -1,13 +1,14 @@
 //! `pneumoscope export`: a finished run → one self-describing model file.
 
-use crate::calibrate;
 use crate::data::Manifest;
+use crate::machinery::precision::to_f16;
+use crate::model_file::calibrate;
 use crate::train::TrainConfig;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, DType};
+use burn::tensor::Bytes;
 use pneumoscope::arch;
 use pneumoscope::lungs::LungsFile;
 use pneumoscope::model::Classifier;
@@ -40,19 +41,19 @@ pub struct ExportOptions {
 impl Default for ExportOptions {
     /// The command line's defaults.
     fn default() -> Self {
-        crate::commands::defaults(&[])
+        crate::machinery::args::defaults(&[])
     }
 }
 
 /// Packs `RUN/model.bpk` with its description into a model file at `out`.
 pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
-    let cfg: TrainConfig = serde_json::from_value(crate::fsutil::read_json::<serde_json::Value>(
-        &run.join("config.json"),
-    )?)
+    let cfg: TrainConfig = serde_json::from_value(crate::machinery::fsutil::read_json::<
+        serde_json::Value,
+    >(&run.join("config.json"))?)
     .with_context(|| format!("{}: not a training run", run.display()))?;
     let spec = arch::find(&cfg.arch)?;
     let device = Device::flex();
-    let framing = crate::data::cache::Framing::of(&cfg)?;
+    let framing = cfg.framing()?;
     let mut model = load_run_model(run, &spec, &device)?;
     let mut calibration = serde_json::Value::Null;
     if o.calibrate {
@@ -66,8 +67,10 @@ pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
     let mut header = ModelHeader {
         training: run_training(run, &cfg),
         data: run_data(&cfg),
-        metrics: crate::fsutil::read_json::<serde_json::Value>(&run.join("metrics.json"))
-            .unwrap_or(serde_json::Value::Null),
+        metrics: crate::machinery::fsutil::read_json::<serde_json::Value>(
+            &run.join("metrics.json"),
+        )
+        .unwrap_or(serde_json::Value::Null),
         extra: serde_json::json!({ "tta": o.tta, "calibration": calibration }),
         ..header(
             &spec,
@@ -81,7 +84,7 @@ pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
     if o.ood {
         fit_ood(&mut file, &cfg, &spec, &framing, &device)?;
     }
-    crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    crate::machinery::fsutil::write_atomic(out, &file.to_bytes())?;
     if let (InputRegion::Lungs, Some(segmenter)) = (cfg.region, &cfg.lungs) {
         // Lung-focused input needs the segmenter beside the network at inference; it shares
         // an EfficientNet-Lite0 backbone, so another network gets it in an ensemble with one.
@@ -195,9 +198,9 @@ fn fit_ood(
         "the out-of-distribution statistics need the run's training data (or pass --no-ood)",
     )?;
     let exported = file.load_classifier(device)?;
-    let pooled = crate::ood::pooled(&exported, spec, &manifest, framing, device)?;
-    file.header.ood = Some(crate::ood::fit(&pooled)?);
-    let population = crate::population::fit(&pooled, &manifest)?;
+    let pooled = crate::model_file::ood::pooled(&exported, spec, &manifest, framing, device)?;
+    file.header.ood = Some(crate::model_file::ood::fit(&pooled)?);
+    let population = crate::model_file::population::fit(&pooled, &manifest)?;
     eprintln!("population estimate: {}", population.fit);
     file.header.population = Some(population);
     Ok(())
@@ -227,10 +230,10 @@ pub fn untrained(
 ) -> Result<ModelHeader> {
     let device = Device::flex();
     let loaded = match weights {
-        Some(w) => crate::weights::load_backbone(spec, w, false, &device)?,
-        None => crate::weights::LoadedBackbone {
+        Some(w) => crate::pretrained::weights::load_backbone(spec, w, false, &device)?,
+        None => crate::pretrained::weights::LoadedBackbone {
             backbone: spec.build_backbone(false, &device).valid(),
-            source: crate::weights::RANDOM_INIT.to_string(),
+            source: crate::pretrained::weights::RANDOM_INIT.to_string(),
         },
     };
     let mut model = Classifier {
@@ -249,29 +252,8 @@ pub fn untrained(
         ..header(spec, f16, loaded.source)
     };
     let file = ModelFile::from_classifier(header, model)?;
-    crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    crate::machinery::fsutil::write_atomic(out, &file.to_bytes())?;
     Ok(file.header)
-}
-
-/// Casts every float parameter to f16 except batch-norm statistics and affine terms, which
-/// stay in f32 (their ranges and precision matter more than their size).
-/// The module with every weight of two or more dimensions stored in half precision (biases
-/// and batch-norm vectors stay f32).
-pub(crate) fn to_f16<M: Module>(model: M) -> M {
-    struct Half;
-    impl burn::module::ModuleMapper for Half {
-        fn map_float<const D: usize>(
-            &mut self,
-            param: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            if D >= 2 {
-                param.map(|t| t.cast(DType::F16))
-            } else {
-                param
-            }
-        }
-    }
-    model.map(&mut Half)
 }
 
 /// `pneumoscope upgrade`: reads a model file of any format this build knows (one network, an
@@ -296,6 +278,6 @@ pub fn upgrade(input: &Path, out: &Path) -> Result<(Format, u32)> {
             format.kind
         );
     }
-    crate::fsutil::write_atomic(out, &written)?;
+    crate::machinery::fsutil::write_atomic(out, &written)?;
     Ok((format, back.version))
 }

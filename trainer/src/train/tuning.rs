@@ -9,11 +9,11 @@
 //!   (layer-wise decay), through Burn's per-parameter learning rates
 //!   ([`ModuleLearningRate`]).
 //! - **Warm-up**, then the run's schedule ([`lr_at`]); **decoupled weight decay** (AdamW, in
-//!   [`crate::adam`]); **early stopping** on validation macro-F1.
+//!   [`crate::machinery::adam`]); **early stopping** on validation macro-F1.
 //! - **Batch norm** trained, or frozen: its statistics fixed at ImageNet's and its scale and
 //!   shift not trained ([`freeze_batch_norms`]).
 
-use crate::train::{Fold, Schedule, TrainConfig};
+use super::config::*;
 use anyhow::{Context, Result, bail};
 use burn::module::{Flag, Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
@@ -22,84 +22,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use pneumoscope::arch::ArchSpec;
 use pneumoscope::model::{Classifier, Head};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// Batch-norm layers of the backbone while it is trained.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BatchNorm {
-    /// Batch statistics in training, running statistics updated, scale and shift trained.
-    #[default]
-    Train,
-    /// Running statistics kept as they are (ImageNet's), scale and shift not trained.
-    Frozen,
-}
-
-/// The fine-tuning settings of a run (flattened into `train`'s options and `config.json`; a
-/// run of an earlier version, which has none of them, reads as the defaults, which change
-/// nothing).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(default)]
-pub struct FineTuning {
-    /// LP-FT: start the head from a frozen run's trained head instead of a random one. A run
-    /// folder (`RUN/model.bpk`), a cross-validation folder (each fold takes its own
-    /// `fold-K/model.bpk`, trained on the same folds) or a `model.bpk`.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_head: Option<PathBuf>,
-    /// The backbone's learning rate as a fraction of `--lr` (the head's).
-    #[arg(long, default_value_t = 1.0, value_parser = nonnegative)]
-    pub backbone_lr_scale: f64,
-    /// Layer-wise decay (EfficientNet-Lite): block `i` of `n` trains at `d^(n-1-i)` times the
-    /// backbone's rate, the stem at `d^n`, the head convolution at the backbone's rate.
-    #[arg(long, default_value_t = 1.0, value_parser = unit_interval)]
-    pub layer_decay: f64,
-    /// Linear warm-up from 0 over this many epochs (fractions allowed), then the schedule over
-    /// the remaining steps.
-    #[arg(long, default_value_t = 0.0, value_parser = nonnegative)]
-    pub warmup_epochs: f64,
-    /// Decoupled weight decay (AdamW) of the weights of rank 2 and more (convolutions and
-    /// linear layers; biases and batch norms are not decayed).
-    #[arg(long, default_value_t = 0.0, value_parser = nonnegative)]
-    pub weight_decay: f64,
-    /// Early stopping: stop when validation macro-F1 has not improved for this many epochs
-    /// (the best epoch's model is kept, as always).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patience: Option<usize>,
-    /// Batch norm of the trained backbone layers: `train` or `frozen`.
-    #[arg(long, value_enum, default_value = "train")]
-    pub bn: BatchNorm,
-}
-
-impl Default for FineTuning {
-    fn default() -> Self {
-        Self {
-            init_head: None,
-            backbone_lr_scale: 1.0,
-            layer_decay: 1.0,
-            warmup_epochs: 0.0,
-            weight_decay: 0.0,
-            patience: None,
-            bn: BatchNorm::Train,
-        }
-    }
-}
-
-fn nonnegative(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("'{s}' is not a number ≥ 0")),
-    }
-}
-
-fn unit_interval(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
-        _ => Err(format!("'{s}' is not in (0, 1]")),
-    }
-}
 
 /// The learning rate at `step` (0-based) of `total`: a linear warm-up over the first `warmup`
 /// steps (from `base/warmup` to `base`), then `schedule` over the rest.
@@ -230,8 +153,8 @@ pub fn head_source(from: &Path, arch: &str, fold: Option<Fold>) -> Result<PathBu
         );
     }
     let cfg_path = run.join("config.json");
-    let theirs: TrainConfig =
-        crate::fsutil::read_json(&cfg_path).context("--init-head: its run's configuration")?;
+    let theirs: TrainConfig = crate::machinery::fsutil::read_json(&cfg_path)
+        .context("--init-head: its run's configuration")?;
     if theirs.arch != arch {
         bail!(
             "--init-head {}: that run trained {}, this one trains {arch}",
@@ -395,7 +318,7 @@ mod tests {
         };
         let groups = LrGroups::new(&cfg, &spec, blocks).unwrap();
         let before = model.clone().valid();
-        let mut optim = crate::adam::optimizer(cfg.weight_decay);
+        let mut optim = crate::machinery::adam::optimizer(cfg.weight_decay);
         let x = Tensor::<4>::random(
             [2, 3, 224, 224],
             burn::tensor::Distribution::Default,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The PyTorch reference script (shipped with the trainer, run in the test-only venv).
-const TORCH_SCRIPT: &str = include_str!("../python/bench_torch.py");
+const TORCH_SCRIPT: &str = include_str!("../../python/bench_torch.py");
 
 /// Options of `bench`.
 #[derive(Clone, Debug, clap::Args)]
@@ -116,7 +116,7 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
     let python = o.reference_python()?;
     let spec = arch::find(&o.arch)?;
     let s = spec.input.crop;
-    let device = crate::device::parse(&o.device)?;
+    let device = crate::machinery::device::parse(&o.device)?;
     let [
         burn_inference_img_s,
         burn_inference_folded_img_s,
@@ -185,7 +185,7 @@ fn training(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f
     let s = spec.input.crop;
     let ad = device.clone().autodiff();
     let mut trainable = Classifier::new(spec, &ad);
-    let mut optim = crate::adam::optimizer(0.0);
+    let mut optim = crate::machinery::adam::optimizer(0.0);
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let xa = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
     let y = Tensor::<1, Int>::from_data(
@@ -219,7 +219,7 @@ fn frozen_protocol(
     let ad = device.clone().autodiff();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let mut head = Head::new(spec, &ad);
-    let mut hopt = crate::adam::optimizer(0.0);
+    let mut hopt = crate::machinery::adam::optimizer(0.0);
     let [c, h, w] = spec.head_shape;
     let feats = Tensor::<4>::random([100, c, h, w], Distribution::Default, &ad);
     let y100 = Tensor::<1, Int>::from_data(

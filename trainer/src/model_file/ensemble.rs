@@ -51,7 +51,7 @@ pub fn build(
     if let Some(data) = data {
         file.header.metrics = evaluate_packed(&file, out, data)?;
     }
-    crate::fsutil::write_atomic(out, &file.to_bytes())?;
+    crate::machinery::fsutil::write_atomic(out, &file.to_bytes())?;
     Ok(file)
 }
 
@@ -87,10 +87,10 @@ fn read_members(members: &[PathBuf]) -> Result<Vec<ModelFile>> {
 /// copy written beside `out`, exactly as every verb will load it.
 fn evaluate_packed(file: &EnsembleFile, out: &Path, data: &Path) -> Result<serde_json::Value> {
     let tmp = out.with_extension("evaluating");
-    crate::fsutil::write_atomic(&tmp, &file.to_bytes())?;
+    crate::machinery::fsutil::write_atomic(&tmp, &file.to_bytes())?;
     let mut metrics = serde_json::Map::new();
     for split in [Split::Val, Split::Test] {
-        let options = crate::evaluate::EvaluateOptions {
+        let options = crate::study::evaluate::EvaluateOptions {
             model: tmp.clone(),
             data: data.to_path_buf(),
             split,
@@ -98,7 +98,7 @@ fn evaluate_packed(file: &EnsembleFile, out: &Path, data: &Path) -> Result<serde
             tta: false,
             lungs: None,
         };
-        let e = crate::evaluate::on_split(&options, &Device::flex());
+        let e = crate::study::evaluate::on_split(&options, &Device::flex());
         let e = e.inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;

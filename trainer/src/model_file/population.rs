@@ -4,7 +4,7 @@
 //! and the training images per class and population.
 
 use crate::data::{Manifest, Population};
-use crate::ood::Pooled;
+use crate::model_file::ood::Pooled;
 use anyhow::{Result, bail};
 use pneumoscope::NUM_CLASSES;
 use pneumoscope::population::{MIN_TRAINING_IMAGES, PopulationModel, counts_map};

@@ -1,8 +1,9 @@
 //! Evaluation reports: the confusion-matrix figure, `report.md`, `report.html` with a Grad-CAM
 //! panel, and the per-source breakdown that exposes the paediatric-vs-adult shortcut.
 
-use crate::breakdown::Breakdown;
 use crate::metrics::Metrics;
+use crate::study::breakdown::Breakdown;
+use crate::study::table::{Table, esc};
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -180,52 +181,6 @@ pub struct CamEntry {
 /// Per-source rows: source → (n, accuracy, predicted-class counts).
 pub type SourceBreakdown = Vec<(String, usize, f64, [usize; NUM_CLASSES])>;
 
-/// A table as its header and rows of cells: one row model, rendered into Markdown and into
-/// HTML (cells escaped).
-pub struct Table {
-    /// Column names.
-    pub header: Vec<String>,
-    /// Rows of cells, as many as the header has columns.
-    pub rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    /// A table with these column names and no rows yet.
-    pub fn new(header: &[&str]) -> Self {
-        Table {
-            header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// A GitHub-flavoured Markdown table, ending in a newline.
-    pub fn markdown(&self) -> String {
-        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
-        let mut s = line(&self.header);
-        s += &format!("|{}\n", "---|".repeat(self.header.len()));
-        for r in &self.rows {
-            s += &line(r);
-        }
-        s
-    }
-
-    /// An HTML `<table>`, header cells as `<th>`.
-    pub fn html(&self) -> String {
-        let row = |cells: &[String], tag: &str| {
-            let cells: String = cells
-                .iter()
-                .map(|c| format!("<{tag}>{}</{tag}>", esc(c)))
-                .collect();
-            format!("<tr>{cells}</tr>")
-        };
-        let mut s = format!("<table>{}", row(&self.header, "th"));
-        for r in &self.rows {
-            s += &row(r, "td");
-        }
-        s + "</table>"
-    }
-}
-
 /// The headline figures: images, patients, accuracy and macro-F1 with their patient-bootstrap
 /// intervals, the weighted figures, macro ROC-AUC and the calibration error.
 fn summary_table(m: &Metrics) -> Table {
@@ -344,7 +299,7 @@ impl Report<'_> {
         );
         s += &format!(
             "## Children and adults\n\n{CHILDREN_AND_ADULTS}\n\n{}\n",
-            crate::breakdown::markdown(self.by_population)
+            crate::study::breakdown::markdown(self.by_population)
         );
         s += &format!("## Per class\n\n{}", per_class_table(m).markdown());
         s += &format!(
@@ -384,7 +339,7 @@ impl Report<'_> {
         s += &format!(
             "<h2>Children and adults</h2><p>{}</p>{}",
             esc(CHILDREN_AND_ADULTS),
-            crate::breakdown::html(self.by_population)
+            crate::study::breakdown::html(self.by_population)
         );
         s += &format!("<h2>Per class</h2>{}", per_class_table(m).html());
         s += "<h2>Confusion matrix</h2><img src=\"confusion_matrix.png\" alt=\"confusion matrix, counts and row-normalised\">";
@@ -412,12 +367,6 @@ impl Report<'_> {
         s += "</body></html>\n";
         s
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// What the "Children and adults" section says before its tables.

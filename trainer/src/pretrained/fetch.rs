@@ -219,7 +219,7 @@ fn copy_body(
     start: u64,
     total: Option<u64>,
 ) -> Result<u64> {
-    let pb = crate::progress::bytes_bar(total.unwrap_or(0), url);
+    let pb = crate::machinery::progress::bytes_bar(total.unwrap_or(0), url);
     pb.set_position(start);
     let mut buf = vec![0u8; 1 << 16];
     let mut got = start;
@@ -246,4 +246,31 @@ fn copy_body(
     file.sync_all()?;
     pb.finish_and_clear();
     Ok(got)
+}
+
+/// The weights a training run starts from: the given file, else the cached published file,
+/// else nothing when random initialisation is allowed.
+pub fn resolve_weights(
+    arch: &str,
+    given: Option<PathBuf>,
+    allow_random: bool,
+) -> Result<Option<PathBuf>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let spec = pneumoscope::arch::find(arch)?;
+    let cache = default_cache();
+    if let Some(p) = cached(&spec, &cache) {
+        return Ok(Some(p));
+    }
+    if allow_random {
+        return Ok(None);
+    }
+    anyhow::bail!(
+        "no ImageNet weights for {arch}: {} is not in {} — run `pneumoscope weights fetch {arch}` \
+         (or pass --weights FILE); to train from random initialisation instead, pass \
+         --allow-random-init",
+        spec.weights.file,
+        cache.display()
+    )
 }

@@ -1,24 +1,11 @@
 //! `predict` and `gradcam`: a model file applied to image files.
 
+use crate::model_file::load_engine;
 use anyhow::{Context, Result, anyhow};
 use burn::prelude::*;
 use pneumoscope::Class;
 use pneumoscope::gradcam;
-use pneumoscope::inference::Engine;
 use std::path::Path;
-
-/// Loads a model file with a message naming it on failure. A file of an earlier format,
-/// whose header carries no checksum, is loaded with a warning on stderr that says so.
-pub fn load_engine(path: &Path, device: &Device) -> Result<Engine> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read model file {}", path.display()))?;
-    let engine =
-        Engine::load(&bytes, device.clone()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    if let Some(notice) = engine.notice() {
-        eprintln!("warning: {}: {notice}", path.display());
-    }
-    Ok(engine)
-}
 
 /// One JSON line per image on stdout; unreadable images are reported on stderr. Returns the
 /// number of failures.
@@ -89,7 +76,7 @@ pub fn gradcam(
     let heat = cam.at_side(side);
     let mut picture = gradcam::overlay(&view, &heat, 0.45);
     let npy = out.with_extension("npy");
-    crate::npy::write_f32(&npy, &[cam.height, cam.width], &cam.values)?;
+    crate::machinery::npy::write_f32(&npy, &[cam.height, cam.width], &cam.values)?;
     let mut line = serde_json::json!({
         "file": image.display().to_string(),
         "class": cam.class,
@@ -121,10 +108,10 @@ pub fn gradcam(
         let heat_npy = stem.with_extension("heat.npy");
         let lungs_npy = stem.with_extension("lungs.npy");
         let mask_npy = stem.with_extension("mask.npy");
-        crate::npy::write_f32(&heat_npy, &[side, side], &heat)?;
+        crate::machinery::npy::write_f32(&heat_npy, &[side, side], &heat)?;
         let dilated = mask.on_crop(input, side, pneumoscope::lungs::SHARE_DILATION);
-        crate::npy::write_f32(&lungs_npy, &[side, side], &dilated)?;
-        crate::npy::write_f32(&mask_npy, &[side, side], &crop)?;
+        crate::machinery::npy::write_f32(&lungs_npy, &[side, side], &dilated)?;
+        crate::machinery::npy::write_f32(&mask_npy, &[side, side], &crop)?;
         line["lung_share"] = serde_json::json!(share);
         line["lung_area"] = serde_json::json!(mask.area_fraction());
         let shape = mask.shape();

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{read_json, write_atomic};
+use crate::machinery::fsutil::{read_json, write_atomic};
 
 /// The folder of a run's checkpoints.
 pub const DIR: &str = "checkpoints";

@@ -3,7 +3,7 @@
 //! with what each setting costs (seconds per epoch, one-time feature extraction, peak memory),
 //! and a figure of validation macro-F1 per epoch (mean over folds, and their range).
 
-use crate::fsutil::read_json;
+use crate::machinery::fsutil::read_json;
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -146,7 +146,7 @@ pub fn write(settings: &[Setting], only: Option<&[usize]>, out: &Path) -> Result
         .collect::<Result<_>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let table = markdown(&rows);
-    crate::fsutil::write_atomic(&out.join("study.md"), table.as_bytes())?;
+    crate::machinery::fsutil::write_atomic(&out.join("study.md"), table.as_bytes())?;
     curves_png(&rows, &out.join("val-macro-f1.png"))?;
     Ok(table)
 }
@@ -204,7 +204,7 @@ const PALETTE: [RGBColor; 8] = [
 /// Validation macro-F1 per epoch: each setting's mean over its folds as a line, the folds'
 /// range as a band.
 fn curves_png(rows: &[Read], path: &Path) -> Result<()> {
-    crate::report::ensure_font()?;
+    crate::study::report::ensure_font()?;
     let err = |e: &dyn std::fmt::Debug| anyhow!("{path:?}: {e:?}");
     let epochs = rows
         .iter()

@@ -5,7 +5,7 @@
 
 use crate::data::{Label, PNEUMONIA_UNKNOWN, Population};
 use crate::metrics::{self, Interval, Metrics, argmax, percentile};
-use crate::report::Table;
+use crate::study::table::Table;
 use pneumoscope::{Class, NUM_CLASSES};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,8 +1,8 @@
 //! `pneumoscope forward`: raw logits of a preprocessed NCHW float32 tensor, the parity tool for
 //! checking a port against PyTorch.
 
-use crate::npy;
-use crate::weights;
+use crate::machinery::npy;
+use crate::pretrained::weights;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use pneumoscope::arch::{self, global_avg_pool};

@@ -5,6 +5,7 @@
 //! CSV, HTML), a grid of confusion matrices and a grid of Grad-CAMs of the same test images.
 
 use crate::data::Split;
+use crate::study::table::esc;
 use crate::train::{Mode, Optimisation, TrainConfig};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -94,7 +95,7 @@ pub struct ArchResult {
 
 impl ArchResult {
     fn random_init(&self) -> bool {
-        self.weight_source == crate::weights::RANDOM_INIT
+        self.weight_source == crate::pretrained::weights::RANDOM_INIT
     }
 }
 
@@ -222,17 +223,17 @@ fn run_one(o: &BenchmarkOptions, data: &Path, out: &Path, spec: &ArchSpec) -> Re
         train_arch(o, data, spec, &run_dir)?;
     }
     std::fs::create_dir_all(model_path.parent().unwrap())?;
-    let header = crate::export::pack(
+    let header = crate::model_file::export::pack(
         &run_dir,
         &model_path,
-        &crate::export::ExportOptions {
+        &crate::model_file::export::ExportOptions {
             ood: false,
             ..Default::default()
         },
     )?;
-    let device = crate::device::parse_list(&o.optimisation.device)?.swap_remove(0);
-    let e = crate::evaluate::on_split(
-        &crate::evaluate::EvaluateOptions {
+    let device = crate::machinery::device::parse_list(&o.optimisation.device)?.swap_remove(0);
+    let e = crate::study::evaluate::on_split(
+        &crate::study::evaluate::EvaluateOptions {
             model: model_path.clone(),
             data: data.to_path_buf(),
             split: Split::Test,
@@ -272,7 +273,10 @@ fn run_one(o: &BenchmarkOptions, data: &Path, out: &Path, spec: &ArchSpec) -> Re
         gradcam_images: gradcams.iter().map(|g| g.1.clone()).collect(),
         gradcams: gradcams.into_iter().map(|g| g.0).collect(),
     };
-    crate::fsutil::write_atomic(&result_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    crate::machinery::fsutil::write_atomic(
+        &result_path,
+        serde_json::to_string_pretty(&r)?.as_bytes(),
+    )?;
     Ok(r)
 }
 
@@ -283,7 +287,7 @@ fn train_arch(o: &BenchmarkOptions, data: &Path, spec: &ArchSpec, run_dir: &Path
     let weights = if resume {
         None // the run's config.json names them
     } else {
-        crate::commands::resolve_weights(spec.name, None, o.allow_random_init)?
+        crate::pretrained::fetch::resolve_weights(spec.name, None, o.allow_random_init)?
     };
     let cfg = TrainConfig {
         data: data.to_path_buf(),
@@ -312,7 +316,7 @@ fn gradcam_panel(eval_dir: &Path, eval_rel: &str) -> Vec<(String, String)> {
 /// Images per second of the exported model on the Burn CPU backend (batch 16, after one
 /// warm-up batch, best of three timed batches).
 fn throughput(model: &Path) -> Result<(f64, usize)> {
-    let engine = crate::cli::load_engine(model, &Device::flex())?;
+    let engine = crate::model_file::load_engine(model, &Device::flex())?;
     let batch = 16;
     let x = vec![engine.blank_input(); batch];
     engine.classify_batch(&x)?;
@@ -532,12 +536,6 @@ fn markdown(results: &[ArchResult]) -> String {
     s
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 fn html(results: &[ArchResult]) -> String {
     let (head, body) = rows(results);
     let mut s = String::from(
@@ -605,7 +603,7 @@ fn gradcam_grid(out: &Path, results: &[ArchResult]) -> Result<()> {
     let (cell, label, top) = (160u32, 190u32, 28u32);
     let (w, h) = (label + cell * cols, top + cell * results.len() as u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
-    crate::report::ensure_font()?;
+    crate::study::report::ensure_font()?;
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         // Column headers: the true class of each test image (overlays are named CLASS-k.png).

@@ -1,6 +1,6 @@
 //! Choosing the compute devices: the pure-Rust CPU backend (Flex, multi-threaded) by default,
 //! Vulkan or CUDA when the trainer was built with the `vulkan` or `cuda` feature. A list of
-//! devices (`cuda:0,cuda:1`) is what data-parallel training runs on (see [`crate::parallel`]).
+//! devices (`cuda:0,cuda:1`) is what data-parallel training runs on (see [`crate::machinery::parallel`]).
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;

@@ -2,74 +2,15 @@
 //! fold assignment, one training run per fold, and the summary across folds that settings and
 //! ensemble members are chosen by. The test split takes no part.
 
-use crate::breakdown::{self, Breakdown, Row};
-use crate::data::build::{UnionFind, unit_stratum};
-use crate::data::{Label, Manifest, Population, Split};
-use crate::fsutil::write_atomic;
+use crate::data::{Label, Manifest, Population};
+use crate::machinery::fsutil::write_atomic;
+use crate::study::breakdown::{self, Breakdown, Row};
 use crate::train::{self, Fold, TrainConfig};
 use anyhow::{Context, Result, bail};
 use pneumoscope::NUM_CLASSES;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The fold of each manifest row: `Some(k)` for train and val rows, `None` for test rows. All
-/// images of a patient, and of patients joined by a duplicate group, share a fold; within each
-/// stratum (label x population, as in `data build`) units are shuffled and each goes to the
-/// fold that holds the fewest images of that stratum so far.
-pub fn folds(manifest: &Manifest, k: usize, seed: u64) -> Vec<Option<usize>> {
-    let recs = &manifest.records;
-    let pool: Vec<usize> = (0..recs.len())
-        .filter(|&i| recs[i].split != Split::Test)
-        .collect();
-    // Units: union of patient and duplicate group.
-    let mut sets = UnionFind::new(recs.len());
-    let mut first: HashMap<String, usize> = HashMap::new();
-    for &i in &pool {
-        let r = &recs[i];
-        let mut keys = vec![format!("p:{}", r.patient)];
-        if !r.dup_group.is_empty() {
-            keys.push(format!("d:{}", r.dup_group));
-        }
-        for key in keys {
-            match first.get(&key) {
-                Some(&j) => sets.union(i, j),
-                None => {
-                    first.insert(key, i);
-                }
-            }
-        }
-    }
-    let mut units: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for &i in &pool {
-        units.entry(sets.find(i)).or_default().push(i);
-    }
-    let strata: Vec<(Label, Population)> = recs.iter().map(|r| (r.label, r.population())).collect();
-    let mut by_stratum: BTreeMap<(Label, Population), Vec<Vec<usize>>> = BTreeMap::new();
-    for members in units.into_values() {
-        by_stratum
-            .entry(unit_stratum(&strata, &members))
-            .or_default()
-            .push(members);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = vec![None; recs.len()];
-    for units in by_stratum.values_mut() {
-        units.shuffle(&mut rng);
-        let mut load = vec![0usize; k];
-        for u in units.iter() {
-            let f = (0..k).min_by_key(|&f| (load[f], f)).expect("k >= 1");
-            load[f] += u.len();
-            for &m in u {
-                out[m] = Some(f);
-            }
-        }
-    }
-    out
-}
 
 /// Where the folds keep their backbone outputs: beside the manifest, under a key of everything
 /// they depend on (the manifest's images, architecture, mode's cut, weights, augmentation,
