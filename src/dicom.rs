@@ -32,7 +32,7 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// Returns where the data set starts when it is written in implicit VR although the transfer
 /// syntax says explicit VR little endian (some exporters do this; pydicom reads such files with
 /// a warning, dicom-rs reads the first element's value as a length and loses its place).
-fn check_lengths(bytes: &[u8]) -> std::result::Result<Option<usize>, String> {
+fn check_lengths(bytes: &[u8]) -> Checked<Option<usize>> {
     let w = Walker { bytes };
     // File meta group, as dicom-object reads it: (0002,0000) UL 4 gives the group length, then
     // explicit-VR little-endian elements until that many bytes are read.
@@ -134,7 +134,7 @@ impl Walker<'_> {
     }
 
     /// Walks the file meta group; returns where the data set starts and the transfer syntax.
-    fn meta_group(&self) -> std::result::Result<(usize, String), String> {
+    fn meta_group(&self) -> Checked<(usize, String)> {
         let bytes = self.bytes;
         let group_len = self.u32_at(140, false) as usize;
         let mut pos = 144;
@@ -146,11 +146,11 @@ impl Walker<'_> {
             };
             pos += header;
             if len as usize > bytes.len() - pos {
-                return Err(self.too_long(
+                return Err(Corrupt(self.too_long(
                     format!("meta element ({:04X},{:04X})", tag.0, tag.1),
                     len,
                     pos,
-                ));
+                )));
             }
             if tag == (0x0002, 0x0010) {
                 ts = String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned();
@@ -161,12 +161,7 @@ impl Walker<'_> {
     }
 
     /// Walks the data set from `pos`, into sequences and items, checking every value length.
-    fn data_set(
-        &self,
-        mut pos: usize,
-        explicit: bool,
-        big: bool,
-    ) -> std::result::Result<(), String> {
+    fn data_set(&self, mut pos: usize, explicit: bool, big: bool) -> Checked<()> {
         let bytes = self.bytes;
         let mut encapsulated = false;
         while pos + 8 <= bytes.len() {
@@ -177,7 +172,7 @@ impl Walker<'_> {
                 pos += 8;
                 if element == 0xE000 && len != UNDEFINED {
                     if len as usize > bytes.len() - pos {
-                        return Err(self.too_long("an item".into(), len, pos));
+                        return Err(Corrupt(self.too_long("an item".into(), len, pos)));
                     }
                     if encapsulated {
                         pos += len as usize; // a compressed fragment: not elements
@@ -202,11 +197,11 @@ impl Walker<'_> {
                 continue;
             }
             if len as usize > bytes.len() - pos {
-                return Err(self.too_long(
+                return Err(Corrupt(self.too_long(
                     format!("element ({group:04X},{element:04X})"),
                     len,
                     pos,
-                ));
+                )));
             }
             check_value_size(vr, len, (group, element))?;
             // Walk into sequences (their items hold elements); skip any other value.
@@ -222,11 +217,7 @@ impl Walker<'_> {
 
 /// A binary value whose length is not a whole number of values: the reader consumes only the
 /// whole ones and loses its place in the file (found by fuzzing).
-fn check_value_size(
-    vr: Option<[u8; 2]>,
-    len: u32,
-    (group, element): (u16, u16),
-) -> std::result::Result<(), String> {
+fn check_value_size(vr: Option<[u8; 2]>, len: u32, (group, element): (u16, u16)) -> Checked<()> {
     let size = match vr.as_ref().map(|v| &v[..]) {
         Some(b"SS" | b"US" | b"OW") => 2,
         Some(b"FL" | b"SL" | b"UL" | b"AT" | b"OF" | b"OL") => 4,
@@ -234,9 +225,9 @@ fn check_value_size(
         _ => 1,
     };
     if !len.is_multiple_of(size) {
-        return Err(format!(
+        return Err(Corrupt(format!(
             "element ({group:04X},{element:04X}) has {len} bytes, not a multiple of its value size {size}"
-        ));
+        )));
     }
     Ok(())
 }
@@ -254,16 +245,11 @@ fn ybr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 
 /// An uncompressed YBR_FULL_422 frame (`Y1 Y2 Cb Cr` for every two pixels of a row, 8 bits) as
 /// RGB.
-fn ybr_full_422_to_rgb(
-    data: &[u8],
-    cols: u32,
-    rows: u32,
-    bits: u32,
-) -> std::result::Result<DynamicImage, String> {
+fn ybr_full_422_to_rgb(data: &[u8], cols: u32, rows: u32, bits: u32) -> Checked<DynamicImage> {
     if bits != 8 || !cols.is_multiple_of(2) {
-        return Err(format!(
+        return Err(Corrupt(format!(
             "unsupported pixel description (YBR_FULL_422 of {bits} bits and {cols} columns; 8 bits and an even number of columns are read)"
-        ));
+        )));
     }
     let mut rgb = Vec::with_capacity(cols as usize * rows as usize * 3);
     for quad in data.chunks_exact(4) {
@@ -272,7 +258,7 @@ fn ybr_full_422_to_rgb(
     }
     image::RgbImage::from_raw(cols, rows, rgb)
         .map(DynamicImage::ImageRgb8)
-        .ok_or_else(|| "a YBR_FULL_422 frame of the wrong size".to_string())
+        .ok_or_else(|| "a YBR_FULL_422 frame of the wrong size".into())
 }
 
 /// Transfer syntax UIDs of JPEG baseline (8 bits) and extended.
@@ -284,12 +270,7 @@ const JPEG_LOSSY: [&str; 2] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51
 /// decides: RGB is kept, YBR_FULL and YBR_FULL_422 are converted. (jpeg-decoder 0.3, which
 /// dicom-transfer-syntax-registry 0.10 uses, lets component identifiers 1, 2, 3 outrank the
 /// Adobe marker and guesses YCbCr for an RGB stream without markers.)
-fn colour_jpeg(
-    data: &[u8],
-    photometric: &str,
-    cols: u32,
-    rows: u32,
-) -> std::result::Result<DynamicImage, String> {
+fn colour_jpeg(data: &[u8], photometric: &str, cols: u32, rows: u32) -> Checked<DynamicImage> {
     // FF EE, a 2-byte length, "Adobe", version (2), flags (2 + 2), transform (1). A shorter
     // marker carries no transform and is ignored, as libjpeg ignores it.
     let adobe = data
@@ -316,10 +297,10 @@ fn colour_jpeg(
     if info.pixel_format != jpeg_decoder::PixelFormat::RGB24
         || (info.width as u32, info.height as u32) != (cols, rows)
     {
-        return Err(format!(
+        return Err(Corrupt(format!(
             "the JPEG stream holds a {}x{} {:?} image, the file declares {cols}x{rows} RGB",
             info.width, info.height, info.pixel_format
-        ));
+        )));
     }
     if ybr {
         for p in rgb.chunks_exact_mut(3) {
@@ -328,7 +309,7 @@ fn colour_jpeg(
     }
     image::RgbImage::from_raw(cols, rows, rgb)
         .map(DynamicImage::ImageRgb8)
-        .ok_or_else(|| "a JPEG frame of the wrong size".to_string())
+        .ok_or_else(|| "a JPEG frame of the wrong size".into())
 }
 
 /// The VOI transform: the file's first VOI LUT or window, else a min-max normalisation.
@@ -368,14 +349,17 @@ const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// Checks an RLE Lossless frame (DICOM PS3.5 annex G): a 64-byte header with the number of
 /// segments and their offsets, then `segments` PackBits streams that must each decode to at
 /// least `pixels` bytes.
-fn check_rle(fragment: &[u8], pixels: usize, segments: usize) -> std::result::Result<(), String> {
+fn check_rle(fragment: &[u8], pixels: usize, segments: usize) -> Checked<()> {
     let word = |i: usize| u32::from_le_bytes(fragment[i..i + 4].try_into().unwrap()) as usize;
     if fragment.len() < 64 {
-        return Err(format!("a header of {} bytes, 64 expected", fragment.len()));
+        return Err(Corrupt(format!(
+            "a header of {} bytes, 64 expected",
+            fragment.len()
+        )));
     }
     let n = word(0);
     if !(segments..=15).contains(&n) {
-        return Err(format!("{n} segments, {segments} expected"));
+        return Err(Corrupt(format!("{n} segments, {segments} expected")));
     }
     let mut offsets: Vec<usize> = (0..n).map(|i| word(4 + 4 * i)).collect();
     offsets.push(fragment.len());
@@ -385,9 +369,9 @@ fn check_rle(fragment: &[u8], pixels: usize, segments: usize) -> std::result::Re
             .ok_or_else(|| format!("segment {s} lies outside the data"))?;
         let decoded = packbits_len(segment, pixels);
         if decoded < pixels {
-            return Err(format!(
+            return Err(Corrupt(format!(
                 "segment {s} decodes to {decoded} of {pixels} bytes"
-            ));
+            )));
         }
     }
     Ok(())
@@ -439,7 +423,7 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
     let (rows, cols, bits_allocated, samples) = (d.rows, d.cols, d.bits_allocated, d.samples);
     let pixel_data = obj
         .element(dicom_dictionary_std::tags::PIXEL_DATA)
-        .map_err(|_| bad("no pixel data in the file".into()))?;
+        .map_err(|_| bad("no pixel data in the file"))?;
     let native = pixel_data.value().fragments().is_none();
     // Uncompressed YBR_FULL_422 holds two luminance samples and one pair of chrominance samples
     // for every two pixels of a row: 2 samples a pixel, not 3 (PS3.3 C.7.6.3.1.2).
@@ -476,7 +460,7 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
         // segments are checked first.
         let fragment = fragments
             .first()
-            .ok_or_else(|| bad("RLE pixel data without a fragment".into()))?;
+            .ok_or_else(|| bad("RLE pixel data without a fragment"))?;
         check_rle(
             fragment,
             rows as usize * cols as usize,
@@ -499,7 +483,28 @@ pub fn decode(bytes: &[u8], max_side: u32) -> Result<DynamicImage> {
 }
 
 /// An error of a DICOM file.
-fn bad(m: String) -> Error {
+/// Why a DICOM file's structure or pixel data is refused before or while it is decoded (the
+/// detail; [`bad`] makes it the library's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+struct Corrupt(String);
+
+impl From<String> for Corrupt {
+    fn from(m: String) -> Self {
+        Corrupt(m)
+    }
+}
+
+impl From<&str> for Corrupt {
+    fn from(m: &str) -> Self {
+        Corrupt(m.to_string())
+    }
+}
+
+/// The result of a structural check of a DICOM file.
+type Checked<T> = std::result::Result<T, Corrupt>;
+
+fn bad(m: impl std::fmt::Display) -> Error {
     Error::Decode(format!("DICOM: {m}"))
 }
 
@@ -550,7 +555,7 @@ impl Description {
             dim(dicom_dictionary_std::tags::COLUMNS),
         );
         if rows == 0 || cols == 0 {
-            return Err(bad("no image in the file (Rows/Columns missing)".into()));
+            return Err(bad("no image in the file (Rows/Columns missing)"));
         }
         if rows > max_side || cols > max_side {
             return Err(bad(format!(
@@ -647,7 +652,7 @@ mod tests {
             0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
         ]);
         f.extend([0u8; 16]);
-        let e = check_lengths(&f).unwrap_err();
+        let e = check_lengths(&f).unwrap_err().0;
         assert!(
             e.contains("(7FE0,0010) declares 2147483647 bytes, only 16 remain"),
             "{e}"
@@ -659,7 +664,7 @@ mod tests {
         f[n - 24..n - 22].copy_from_slice(b"ZZ");
         f[n - 20..n - 16].copy_from_slice(&u32::MAX.to_le_bytes()[..4]);
         f[n - 20] = 0xF0;
-        assert!(check_lengths(&f).unwrap_err().contains("declares"));
+        assert!(check_lengths(&f).unwrap_err().0.contains("declares"));
         let e = decode(&f, 100).unwrap_err().to_string();
         assert!(e.contains("DICOM"), "{e}");
     }
@@ -698,14 +703,21 @@ mod tests {
         assert!(
             check_rle(&frame, 101, 1)
                 .unwrap_err()
+                .0
                 .contains("100 of 101")
         );
-        assert!(check_rle(&frame, 100, 2).unwrap_err().contains("segments"));
+        assert!(
+            check_rle(&frame, 100, 2)
+                .unwrap_err()
+                .0
+                .contains("segments")
+        );
         frame[4] = 200;
-        assert!(check_rle(&frame, 100, 1).unwrap_err().contains("outside"));
+        assert!(check_rle(&frame, 100, 1).unwrap_err().0.contains("outside"));
         assert!(
             check_rle(&frame[..10], 100, 1)
                 .unwrap_err()
+                .0
                 .contains("header")
         );
     }

@@ -47,9 +47,22 @@ pub enum Error {
         /// The checksum the header declares.
         expected: String,
     },
+    /// A model file's header holds a value this build cannot use (sizes, ranges, statistics).
+    #[error("invalid model file: invalid header: {0}")]
+    InvalidHeader(String),
     /// A model file is otherwise corrupt, truncated, inconsistent or of the wrong kind.
     #[error("invalid model file: {0}")]
     ModelFile(String),
+    /// A weights record could not be read, written or applied; Burn's error is the source.
+    #[error("invalid model file: {what}: {source}")]
+    Record {
+        /// What was being done: "unreadable weights", "the weights do not fit the lung
+        /// decoder", ...
+        what: String,
+        /// Burn's error.
+        #[source]
+        source: burn::store::RecordError,
+    },
     /// Weights could not be applied to an architecture.
     #[error("cannot load weights: {0}")]
     Weights(String),

@@ -97,18 +97,6 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Builds a prediction from one row of logits.
-    pub fn from_logits(logits: &[f32]) -> Self {
-        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
-        let sum: f32 = exp.iter().sum();
-        let mut probabilities = [0f32; NUM_CLASSES];
-        for (p, e) in probabilities.iter_mut().zip(&exp) {
-            *p = e / sum;
-        }
-        Self::from_probabilities(probabilities)
-    }
-
     /// Builds a prediction from probabilities.
     pub fn from_probabilities(probabilities: [f32; NUM_CLASSES]) -> Self {
         let top = (0..NUM_CLASSES)
@@ -493,18 +481,18 @@ impl Engine {
 
     /// Where the backbone weights came from (the distinct sources of the networks, joined).
     pub fn weight_source(&self) -> String {
-        self.distinct(|h| &h.weight_source)
+        self.distinct(|h| h.weight_source.as_str())
     }
 
     /// Storage precision of the weights (the distinct precisions of the networks, joined).
     pub fn weights_dtype(&self) -> String {
-        self.distinct(|h| &h.weights_dtype)
+        self.distinct(|h| h.weights_dtype.as_str())
     }
 
-    fn distinct(&self, field: impl Fn(&ModelHeader) -> &String) -> String {
+    fn distinct<'a>(&'a self, field: impl Fn(&'a ModelHeader) -> &'a str) -> String {
         let mut seen: Vec<&str> = Vec::new();
         for n in &self.networks {
-            let v = field(&n.header).as_str();
+            let v = field(&n.header);
             if !seen.contains(&v) {
                 seen.push(v);
             }
@@ -621,12 +609,19 @@ impl Engine {
     /// Grad-CAM for `class` from the activations kept by
     /// [`Engine::classify_keeping_activations`].
     pub fn grad_cam(&self, activations: Vec<Tensor<4>>, class: Class) -> Result<CamMap> {
-        let cams = self
-            .networks
-            .iter()
-            .zip(activations)
-            .map(|(n, a)| gradcam::grad_cam_from(&n.model, a, class))
-            .collect::<Result<Vec<_>>>()?;
+        crate::block_on(self.grad_cam_async(activations, class))
+    }
+
+    /// [`Engine::grad_cam`], awaiting each map's read from the device (the browser's form).
+    pub async fn grad_cam_async(
+        &self,
+        activations: Vec<Tensor<4>>,
+        class: Class,
+    ) -> Result<CamMap> {
+        let mut cams = Vec::with_capacity(self.networks.len());
+        for (n, a) in self.networks.iter().zip(activations) {
+            cams.push(gradcam::grad_cam_from_async(&n.model, a, class).await?);
+        }
         Ok(self.mean_cam(cams))
     }
 

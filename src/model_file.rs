@@ -156,8 +156,8 @@ pub struct ModelHeader {
     pub input: InputConfig,
     /// Grad-CAM target layer.
     pub gradcam_layer: String,
-    /// Storage precision of the weights in the payload (`f32` or `f16`).
-    pub weights_dtype: String,
+    /// Storage precision of the weights in the payload.
+    pub weights_dtype: WeightsDtype,
     /// Where the backbone weights came from (e.g. `imagenet:<file> sha256:<hex>` or
     /// `random-init`).
     pub weight_source: String,
@@ -213,7 +213,7 @@ impl ModelHeader {
             classes: Class::ALL.to_vec(),
             input: spec.input.clone(),
             gradcam_layer: spec.gradcam_layer.into(),
-            weights_dtype: "f32".into(),
+            weights_dtype: WeightsDtype::F32,
             weight_source: weight_source.into(),
             training: serde_json::Value::Null,
             data: serde_json::Value::Null,
@@ -234,20 +234,14 @@ impl ModelHeader {
     /// the architecture, and finite, consistent out-of-distribution and population statistics.
     /// A model file is untrusted input, and a buggy exporter should get a clear error.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Error::ModelFile(format!("invalid header: {m}"));
+        let bad = Error::InvalidHeader;
         let spec = arch::find(&self.arch).map_err(|e| bad(e.to_string()))?;
         check_classes(&self.classes).map_err(|e| bad(e.to_string()))?;
-        check_input(&self.input).map_err(bad)?;
+        check_input(&self.input)?;
         if self.gradcam_layer != spec.gradcam_layer {
             return Err(bad(format!(
                 "Grad-CAM layer {:?}; {} explains at {:?}",
                 self.gradcam_layer, spec.name, spec.gradcam_layer
-            )));
-        }
-        if !matches!(self.weights_dtype.as_str(), "f32" | "f16") {
-            return Err(bad(format!(
-                "weights precision {:?} (expected f32 or f16)",
-                self.weights_dtype
             )));
         }
         if let Some(tta) = self.extra.get("tta")
@@ -256,10 +250,10 @@ impl ModelHeader {
             return Err(bad(format!("extra.tta is {tta}, not true or false")));
         }
         if let Some(p) = &self.population {
-            p.validate(spec.feature_dim).map_err(bad)?;
+            p.validate(spec.feature_dim)?;
         }
         if let Some(ood) = &self.ood {
-            ood.validate(spec.feature_dim).map_err(bad)?;
+            ood.validate(spec.feature_dim)?;
         }
         if let Some(l) = &self.lungs {
             l.segmenter.check()?;
@@ -270,7 +264,7 @@ impl ModelHeader {
 
 /// Checks an input configuration: sides in [`MIN_SIDE`, `MAX_SIDE`], the crop no larger than
 /// the resize, means in [0, 1] and standard deviations in (0, 1].
-fn check_input(input: &InputConfig) -> std::result::Result<(), String> {
+fn check_input(input: &InputConfig) -> Result<()> {
     let InputConfig {
         resize,
         crop,
@@ -278,16 +272,20 @@ fn check_input(input: &InputConfig) -> std::result::Result<(), String> {
         std,
     } = input;
     if !(MIN_SIDE..=MAX_SIDE).contains(crop) || !(*crop..=MAX_SIDE).contains(resize) {
-        return Err(format!(
+        return Err(Error::InvalidHeader(format!(
             "input crop {crop} px after a resize to {resize} px (expected \
              {MIN_SIDE} <= crop <= resize <= {MAX_SIDE})"
-        ));
+        )));
     }
     if !mean.iter().all(|m| (0.0..=1.0).contains(m)) {
-        return Err(format!("input mean {mean:?} (expected values in [0, 1])"));
+        return Err(Error::InvalidHeader(format!(
+            "input mean {mean:?} (expected values in [0, 1])"
+        )));
     }
     if !std.iter().all(|s| *s > 0.0 && *s <= 1.0) {
-        return Err(format!("input std {std:?} (expected values in (0, 1])"));
+        return Err(Error::InvalidHeader(format!(
+            "input std {std:?} (expected values in (0, 1])"
+        )));
     }
     Ok(())
 }
@@ -347,7 +345,10 @@ pub(crate) fn record_bytes(module: impl Module, what: &str) -> Result<Vec<u8>> {
     Ok(module
         .into_record()
         .into_bytes()
-        .map_err(|e| Error::ModelFile(format!("cannot serialise {what}: {e:?}")))?
+        .map_err(|source| Error::Record {
+            what: format!("cannot serialise {what}"),
+            source,
+        })?
         .to_vec())
 }
 
@@ -446,14 +447,15 @@ impl ModelFile {
     pub fn load_classifier(&self, device: &Device) -> Result<Classifier> {
         let spec = arch::find(&self.header.arch)?;
         let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(self.payload.clone()))
-            .map_err(|e| Error::ModelFile(format!("unreadable weights: {e:?}")))?;
+            .map_err(|source| Error::Record {
+                what: "unreadable weights".into(),
+                source,
+            })?;
         let model = Classifier::new(&spec, device)
             .try_load_record(record.cast_to_module_dtype())
-            .map_err(|e| {
-                Error::ModelFile(format!(
-                    "the weights do not fit architecture {}: {e:?}",
-                    self.header.arch
-                ))
+            .map_err(|source| Error::Record {
+                what: format!("the weights do not fit architecture {}", self.header.arch),
+                source,
             })?;
         // Inference state: dropout off, batch norm on running statistics, whatever the input.
         Ok(model.valid())
@@ -680,7 +682,7 @@ pub struct EnsembleHeader {
     /// Class names in output order (every member has the same).
     pub classes: Vec<Class>,
     /// How the members' answers are combined.
-    pub combine: String,
+    pub combine: Combine,
     /// The members, in payload order.
     pub members: Vec<MemberEntry>,
     /// Evaluation metrics of the ensemble as a whole (free-form JSON).
@@ -701,6 +703,79 @@ pub struct EnsembleHeader {
 
 /// How an ensemble combines its members: the mean of their probabilities.
 pub const COMBINE_MEAN: &str = "mean of the members' probabilities";
+
+/// How an ensemble combines its members' answers; written as [`COMBINE_MEAN`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Combine {
+    /// The mean of the members' probabilities.
+    #[default]
+    MeanProbabilities,
+}
+
+impl From<Combine> for String {
+    fn from(c: Combine) -> String {
+        match c {
+            Combine::MeanProbabilities => COMBINE_MEAN.to_string(),
+        }
+    }
+}
+
+impl TryFrom<String> for Combine {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            COMBINE_MEAN => Ok(Combine::MeanProbabilities),
+            _ => Err(format!(
+                "members combined by {s:?}; this build knows the {COMBINE_MEAN}"
+            )),
+        }
+    }
+}
+
+/// Storage precision of a model file's weights (`"f32"` or `"f16"` in its header).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum WeightsDtype {
+    /// Single precision.
+    #[default]
+    F32,
+    /// Half precision (matrices and kernels; vectors stay f32).
+    F16,
+}
+
+impl WeightsDtype {
+    /// The name the header writes: `"f32"` or `"f16"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightsDtype::F32 => "f32",
+            WeightsDtype::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightsDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<WeightsDtype> for String {
+    fn from(d: WeightsDtype) -> String {
+        d.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for WeightsDtype {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "f32" => Ok(WeightsDtype::F32),
+            "f16" => Ok(WeightsDtype::F16),
+            _ => Err(format!("weights precision {s:?} (expected f32 or f16)")),
+        }
+    }
+}
 
 /// An ensemble file in memory: its header and its verified members.
 #[derive(Clone, Debug)]
@@ -759,7 +834,7 @@ impl EnsembleFile {
         let header = EnsembleHeader {
             format_version: ENSEMBLE_FORMAT_VERSION,
             classes: Class::ALL.to_vec(),
-            combine: COMBINE_MEAN.into(),
+            combine: Combine::MeanProbabilities,
             members: entries,
             metrics,
             extra,
@@ -827,12 +902,6 @@ impl EnsembleFile {
             "member models",
         )?;
         check_classes(&header.classes)?;
-        if header.combine != COMBINE_MEAN {
-            return Err(Error::ModelFile(format!(
-                "invalid header: members combined by {:?}; this build knows the {COMBINE_MEAN}",
-                header.combine
-            )));
-        }
         if header.members.len() < 2 {
             return Err(Error::ModelFile(format!(
                 "an ensemble lists {} member(s); it needs at least two",
@@ -1166,7 +1235,13 @@ pub(crate) mod tests {
         refused(&|h| h.input.std[0] = 0.0, "input std");
         refused(&|h| h.input.crop = h.input.resize + 1, "input crop");
         refused(&|h| h.input.crop = 4, "input crop");
-        refused(&|h| h.weights_dtype = "f8".into(), "weights precision");
+        // A precision this build does not know is refused when the header is read.
+        let mut v = serde_json::to_value(&file.header).unwrap();
+        v["weights_dtype"] = "f8".into();
+        let msg = serde_json::from_value::<ModelHeader>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("weights precision \"f8\""), "{msg}");
         refused(&|h| h.gradcam_layer = "features.0".into(), "Grad-CAM layer");
         refused(
             &|h| h.extra = serde_json::json!({"tta": "yes"}),

@@ -17,6 +17,7 @@
 //! the image is flagged: a photo, a CT slice, a lateral view or an image from a very different
 //! population. A flagged image's prediction should not be trusted.
 
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
 /// The fitted statistics (stored in the model file).
@@ -74,27 +75,29 @@ impl OodStats {
     }
 
     /// Checks that the sizes agree (a model file is untrusted input).
-    pub fn validate(&self, feature_dim: usize) -> Result<(), String> {
+    pub fn validate(&self, feature_dim: usize) -> crate::Result<()> {
         let d = self.dim;
         let k = self.components();
         if d != feature_dim {
-            return Err(format!(
+            return Err(Error::InvalidHeader(format!(
                 "out-of-distribution statistics of dimension {d}, the architecture has {feature_dim} features"
-            ));
+            )));
         }
         if self.mean.len() != d || self.basis.len() != k * d {
-            return Err(format!(
+            return Err(Error::InvalidHeader(format!(
                 "out-of-distribution statistics have inconsistent sizes (mean {}, basis {} for {k} x {d})",
                 self.mean.len(),
                 self.basis.len()
-            ));
+            )));
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
         if !self.variances.iter().all(|&v| positive(v))
             || !positive(self.residual_variance)
             || !positive(self.threshold)
         {
-            return Err("out-of-distribution statistics have non-positive variances".into());
+            return Err(Error::InvalidHeader(
+                "out-of-distribution statistics have non-positive variances".into(),
+            ));
         }
         Ok(())
     }

@@ -16,6 +16,7 @@
 //! excuses that error.
 
 use crate::classes::{Class, NUM_CLASSES};
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -74,12 +75,12 @@ impl PopulationEstimate {
 
 impl PopulationModel {
     /// Checks sizes and values (a model file is untrusted input).
-    pub fn validate(&self, feature_dim: usize) -> Result<(), String> {
+    pub fn validate(&self, feature_dim: usize) -> crate::Result<()> {
         if self.dim != feature_dim {
-            return Err(format!(
+            return Err(Error::InvalidHeader(format!(
                 "population estimate: dimension {} where the backbone gives {feature_dim}",
                 self.dim
-            ));
+            )));
         }
         for (name, v) in [
             ("mean", &self.mean),
@@ -87,27 +88,31 @@ impl PopulationModel {
             ("weights", &self.weights),
         ] {
             if v.len() != self.dim {
-                return Err(format!(
+                return Err(Error::InvalidHeader(format!(
                     "population estimate: {name} has {} values, expected {}",
                     v.len(),
                     self.dim
-                ));
+                )));
             }
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(format!("population estimate: {name} is not finite"));
+                return Err(Error::InvalidHeader(format!(
+                    "population estimate: {name} is not finite"
+                )));
             }
         }
         if !self.bias.is_finite() {
-            return Err("population estimate: bias is not finite".into());
+            return Err(Error::InvalidHeader(
+                "population estimate: bias is not finite".into(),
+            ));
         }
         for (class, by_pop) in &self.training_counts {
-            class
-                .parse::<Class>()
-                .map_err(|e| format!("population estimate: training counts: {e}"))?;
+            class.parse::<Class>().map_err(|e| {
+                Error::InvalidHeader(format!("population estimate: training counts: {e}"))
+            })?;
             if let Some(p) = by_pop.keys().find(|p| *p != "child" && *p != "adult") {
-                return Err(format!(
+                return Err(Error::InvalidHeader(format!(
                     "population estimate: training counts name population '{p}' (expected child or adult)"
-                ));
+                )));
             }
         }
         Ok(())

@@ -102,6 +102,9 @@ step() {
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
     full-bnfrozen-cv) promote lite0-full-lpft-bnfrozen efficientnet_lite0 --mode finetune --bn frozen \
         --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
+    partial-bnfrozen-cv) promote lite0-partial4-lpft-bnfrozen efficientnet_lite0 --mode partial \
+        --tune-blocks 4 --views 4 --bn frozen --init-head "$RUNS/study/lite0-frozen" --epochs 10 \
+        "${FT[@]}" ;;
     full-bnfrozen-lowlr) screen lite0-full-lpft-bnfrozen-lowlr efficientnet_lite0 --mode finetune \
         --bn frozen --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" --lr 2e-4 \
         --backbone-lr-scale 0.1 ;;
@@ -117,8 +120,9 @@ STEPS=("$@")
 # Screening first (fold 0, short schedules). The radiograph augmentation and the random head
 # are screened with batch norm frozen, the usual choice when fine-tuning with small batches;
 # the steps before compare the two batch-norm settings on the same fold.
-# The lead screen (full fine-tuning, batch norm frozen) then goes through every fold.
+# The two lead screens (full and partial fine-tuning, batch norm frozen) then go through every
+# fold.
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen partial-bnfrozen
-  full-bnfrozen-cv full-radaug full-bnfrozen-lowlr full-randomhead)
+  full-bnfrozen-cv partial-bnfrozen-cv full-radaug full-bnfrozen-lowlr full-randomhead)
 for s in "${STEPS[@]}"; do step "$s"; done
 log "study: all steps done (${STEPS[*]})"

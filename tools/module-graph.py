@@ -3,11 +3,12 @@
 (`crate::a::b`, `super::x`, `use crate::{a, b}`), every import circle among them, and every
 module that imports the command layer.
 
-    tools/module-graph.py [SRC_DIR] [--top MODULE] [--dot]
+    tools/module-graph.py [SRC_DIR] [--top MODULE] [--dot | --rooms]
 
 SRC_DIR defaults to trainer/src. `--top` names the command layer (default `commands`): only
 the crate root (main.rs) may import it. Exits 1 when there is a circle or a module other than
-the root imports the top, 0 otherwise; `--dot` prints the graph for Graphviz instead.
+the root imports the top, 0 otherwise; `--dot` prints the graph for Graphviz instead, `--rooms`
+the rooms (top-level modules) each room imports.
 """
 import re
 import sys
@@ -22,10 +23,36 @@ def module_of(src: Path, file: Path) -> tuple:
 
 
 def strip_comments(text: str) -> str:
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    # String literals can hold `crate::` in messages; drop them too.
-    return re.sub(r'"(\\.|[^"\\])*"', '""', text)
+    """The code without comments, string literals and character literals (which can hold
+    `crate::` or `//` in messages)."""
+    out, i, n = [], 0, len(text)
+    char = re.compile(r"'(\\.[^']*|[^\\'])'")
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c == "r" and re.match(r'r#*"', text[i:]) and (i == 0 or not text[i - 1].isalnum()):
+            hashes = re.match(r'r(#*)"', text[i:]).group(1)
+            j = text.find('"' + hashes, i + len(hashes) + 2)
+            i = n if j < 0 else j + 1 + len(hashes)
+            out.append('""')
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            out.append('""')
+        elif c == "'" and char.match(text, i):
+            i = char.match(text, i).end()
+            out.append("' '")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def paths_in(text: str):
@@ -76,11 +103,12 @@ def resolve(path: str, here: tuple, modules: set):
 def main():
     args = sys.argv[1:]
     dot = "--dot" in args
+    rooms = "--rooms" in args
     top = "commands"
     if "--top" in args:
         top = args[args.index("--top") + 1]
         del args[args.index("--top") : args.index("--top") + 2]
-    args = [a for a in args if a != "--dot"]
+    args = [a for a in args if a not in ("--dot", "--rooms")]
     src = Path(args[0] if args else "trainer/src")
     files = {module_of(src, f): f for f in sorted(src.rglob("*.rs"))}
     modules = set(files)
@@ -98,6 +126,15 @@ def main():
                 if re.search(rf"(?<![\w:]){child}::", text):
                     edges[here].add(here + (child,))
     name = lambda m: "::".join(m) or "crate"
+    if rooms:
+        # Each room (top-level module) and the rooms it imports.
+        by_room = {}
+        for a, targets in edges.items():
+            if a:
+                by_room.setdefault(a[0], set()).update(b[0] for b in targets if b and b[0] != a[0])
+        for r in sorted(by_room):
+            print(f"{r} -> {', '.join(sorted(by_room[r])) or '(nothing)'}")
+        return 0
     if dot:
         print("digraph modules {")
         for a in sorted(edges):

@@ -21,7 +21,7 @@ use burn::prelude::*;
 
 /// ReLU6 of `x`: this module's autodiff operation where a gradient is tracked on the CPU
 /// backend, the in-place kernel on the CPU backend without autodiff, Burn's `relu6` otherwise
-/// (and always in training while [`super::conv::use_burn_operations`] is on). All compute the
+/// (and always in training while [`super::conv::Operations::Burn`] is in force). All compute the
 /// same function.
 pub fn relu6(x: Tensor<4>) -> Tensor<4> {
     #[cfg(not(target_arch = "wasm32"))]

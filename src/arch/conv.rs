@@ -22,24 +22,50 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 
-/// Whether tracked convolutions and ReLU6 go through Burn's own operations instead (the path
-/// before this module, [`super::activation`] and [`super::fused`]; kept so that
-/// `pneumoscope bench` can time both in one run).
-static BURN_OPERATIONS: AtomicBool = AtomicBool::new(false);
-
-/// Sends every convolution and ReLU6 through Burn's own operations and their backward (`true`;
-/// for a depthwise layer the per-channel loop; in inference no fused convolutions), or through
-/// this module, [`super::activation`] and [`super::fused`] (`false`, the default). For
-/// benchmarks: both compute the same function.
-pub fn use_burn_operations(on: bool) {
-    BURN_OPERATIONS.store(on, Ordering::Relaxed);
+/// Which operations a forward pass (and the optimiser step after it) runs. Both compute the
+/// same function; [`Operations::Burn`] is the path before this module, [`super::activation`],
+/// [`super::norm`] and [`super::fused`], kept so that `pneumoscope bench` can time both in one
+/// run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Operations {
+    /// This project's: the depthwise convolution, batch norm and ReLU6 as autodiff operations
+    /// of their own, 1x1 convolutions as matrix products, fused inference convolutions.
+    #[default]
+    Own,
+    /// Burn's own operations and their backward (for a depthwise layer the per-channel loop;
+    /// in inference no fused convolutions).
+    Burn,
 }
 
-/// Whether [`use_burn_operations`] is on.
+thread_local! {
+    /// The operations of the calls [`with_operations`] runs on this thread. Per thread and
+    /// scoped, so that tests and benchmarks on other threads are not affected.
+    static OPERATIONS: Cell<Operations> = const { Cell::new(Operations::Own) };
+}
+
+/// Runs `f` with every forward pass, backward pass and optimiser step it makes on this thread
+/// going through `ops`; the previous choice is restored afterwards, even if `f` panics.
+pub fn with_operations<R>(ops: Operations, f: impl FnOnce() -> R) -> R {
+    struct Restore(Operations);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OPERATIONS.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OPERATIONS.with(|o| o.replace(ops)));
+    f()
+}
+
+/// The operations in force on this thread ([`with_operations`]; [`Operations::Own`] outside).
+pub fn operations() -> Operations {
+    OPERATIONS.with(Cell::get)
+}
+
+/// Whether Burn's own operations are in force on this thread.
 pub fn burn_operations() -> bool {
-    BURN_OPERATIONS.load(Ordering::Relaxed)
+    operations() == Operations::Burn
 }
 
 /// Whether `conv` is a depthwise convolution (one input and one output channel per group, more

@@ -121,7 +121,7 @@ pub enum Fusable {
 /// Whether `conv` applied to `x` (and `residual`) is fused: `x`, the weights, the bias and the
 /// residual are f32 tensors of the CPU backend without autodiff, the layer is a 1x1
 /// convolution or, without a residual, a depthwise one, and
-/// [`super::conv::use_burn_operations`] is off.
+/// [`super::conv::Operations::Own`] is in force.
 pub fn fusable(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Option<Fusable> {
     let cpu = in_place::runs_on(x)
         && in_place::runs_on(&conv.weight.val())

@@ -8,10 +8,7 @@
 use super::activation::relu;
 use burn::nn::activation::{HardSwish, Relu6};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{
-    AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, AvgPool2d, AvgPool2dConfig, MaxPool2d,
-    MaxPool2dConfig,
-};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
 };
@@ -261,11 +258,6 @@ pub fn avg_pool(kernel: usize, stride: usize) -> AvgPool2d {
     AvgPool2dConfig::new([kernel, kernel])
         .with_strides([stride, stride])
         .init()
-}
-
-/// An adaptive average pooling to `size`x`size`.
-pub fn adaptive_avg_pool(size: usize) -> AdaptiveAvgPool2d {
-    AdaptiveAvgPool2dConfig::new([size, size]).init()
 }
 
 /// A linear layer.

@@ -22,7 +22,7 @@ use burn::prelude::*;
 
 /// `bn` applied to `x`: this module's operation for a layer in training on the CPU backend with
 /// autodiff, Burn's [`BatchNorm::forward`] otherwise (and always while
-/// [`super::conv::use_burn_operations`] is on). Both compute the same function and update the
+/// [`super::conv::Operations::Burn`] is in force). Both compute the same function and update the
 /// running statistics alike.
 pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     #[cfg(not(target_arch = "wasm32"))]

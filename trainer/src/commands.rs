@@ -4,9 +4,9 @@
 //! function here.
 
 use crate::bench::{forward, throughput};
-use crate::model_file::{ensemble, export};
+use crate::model_file::export;
 use crate::pretrained::fetch;
-use crate::study::{breakdown, comparison, cv, evaluate};
+use crate::study::{breakdown, comparison, cv, ensemble, evaluate};
 use crate::{data, inspect, lungs, train};
 use anyhow::Result;
 use burn::prelude::*;

@@ -89,10 +89,10 @@ pub fn gradcam(
     // input its lung crop), mapped onto the crop the map covers: by the segmenter given, else
     // by the one the model file carries.
     let mask = match lungs {
-        Some(path) => Some(crate::lungs::load(path, device)?.segment(&framed.image, device)),
+        Some(path) => Some(crate::lungs::load(path, device)?.segment(&framed.image, device)?),
         None => match (framed.lungs, &engine.lungs) {
             (Some(mask), _) => Some(mask),
-            (None, Some(l)) => Some(l.net.segment(&framed.image, device)),
+            (None, Some(l)) => Some(l.net.segment(&framed.image, device)?),
             (None, None) => None,
         },
     };

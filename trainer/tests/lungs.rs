@@ -88,6 +88,41 @@ fn quick_segmenter_learns_and_resumes_to_the_same_result() {
         json(&a.join("state.json"))["losses"],
         json(&c.join("state.json"))["losses"]
     );
+    // Killed (SIGKILL) between the writes of the third epoch's save, forced by the checkpoint
+    // module's test hook: after a file, after the index, after the switch. Each resumes to the
+    // uninterrupted run's losses, metrics and held-out scores, bit for bit.
+    for point in ["file", "index", "current"] {
+        let k = dir.path().join(format!("killed-at-{point}"));
+        let out = bin()
+            .args(train_args(p, w, k.to_str().unwrap(), "3"))
+            .env("PNEUMOSCOPE_KILL_AT", format!("3:{point}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "killed at {point}: {:?}",
+            out.status
+        );
+        let mut args = train_args(p, w, k.to_str().unwrap(), "3");
+        args.push("--resume");
+        ok(&args);
+        assert_eq!(
+            json(&a.join("state.json"))["losses"],
+            json(&k.join("state.json"))["losses"],
+            "killed at {point}"
+        );
+        assert_eq!(
+            json(&a.join("metrics.json")),
+            json(&k.join("metrics.json")),
+            "killed at {point}"
+        );
+        assert_eq!(
+            std::fs::read(a.join("held_out.csv")).unwrap(),
+            std::fs::read(k.join("held_out.csv")).unwrap(),
+            "killed at {point}"
+        );
+    }
     // The same losses epoch by epoch and the same held-out scores, to the last bit (the
     // record bytes themselves differ: they carry the parameters' run-time ids).
     let (sa, sb) = (json(&a.join("state.json")), json(&b.join("state.json")));

@@ -464,6 +464,39 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
             "killed {when}: validation metrics differ"
         );
     }
+    // Killed (SIGKILL) between the writes of the fourth epoch's save, forced by the
+    // checkpoint module's test hook: after a file, after the index, after the switch.
+    for point in ["file", "index", "current"] {
+        let run = dir.path().join(format!("killed-at-{point}"));
+        let out = bin()
+            .args(train_args(&shared, &manifest, &run, "6"))
+            .env("PNEUMOSCOPE_KILL_AT", format!("4:{point}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "killed at {point}: {:?}",
+            out.status
+        );
+        let resumed = train_output(&shared, &manifest, &run, "6", &["--resume"]);
+        assert!(
+            resumed.status.success(),
+            "killed at {point}: resume failed: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let got = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+        assert_eq!(
+            strip(&want),
+            strip(&got),
+            "killed at {point}: epochs differ"
+        );
+        assert_eq!(
+            std::fs::read(straight.join("val_predictions.csv")).unwrap(),
+            std::fs::read(run.join("val_predictions.csv")).unwrap(),
+            "killed at {point}: predictions differ"
+        );
+    }
 }
 
 /// `--devices cpu,cpu`: each step's batch is split over two replicas (one after the other on the

@@ -9,6 +9,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use pneumoscope::arch;
+use pneumoscope::arch::conv::Operations;
 use pneumoscope::model::{Classifier, Head};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -174,9 +175,7 @@ fn inference(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> [f64; 
     };
     let folded = model.clone().fold_batchnorm();
     let (as_trained, fused) = (time(&model), time(&folded));
-    arch::conv::use_burn_operations(true);
-    let burn_ops = time(&folded);
-    arch::conv::use_burn_operations(false);
+    let burn_ops = arch::conv::with_operations(Operations::Burn, || time(&folded));
     [as_trained, fused, burn_ops]
 }
 
@@ -201,9 +200,8 @@ fn training(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f
         trainable = optim.step(1e-4, trainable.clone(), g);
     };
     let t_train = time_it(o.iters, &mut train_step);
-    arch::conv::use_burn_operations(true);
-    let t_burn_conv = time_it(o.iters, &mut train_step);
-    arch::conv::use_burn_operations(false);
+    let t_burn_conv =
+        arch::conv::with_operations(Operations::Burn, || time_it(o.iters, &mut train_step));
     let n = (o.batch * o.iters) as f64;
     (n / t_train, n / t_burn_conv)
 }

@@ -179,7 +179,7 @@ fn lung_squares(
                     .collect()
             }
             None => {
-                let masks = net.segment_batch(&imgs, &device);
+                let masks = net.segment_batch(&imgs, &device)?;
                 imgs.into_par_iter()
                     .zip(masks)
                     .map(|(img, mask)| {

@@ -303,11 +303,15 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
     }
     let header = LungsHeader {
         format_version: lungs::LUNGS_FORMAT_VERSION,
-        kind: "lung segmenter".into(),
+        kind: pneumoscope::lungs::LungsKind::LungSegmenter,
         encoder: lungs::ENCODER.into(),
         input_side: INPUT_SIDE,
         mask_side: MASK_SIDE,
-        weights_dtype: if cfg.f16 { "f16" } else { "f32" }.into(),
+        weights_dtype: if cfg.f16 {
+            pneumoscope::model_file::WeightsDtype::F16
+        } else {
+            pneumoscope::model_file::WeightsDtype::F32
+        },
         weight_source: loaded.source.clone(),
         training: serde_json::json!({
             "pairs": cfg.pairs.display().to_string(),
@@ -466,11 +470,11 @@ fn fit_decoder(
     if resume && let Some(saved) = saved_decoder(run)? {
         state = saved.state;
         let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(saved.decoder))
-            .map_err(|e| anyhow!("{DECODER}: {e:?}"))?;
+            .with_context(|| format!("{DECODER}"))?;
         decoder = decoder.load_record(rec);
         optim = optim
             .from_bytes(Bytes::from_bytes_vec(saved.optimizer))
-            .map_err(|e| anyhow!("{OPTIMIZER}: {e:?}"))?;
+            .with_context(|| format!("{OPTIMIZER}"))?;
         eprintln!("resuming after epoch {}", state.epochs_done);
     }
     for epoch in state.epochs_done + 1..=cfg.epochs {
@@ -489,12 +493,8 @@ fn fit_decoder(
         eprintln!("epoch {epoch:>3}/{}: loss {epoch_loss:.4}", cfg.epochs);
         state.losses.push(epoch_loss);
         state.epochs_done = epoch;
-        let d = decoder
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| anyhow!("{e:?}"))?;
-        let o = optim.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+        let d = decoder.clone().into_record().into_bytes()?;
+        let o = optim.into_bytes()?;
         state.decoder_sha256.clear();
         state.optimizer_sha256.clear();
         store.save(epoch, &state, &[(DECODER, &d), (OPTIMIZER, &o)])?;
@@ -609,7 +609,7 @@ pub fn evaluate(
     let mut scores = Vec::new();
     for p in pairs {
         let (img, mask) = load_pair(p)?;
-        let pred = model.segment(&img, device).to_image();
+        let pred = model.segment(&img, device)?.to_image();
         let a: Vec<bool> = pred.as_raw().iter().map(|&v| v >= 128).collect();
         let b: Vec<bool> = mask.as_raw().iter().map(|&v| v >= 128).collect();
         let (dice, iou) = lungs::dice_iou(&a, &b);
@@ -781,7 +781,7 @@ pub fn embed(model: &Path, segmenter: &Path, out: &Path) -> Result<serde_json::V
     let section = lungs::LungsSection {
         encoder_network: k,
         segmenter: LungsHeader {
-            weights_dtype: "f16".into(),
+            weights_dtype: pneumoscope::model_file::WeightsDtype::F16,
             ..seg_file.header.clone()
         },
     };
@@ -845,7 +845,7 @@ pub fn predict(model: &Path, images: &[PathBuf], out: &Path) -> Result<usize> {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let img = pneumoscope::preprocess::decode(&bytes).map_err(|e| anyhow!("{e}"))?;
-            let mask: LungMask = net.segment(&img, &device);
+            let mask: LungMask = net.segment(&img, &device)?;
             let shape = mask.shape();
             let png = mask.to_image();
             let stem = path
@@ -983,10 +983,11 @@ pub fn shapes(
         let g = groups.entry(group.clone()).or_default();
         let img = std::fs::read(path)
             .map_err(|e| anyhow!("{e}"))
-            .and_then(|b| pneumoscope::preprocess::decode(&b).map_err(|e| anyhow!("{e}")));
+            .and_then(|b| pneumoscope::preprocess::decode(&b).map_err(|e| anyhow!("{e}")))
+            .and_then(|img| Ok(net.segment(&img, &device)?));
         match img {
-            Ok(img) => {
-                let shape = net.segment(&img, &device).shape();
+            Ok(mask) => {
+                let shape = mask.shape();
                 g.add(&shape);
                 rows.push(serde_json::json!({
                     "group": group, "path": path.display().to_string(), "shape": shape,

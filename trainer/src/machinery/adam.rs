@@ -6,7 +6,7 @@
 //! computes the same update, with the same f32 operations in the same order, in one pass that
 //! overwrites the parameter and both moments in place. Its state is Burn's `AdamState`, so a
 //! checkpoint of either optimizer resumes with the other. Other backends, and every step while
-//! [`pneumoscope::arch::conv::use_burn_operations`] is on, go through Burn's `Adam`. Written
+//! [`pneumoscope::arch::conv::Operations::Burn`] is in force, go through Burn's `Adam`. Written
 //! because Burn 0.22 has no fused optimizer step on the CPU; drop it when it does.
 
 use burn::backend::Flex;

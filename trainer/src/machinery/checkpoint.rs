@@ -175,6 +175,7 @@ impl Checkpoints {
         for (file, bytes) in files {
             write_atomic(&folder.join(file), bytes)?;
             sums.insert(file.to_string(), sha256_hex(bytes));
+            kill_point(epoch, "file");
         }
         let index = Index {
             epoch,
@@ -192,7 +193,9 @@ impl Checkpoints {
                 folder.display()
             )
         })?;
+        kill_point(epoch, "index");
         write_atomic(&self.dir.join("current"), name.as_bytes())?;
+        kill_point(epoch, "current");
         let mut all: Vec<String> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -209,6 +212,28 @@ impl Checkpoints {
             let _ = std::fs::remove_dir_all(self.dir.join(newer));
         }
         Ok(())
+    }
+}
+
+/// The environment variable of the test hook [`kill_point`].
+pub const KILL_AT: &str = "PNEUMOSCOPE_KILL_AT";
+
+/// Test hook: with `PNEUMOSCOPE_KILL_AT=EPOCH:POINT`, the process kills itself (SIGKILL, as
+/// `kill -9` would) at POINT of the save of EPOCH: `file`, after its first file is written;
+/// `index`, after its index is written and verified but before it is made current;
+/// `current`, after it is made current but before older checkpoints are removed. Lets tests
+/// kill a run between the writes of one save. Unset, it does nothing.
+fn kill_point(epoch: usize, point: &str) {
+    let Ok(at) = std::env::var(KILL_AT) else {
+        return;
+    };
+    if at == format!("{epoch}:{point}") {
+        #[cfg(unix)]
+        // SAFETY: kill(2) on this process's own id; no memory is touched.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
     }
 }
 

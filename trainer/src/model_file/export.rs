@@ -114,10 +114,10 @@ fn load_run_model(run: &Path, spec: &arch::ArchSpec, device: &Device) -> Result<
     }
     let bytes = std::fs::read(&model_path)?;
     let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e:?}", model_path.display()))?;
+        .with_context(|| format!("{}: unreadable weights", model_path.display()))?;
     Classifier::new(spec, device)
         .try_load_record(rec)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", model_path.display()))
+        .with_context(|| format!("{}", model_path.display()))
 }
 
 /// A temperature fitted on the run's validation rows with a definite class (a partial label
@@ -210,7 +210,11 @@ fn fit_ood(
 /// metrics and extras.
 fn header(spec: &arch::ArchSpec, f16: bool, weight_source: String) -> ModelHeader {
     ModelHeader {
-        weights_dtype: if f16 { "f16".into() } else { "f32".into() },
+        weights_dtype: if f16 {
+            pneumoscope::model_file::WeightsDtype::F16
+        } else {
+            pneumoscope::model_file::WeightsDtype::F32
+        },
         ..ModelHeader::new(
             spec,
             weight_source,

@@ -1,10 +1,9 @@
-//! What goes into a model file: a finished run packed with its description ([`export`]),
-//! several files averaged ([`ensemble`]), the temperature ([`calibrate`]), the
+//! What goes into a model file: a finished run packed with its description ([`export`]), the
+//! temperature ([`calibrate`]), the
 //! out-of-distribution statistics ([`ood`]) and the child/adult estimate ([`population`]);
 //! and loading a model file with a message that names it ([`load_engine`]).
 
 pub mod calibrate;
-pub mod ensemble;
 pub mod export;
 pub mod ood;
 pub mod population;

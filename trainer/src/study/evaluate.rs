@@ -380,7 +380,7 @@ fn lung_shares(
         // The lungs of what the networks saw (under lung-focused input, its own mask).
         let mask = match framed.lungs {
             Some(mask) => mask,
-            None => net.segment(&framed.image, device),
+            None => net.segment(&framed.image, device)?,
         };
         match mask.share_of_cam(&cam.upsample(side), side, &input) {
             Some(share) if mask.area_fraction() > 0.0 => {

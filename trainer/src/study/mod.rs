@@ -1,5 +1,6 @@
 //! The study: what judges and compares trained models. Cross-validation of a setting
-//! ([`cv`]), several settings side by side ([`screening`]), the paper's comparison of
+//! ([`cv`]), several settings side by side ([`screening`]), model files averaged into an
+//! ensemble and judged ([`ensemble`]), the paper's comparison of
 //! architectures ([`comparison`]), evaluation of a model file ([`evaluate`]) with its figures
 //! per population and source ([`breakdown`]) and its reports ([`report`], [`table`]).
 //!
@@ -9,6 +10,7 @@
 pub mod breakdown;
 pub mod comparison;
 pub mod cv;
+pub mod ensemble;
 pub mod evaluate;
 pub mod report;
 pub mod screening;

@@ -147,23 +147,18 @@ impl Progress {
                 }
             },
         };
-        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m)).map_err(|e| {
-            anyhow::anyhow!(
-                "checkpoint of epoch {}: unreadable model: {e:?}",
+        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(m)).with_context(|| {
+            format!(
+                "checkpoint of epoch {}: unreadable model",
                 state.epochs_done
             )
         })?;
         let module = module
             .try_load_record(rec)
-            .map_err(|e| anyhow::anyhow!("checkpoint of epoch {}: {e:?}", state.epochs_done))?;
+            .with_context(|| format!("checkpoint of epoch {}", state.epochs_done))?;
         *optim = std::mem::replace(optim, crate::machinery::adam::optimizer(0.0))
             .from_bytes(Bytes::from_bytes_vec(o))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of epoch {}: optimizer: {e:?}",
-                    state.epochs_done
-                )
-            })?;
+            .with_context(|| format!("checkpoint of epoch {}: optimizer", state.epochs_done))?;
         eprintln!(
             "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
             state.epochs_done, state.best_epoch, state.best_val_macro_f1
@@ -224,7 +219,7 @@ impl Progress {
             .clone()
             .into_record()
             .into_bytes()
-            .map_err(|e| anyhow::anyhow!("epoch {epoch}: the module's record: {e:?}"))?;
+            .with_context(|| format!("epoch {epoch}: the module's record"))?;
         if f1 > state.best_val_macro_f1 {
             state.best_val_macro_f1 = f1;
             state.best_epoch = epoch;
@@ -232,7 +227,7 @@ impl Progress {
         }
         let o = optim
             .into_bytes()
-            .map_err(|e| anyhow::anyhow!("epoch {epoch}: the optimizer's record: {e:?}"))?;
+            .with_context(|| format!("epoch {epoch}: the optimizer's record"))?;
         state.epochs_done = epoch;
         self.store.save(
             epoch,
@@ -259,10 +254,10 @@ impl Progress {
     /// The best module of the run, loaded into `module`.
     pub(super) fn best<M: Module>(&self, module: M) -> Result<M> {
         let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(self.best.clone()))
-            .map_err(|e| anyhow::anyhow!("{}: the best module: {e:?}", self.dir.display()))?;
+            .with_context(|| format!("{}: the best module", self.dir.display()))?;
         module
             .try_load_record(rec)
-            .map_err(|e| anyhow::anyhow!("{}: the best module: {e:?}", self.dir.display()))
+            .with_context(|| format!("{}: the best module", self.dir.display()))
     }
 }
 

@@ -193,10 +193,7 @@ impl Run<'_> {
             serde_json::to_string_pretty(&timing)?.as_bytes(),
         )?;
         write_atomic(&run.join("weight_source.txt"), weight_source.as_bytes())?;
-        let bytes = model
-            .into_record()
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let bytes = model.into_record().into_bytes()?;
         write_atomic(&run.join("model.bpk"), &bytes)?;
         println!("wrote {}", run.join("model.bpk").display());
         Ok(())

@@ -45,8 +45,13 @@ impl LrGroups {
     /// The groups of `cfg` for a classifier of `spec` whose backbone has `blocks` blocks
     /// (`None`: not split into blocks). One group of multiplier 1 when nothing is set.
     pub fn new(cfg: &FineTuning, spec: &ArchSpec, blocks: Option<usize>) -> Result<Self> {
+        // Burn's `ParamGroupError` is not a `std::error::Error`: its message is taken out.
         let regex = |r: String| {
-            ParamGroup::from_regex(&r).map_err(|e| anyhow::anyhow!("parameter group {r}: {e:?}"))
+            ParamGroup::from_regex(&r).map_err(|e| match e {
+                burn::module::ParamGroupError::InvalidPatternError(m) => {
+                    anyhow::anyhow!("parameter group {r}: {m}")
+                }
+            })
         };
         let scale = cfg.backbone_lr_scale;
         let mut groups = vec![(ParamGroup::all(), 1.0)];
@@ -185,12 +190,10 @@ fn describe(f: Option<Fold>) -> String {
 pub fn load_head(model: &Path, spec: &ArchSpec, device: &Device) -> Result<Head> {
     let bytes = std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
     let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| anyhow::anyhow!("{}: unreadable model record: {e:?}", model.display()))?;
+        .with_context(|| format!("{}: unreadable model record", model.display()))?;
     let c = Classifier::new(spec, device)
         .try_load_record(rec)
-        .map_err(|e| {
-            anyhow::anyhow!("{}: not a {} classifier: {e:?}", model.display(), spec.name)
-        })?;
+        .with_context(|| format!("{}: not a {} classifier", model.display(), spec.name))?;
     Ok(c.head)
 }
 
