@@ -93,16 +93,9 @@ fn quick_segmenter_learns_and_resumes_to_the_same_result() {
     // uninterrupted run's losses, metrics and held-out scores, bit for bit.
     for point in ["file", "index", "current"] {
         let k = dir.path().join(format!("killed-at-{point}"));
-        let out = bin()
-            .args(train_args(p, w, k.to_str().unwrap(), "3"))
-            .env("PNEUMOSCOPE_KILL_AT", format!("3:{point}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&out.status),
-            Some(9),
-            "killed at {point}: {:?}",
-            out.status
+        killed_at(
+            &train_args(p, w, k.to_str().unwrap(), "3"),
+            &format!("3:{point}"),
         );
         let mut args = train_args(p, w, k.to_str().unwrap(), "3");
         args.push("--resume");

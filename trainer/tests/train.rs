@@ -468,16 +468,9 @@ fn a_run_killed_at_any_point_resumes_to_the_same_result() {
     // checkpoint module's test hook: after a file, after the index, after the switch.
     for point in ["file", "index", "current"] {
         let run = dir.path().join(format!("killed-at-{point}"));
-        let out = bin()
-            .args(train_args(&shared, &manifest, &run, "6"))
-            .env("PNEUMOSCOPE_KILL_AT", format!("4:{point}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&out.status),
-            Some(9),
-            "killed at {point}: {:?}",
-            out.status
+        killed_at(
+            &train_args(&shared, &manifest, &run, "6"),
+            &format!("4:{point}"),
         );
         let resumed = train_output(&shared, &manifest, &run, "6", &["--resume"]);
         assert!(

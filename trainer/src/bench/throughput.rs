@@ -2,6 +2,7 @@
 //! same run on the same shapes, of PyTorch; plus the frozen protocol's wall time against
 //! recomputing the backbone features every epoch.
 
+use crate::machinery::device::DeviceName;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -46,7 +47,7 @@ pub struct BenchOptions {
     /// Burn device: cpu, vulkan or cuda (the latter two in builds with those features); for
     /// a GPU device the PyTorch reference runs on CUDA when it can.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 impl BenchOptions {
@@ -117,7 +118,7 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
     let python = o.reference_python()?;
     let spec = arch::find(&o.arch)?;
     let s = spec.input.crop;
-    let device = crate::machinery::device::parse(&o.device)?;
+    let device = o.device.open()?;
     let [
         burn_inference_img_s,
         burn_inference_folded_img_s,
@@ -130,7 +131,7 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
         Some(py) => {
             // A GPU run of Burn (CUDA or Vulkan) is compared with PyTorch on the GPU (CUDA,
             // when the reference's PyTorch has it).
-            let torch_device = if o.device == "cpu" { "cpu" } else { "cuda" };
+            let torch_device = if o.device.is_cpu() { "cpu" } else { "cuda" };
             Some(torch_reference(
                 py,
                 &o.arch,
@@ -157,7 +158,7 @@ pub fn measure(o: &BenchOptions) -> Result<BenchResult> {
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        device: o.device.clone(),
+        device: o.device.to_string(),
     })
 }
 

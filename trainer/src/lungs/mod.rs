@@ -469,12 +469,12 @@ fn fit_decoder(
     let mut state = State::default();
     if resume && let Some(saved) = saved_decoder(run)? {
         state = saved.state;
-        let rec = ModuleRecord::from_bytes(Bytes::from_bytes_vec(saved.decoder))
-            .with_context(|| format!("{DECODER}"))?;
+        let rec =
+            ModuleRecord::from_bytes(Bytes::from_bytes_vec(saved.decoder)).context(DECODER)?;
         decoder = decoder.load_record(rec);
         optim = optim
             .from_bytes(Bytes::from_bytes_vec(saved.optimizer))
-            .with_context(|| format!("{OPTIMIZER}"))?;
+            .context(OPTIMIZER)?;
         eprintln!("resuming after epoch {}", state.epochs_done);
     }
     for epoch in state.epochs_done + 1..=cfg.epochs {

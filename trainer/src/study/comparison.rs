@@ -231,7 +231,7 @@ fn run_one(o: &BenchmarkOptions, data: &Path, out: &Path, spec: &ArchSpec) -> Re
             ..Default::default()
         },
     )?;
-    let device = crate::machinery::device::parse_list(&o.optimisation.device)?.swap_remove(0);
+    let device = o.optimisation.device.open()?.swap_remove(0);
     let e = crate::study::evaluate::on_split(
         &crate::study::evaluate::EvaluateOptions {
             model: model_path.clone(),

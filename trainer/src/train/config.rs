@@ -3,6 +3,7 @@
 
 use crate::data::augment::Augment;
 use crate::data::cache::Framing;
+use crate::machinery::device::DeviceList;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::builder::TypedValueParser;
@@ -98,7 +99,7 @@ pub struct Optimisation {
     /// each step's batch (`--batch-size` in all) is split over the devices and their gradients
     /// added on the first (evaluation runs on the first).
     #[arg(long, visible_alias = "devices", default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceList,
 }
 
 /// Everything that defines a run: the options of `train` (flattened into its command line,

@@ -67,7 +67,7 @@ impl<'a> Run<'a> {
                  finetune; --mode frozen trains only a new head"
             );
         }
-        let devices = crate::machinery::device::parse_list(&cfg.optimisation.device)?;
+        let devices = cfg.optimisation.device.open()?;
         let device = devices[0].clone();
         let replicas = Devices::new(&devices);
         if replicas.len() > 1 {

@@ -49,6 +49,23 @@ pub fn killed(args: &[String], out: &Path, ready: impl Fn(&Path) -> bool) {
     child.wait().unwrap();
 }
 
+/// Runs the binary with `args`, killed (SIGKILL) by the checkpoint module's test hook at `at`
+/// (`EPOCH:POINT`, see `PNEUMOSCOPE_KILL_AT`), and asserts that it was.
+pub fn killed_at<S: AsRef<std::ffi::OsStr>>(args: &[S], at: &str) {
+    let out = bin()
+        .args(args)
+        .env("PNEUMOSCOPE_KILL_AT", at)
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "not killed at {at}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the binary and asserts success; returns stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = run(args);
