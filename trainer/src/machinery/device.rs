@@ -193,7 +193,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<DeviceList>(&json).unwrap(), list);
         }
         let bad = serde_json::from_str::<DeviceList>("\"cpu,cuda\"").unwrap_err();
-        assert!(bad.to_string().contains("all devices must be of one kind"), "{bad}");
+        assert!(
+            bad.to_string().contains("all devices must be of one kind"),
+            "{bad}"
+        );
         assert_eq!(DeviceList::default().to_string(), "cpu");
         assert!("cpu,cpu".parse::<DeviceName>().is_err());
     }
