@@ -507,6 +507,12 @@ fn fit_decoder(
             let _ = std::fs::remove_file(run.join(f));
         }
     }
+    // Once more after the loop: a run killed just after its last checkpoint became current
+    // resumes with no epoch left, and its copy of the progress must still be the last one.
+    write_atomic(
+        &run.join("state.json"),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
     Ok((decoder, state))
 }
 
