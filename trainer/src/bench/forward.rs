@@ -101,10 +101,7 @@ pub fn logits(o: &ForwardOptions, device: &Device) -> Result<Vec<usize>> {
         global_avg_pool(map)
     };
     let dims = y.dims().to_vec();
-    let data: Vec<f32> = y
-        .into_data()
-        .try_to_vec()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let data: Vec<f32> = y.into_data().try_to_vec()?;
     npy::write_f32(out, &dims, &data)?;
     Ok(dims)
 }
@@ -123,10 +120,7 @@ fn write_cam(
             let logits = backbone
                 .imagenet_logits(backbone.head_input(first.clone()))
                 .expect("head kept");
-            let v: Vec<f32> = logits
-                .into_data()
-                .try_to_vec()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let v: Vec<f32> = logits.into_data().try_to_vec()?;
             v.iter()
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))

@@ -572,8 +572,8 @@ fn html(results: &[ArchResult]) -> String {
     s
 }
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing failed: {e:?}")
+fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    anyhow::Error::new(e).context("drawing failed")
 }
 
 /// The confusion-matrix figures of all architectures tiled, three per row.

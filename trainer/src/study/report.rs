@@ -49,15 +49,13 @@ pub fn confusion_png(
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
-        let root = root
-            .titled(title, ("sans-serif", 22))
-            .map_err(|e| anyhow!("{e:?}"))?;
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 22))?;
         let panels = root.split_evenly((1, 2));
         for (pi, panel) in panels.iter().enumerate() {
             confusion_panel(panel, m, pi == 1)?;
         }
-        root.present().map_err(|e| anyhow!("{e:?}"))?;
+        root.present()?;
     }
     image::RgbImage::from_raw(w, h, buf)
         .expect("buffer size")
@@ -82,9 +80,7 @@ fn confusion_panel(
     } else {
         "counts"
     };
-    panel
-        .draw(&Text::new(caption, (x0, 20), ("sans-serif", 16)))
-        .map_err(|e| anyhow!("{e:?}"))?;
+    panel.draw(&Text::new(caption, (x0, 20), ("sans-serif", 16)))?;
     let largest = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
     for (r, row) in m.iter().enumerate() {
         let total: usize = row.iter().sum();
@@ -101,30 +97,24 @@ fn confusion_panel(
             };
             confusion_cell(panel, (r, c), shade, label)?;
         }
-        panel
-            .draw(&Text::new(
-                Class::ALL[r].name(),
-                (20, y0 + r as i32 * CELL + 30),
-                ("sans-serif", 15),
-            ))
-            .map_err(|e| anyhow!("{e:?}"))?;
+        panel.draw(&Text::new(
+            Class::ALL[r].name(),
+            (20, y0 + r as i32 * CELL + 30),
+            ("sans-serif", 15),
+        ))?;
     }
     for c in 0..NUM_CLASSES {
-        panel
-            .draw(&Text::new(
-                Class::ALL[c].name(),
-                (x0 + c as i32 * CELL + 8, y0 + 4 * CELL + 10),
-                ("sans-serif", 15),
-            ))
-            .map_err(|e| anyhow!("{e:?}"))?;
+        panel.draw(&Text::new(
+            Class::ALL[c].name(),
+            (x0 + c as i32 * CELL + 8, y0 + 4 * CELL + 10),
+            ("sans-serif", 15),
+        ))?;
     }
-    panel
-        .draw(&Text::new(
-            "true ↓  predicted →",
-            (x0, y0 + 4 * CELL + 35),
-            ("sans-serif", 14),
-        ))
-        .map_err(|e| anyhow!("{e:?}"))?;
+    panel.draw(&Text::new(
+        "true ↓  predicted →",
+        (x0, y0 + 4 * CELL + 35),
+        ("sans-serif", 14),
+    ))?;
     Ok(())
 }
 
@@ -141,26 +131,20 @@ fn confusion_cell(
         255,
     );
     let (x, y) = (ORIGIN.0 + c as i32 * CELL, ORIGIN.1 + r as i32 * CELL);
-    panel
-        .draw(&Rectangle::new(
-            [(x, y), (x + CELL, y + CELL)],
-            color.filled(),
-        ))
-        .map_err(|e| anyhow!("{e:?}"))?;
-    panel
-        .draw(&Rectangle::new(
-            [(x, y), (x + CELL, y + CELL)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| anyhow!("{e:?}"))?;
+    panel.draw(&Rectangle::new(
+        [(x, y), (x + CELL, y + CELL)],
+        color.filled(),
+    ))?;
+    panel.draw(&Rectangle::new(
+        [(x, y), (x + CELL, y + CELL)],
+        BLACK.stroke_width(1),
+    ))?;
     let fg = if shade > 0.6 { WHITE } else { BLACK };
-    panel
-        .draw(&Text::new(
-            label,
-            (x + 22, y + 30),
-            ("sans-serif", 18).into_font().color(&fg),
-        ))
-        .map_err(|e| anyhow!("{e:?}"))?;
+    panel.draw(&Text::new(
+        label,
+        (x + 22, y + 30),
+        ("sans-serif", 18).into_font().color(&fg),
+    ))?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! and a figure of validation macro-F1 per epoch (mean over folds, and their range).
 
 use crate::machinery::fsutil::read_json;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -205,7 +205,6 @@ const PALETTE: [RGBColor; 8] = [
 /// range as a band.
 fn curves_png(rows: &[Read], path: &Path) -> Result<()> {
     crate::study::report::ensure_font()?;
-    let err = |e: &dyn std::fmt::Debug| anyhow!("{path:?}: {e:?}");
     let epochs = rows
         .iter()
         .flat_map(|r| r.curves.iter().map(Vec::len))
@@ -219,7 +218,8 @@ fn curves_png(rows: &[Read], path: &Path) -> Result<()> {
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+        root.fill(&WHITE)
+            .with_context(|| format!("drawing {}", path.display()))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "Validation macro-F1 per epoch (mean over folds; band: their range)",
@@ -229,13 +229,13 @@ fn curves_png(rows: &[Read], path: &Path) -> Result<()> {
             .x_label_area_size(40)
             .y_label_area_size(56)
             .build_cartesian_2d(1f64..epochs as f64, lo..hi)
-            .map_err(|e| err(&e))?;
+            .with_context(|| format!("drawing {}", path.display()))?;
         chart
             .configure_mesh()
             .x_desc("epoch")
             .y_desc("validation macro-F1")
             .draw()
-            .map_err(|e| err(&e))?;
+            .with_context(|| format!("drawing {}", path.display()))?;
         for (i, r) in rows.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             let n = r.curves.iter().map(Vec::len).max().unwrap_or(0);
@@ -259,14 +259,14 @@ fn curves_png(rows: &[Read], path: &Path) -> Result<()> {
                         upper.chain(lower).collect::<Vec<_>>(),
                         colour.mix(0.15),
                     )))
-                    .map_err(|e| err(&e))?;
+                    .with_context(|| format!("drawing {}", path.display()))?;
             }
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     mean,
                     colour.stroke_width(2),
                 )))
-                .map_err(|e| err(&e))?
+                .with_context(|| format!("drawing {}", path.display()))?
                 .label(format!(
                     "{} ({} fold{})",
                     r.label,
@@ -284,8 +284,9 @@ fn curves_png(rows: &[Read], path: &Path) -> Result<()> {
             .position(SeriesLabelPosition::LowerRight)
             .label_font(("sans-serif", 14))
             .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
+            .with_context(|| format!("drawing {}", path.display()))?;
+        root.present()
+            .with_context(|| format!("drawing {}", path.display()))?;
     }
     image::RgbImage::from_raw(w, h, buf)
         .expect("buffer size")
