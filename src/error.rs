@@ -71,12 +71,13 @@ pub enum Error {
     UnknownArch(String, String),
     /// A result could not be read back from the device (a lost GPU device, or data of an
     /// unexpected type).
-    #[error("cannot read {what} back from the device: {detail}")]
+    #[error("cannot read {what} back from the device: {source}")]
     DeviceRead {
         /// What was being read: "the probabilities", "the Grad-CAM map", ...
         what: &'static str,
-        /// The backend's own message.
-        detail: String,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A request that makes no sense for this model (bad class index, wrong input shape, ...).
     #[error("{0}")]

@@ -141,10 +141,10 @@ fn scale_to_one(values: &mut [f32]) {
     }
 }
 
-fn read_error(e: impl std::fmt::Debug) -> Error {
+fn read_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::DeviceRead {
         what: "the Grad-CAM map",
-        detail: format!("{e:?}"),
+        source: Box::new(e),
     }
 }
 

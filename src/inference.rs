@@ -832,10 +832,10 @@ fn mean_predictions(
         .collect()
 }
 
-fn read_error(e: impl std::fmt::Debug) -> Error {
+fn read_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::DeviceRead {
         what: "the probabilities",
-        detail: format!("{e:?}"),
+        source: Box::new(e),
     }
 }
 

@@ -196,16 +196,17 @@ impl LungNet {
 }
 
 /// The mask probabilities read back from the device, as `f32`.
-pub(crate) fn read_mask<E: std::fmt::Debug>(
+pub(crate) fn read_mask<E: std::error::Error + Send + Sync + 'static>(
     data: std::result::Result<TensorData, E>,
 ) -> Result<Vec<f32>> {
-    data.map_err(|e| Error::DeviceRead {
+    let read = |e: Box<dyn std::error::Error + Send + Sync>| Error::DeviceRead {
         what: "the lung mask",
-        detail: format!("{e:?}"),
-    })?
-    .convert::<f32>()
-    .try_into_vec::<f32>()
-    .map_err(|e| Error::Invalid(format!("lung mask of an unexpected type: {e:?}")))
+        source: e,
+    };
+    data.map_err(|e| read(Box::new(e)))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| read(Box::new(e)))
 }
 
 /// The segmenter's input: grey levels, the whole image resized to `INPUT_SIDE`² (aspect not
