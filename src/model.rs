@@ -3,7 +3,7 @@
 //! to 4 classes → ReLU → global average.
 
 use crate::arch::activation::relu;
-use crate::arch::{ArchSpec, Backbone, HeadKind, global_avg_pool};
+use crate::arch::{ArchSpec, Backbone, HeadKind, Operations, global_avg_pool};
 use crate::classes::NUM_CLASSES;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
@@ -68,13 +68,17 @@ impl Head {
     }
 }
 
-/// A whole classifier: backbone + head.
+/// A whole classifier: backbone + head, and the operations its forward passes run.
 #[derive(Module, Debug)]
 pub struct Classifier {
     /// Feature extractor.
     pub backbone: Backbone,
     /// Classification head.
     pub head: Head,
+    /// The operations every forward pass of this classifier runs ([`Operations::Own`] unless
+    /// set with [`Classifier::with_operations`]); not part of the saved weights.
+    #[module(skip)]
+    pub operations: Operations,
 }
 
 impl Classifier {
@@ -83,7 +87,23 @@ impl Classifier {
         Self {
             backbone: spec.build_backbone(false, device),
             head: Head::new(spec, device),
+            operations: Operations::default(),
         }
+    }
+
+    /// A classifier of `backbone` and `head`, running this project's operations.
+    pub fn from_parts(backbone: Backbone, head: Head) -> Self {
+        Self {
+            backbone,
+            head,
+            operations: Operations::default(),
+        }
+    }
+
+    /// The classifier running its forward passes through `operations` (the same function;
+    /// `pneumoscope bench` times both).
+    pub fn with_operations(self, operations: Operations) -> Self {
+        Self { operations, ..self }
     }
 
     /// The classifier for inference, with its batch norms folded into the convolutions before
@@ -91,18 +111,19 @@ impl Classifier {
     pub fn fold_batchnorm(self) -> Self {
         Self {
             backbone: self.backbone.fold_batchnorm(),
-            head: self.head,
+            ..self
         }
     }
 
     /// The Grad-CAM target activation.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        self.backbone.feature_map(x)
+        self.backbone.feature_map(x, self.operations)
     }
 
     /// Logits `[batch, 4]` from the Grad-CAM target activation.
     pub fn logits_from_map(&self, map: Tensor<4>) -> Tensor<2> {
-        self.head.forward(self.backbone.head_input(map))
+        self.head
+            .forward(self.backbone.head_input(map, self.operations))
     }
 
     /// Global average of the Grad-CAM target, `[batch, feature_dim]` (what the

@@ -17,17 +17,20 @@
 //! backends, untracked autodiff tensors) Burn's `relu` and `relu6` run. Written because Burn
 //! 0.22 has no fused or vectorised clamp on the CPU; drop it when it does.
 
+use super::conv::Operations;
 use burn::prelude::*;
 
 /// ReLU6 of `x`: this module's autodiff operation where a gradient is tracked on the CPU
 /// backend, the in-place kernel on the CPU backend without autodiff, Burn's `relu6` otherwise
-/// (and always in training while [`super::conv::Operations::Burn`] is in force). All compute the
-/// same function.
-pub fn relu6(x: Tensor<4>) -> Tensor<4> {
+/// (and always in training with [`Operations::Burn`]). All compute the same function.
+pub fn relu6(x: Tensor<4>, ops: Operations) -> Tensor<4> {
+    // In wasm only Burn's path exists for a tracked tensor: both choices are the same there.
+    #[cfg(target_arch = "wasm32")]
+    let _ = ops;
     #[cfg(not(target_arch = "wasm32"))]
     {
         if x.is_tracked()
-            && !super::conv::burn_operations()
+            && ops == Operations::Own
             && let Some(y) = native::relu6(x.clone())
         {
             return y;
@@ -263,7 +266,7 @@ mod tests {
         assert!(in_place::runs_on(&x), "the kernels run");
         for t in [x.clone(), x.clone().swap_dims(1, 3)] {
             assert_eq!(
-                bits(relu6(t.clone())),
+                bits(relu6(t.clone(), Operations::Own)),
                 bits(burn::tensor::activation::relu6(t.clone()))
             );
             assert_eq!(
@@ -277,7 +280,7 @@ mod tests {
             bits(relu(flat.clone())),
             bits(burn::tensor::activation::relu(flat))
         );
-        let y: Vec<f32> = relu6(x).into_data().try_to_vec().unwrap();
+        let y: Vec<f32> = relu6(x, Operations::Own).into_data().try_to_vec().unwrap();
         assert!(y[0].is_nan() && y[1] == 6.0 && y[2] == 0.0 && y[3].is_sign_negative());
         assert!(y.iter().any(|v| *v > 0.0 && *v < 6.0));
     }
@@ -289,7 +292,7 @@ mod tests {
         let x = awkward(&device);
         assert!(!in_place::runs_on(&x));
         assert_eq!(
-            bits(relu6(x.clone())),
+            bits(relu6(x.clone(), Operations::Own)),
             bits(burn::tensor::activation::relu6(x))
         );
     }

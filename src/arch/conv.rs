@@ -22,12 +22,12 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use std::cell::Cell;
 
-/// Which operations a forward pass (and the optimiser step after it) runs. Both compute the
-/// same function; [`Operations::Burn`] is the path before this module, [`super::activation`],
-/// [`super::norm`] and [`super::fused`], kept so that `pneumoscope bench` can time both in one
-/// run.
+/// Which operations a forward pass (and the optimiser step after it) runs: a value the network
+/// carries ([`crate::model::Classifier::operations`]) and passes to every layer it applies, and
+/// the trainer's optimiser holds. Both compute the same function; [`Operations::Burn`] is the
+/// path before this module, [`super::activation`], [`super::norm`] and [`super::fused`], kept so
+/// that `pneumoscope bench` can time both in one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Operations {
     /// This project's: the depthwise convolution, batch norm and ReLU6 as autodiff operations
@@ -37,35 +37,6 @@ pub enum Operations {
     /// Burn's own operations and their backward (for a depthwise layer the per-channel loop;
     /// in inference no fused convolutions).
     Burn,
-}
-
-thread_local! {
-    /// The operations of the calls [`with_operations`] runs on this thread. Per thread and
-    /// scoped, so that tests and benchmarks on other threads are not affected.
-    static OPERATIONS: Cell<Operations> = const { Cell::new(Operations::Own) };
-}
-
-/// Runs `f` with every forward pass, backward pass and optimiser step it makes on this thread
-/// going through `ops`; the previous choice is restored afterwards, even if `f` panics.
-pub fn with_operations<R>(ops: Operations, f: impl FnOnce() -> R) -> R {
-    struct Restore(Operations);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            OPERATIONS.with(|o| o.set(self.0));
-        }
-    }
-    let _restore = Restore(OPERATIONS.with(|o| o.replace(ops)));
-    f()
-}
-
-/// The operations in force on this thread ([`with_operations`]; [`Operations::Own`] outside).
-pub fn operations() -> Operations {
-    OPERATIONS.with(Cell::get)
-}
-
-/// Whether Burn's own operations are in force on this thread.
-pub fn burn_operations() -> bool {
-    operations() == Operations::Burn
 }
 
 /// Whether `conv` is a depthwise convolution (one input and one output channel per group, more
@@ -131,9 +102,9 @@ pub fn padding_pairs(conv: &Conv2d, h: usize, w: usize) -> [(usize, usize); 2] {
 /// autodiff backward is two matrix products, about twice as fast on the CPU as Burn's
 /// convolution backward at 56x56), when a gradient is tracked through it (the input or the
 /// weights); Burn's convolution otherwise (inference, Grad-CAM, frozen layers). All compute the
-/// same function.
-pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    if burn_operations() || conv.dilation != [1, 1] {
+/// same function. With [`Operations::Burn`], always Burn's convolution.
+pub fn forward(conv: &Conv2d, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+    if ops == Operations::Burn || conv.dilation != [1, 1] {
         return conv.forward(x);
     }
     let weight = conv.weight.val();
@@ -523,19 +494,15 @@ mod tests {
                 .init(&device);
             assert!(is_depthwise(&conv) || is_pointwise(&conv));
             let x0 = Tensor::<4>::random([2, 8, 12, 12], Distribution::Normal(0.0, 1.0), &device);
-            let grads_of = |ours: bool| {
+            let grads_of = |ops: Operations| {
                 let x = x0.clone().detach().require_grad();
-                let y = if ours {
-                    forward(&conv, x.clone())
-                } else {
-                    conv.forward(x.clone())
-                };
+                let y = forward(&conv, x.clone(), ops);
                 let grads = (y.clone() * y.clone()).sum().backward();
                 let gw = conv.weight.val().grad(&grads).unwrap();
                 (y.detach(), x.grad(&grads).unwrap(), gw)
             };
-            let (y_ref, gx_ref, gw_ref) = grads_of(false);
-            let (y, gx, gw) = grads_of(true);
+            let (y_ref, gx_ref, gw_ref) = grads_of(Operations::Burn);
+            let (y, gx, gw) = grads_of(Operations::Own);
             assert!(max_rel(&y, &y_ref) < 1e-5);
             assert!(max_rel(&gx, &gx_ref) < 1e-5);
             assert!(max_rel(&gw, &gw_ref) < 1e-5);

@@ -3,6 +3,7 @@
 //! (2208x7x7).
 
 use super::activation::relu;
+use super::conv::Operations;
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, avg_pool, bn, max_pool};
 use super::norm;
@@ -150,10 +151,12 @@ impl DenseNet {
         self
     }
 
-    /// `relu(features(x))`.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+    /// `relu(features(x))`, through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         let f = &self.features;
-        let mut x = f.pool0.forward(relu(opt_bn(&f.norm0, f.conv0.forward(x))));
+        let mut x = f
+            .pool0
+            .forward(relu(opt_bn(&f.norm0, f.conv0.forward(x), ops)));
         let stages: [(&DenseBlock, Option<&Transition>); 4] = [
             (&f.denseblock1, Some(&f.transition1)),
             (&f.denseblock2, Some(&f.transition2)),
@@ -162,17 +165,17 @@ impl DenseNet {
         ];
         for (block, transition) in stages {
             for l in &block.layers {
-                let y = relu(norm::forward(&l.norm1, x.clone()));
-                let y = relu(norm::forward(&l.norm2, l.conv1.forward(y)));
+                let y = relu(norm::forward(&l.norm1, x.clone(), ops));
+                let y = relu(norm::forward(&l.norm2, l.conv1.forward(y), ops));
                 let y = l.conv2.forward(y);
                 x = Tensor::cat(vec![x, y], 1);
             }
             if let Some(t) = transition {
                 x = t
                     .pool
-                    .forward(t.conv.forward(relu(norm::forward(&t.norm, x))));
+                    .forward(t.conv.forward(relu(norm::forward(&t.norm, x, ops))));
             }
         }
-        relu(norm::forward(&f.norm5, x))
+        relu(norm::forward(&f.norm5, x, ops))
     }
 }

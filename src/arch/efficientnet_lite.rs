@@ -7,6 +7,7 @@
 //! the registry is a single rule.
 
 use super::activation::relu6;
+use super::conv::Operations;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -117,14 +118,14 @@ impl MbConv {
         }
     }
 
-    fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+    fn forward(&self, input: Tensor<4>, ops: Operations) -> Tensor<4> {
         let mut x = input.clone();
         if let Some(c) = &self.expand_conv {
-            x = conv_bn_act(c, &self.bn0, x, Act::Relu6);
+            x = conv_bn_act(c, &self.bn0, x, Act::Relu6, ops);
         }
-        x = conv_bn_act(&self.depthwise_conv, &self.bn1, x, Act::Relu6);
+        x = conv_bn_act(&self.depthwise_conv, &self.bn1, x, Act::Relu6, ops);
         let residual = self.residual.then_some(input);
-        conv_bn_add(&self.project_conv, &self.bn2, x, residual)
+        conv_bn_add(&self.project_conv, &self.bn2, x, residual, ops)
     }
 
     /// The block with each batch norm folded into its convolution.
@@ -198,30 +199,30 @@ impl EfficientNetLite {
     }
 
     /// The Grad-CAM target: the output of the last convolutional block (head conv + BN + ReLU6),
-    /// `[batch, 1280, h/32, w/32]`.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+    /// `[batch, 1280, h/32, w/32]`, through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         let n = self.blocks.len();
-        self.feature_map_from(self.input_of_block(x, n), n)
+        self.feature_map_from(self.input_of_block(x, n, ops), n, ops)
     }
 
     /// The stem and the first `n` blocks: the input of block `n` (partial fine-tuning caches it).
-    pub fn input_of_block(&self, x: Tensor<4>, n: usize) -> Tensor<4> {
-        let mut x = relu6(opt_bn(&self.bn0, self.conv_stem.forward(x)));
+    pub fn input_of_block(&self, x: Tensor<4>, n: usize, ops: Operations) -> Tensor<4> {
+        let mut x = self.stem(x, ops);
         for b in &self.blocks[..n] {
-            x = b.forward(x);
+            x = b.forward(x, ops);
         }
         x
     }
 
     /// The outputs after the first `after[i]` blocks, for each `i` (ascending counts), in one
     /// pass: the multi-scale features a segmentation decoder reads.
-    pub fn stage_outputs(&self, x: Tensor<4>, after: &[usize]) -> Vec<Tensor<4>> {
-        let mut x = relu6(opt_bn(&self.bn0, self.conv_stem.forward(x)));
+    pub fn stage_outputs(&self, x: Tensor<4>, after: &[usize], ops: Operations) -> Vec<Tensor<4>> {
+        let mut x = self.stem(x, ops);
         let mut out = Vec::with_capacity(after.len());
         let mut done = 0;
         for &n in after {
             for b in &self.blocks[done..n] {
-                x = b.forward(x);
+                x = b.forward(x, ops);
             }
             done = n;
             out.push(x.clone());
@@ -230,11 +231,16 @@ impl EfficientNetLite {
     }
 
     /// Blocks `n..` and the head convolution: the Grad-CAM target from the input of block `n`.
-    pub fn feature_map_from(&self, mut x: Tensor<4>, n: usize) -> Tensor<4> {
+    pub fn feature_map_from(&self, mut x: Tensor<4>, n: usize, ops: Operations) -> Tensor<4> {
         for b in &self.blocks[n..] {
-            x = b.forward(x);
+            x = b.forward(x, ops);
         }
-        conv_bn_act(&self.conv_head, &self.bn1, x, Act::Relu6)
+        conv_bn_act(&self.conv_head, &self.bn1, x, Act::Relu6, ops)
+    }
+
+    /// The stem: convolution, batch norm, ReLU6.
+    fn stem(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+        relu6(opt_bn(&self.bn0, self.conv_stem.forward(x), ops), ops)
     }
 
     /// The backbone with every batch norm folded into the convolution before it (inference).
@@ -285,7 +291,7 @@ mod tests {
             &device,
         );
         assert_eq!(m.blocks.len(), 16);
-        let y = m.feature_map(Tensor::zeros([1, 3, 64, 64], &device));
+        let y = m.feature_map(Tensor::zeros([1, 3, 64, 64], &device), Operations::Own);
         assert_eq!(y.dims(), [1, HEAD, 2, 2]);
     }
 }

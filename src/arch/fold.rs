@@ -10,6 +10,7 @@
 //! convolution. Folding happens once, when a model is loaded for inference
 //! ([`crate::model::Classifier::fold_batchnorm`]); training keeps its batch norms.
 
+use super::conv::Operations;
 use super::layers::{Identity, Layer};
 use burn::module::Param;
 use burn::nn::BatchNorm;
@@ -45,10 +46,10 @@ pub fn conv_opt_bn(conv: Conv2d, bn: Option<BatchNorm>) -> (Conv2d, Option<Batch
     }
 }
 
-/// Applies an optional batch norm (`None` once folded).
-pub fn opt_bn(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
+/// Applies an optional batch norm (`None` once folded) through `ops`.
+pub fn opt_bn(bn: &Option<BatchNorm>, x: Tensor<4>, ops: Operations) -> Tensor<4> {
     match bn {
-        Some(bn) => super::norm::forward(bn, x),
+        Some(bn) => super::norm::forward(bn, x, ops),
         None => x,
     }
 }

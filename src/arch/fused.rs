@@ -25,7 +25,7 @@
 //! 0.22 has no fused convolution on the CPU; drop it when it does.
 
 use super::activation::in_place;
-use super::conv::{is_depthwise, is_pointwise, padding_pairs};
+use super::conv::{Operations, is_depthwise, is_pointwise, padding_pairs};
 use super::fold::opt_bn;
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -46,12 +46,13 @@ pub enum Act {
 }
 
 impl Act {
-    /// The activation as Burn's tensor operations compute it (this project's [`super::activation`]).
-    fn tensor(self, x: Tensor<4>) -> Tensor<4> {
+    /// The activation as Burn's tensor operations compute it (this project's
+    /// [`super::activation`], through `ops`).
+    fn tensor(self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         match self {
             Act::Identity => x,
             Act::Relu => super::activation::relu(x),
-            Act::Relu6 => super::activation::relu6(x),
+            Act::Relu6 => super::activation::relu6(x, ops),
         }
     }
 
@@ -77,30 +78,38 @@ impl Act {
 }
 
 /// `act(bn(conv(x)))`: fused on the CPU backend without autodiff once the batch norm is folded
-/// (`bn` is `None`), through Burn's operations otherwise.
-pub fn conv_bn_act(conv: &Conv2d, bn: &Option<BatchNorm>, x: Tensor<4>, act: Act) -> Tensor<4> {
-    match bn.is_none().then(|| fusable(conv, &x, None)).flatten() {
+/// (`bn` is `None`) and `ops` is [`Operations::Own`], through `ops` otherwise.
+pub fn conv_bn_act(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    act: Act,
+    ops: Operations,
+) -> Tensor<4> {
+    match bn.is_none().then(|| fusable(conv, &x, None, ops)).flatten() {
         Some(kind) => fused(kind, conv, x, act, None),
-        None => act.tensor(opt_bn(bn, super::conv::forward(conv, x))),
+        None => act.tensor(opt_bn(bn, super::conv::forward(conv, x, ops), ops), ops),
     }
 }
 
 /// `bn(conv(x)) + residual` (no addition when `residual` is `None`): fused on the CPU backend
-/// without autodiff once the batch norm is folded, through Burn's operations otherwise.
+/// without autodiff once the batch norm is folded and `ops` is [`Operations::Own`], through
+/// `ops` otherwise.
 pub fn conv_bn_add(
     conv: &Conv2d,
     bn: &Option<BatchNorm>,
     x: Tensor<4>,
     residual: Option<Tensor<4>>,
+    ops: Operations,
 ) -> Tensor<4> {
     match bn
         .is_none()
-        .then(|| fusable(conv, &x, residual.as_ref()))
+        .then(|| fusable(conv, &x, residual.as_ref(), ops))
         .flatten()
     {
         Some(kind) => fused(kind, conv, x, Act::Identity, residual),
         None => {
-            let y = opt_bn(bn, super::conv::forward(conv, x));
+            let y = opt_bn(bn, super::conv::forward(conv, x, ops), ops);
             match residual {
                 Some(r) => y + r,
                 None => y,
@@ -121,8 +130,13 @@ pub enum Fusable {
 /// Whether `conv` applied to `x` (and `residual`) is fused: `x`, the weights, the bias and the
 /// residual are f32 tensors of the CPU backend without autodiff, the layer is a 1x1
 /// convolution or, without a residual, a depthwise one, and
-/// [`super::conv::Operations::Own`] is in force.
-pub fn fusable(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Option<Fusable> {
+/// `ops` is [`Operations::Own`].
+pub fn fusable(
+    conv: &Conv2d,
+    x: &Tensor<4>,
+    residual: Option<&Tensor<4>>,
+    ops: Operations,
+) -> Option<Fusable> {
     let cpu = in_place::runs_on(x)
         && in_place::runs_on(&conv.weight.val())
         && conv
@@ -130,7 +144,7 @@ pub fn fusable(conv: &Conv2d, x: &Tensor<4>, residual: Option<&Tensor<4>>) -> Op
             .as_ref()
             .is_none_or(|b| in_place::runs_on(&b.val()))
         && residual.is_none_or(in_place::runs_on);
-    if !cpu || conv.dilation != [1, 1] || super::conv::burn_operations() {
+    if !cpu || conv.dilation != [1, 1] || ops == Operations::Burn {
         None
     } else if is_pointwise(conv) {
         Some(Fusable::Pointwise)
@@ -585,10 +599,10 @@ mod tests {
             let conv = layer([c, c], k, s, c, pad.clone(), &device);
             let x = Tensor::<4>::random([2, c, size, size], Distribution::Normal(0., 2.), &device);
             for act in [Act::Identity, Act::Relu, Act::Relu6] {
-                let burn = act.tensor(conv.forward(x.clone()));
-                let kind = fusable(&conv, &x, None);
+                let burn = act.tensor(conv.forward(x.clone()), Operations::Burn);
+                let kind = fusable(&conv, &x, None, Operations::Own);
                 assert_eq!(kind, Some(Fusable::Depthwise));
-                let ours = conv_bn_act(&conv, &None, x.clone(), act);
+                let ours = conv_bn_act(&conv, &None, x.clone(), act, Operations::Own);
                 assert_eq!(ours.dims(), burn.dims(), "{pad:?} k{k} s{s} {size}px");
                 let d = rel_diff(ours, burn);
                 assert!(d < 1e-6, "{pad:?} k{k} s{s} {size}px {act:?}: {d}");
@@ -603,15 +617,24 @@ mod tests {
         let x = Tensor::<4>::random([3, 24, 9, 11], Distribution::Normal(0., 1.), &device);
         let r = Tensor::<4>::random([3, 40, 9, 11], Distribution::Normal(0., 1.), &device);
         for act in [Act::Identity, Act::Relu6] {
-            let burn = act.tensor(conv.forward(x.clone()));
-            assert_eq!(fusable(&conv, &x, None), Some(Fusable::Pointwise));
-            let d = rel_diff(conv_bn_act(&conv, &None, x.clone(), act), burn);
+            let burn = act.tensor(conv.forward(x.clone()), Operations::Burn);
+            assert_eq!(
+                fusable(&conv, &x, None, Operations::Own),
+                Some(Fusable::Pointwise)
+            );
+            let d = rel_diff(
+                conv_bn_act(&conv, &None, x.clone(), act, Operations::Own),
+                burn,
+            );
             assert!(d < 1e-6, "{act:?}: {d}");
         }
         let burn = conv.forward(x.clone()) + r.clone();
         // The residual is shared with `r`: its values are copied, and `r` keeps its own.
         let before = r.clone().into_data();
-        let d = rel_diff(conv_bn_add(&conv, &None, x.clone(), Some(r.clone())), burn);
+        let d = rel_diff(
+            conv_bn_add(&conv, &None, x.clone(), Some(r.clone()), Operations::Own),
+            burn,
+        );
         assert!(d < 1e-6, "residual: {d}");
         assert_eq!(
             r.into_data(),
@@ -625,13 +648,26 @@ mod tests {
         let device = Device::flex();
         let conv = layer([4, 8], 3, 1, 1, PaddingConfig2d::Same, &device);
         let x = Tensor::<4>::zeros([1, 4, 5, 5], &device);
-        assert_eq!(fusable(&conv, &x, None), None, "a 3x3 dense layer");
+        assert_eq!(
+            fusable(&conv, &x, None, Operations::Own),
+            None,
+            "a 3x3 dense layer"
+        );
+        let pointwise = layer([4, 8], 1, 1, 1, PaddingConfig2d::Valid, &device);
+        assert_eq!(
+            fusable(&pointwise, &x, None, Operations::Burn),
+            None,
+            "Burn's operations asked for"
+        );
         let ad = device.autodiff();
         let dw = layer([4, 4], 3, 1, 4, PaddingConfig2d::Same, &ad);
         let x = Tensor::<4>::ones([1, 4, 5, 5], &ad);
-        assert_eq!(fusable(&dw, &x, None), None, "autodiff");
-        let y = conv_bn_act(&dw, &None, x.clone(), Act::Relu6);
-        let d = rel_diff(y, super::super::activation::relu6(dw.forward(x)));
+        assert_eq!(fusable(&dw, &x, None, Operations::Own), None, "autodiff");
+        let y = conv_bn_act(&dw, &None, x.clone(), Act::Relu6, Operations::Own);
+        let d = rel_diff(
+            y,
+            super::super::activation::relu6(dw.forward(x), Operations::Burn),
+        );
         assert_eq!(d, 0.0);
     }
 }

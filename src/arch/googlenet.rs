@@ -5,6 +5,7 @@
 //! `inception5b` (1024x7x7).
 
 use super::activation::relu;
+use super::conv::Operations;
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, bn, max_pool};
 use burn::nn::conv::Conv2d;
@@ -34,8 +35,8 @@ impl BasicConv2d {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(opt_bn(&self.bn, self.conv.forward(x)))
+    fn forward(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+        relu(opt_bn(&self.bn, self.conv.forward(x), ops))
     }
 
     fn fold_batchnorm(self) -> Self {
@@ -51,8 +52,8 @@ fn fold_all(layers: Vec<BasicConv2d>) -> Vec<BasicConv2d> {
         .collect()
 }
 
-fn chain(layers: &[BasicConv2d], x: Tensor<4>) -> Tensor<4> {
-    layers.iter().fold(x, |x, l| l.forward(x))
+fn chain(layers: &[BasicConv2d], x: Tensor<4>, ops: Operations) -> Tensor<4> {
+    layers.iter().fold(x, |x, l| l.forward(x, ops))
 }
 
 /// An inception module: four branches concatenated.
@@ -100,13 +101,13 @@ impl Inception {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         Tensor::cat(
             vec![
-                self.branch1.forward(x.clone()),
-                chain(&self.branch2, x.clone()),
-                chain(&self.branch3, x.clone()),
-                chain(&self.branch4, self.pool.forward(x)),
+                self.branch1.forward(x.clone(), ops),
+                chain(&self.branch2, x.clone(), ops),
+                chain(&self.branch3, x.clone(), ops),
+                chain(&self.branch4, self.pool.forward(x), ops),
             ],
             1,
         )
@@ -200,20 +201,23 @@ impl GoogLeNet {
         Tensor::cat(channels, 1)
     }
 
-    /// The output of `inception5b`.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The output of `inception5b`, through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         let x = Self::transform_input(x);
-        let x = self.pool3.forward(self.conv1.forward(x));
-        let x = self.conv3.forward(self.conv2.forward(x));
+        let x = self.pool3.forward(self.conv1.forward(x, ops));
+        let x = self.conv3.forward(self.conv2.forward(x, ops), ops);
         let x = self.pool3.forward(x);
-        let x = self.inception3b.forward(self.inception3a.forward(x));
+        let x = self
+            .inception3b
+            .forward(self.inception3a.forward(x, ops), ops);
         let x = self.pool3.forward(x);
-        let x = self.inception4a.forward(x);
-        let x = self.inception4b.forward(x);
-        let x = self.inception4c.forward(x);
-        let x = self.inception4d.forward(x);
-        let x = self.inception4e.forward(x);
+        let x = self.inception4a.forward(x, ops);
+        let x = self.inception4b.forward(x, ops);
+        let x = self.inception4c.forward(x, ops);
+        let x = self.inception4d.forward(x, ops);
+        let x = self.inception4e.forward(x, ops);
         let x = self.pool2.forward(x);
-        self.inception5b.forward(self.inception5a.forward(x))
+        self.inception5b
+            .forward(self.inception5a.forward(x, ops), ops)
     }
 }

@@ -6,6 +6,7 @@
 //! rename: the weight loader skips the enum's variant names.
 
 use super::activation::relu;
+use super::conv::Operations;
 use burn::nn::activation::{HardSwish, Relu6};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -55,30 +56,30 @@ pub enum Layer {
 pub struct Identity;
 
 impl Layer {
-    /// Applies the layer.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// Applies the layer through `ops`.
+    pub fn forward(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         match self {
-            Layer::Conv(m) => super::conv::forward(m, x),
-            Layer::Bn(m) => super::norm::forward(m, x),
+            Layer::Conv(m) => super::conv::forward(m, x, ops),
+            Layer::Bn(m) => super::norm::forward(m, x, ops),
             Layer::Linear(m) => m.forward(x),
             Layer::Relu(_) => relu(x),
-            Layer::Relu6(_) => super::activation::relu6(x),
+            Layer::Relu6(_) => super::activation::relu6(x, ops),
             Layer::Hardswish(m) => m.forward(x),
             Layer::MaxPool(m) => m.forward(x),
             Layer::AvgPool(m) => m.forward(x),
             Layer::Dropout(m) => m.forward(x),
-            Layer::Seq(layers) => seq(layers, x),
+            Layer::Seq(layers) => seq(layers, x, ops),
             Layer::Se(m) => m.forward(x),
-            Layer::Residual(m) => m.forward(x),
+            Layer::Residual(m) => m.forward(x, ops),
             Layer::Fire(m) => m.forward(x),
             Layer::Identity(_) => x,
         }
     }
 }
 
-/// Applies `layers` in order.
-pub fn seq(layers: &[Layer], x: Tensor<4>) -> Tensor<4> {
-    layers.iter().fold(x, |x, l| l.forward(x))
+/// Applies `layers` in order, through `ops`.
+pub fn seq(layers: &[Layer], x: Tensor<4>, ops: Operations) -> Tensor<4> {
+    layers.iter().fold(x, |x, l| l.forward(x, ops))
 }
 
 /// A block whose output is `layers(x)`, plus `x` when `residual`.
@@ -92,9 +93,9 @@ pub struct Residual {
 }
 
 impl Residual {
-    /// Applies the block.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = seq(&self.layers, x.clone());
+    /// Applies the block through `ops`.
+    pub fn forward(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+        let y = seq(&self.layers, x.clone(), ops);
         if self.residual { y + x } else { y }
     }
 }

@@ -19,6 +19,7 @@ pub mod shufflenet;
 
 use crate::error::{Error, Result};
 use burn::prelude::*;
+pub use conv::Operations;
 use densenet::DenseNet;
 use efficientnet_lite::{EfficientNetLite, LiteScale};
 use googlenet::GoogLeNet;
@@ -572,15 +573,15 @@ fn flat(x: Tensor<4>) -> Tensor<2> {
 }
 
 impl Backbone {
-    /// The activation Grad-CAM targets, `[batch, feature_dim, h, w]`.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The activation Grad-CAM targets, `[batch, feature_dim, h, w]`, computed through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         match self {
-            Backbone::EfficientNetLite(m) => m.feature_map(x),
-            Backbone::SeqNet(m) => m.feature_map(x),
-            Backbone::GoogLeNet(m) => m.feature_map(x),
-            Backbone::ResNet(m) => m.feature_map(x),
-            Backbone::DenseNet(m) => m.feature_map(x),
-            Backbone::ShuffleNet(m) => m.feature_map(x),
+            Backbone::EfficientNetLite(m) => m.feature_map(x, ops),
+            Backbone::SeqNet(m) => m.feature_map(x, ops),
+            Backbone::GoogLeNet(m) => m.feature_map(x, ops),
+            Backbone::ResNet(m) => m.feature_map(x, ops),
+            Backbone::DenseNet(m) => m.feature_map(x, ops),
+            Backbone::ShuffleNet(m) => m.feature_map(x, ops),
         }
     }
 
@@ -595,18 +596,18 @@ impl Backbone {
 
     /// The input of block `n` (see [`Backbone::block_count`]); `None` for architectures
     /// without partial fine-tuning.
-    pub fn input_of_block(&self, x: Tensor<4>, n: usize) -> Option<Tensor<4>> {
+    pub fn input_of_block(&self, x: Tensor<4>, n: usize, ops: Operations) -> Option<Tensor<4>> {
         match self {
-            Backbone::EfficientNetLite(m) => Some(m.input_of_block(x, n)),
+            Backbone::EfficientNetLite(m) => Some(m.input_of_block(x, n, ops)),
             _ => None,
         }
     }
 
     /// The Grad-CAM target computed from the input of block `n`; `None` for architectures
     /// without partial fine-tuning.
-    pub fn feature_map_from(&self, x: Tensor<4>, n: usize) -> Option<Tensor<4>> {
+    pub fn feature_map_from(&self, x: Tensor<4>, n: usize, ops: Operations) -> Option<Tensor<4>> {
         match self {
-            Backbone::EfficientNetLite(m) => Some(m.feature_map_from(x, n)),
+            Backbone::EfficientNetLite(m) => Some(m.feature_map_from(x, n, ops)),
             _ => None,
         }
     }
@@ -614,19 +615,19 @@ impl Backbone {
     /// From the Grad-CAM target to what the paper's head reads, `[batch, c, h, w]` (the
     /// architecture's `head_shape`): the global average for most, the rest of the network up
     /// to the replaced layer for AlexNet and VGG, the map itself for SqueezeNet.
-    pub fn head_input(&self, map: Tensor<4>) -> Tensor<4> {
+    pub fn head_input(&self, map: Tensor<4>, ops: Operations) -> Tensor<4> {
         match self {
-            Backbone::SeqNet(m) => m.head_input(map),
+            Backbone::SeqNet(m) => m.head_input(map, ops),
             _ => global_avg_pool_keep_dims(map),
         }
     }
 
     /// ImageNet logits from [`Backbone::head_input`], if the backbone kept its ImageNet
     /// classifier.
-    pub fn imagenet_logits(&self, input: Tensor<4>) -> Option<Tensor<2>> {
+    pub fn imagenet_logits(&self, input: Tensor<4>, ops: Operations) -> Option<Tensor<2>> {
         match self {
             Backbone::EfficientNetLite(m) => m.imagenet_logits(flat(input)),
-            Backbone::SeqNet(m) => m.imagenet_logits(input),
+            Backbone::SeqNet(m) => m.imagenet_logits(input, ops),
             Backbone::GoogLeNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::ResNet(m) => m.fc.as_ref().map(|fc| fc.forward(flat(input))),
             Backbone::DenseNet(m) => m.classifier.as_ref().map(|fc| fc.forward(flat(input))),
@@ -694,7 +695,7 @@ mod tests {
             let x = Tensor::<4>::zeros([2, 3, s, s], &device);
             let map = model.feature_map(x);
             assert_eq!(map.dims()[..2], [2, spec.feature_dim], "{}", spec.name);
-            let input = model.backbone.head_input(map.clone());
+            let input = model.backbone.head_input(map.clone(), model.operations);
             let [c, h, w] = spec.head_shape;
             assert_eq!(input.dims(), [2, c, h, w], "{}", spec.name);
             assert_eq!(model.logits_from_map(map).dims(), [2, 4], "{}", spec.name);

@@ -17,17 +17,20 @@
 //! Inference, frozen layers, other backends and wasm keep Burn's batch norm. Written because
 //! Burn 0.22's CPU backend has no batch-norm kernel; drop it when it does.
 
+use super::conv::Operations;
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 
 /// `bn` applied to `x`: this module's operation for a layer in training on the CPU backend with
-/// autodiff, Burn's [`BatchNorm::forward`] otherwise (and always while
-/// [`super::conv::Operations::Burn`] is in force). Both compute the same function and update the
-/// running statistics alike.
-pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// autodiff, Burn's [`BatchNorm::forward`] otherwise (and always with [`Operations::Burn`]).
+/// Both compute the same function and update the running statistics alike.
+pub fn forward(bn: &BatchNorm, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+    // In wasm only Burn's path exists for a tracked tensor: both choices are the same there.
+    #[cfg(target_arch = "wasm32")]
+    let _ = ops;
     #[cfg(not(target_arch = "wasm32"))]
     {
-        if !super::conv::burn_operations()
+        if ops == Operations::Own
             && x.device().is_autodiff()
             && bn.training.is_enabled()
             && let Some(out) =
@@ -287,16 +290,12 @@ mod tests {
         let g = Tensor::<4>::random([3, 5, 7, 9], Distribution::Normal(0.0, 1.0), &device);
         let gamma = Tensor::<1>::random([5], Distribution::Normal(1.0, 0.5), &device);
         let beta = Tensor::<1>::random([5], Distribution::Normal(0.0, 0.5), &device);
-        let run = |ours: bool| {
+        let run = |ops: Operations| {
             let mut bn = BatchNormConfig::new(5).init(&device);
             bn.gamma = burn::module::Param::from_tensor(gamma.clone());
             bn.beta = burn::module::Param::from_tensor(beta.clone());
             let x = x0.clone().detach().require_grad();
-            let y = if ours {
-                forward(&bn, x.clone())
-            } else {
-                bn.forward(x.clone())
-            };
+            let y = forward(&bn, x.clone(), ops);
             let grads = (y.clone() * g.clone().detach()).sum().backward();
             vec![
                 vec_of(y),
@@ -307,8 +306,8 @@ mod tests {
                 vec_of(bn.running_var.value_sync()),
             ]
         };
-        let ours = run(true);
-        let burn = run(false);
+        let ours = run(Operations::Own);
+        let burn = run(Operations::Burn);
         // The running mean moved by the momentum (0.1) towards the batch mean (about 2).
         assert!(
             ours[4].iter().all(|m| (0.1..0.3).contains(m)),

@@ -3,6 +3,7 @@
 //! (2048x7x7).
 
 use super::activation::relu;
+use super::conv::Operations;
 use super::fold::{self, opt_bn};
 use super::layers::{ConvSpec, Layer, bn, max_pool, seq};
 use burn::nn::conv::Conv2d;
@@ -42,15 +43,15 @@ pub struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         let identity = if self.downsample.is_empty() {
             x.clone()
         } else {
-            seq(&self.downsample, x.clone())
+            seq(&self.downsample, x.clone(), ops)
         };
-        let y = relu(opt_bn(&self.bn1, self.conv1.forward(x)));
-        let y = relu(opt_bn(&self.bn2, self.conv2.forward(y)));
-        let y = opt_bn(&self.bn3, self.conv3.forward(y));
+        let y = relu(opt_bn(&self.bn1, self.conv1.forward(x), ops));
+        let y = relu(opt_bn(&self.bn2, self.conv2.forward(y), ops));
+        let y = opt_bn(&self.bn3, self.conv3.forward(y), ops);
         relu(y + identity)
     }
 
@@ -149,11 +150,11 @@ impl ResNet {
         }
     }
 
-    /// The output of `layer4`.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The output of `layer4`, through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         let mut x = self
             .maxpool
-            .forward(relu(opt_bn(&self.bn1, self.conv1.forward(x))));
+            .forward(relu(opt_bn(&self.bn1, self.conv1.forward(x), ops)));
         for b in self
             .layer1
             .iter()
@@ -161,7 +162,7 @@ impl ResNet {
             .chain(&self.layer3)
             .chain(&self.layer4)
         {
-            x = b.forward(x);
+            x = b.forward(x, ops);
         }
         x
     }

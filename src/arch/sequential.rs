@@ -2,6 +2,7 @@
 //! AlexNet, VGG-16, SqueezeNet 1.0, MobileNetV2, MobileNetV3-Large and MNASNet 1.0, each built
 //! exactly as torchvision defines it (same layers, same indices, same hyper-parameters).
 
+use super::conv::Operations;
 use super::fold;
 use super::layers::{
     Act, ConvNormAct, ConvSpec, Fire, Layer, Residual, SqueezeExcitation, dropout, linear,
@@ -34,14 +35,14 @@ pub struct SequentialNet {
 }
 
 impl SequentialNet {
-    /// The Grad-CAM target activation.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        seq(&self.features[..self.cam_split], x)
+    /// The Grad-CAM target activation, through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+        seq(&self.features[..self.cam_split], x, ops)
     }
 
     /// What the paper's head reads, `[n, c, h, w]` (`h = w = 1` except for SqueezeNet).
-    pub fn head_input(&self, map: Tensor<4>) -> Tensor<4> {
-        let x = seq(&self.features[self.cam_split..], map);
+    pub fn head_input(&self, map: Tensor<4>, ops: Operations) -> Tensor<4> {
+        let x = seq(&self.features[self.cam_split..], map, ops);
         if self.conv_classifier {
             return x;
         }
@@ -51,22 +52,26 @@ impl SequentialNet {
             adaptive_avg_pool2d(x, [self.pool, self.pool]).flatten(1, 3)
         };
         let [n, d] = flat.dims();
-        let y = seq(&self.classifier[..self.tail], flat.reshape([n, 1, 1, d]));
+        let y = seq(
+            &self.classifier[..self.tail],
+            flat.reshape([n, 1, 1, d]),
+            ops,
+        );
         let d = y.dims()[3];
         y.reshape([n, d, 1, 1])
     }
 
     /// ImageNet logits from [`SequentialNet::head_input`], when the classifier was kept.
-    pub fn imagenet_logits(&self, input: Tensor<4>) -> Option<Tensor<2>> {
+    pub fn imagenet_logits(&self, input: Tensor<4>, ops: Operations) -> Option<Tensor<2>> {
         if self.classifier.len() <= self.tail {
             return None;
         }
         let rest = &self.classifier[self.tail..];
         if self.conv_classifier {
-            return Some(global_avg_pool(seq(rest, input)));
+            return Some(global_avg_pool(seq(rest, input, ops)));
         }
         let [n, d, _, _] = input.dims();
-        let y = seq(rest, input.reshape([n, 1, 1, d]));
+        let y = seq(rest, input.reshape([n, 1, 1, d]), ops);
         Some(y.flatten(1, 3))
     }
 

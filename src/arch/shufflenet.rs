@@ -1,6 +1,7 @@
 //! ShuffleNetV2 x1.0 as torchvision defines it. Grad-CAM: `conv5`, the last 1x1 conv + BN + ReLU
 //! (1024x7x7).
 
+use super::conv::Operations;
 use super::fold;
 use super::layers::{ConvSpec, Layer, bn, max_pool, seq};
 use burn::nn::pool::MaxPool2d;
@@ -64,15 +65,18 @@ impl ShuffleUnit {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
         let out = if self.stride == 1 {
             let c = x.dims()[1] / 2;
             let x1 = x.clone().narrow(1, 0, c);
             let x2 = x.narrow(1, c, c);
-            Tensor::cat(vec![x1, seq(&self.branch2, x2)], 1)
+            Tensor::cat(vec![x1, seq(&self.branch2, x2, ops)], 1)
         } else {
             Tensor::cat(
-                vec![seq(&self.branch1, x.clone()), seq(&self.branch2, x)],
+                vec![
+                    seq(&self.branch1, x.clone(), ops),
+                    seq(&self.branch2, x, ops),
+                ],
                 1,
             )
         };
@@ -159,12 +163,12 @@ impl ShuffleNetV2 {
         }
     }
 
-    /// The output of `conv5`.
-    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.maxpool.forward(seq(&self.conv1, x));
+    /// The output of `conv5`, through `ops`.
+    pub fn feature_map(&self, x: Tensor<4>, ops: Operations) -> Tensor<4> {
+        let mut x = self.maxpool.forward(seq(&self.conv1, x, ops));
         for u in self.stage2.iter().chain(&self.stage3).chain(&self.stage4) {
-            x = u.forward(x);
+            x = u.forward(x, ops);
         }
-        seq(&self.conv5, x)
+        seq(&self.conv5, x, ops)
     }
 }

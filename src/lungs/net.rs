@@ -3,6 +3,7 @@
 
 use super::shape::*;
 use super::*;
+use crate::arch::Operations;
 use crate::arch::efficientnet_lite::{EfficientNetLite, LiteScale};
 use crate::error::{Error, Result};
 use crate::model_file::{self};
@@ -100,6 +101,9 @@ pub struct LungNet {
     pub encoder: EfficientNetLite,
     /// The decoder.
     pub decoder: LungDecoder,
+    /// The operations the encoder runs (this project's; not part of the saved weights).
+    #[module(skip)]
+    pub operations: Operations,
 }
 
 /// EfficientNet-Lite0's scale.
@@ -111,21 +115,25 @@ pub(crate) const LITE0: LiteScale = LiteScale {
 impl LungNet {
     /// A randomly initialised segmenter.
     pub fn new(device: &Device) -> Self {
-        Self {
-            encoder: EfficientNetLite::new(LITE0, false, device),
-            decoder: LungDecoder::new(device),
-        }
+        Self::from_parts(
+            EfficientNetLite::new(LITE0, false, device),
+            LungDecoder::new(device),
+        )
     }
 
     /// A segmenter of an encoder and a decoder already built (the encoder of a classifier's
     /// network and the decoder of its model file's lung section, for instance).
     pub fn from_parts(encoder: EfficientNetLite, decoder: LungDecoder) -> Self {
-        Self { encoder, decoder }
+        Self {
+            encoder,
+            decoder,
+            operations: Operations::default(),
+        }
     }
 
     /// The encoder stages the decoder reads, finest first.
     pub fn taps(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        self.encoder.stage_outputs(x, &TAPS)
+        self.encoder.stage_outputs(x, &TAPS, self.operations)
     }
 
     /// Logits `[batch, 1, MASK_SIDE, MASK_SIDE]` from inputs `[batch, 3, INPUT_SIDE, INPUT_SIDE]`.
@@ -137,7 +145,7 @@ impl LungNet {
     pub fn fold_batchnorm(self) -> Self {
         Self {
             encoder: self.encoder.fold_batchnorm(),
-            decoder: self.decoder,
+            ..self
         }
     }
 

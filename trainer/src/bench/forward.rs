@@ -5,7 +5,7 @@ use crate::machinery::npy;
 use crate::pretrained::weights;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use pneumoscope::arch::{self, global_avg_pool};
+use pneumoscope::arch::{self, Operations, global_avg_pool};
 use pneumoscope::gradcam;
 use std::path::{Path, PathBuf};
 
@@ -83,7 +83,7 @@ pub fn logits(o: &ForwardOptions, device: &Device) -> Result<Vec<usize>> {
     } else {
         backbone
     };
-    let map = backbone.feature_map(x);
+    let map = backbone.feature_map(x, Operations::Own);
     if let Some(cam_out) = &o.cam_out {
         if !with_head {
             bail!(
@@ -95,7 +95,7 @@ pub fn logits(o: &ForwardOptions, device: &Device) -> Result<Vec<usize>> {
     }
     let y = if with_head {
         backbone
-            .imagenet_logits(backbone.head_input(map))
+            .imagenet_logits(backbone.head_input(map, Operations::Own), Operations::Own)
             .expect("head kept")
     } else {
         global_avg_pool(map)
@@ -118,7 +118,10 @@ fn write_cam(
         Some(c) => c,
         None => {
             let logits = backbone
-                .imagenet_logits(backbone.head_input(first.clone()))
+                .imagenet_logits(
+                    backbone.head_input(first.clone(), Operations::Own),
+                    Operations::Own,
+                )
                 .expect("head kept");
             let v: Vec<f32> = logits.into_data().try_to_vec()?;
             v.iter()
@@ -130,7 +133,7 @@ fn write_cam(
     };
     let parts = gradcam::cam_parts_with(first, class, |a| {
         backbone
-            .imagenet_logits(backbone.head_input(a))
+            .imagenet_logits(backbone.head_input(a, Operations::Own), Operations::Own)
             .expect("head kept")
     })?;
     let map = gradcam::read_map(parts)?;

@@ -10,7 +10,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use pneumoscope::arch;
-use pneumoscope::arch::conv::Operations;
+use pneumoscope::arch::Operations;
 use pneumoscope::model::{Classifier, Head};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -176,7 +176,7 @@ fn inference(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> [f64; 
     };
     let folded = model.clone().fold_batchnorm();
     let (as_trained, fused) = (time(&model), time(&folded));
-    let burn_ops = arch::conv::with_operations(Operations::Burn, || time(&folded));
+    let burn_ops = time(&folded.with_operations(Operations::Burn));
     [as_trained, fused, burn_ops]
 }
 
@@ -184,8 +184,6 @@ fn inference(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> [f64; 
 fn training(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f64) {
     let s = spec.input.crop;
     let ad = device.clone().autodiff();
-    let mut trainable = Classifier::new(spec, &ad);
-    let mut optim = crate::machinery::adam::optimizer(0.0);
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let xa = Tensor::<4>::random([o.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
     let y = Tensor::<1, Int>::from_data(
@@ -195,14 +193,18 @@ fn training(o: &BenchOptions, spec: &arch::ArchSpec, device: &Device) -> (f64, f
         ),
         &ad,
     );
-    let mut train_step = || {
-        let l = loss_fn.forward(trainable.forward(xa.clone()), y.clone());
-        let g = GradientsParams::from_grads(l.backward(), &trainable);
-        trainable = optim.step(1e-4, trainable.clone(), g);
+    let model = Classifier::new(spec, &ad);
+    let time_steps = |ops: Operations| {
+        let mut trainable = model.clone().with_operations(ops);
+        let mut optim = crate::machinery::adam::optimizer(0.0, ops);
+        time_it(o.iters, || {
+            let l = loss_fn.forward(trainable.forward(xa.clone()), y.clone());
+            let g = GradientsParams::from_grads(l.backward(), &trainable);
+            trainable = optim.step(1e-4, trainable.clone(), g);
+        })
     };
-    let t_train = time_it(o.iters, &mut train_step);
-    let t_burn_conv =
-        arch::conv::with_operations(Operations::Burn, || time_it(o.iters, &mut train_step));
+    let t_train = time_steps(Operations::Own);
+    let t_burn_conv = time_steps(Operations::Burn);
     let n = (o.batch * o.iters) as f64;
     (n / t_train, n / t_burn_conv)
 }
@@ -218,7 +220,7 @@ fn frozen_protocol(
     let ad = device.clone().autodiff();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let mut head = Head::new(spec, &ad);
-    let mut hopt = crate::machinery::adam::optimizer(0.0);
+    let mut hopt = crate::machinery::adam::optimizer(0.0, Operations::Own);
     let [c, h, w] = spec.head_shape;
     let feats = Tensor::<4>::random([100, c, h, w], Distribution::Default, &ad);
     let y100 = Tensor::<1, Int>::from_data(

@@ -21,7 +21,7 @@ use burn::tensor::Bytes;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use image::{GrayImage, Rgb, RgbImage};
 use pneumoscope::arch::efficientnet_lite::EfficientNetLite;
-use pneumoscope::arch::{self, Backbone};
+use pneumoscope::arch::{self, Backbone, Operations};
 use pneumoscope::inference::Engine;
 use pneumoscope::lungs::{
     self, INPUT_SIDE, LungDecoder, LungMask, LungNet, LungsFile, LungsHeader, MASK_SIDE, TAPS,
@@ -294,10 +294,7 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
     let train_s = t_train.elapsed().as_secs_f64();
 
     // The segmenter as it will be used: encoder and decoder, inference state, batch norms folded.
-    let mut net = LungNet {
-        encoder,
-        decoder: decoder.valid().to_device(&device),
-    };
+    let mut net = LungNet::from_parts(encoder, decoder.valid().to_device(&device));
     if cfg.f16 {
         net = crate::machinery::precision::to_f16(net);
     }
@@ -414,7 +411,7 @@ fn encode_views(
             device,
         );
         let taps: Vec<Vec<f32>> = fast
-            .stage_outputs(xt, &TAPS)
+            .stage_outputs(xt, &TAPS, Operations::Own)
             .into_iter()
             .map(|t| t.into_data().try_into_vec::<f32>().expect("f32"))
             .collect();
@@ -443,7 +440,7 @@ fn encode_views(
 /// `[c, h, w]` of each encoder stage the decoder reads.
 fn tap_shapes(fast: &EfficientNetLite, device: &Device) -> Vec<[usize; 3]> {
     let x = Tensor::<4>::zeros([1, 3, INPUT_SIDE, INPUT_SIDE], device);
-    fast.stage_outputs(x, &TAPS)
+    fast.stage_outputs(x, &TAPS, Operations::Own)
         .iter()
         .map(|t| {
             let [_, c, h, w] = t.dims();
@@ -464,7 +461,7 @@ fn fit_decoder(
     let ad = Device::flex().autodiff();
     ad.seed(cfg.seed);
     let mut decoder = LungDecoder::new(&ad);
-    let mut optim = crate::machinery::adam::optimizer(0.0);
+    let mut optim = crate::machinery::adam::optimizer(0.0, Operations::Own);
     let store = Checkpoints::new(run, 2);
     let mut state = State::default();
     if resume && let Some(saved) = saved_decoder(run)? {
@@ -748,8 +745,8 @@ fn shared_encoder(engine: &Engine, seg: &LungNet, x: Tensor<4>) -> Result<(usize
         bail!("network {} is not an EfficientNet-Lite", k + 1);
     };
     let d = relative_difference(
-        encoder.stage_outputs(x.clone(), &TAPS),
-        seg.encoder.stage_outputs(x, &TAPS),
+        encoder.stage_outputs(x.clone(), &TAPS, Operations::Own),
+        seg.taps(x),
     );
     if d > 1e-5 {
         bail!(

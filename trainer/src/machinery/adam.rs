@@ -5,8 +5,8 @@
 //! buffer: about a tenth of an EfficientNet-Lite0 training step on two cores. [`FusedAdam`]
 //! computes the same update, with the same f32 operations in the same order, in one pass that
 //! overwrites the parameter and both moments in place. Its state is Burn's `AdamState`, so a
-//! checkpoint of either optimizer resumes with the other. Other backends, and every step while
-//! [`pneumoscope::arch::conv::Operations::Burn`] is in force, go through Burn's `Adam`. Written
+//! checkpoint of either optimizer resumes with the other. Other backends, and every step of an
+//! optimizer built for [`Operations::Burn`], go through Burn's `Adam`. Written
 //! because Burn 0.22 has no fused optimizer step on the CPU; drop it when it does.
 
 use burn::backend::Flex;
@@ -16,6 +16,7 @@ use burn::optim::{
 };
 use burn::prelude::*;
 use burn::tensor::DType;
+use pneumoscope::arch::Operations;
 use pneumoscope::arch::activation::in_place::{runs_on, values_mut};
 use rayon::prelude::*;
 
@@ -28,10 +29,11 @@ const EPSILON: f32 = 1e-5;
 const CHUNK: usize = 1 << 15;
 
 /// The trainer's optimizer: [`FusedAdam`] over every parameter, with decoupled weight decay
-/// `weight_decay` (AdamW; 0: Adam).
-pub fn optimizer(weight_decay: f64) -> ModuleOptimizer {
+/// `weight_decay` (AdamW; 0: Adam), its steps run through `operations`.
+pub fn optimizer(weight_decay: f64, operations: Operations) -> ModuleOptimizer {
     ModuleOptimizer::from(FusedAdam {
         weight_decay,
+        operations,
         ..FusedAdam::default()
     })
 }
@@ -46,6 +48,9 @@ pub struct FusedAdam {
     burn: Adam,
     /// Decoupled weight decay (0: none).
     pub weight_decay: f64,
+    /// [`Operations::Own`]: the fused pass where it applies; [`Operations::Burn`]: Burn's
+    /// `Adam` for every step.
+    pub operations: Operations,
 }
 
 impl Default for FusedAdam {
@@ -57,6 +62,7 @@ impl Default for FusedAdam {
                 .with_epsilon(EPSILON)
                 .build(),
             weight_decay: 0.0,
+            operations: Operations::Own,
         }
     }
 }
@@ -214,7 +220,7 @@ impl Optimizer for FusedAdam {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let keep = self.decay(D, lr);
-        if pneumoscope::arch::conv::burn_operations() || !fusable(&tensor, &grad, state.as_ref()) {
+        if self.operations == Operations::Burn || !fusable(&tensor, &grad, state.as_ref()) {
             let tensor = match keep {
                 Some(k) => tensor.mul_scalar(k),
                 None => tensor,
@@ -294,14 +300,17 @@ mod tests {
         (Net::new(&device), x)
     }
 
-    /// Five steps give exactly the parameters of Burn's `Adam` with its default settings.
+    /// Five steps give exactly the parameters of Burn's `Adam` with its default settings, fused
+    /// or (built for Burn's operations) through Burn's `Adam` itself.
     #[test]
     fn five_steps_equal_burns_adam() {
         let (net, x) = setup(5);
-        let ours = train(net.clone(), &mut optimizer(0.0), &x, 0);
+        let ours = train(net.clone(), &mut optimizer(0.0, Operations::Own), &x, 0);
+        let through_burn = train(net.clone(), &mut optimizer(0.0, Operations::Burn), &x, 0);
         let burns = train(net.clone(), &mut AdamConfig::new().init(), &x, 0);
         let (ours, burns, start) = (params(&ours), params(&burns), params(&net));
         assert_eq!(ours, burns);
+        assert_eq!(params(&through_burn), burns);
         assert_ne!(ours, start, "the parameters moved");
     }
 
@@ -312,7 +321,12 @@ mod tests {
     fn weight_decay_is_adamw_for_weights_only() {
         let (net, x) = setup(1);
         let wd = 0.3;
-        let ours = params(&train(net.clone(), &mut optimizer(wd), &x, 0));
+        let ours = params(&train(
+            net.clone(),
+            &mut optimizer(wd, Operations::Own),
+            &x,
+            0,
+        ));
         let adamw = burn::optim::AdamWConfig::new()
             .with_beta_1(BETA_1)
             .with_beta_2(BETA_2)
@@ -339,12 +353,20 @@ mod tests {
     #[test]
     fn checkpoints_resume_in_either_optimizer() {
         let (net, x) = setup(4);
-        let straight = params(&train(net.clone(), &mut optimizer(0.0), &x, 0));
+        let straight = params(&train(
+            net.clone(),
+            &mut optimizer(0.0, Operations::Own),
+            &x,
+            0,
+        ));
         let burns = || AdamConfig::new().init();
         for (saved_by, resumed_by) in [
-            (optimizer(0.0), burns()),
-            (burns(), optimizer(0.0)),
-            (optimizer(0.0), optimizer(0.0)),
+            (optimizer(0.0, Operations::Own), burns()),
+            (burns(), optimizer(0.0, Operations::Own)),
+            (
+                optimizer(0.0, Operations::Own),
+                optimizer(0.0, Operations::Own),
+            ),
         ] {
             let mut first = saved_by;
             let half = train(net.clone(), &mut first, &x[..2], 0);

@@ -240,10 +240,10 @@ pub fn untrained(
             source: crate::pretrained::weights::RANDOM_INIT.to_string(),
         },
     };
-    let mut model = Classifier {
-        backbone: loaded.backbone,
-        head: pneumoscope::model::Head::new(spec, &device),
-    };
+    let mut model = Classifier::from_parts(
+        loaded.backbone,
+        pneumoscope::model::Head::new(spec, &device),
+    );
     if f16 {
         model = to_f16(model);
     }

@@ -55,7 +55,10 @@ impl<'a> Run<'a> {
     ) -> Result<M> {
         let cfg = self.cfg;
         let opt = &cfg.optimisation;
-        let mut optim = crate::machinery::adam::optimizer(cfg.tuning.weight_decay);
+        let mut optim = crate::machinery::adam::optimizer(
+            cfg.tuning.weight_decay,
+            pneumoscope::arch::Operations::Own,
+        );
         let (mut progress, mut module) = Progress::resume(self.dir, module, &mut optim)?;
         // A shard's share of a batch's loss: the sum of its rows' weights (the loss's
         // normaliser is the sum of the batch's weights).

@@ -9,12 +9,15 @@ use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use pneumoscope::NUM_CLASSES;
-use pneumoscope::arch::{self, ArchSpec, global_avg_pool};
+use pneumoscope::arch::{self, ArchSpec, Operations, global_avg_pool};
 use pneumoscope::model::Classifier;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::path::Path;
+
+/// The operations the frozen backbone's features are extracted through.
+const OPS: Operations = Operations::Own;
 
 /// What [`extract_features`] computes per image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +45,7 @@ pub fn extract_shape(
         Extract::InputOfBlock(n) => {
             let s = spec.input.crop;
             backbone
-                .input_of_block(Tensor::zeros([1, 3, s, s], device), n)
+                .input_of_block(Tensor::zeros([1, 3, s, s], device), n, OPS)
                 .map_or([0; 3], |t| {
                     let [_, c, h, w] = t.dims();
                     [c, h, w]
@@ -110,10 +113,12 @@ pub fn extract_features(
             .collect();
         let x = stack(&imgs, spec.input.crop, device);
         let f = match what {
-            Extract::HeadInput => backbone.head_input(backbone.feature_map(x)).flatten(1, 3),
-            Extract::Pooled => global_avg_pool(backbone.feature_map(x)),
+            Extract::HeadInput => backbone
+                .head_input(backbone.feature_map(x, OPS), OPS)
+                .flatten(1, 3),
+            Extract::Pooled => global_avg_pool(backbone.feature_map(x, OPS)),
             Extract::InputOfBlock(n) => backbone
-                .input_of_block(x, n)
+                .input_of_block(x, n, OPS)
                 .expect("checked by the caller: the backbone has blocks")
                 .flatten(1, 3),
         };

@@ -50,7 +50,7 @@ pub(super) fn trainable(
         }
         None => new_head(spec, cfg.dropout, device),
     };
-    let model = Classifier { backbone, head }.fork(device).train();
+    let model = Classifier::from_parts(backbone, head).fork(device).train();
     Ok(match cfg.tuning.bn {
         BatchNorm::Train => model,
         BatchNorm::Frozen => {
@@ -169,10 +169,7 @@ impl<'a> Run<'a> {
             head.valid().fork(device).forward_rows(val_x, shape),
             1,
         )));
-        let model = Classifier {
-            backbone,
-            head: head.valid().fork(device),
-        };
+        let model = Classifier::from_parts(backbone, head.valid().fork(device));
         Ok((model, Some(val_probs)))
     }
 
@@ -209,7 +206,7 @@ impl<'a> Run<'a> {
                 let x = pick_views(&train_views, batch, dim, rng);
                 let map = m
                     .backbone
-                    .feature_map_from(rows4(x, batch.len(), d), cut)
+                    .feature_map_from(rows4(x, batch.len(), d), cut, m.operations)
                     .expect("a backbone with blocks");
                 self.batch_loss(m.logits_from_map(map), batch, d)
             },
@@ -218,7 +215,10 @@ impl<'a> Run<'a> {
                 let mut out = Vec::new();
                 for chunk in val_feats.chunks(64 * dim) {
                     let x = rows4(chunk.to_vec(), chunk.len() / dim, device);
-                    let map = v.backbone.feature_map_from(x, cut).expect("blocks");
+                    let map = v
+                        .backbone
+                        .feature_map_from(x, cut, v.operations)
+                        .expect("blocks");
                     out.extend(probs_rows(to_vec(softmax(v.logits_from_map(map), 1))));
                 }
                 out

@@ -156,9 +156,12 @@ impl Progress {
         let module = module
             .try_load_record(rec)
             .with_context(|| format!("checkpoint of epoch {}", state.epochs_done))?;
-        *optim = std::mem::replace(optim, crate::machinery::adam::optimizer(0.0))
-            .from_bytes(Bytes::from_bytes_vec(o))
-            .with_context(|| format!("checkpoint of epoch {}: optimizer", state.epochs_done))?;
+        *optim = std::mem::replace(
+            optim,
+            crate::machinery::adam::optimizer(0.0, pneumoscope::arch::Operations::Own),
+        )
+        .from_bytes(Bytes::from_bytes_vec(o))
+        .with_context(|| format!("checkpoint of epoch {}: optimizer", state.epochs_done))?;
         eprintln!(
             "resuming after epoch {} (best so far: epoch {}, val macro-F1 {:.4})",
             state.epochs_done, state.best_epoch, state.best_val_macro_f1

@@ -321,7 +321,8 @@ mod tests {
         };
         let groups = LrGroups::new(&cfg, &spec, blocks).unwrap();
         let before = model.clone().valid();
-        let mut optim = crate::machinery::adam::optimizer(cfg.weight_decay);
+        let mut optim =
+            crate::machinery::adam::optimizer(cfg.weight_decay, pneumoscope::arch::Operations::Own);
         let x = Tensor::<4>::random(
             [2, 3, 224, 224],
             burn::tensor::Distribution::Default,
