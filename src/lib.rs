@@ -27,6 +27,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod gradcam;
 pub mod inference;
+pub mod int8;
 pub mod lungs;
 pub mod model;
 pub mod model_file;

@@ -7,8 +7,6 @@ use crate::error::{Error, Result};
 use crate::model_file::{self, MAGIC, sha256_hex};
 use burn::module::Module;
 use burn::prelude::*;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// What a lung file holds.
@@ -165,11 +163,7 @@ impl LungsFile {
 
     /// Builds the segmenter and loads its weights on `device`, batch norms folded (inference).
     pub fn load(&self, device: &Device) -> Result<LungNet> {
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(self.payload.clone()))
-            .map_err(|source| Error::Record {
-                what: "unreadable segmenter weights".into(),
-                source,
-            })?;
+        let record = crate::int8::record(&self.payload, "unreadable segmenter weights")?;
         let net = LungNet::new(device)
             .try_load_record(record.cast_to_module_dtype())
             .map_err(|source| Error::Record {

@@ -11,8 +11,6 @@ use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -78,13 +76,7 @@ impl LungDecoder {
 
     /// A decoder loaded from [`LungDecoder::to_bytes`]'s record.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
-        let record =
-            ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|source| {
-                Error::Record {
-                    what: "unreadable lung decoder weights".into(),
-                    source,
-                }
-            })?;
+        let record = crate::int8::record(bytes, "unreadable lung decoder weights")?;
         Self::new(device)
             .try_load_record(record.cast_to_module_dtype())
             .map_err(|source| Error::Record {

@@ -1,10 +1,12 @@
 //! What goes into a model file: a finished run packed with its description ([`export`]), the
 //! temperature ([`calibrate`]), the
 //! out-of-distribution statistics ([`ood`]) and the child/adult estimate ([`population`]);
-//! and loading a model file with a message that names it ([`load_engine`]).
+//! int8 weights ([`int8`]); and loading a model file with a message that names it
+//! ([`load_engine`]).
 
 pub mod calibrate;
 pub mod export;
+pub mod int8;
 pub mod ood;
 pub mod population;
 
