@@ -79,6 +79,19 @@ pub struct InputConfig {
     pub std: [f32; 3],
 }
 
+impl InputConfig {
+    /// The same transform for a crop of `side` pixels, the resize scaled alike (224 → 256
+    /// becomes 320 → 366).
+    pub fn at_side(&self, side: usize) -> Self {
+        let resize = (side as f64 * self.resize as f64 / self.crop as f64).round() as usize;
+        Self {
+            resize,
+            crop: side,
+            ..self.clone()
+        }
+    }
+}
+
 /// Where an architecture's published ImageNet weights come from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeightsInfo {
@@ -142,6 +155,32 @@ pub struct ArchSpec {
 }
 
 impl ArchSpec {
+    /// The architecture at another input side: the crop `side` pixels, the resize scaled alike
+    /// ([`InputConfig::at_side`]), the multiply-accumulates by the square of the ratio. Refused
+    /// for a side outside 64–1024 px and for an architecture whose head reads a feature map of
+    /// a fixed size (SqueezeNet's), which another side would change.
+    pub fn at_input_side(&self, side: usize) -> Result<Self> {
+        if !(64..=1024).contains(&side) {
+            return Err(Error::Invalid(format!(
+                "input side {side} px: choose 64 to 1024 (the architecture's own is {})",
+                self.input.crop
+            )));
+        }
+        if self.head_shape[1..] != [1, 1] {
+            return Err(Error::Invalid(format!(
+                "{} reads a {}x{} feature map in its head, fixed by its input side ({} px); it \
+                 cannot take another",
+                self.name, self.head_shape[1], self.head_shape[2], self.input.crop
+            )));
+        }
+        let ratio = side as f64 / self.input.crop as f64;
+        Ok(Self {
+            input: self.input.at_side(side),
+            gmacs: self.gmacs * ratio * ratio,
+            ..self.clone()
+        })
+    }
+
     /// Number of values the head reads per image.
     pub fn head_dim(&self) -> usize {
         self.head_shape.iter().product()

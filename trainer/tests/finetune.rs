@@ -437,3 +437,72 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `--input-size`: a run at 256 px records the side, its features are extracted at that side,
+/// the exported file's header says 256 (resize 293, scaled as 224 → 256), and it answers; a
+/// side out of range and an architecture whose head reads a fixed-size map are refused.
+#[test]
+fn another_input_side_trains_exports_and_predicts() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = tiny_manifest(&shared, dir.path());
+    let run_dir = dir.path().join("side256");
+    train_ok(
+        &shared,
+        &manifest,
+        &run_dir,
+        &["--mode", "frozen", "--epochs", "1", "--input-size", "256"],
+    );
+    assert_eq!(json(&run_dir.join("config.json"))["input_size"], 256);
+    let model = dir.path().join("side256.pneumoscope");
+    export(&run_dir, &model, &[]);
+    let header = header_json(&std::fs::read(&model).unwrap());
+    assert_eq!(header["input"]["crop"], 256, "{}", header["input"]);
+    assert_eq!(header["input"]["resize"], 293, "{}", header["input"]);
+    let image = read_csv(&manifest)
+        .into_iter()
+        .find(|r| r["split"] == "test")
+        .unwrap()["path"]
+        .clone();
+    let image = if Path::new(&image).is_absolute() {
+        PathBuf::from(image)
+    } else {
+        manifest.parent().unwrap().join(image)
+    };
+    let said = ok(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(said.lines().next().unwrap()).unwrap();
+    let sum: f64 = v["probabilities"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{v}");
+
+    let o = train(
+        &shared,
+        &manifest,
+        &dir.path().join("tiny-side"),
+        &["--epochs", "1", "--input-size", "32"],
+    );
+    refused(&o, "choose 64 to 1024");
+    let o = train(
+        &shared,
+        &manifest,
+        &dir.path().join("squeeze"),
+        &[
+            "--arch",
+            "squeezenet1_0",
+            "--epochs",
+            "1",
+            "--input-size",
+            "256",
+        ],
+    );
+    refused(&o, "cannot take another");
+}

@@ -51,7 +51,7 @@ pub fn pack(run: &Path, out: &Path, o: &ExportOptions) -> Result<ModelHeader> {
         serde_json::Value,
     >(&run.join("config.json"))?)
     .with_context(|| format!("{}: not a training run", run.display()))?;
-    let spec = arch::find(&cfg.arch)?;
+    let spec = cfg.spec()?;
     let device = Device::flex();
     let framing = cfg.framing()?;
     let mut model = load_run_model(run, &spec, &device)?;

@@ -23,6 +23,9 @@ fn feature_cache(manifest: &Manifest, cfg: &TrainConfig) -> PathBuf {
         "weights": cfg.weights, "augment": cfg.augment, "seed": cfg.optimisation.seed,
     });
     let mut key = key;
+    if let Some(side) = cfg.input_size {
+        key["input_size"] = serde_json::json!(side);
+    }
     if !cfg.region.is_whole() {
         // Lung-focused input: the segmenter that found the crops too (by its file's bytes).
         let segmenter = cfg.lungs.as_ref().and_then(|p| std::fs::read(p).ok());

@@ -7,6 +7,7 @@ use crate::machinery::device::DeviceList;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::builder::TypedValueParser;
+use pneumoscope::arch::ArchSpec;
 use pneumoscope::preprocess::InputRegion;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -170,6 +171,12 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lungs: Option<PathBuf>,
+    /// The side of the square the network is given, in pixels (default: the architecture's
+    /// own, 224 for EfficientNet-Lite0); the resize before the crop scales alike. Networks whose
+    /// head pools globally take any side (e.g. 320 for Lite0; the cost grows with the square).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<usize>,
     /// Fine-tuning: LP-FT, learning rates per group, warm-up, weight decay, early stopping,
     /// batch norm (partial and finetune modes).
     #[command(flatten)]
@@ -178,6 +185,17 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The run's architecture at its input side (`--input-size`, else the architecture's own).
+    pub fn spec(&self) -> Result<ArchSpec> {
+        let spec = pneumoscope::arch::find(&self.arch)?;
+        Ok(match self.input_size {
+            Some(side) if side != spec.input.crop => spec
+                .at_input_side(side)
+                .with_context(|| format!("--input-size {side}"))?,
+            _ => spec,
+        })
+    }
+
     /// How this run frames each image (`--input`; loads the segmenter of `--input lungs`).
     pub fn framing(&self) -> Result<Framing> {
         match self.region {

@@ -14,7 +14,7 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use pneumoscope::NUM_CLASSES;
-use pneumoscope::arch::{self, ArchSpec};
+use pneumoscope::arch::ArchSpec;
 use pneumoscope::model::Classifier;
 use std::path::Path;
 
@@ -52,7 +52,7 @@ impl<'a> Run<'a> {
         dir: &'a Path,
     ) -> Result<(Self, weights::LoadedBackbone)> {
         let manifest = Manifest::read(&cfg.data)?;
-        let spec = arch::find(&cfg.arch)?;
+        let spec = cfg.spec()?;
         if cfg.mode == Mode::Partial && !spec.supports_partial() {
             bail!(
                 "--mode partial: {} is not split into blocks here; partial fine-tuning supports \
