@@ -112,6 +112,12 @@ step() {
         --bn frozen "${RAD[@]}" --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
     full-randomhead) screen lite0-full-bnfrozen-randomhead efficientnet_lite0 --mode finetune \
         --bn frozen --epochs 5 "${FT[@]}" ;;
+    full-bnfrozen-320) screen lite0-full-lpft-bnfrozen-320 efficientnet_lite0 --mode finetune \
+        --bn frozen --input-size 320 --init-head "$RUNS/study/lite0-frozen" --epochs 5 "${FT[@]}" ;;
+    lite2-frozen) cv lite2-frozen efficientnet_lite2 --mode frozen --epochs 40 --batch-size 100 \
+        --lr 1e-3 ;;
+    lite2-full-bnfrozen) screen lite2-full-lpft-bnfrozen efficientnet_lite2 --mode finetune \
+        --bn frozen --init-head "$RUNS/study/lite2-frozen" --epochs 5 "${FT[@]}" ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
   esac
 }
@@ -121,8 +127,11 @@ STEPS=("$@")
 # are screened with batch norm frozen, the usual choice when fine-tuning with small batches;
 # the steps before compare the two batch-norm settings on the same fold.
 # The two lead screens (full and partial fine-tuning, batch norm frozen) then go through every
-# fold.
+# fold. Then Lite2 (frozen through every fold, full fine-tuning screened on fold 0), the
+# radiograph augmentation, a larger input (320 px for Lite0, about twice the cost), a lower
+# learning rate and a random head.
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(frozen partial full full-bnfrozen partial-bnfrozen
-  full-bnfrozen-cv partial-bnfrozen-cv full-radaug full-bnfrozen-lowlr full-randomhead)
+  full-bnfrozen-cv partial-bnfrozen-cv lite2-frozen full-radaug full-bnfrozen-320
+  lite2-full-bnfrozen full-bnfrozen-lowlr full-randomhead)
 for s in "${STEPS[@]}"; do step "$s"; done
 log "study: all steps done (${STEPS[*]})"
