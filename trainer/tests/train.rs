@@ -149,6 +149,22 @@ fn check_evaluation(model_s: &str, manifest: &Path, dir: &Path) {
     }
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     assert!(md.contains("not a medical device") && md.contains("By source"));
+    // ROC curves: the children's pneumonia-vs-normal curve (the small manifest's adults are
+    // all COVID-19, so no adult curve has negatives), from (0, 0) to (1, 1), in the report.
+    assert!(rep.join("roc.png").is_file());
+    let roc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rep.join("roc.json")).unwrap()).unwrap();
+    let curves = roc["curves"].as_array().unwrap();
+    let children = curves
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("children"))
+        .expect("a children's curve");
+    let auroc = children["auroc"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&auroc), "{children}");
+    let pts = children["points"].as_array().unwrap();
+    assert_eq!(pts[0], serde_json::json!([0.0, 0.0]));
+    assert_eq!(pts[pts.len() - 1], serde_json::json!([1.0, 1.0]));
+    assert!(md.contains("## ROC curves") && md.contains(&format!("{auroc:.3}")));
 }
 
 /// `predict`, plain and with test-time augmentation, of two test images and a missing file.

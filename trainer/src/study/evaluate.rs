@@ -1,11 +1,12 @@
-//! `pneumoscope evaluate`: a model file on one split of a manifest → metrics, figures and
-//! reports.
+//! `pneumoscope evaluate`: a model file on one split of a manifest → metrics, figures (the
+//! confusion matrix, ROC curves) and reports.
 
 use crate::data::{Manifest, Split};
 use crate::metrics::{self, Metrics};
 use crate::model_file::load_engine;
 use crate::study::breakdown::{self, Breakdown};
 use crate::study::report::{self, CamEntry, SourceBreakdown};
+use crate::study::roc;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use pneumoscope::ood::OodScore;
@@ -54,6 +55,7 @@ pub fn on_split(o: &EvaluateOptions, device: &Device) -> Result<Evaluation> {
     let (probs, ood) = classify_rows(&engine, &manifest, &rows)?;
     let labels = manifest.labels(&rows);
     let pats = manifest.patients(&rows);
+    let image_rows = breakdown_rows(&manifest, &rows, &probs);
     let lung_share = match &o.lungs {
         Some(path) => Some(lung_shares(&engine, path, &manifest, &rows, device)?),
         None => None,
@@ -61,7 +63,8 @@ pub fn on_split(o: &EvaluateOptions, device: &Device) -> Result<Evaluation> {
     let e = Evaluation {
         metrics: metrics::compute(&probs, &labels, &pats),
         sources: source_breakdown(&manifest, &rows, &labels, &probs),
-        by_population: population_breakdown(&manifest, &rows, &probs),
+        by_population: breakdown::of(&image_rows),
+        roc: roc::of(&image_rows),
         ood: OodSummary::of(&ood),
         arch: engine.arch(),
         weight_source: engine.weight_source(),
@@ -111,14 +114,13 @@ fn classify_rows(
     Ok((probs, ood))
 }
 
-/// Per population and source: the breakdown of [`breakdown::of`].
-fn population_breakdown(
+/// The evaluated images as the breakdown and the ROC curves see them.
+fn breakdown_rows(
     manifest: &Manifest,
     rows: &[usize],
     probs: &[[f32; NUM_CLASSES]],
-) -> Breakdown {
-    let rows: Vec<breakdown::Row> = rows
-        .iter()
+) -> Vec<breakdown::Row> {
+    rows.iter()
         .zip(probs)
         .map(|(&i, p)| {
             let r = &manifest.records[i];
@@ -130,8 +132,7 @@ fn population_breakdown(
                 probs: *p,
             }
         })
-        .collect();
-    breakdown::of(&rows)
+        .collect()
 }
 
 /// Per source: images, accuracy (a partial label is right when the prediction is one of the
@@ -270,6 +271,9 @@ fn write_reports(
         )?;
         md += &l.markdown();
     }
+    e.roc.png(&out.join("roc.png"), &title)?;
+    std::fs::write(out.join("roc.json"), serde_json::to_string_pretty(&e.roc)?)?;
+    md += &e.roc.markdown();
     std::fs::write(out.join("report.md"), md)?;
     std::fs::write(out.join("report.html"), report.html())?;
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(m)?)?;
@@ -421,6 +425,9 @@ pub struct Evaluation {
     /// Per population and source: what adult normals, pneumonia of unknown pathogen and
     /// COVID-19 were called, with intervals; four-class metrics on children + COVID-19.
     pub by_population: Breakdown,
+    /// ROC curves per population (adult and child pneumonia vs normal, adult COVID-19) and
+    /// the AUROC of pneumonia vs normal per source.
+    pub roc: roc::Curves,
     /// How many images the out-of-distribution score flagged (when the model has one).
     pub ood: Option<OodSummary>,
     /// Architecture of the evaluated model.
