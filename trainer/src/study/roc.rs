@@ -239,7 +239,7 @@ impl Curves {
     /// Draws the population curves and the diagonal into a PNG.
     pub fn png(&self, path: &Path, title: &str) -> Result<()> {
         ensure_font()?;
-        let (w, h) = (760u32, 760u32);
+        let (w, h) = (900u32, 820u32);
         let mut buf = vec![255u8; (w * h * 3) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -270,7 +270,7 @@ impl Curves {
                         c.points.clone(),
                         colour.stroke_width(2),
                     )))?
-                    .label(format!("{}\n{}", c.name, c.summary()))
+                    .label(format!("{}: {}", c.name, c.summary()))
                     .legend(move |(x, y)| {
                         PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2))
                     });
