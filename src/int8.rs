@@ -60,6 +60,12 @@ fn layout(dims: &[usize], axis: usize) -> (usize, usize) {
     (dims[axis], dims[axis + 1..].iter().product())
 }
 
+/// A tensor's data, its length checked against its shape and dtype (a refusal names it).
+fn data(name: &str, bytes: Bytes, shape: burn::tensor::Shape, dtype: DType) -> Result<TensorData> {
+    TensorData::try_from_bytes(bytes, shape, dtype)
+        .map_err(|e| Error::ModelFile(format!("tensor {name}: {e}")))
+}
+
 /// Whether `dtype` is a floating-point type the record stores weights in.
 fn is_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
@@ -115,7 +121,7 @@ pub fn quantize(payload: &[u8]) -> Result<Vec<u8>> {
             out.push(Tensor::new(name, dtype, shape, id, bytes));
             continue;
         }
-        let values: Vec<f32> = TensorData::from_bytes(bytes, shape.clone(), dtype)
+        let values: Vec<f32> = data(&name, bytes, shape.clone(), dtype)?
             .iter::<f32>()
             .collect();
         let (q, scales) = quantize_values(&values, shape.as_slice());
@@ -145,8 +151,14 @@ pub fn expand(payload: &[u8]) -> Result<Vec<u8>> {
         match t.name.strip_suffix(SCALE_SUFFIX) {
             Some(of) => {
                 let of = of.to_string();
-                let (_, dtype, shape, _, bytes) = t.into_parts().map_err(pack_error(WHAT))?;
-                let values = TensorData::from_bytes(bytes, shape, dtype);
+                let (name, dtype, shape, _, bytes) = t.into_parts().map_err(pack_error(WHAT))?;
+                if dtype != DType::F32 || shape.num_dims() != 1 {
+                    return Err(Error::ModelFile(format!(
+                        "scales {name} are {dtype:?} of shape {:?}, not an f32 vector",
+                        shape.as_slice()
+                    )));
+                }
+                let values = data(&name, bytes, shape, dtype)?;
                 scales.insert(of, values.iter::<f32>().collect());
             }
             None => rest.push(t),
@@ -171,7 +183,7 @@ pub fn expand(payload: &[u8]) -> Result<Vec<u8>> {
                 s.len()
             )));
         }
-        let q: Vec<i8> = TensorData::from_bytes(bytes, shape.clone(), dtype)
+        let q: Vec<i8> = data(&name, bytes, shape.clone(), dtype)?
             .iter::<i8>()
             .collect();
         let (f_bytes, _, _) =
