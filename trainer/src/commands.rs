@@ -593,7 +593,10 @@ fn lungs_command(command: LungsCommand) -> Result<()> {
     match command {
         LungsCommand::Train(a) => {
             let mut cfg = a.config;
-            cfg.weights = fetch::resolve_weights(pneumoscope::lungs::ENCODER, cfg.weights, false)?;
+            if cfg.encoder_model.is_none() {
+                cfg.weights =
+                    fetch::resolve_weights(pneumoscope::lungs::ENCODER, cfg.weights, false)?;
+            }
             let file = lungs::train(&cfg, &a.out, a.resume)?;
             let metrics = std::fs::read_to_string(a.out.join("metrics.json"))?;
             println!("{metrics}");

@@ -729,3 +729,139 @@ fn to_earlier_layout(run: &std::path::Path) {
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `lungs train --encoder-model`: the decoder trained on the backbone of a classifier file
+/// whose Lite0 network is not ImageNet's (here a randomly initialised one, standing in for a
+/// fine-tuned one). The ImageNet segmenter cannot be embedded in that file; the one trained on
+/// its own backbone can, with no difference between the encoders. A file without a Lite0
+/// network, a damaged one, and `--weights` beside it are refused with the file named.
+#[test]
+fn segmenter_on_a_classifiers_own_backbone_embeds_in_it() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let untrained = |arch: &str, f16: &str| {
+        let model = dir.path().join(format!("{arch}-random{f16}.pneumoscope"));
+        let mut args = vec![
+            "untrained",
+            "--arch",
+            arch,
+            "--out",
+            model.to_str().unwrap(),
+        ];
+        if !f16.is_empty() {
+            args.push("--f16");
+        }
+        let made = bin()
+            .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        model
+    };
+    let model = untrained("efficientnet_lite0", "-f16");
+    let p = pairs(&shared);
+    let args = |encoder: &Path, out: &Path| -> Vec<String> {
+        [
+            "lungs",
+            "train",
+            "--pairs",
+            p.to_str().unwrap(),
+            "--encoder-model",
+            encoder.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--limit",
+            "4",
+            "--held-out",
+            "0.5",
+            "--epochs",
+            "1",
+            "--f16",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run_dir = dir.path().join("own");
+    let a = args(&model, &run_dir);
+    ok(&strs(&a));
+    let seg = run_dir.join("lungs.pneumoscope");
+    let embed = |lungs: &Path, out: &str| {
+        run(&[
+            "lungs",
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--lungs",
+            lungs.to_str().unwrap(),
+            "--out",
+            dir.path().join(out).to_str().unwrap(),
+        ])
+    };
+    let refused = embed(&shipped_lungs(), "imagenet.pneumoscope");
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr)
+                .contains("does not compute the segmenter's encoder features")
+    );
+    let out = embed(&seg, "own.pneumoscope");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["encoder_difference"], 0.0, "{summary}");
+    // The segmenter's header says whose backbone it is.
+    let bytes = std::fs::read(&seg).unwrap();
+    let header = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 16)]);
+    assert!(header.contains("network 1 of efficientnet_lite0-random-f16.pneumoscope"));
+    // Refusals, each naming the file.
+    let f32_model = untrained("efficientnet_lite0", "");
+    let out = run(&strs(&args(&f32_model, &dir.path().join("f32"))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stored as F32"),
+        "{err}"
+    );
+    assert!(
+        err.contains("efficientnet_lite0-random.pneumoscope"),
+        "{err}"
+    );
+    let lite1 = untrained("efficientnet_lite1", "-f16");
+    let out = run(&strs(&args(&lite1, &dir.path().join("lite1"))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no efficientnet_lite0 network"),
+        "{err}"
+    );
+    assert!(
+        err.contains("efficientnet_lite1-random-f16.pneumoscope"),
+        "{err}"
+    );
+    let damaged = dir.path().join("damaged.pneumoscope");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    let out = run(&strs(&args(&damaged, &dir.path().join("damaged"))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("damaged.pneumoscope"),
+        "{err}"
+    );
+    let mut both = args(&model, &dir.path().join("both"));
+    both.extend(["--weights".into(), weights(&shared).display().to_string()]);
+    let out = run(&strs(&both));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

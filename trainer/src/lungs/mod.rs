@@ -172,8 +172,14 @@ pub struct LungsConfig {
     pub pairs: PathBuf,
     /// EfficientNet-Lite0 ImageNet weights (default: the weights cache; a run's config always
     /// names them).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "encoder_model")]
     pub weights: Option<PathBuf>,
+    /// Take the encoder from this exported classifier file (single network or ensemble: its
+    /// EfficientNet-Lite0 network), not from ImageNet weights: the decoder is then trained on a
+    /// fine-tuned backbone, and `lungs embed` accepts that file's network as its encoder.
+    #[arg(long)]
+    #[serde(default)]
+    pub encoder_model: Option<PathBuf>,
     /// Share of each source's pairs held out for evaluation.
     #[arg(long, default_value_t = 0.2)]
     pub held_out: f64,
@@ -275,14 +281,20 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
     check_run(cfg, run, resume)?;
     let (pairs, train_idx, test_idx) = select_pairs(cfg)?;
     let device = Device::flex();
-    let spec = arch::find(lungs::ENCODER)?;
-    let weights = cfg
-        .weights
-        .as_deref()
-        .context("lungs train: no encoder weights named")?;
-    let loaded = crate::pretrained::weights::load_backbone(&spec, weights, false, &device)?;
-    let Backbone::EfficientNetLite(encoder) = loaded.backbone else {
-        bail!("the lung encoder must be {}", lungs::ENCODER);
+    let (encoder, weight_source, encoder_note) = match &cfg.encoder_model {
+        Some(file) => encoder_from_model(file, cfg.f16, &device)?,
+        None => {
+            let spec = arch::find(lungs::ENCODER)?;
+            let weights = cfg
+                .weights
+                .as_deref()
+                .context("lungs train: no encoder weights named")?;
+            let loaded = crate::pretrained::weights::load_backbone(&spec, weights, false, &device)?;
+            let Backbone::EfficientNetLite(encoder) = loaded.backbone else {
+                bail!("the lung encoder must be {}", lungs::ENCODER);
+            };
+            (encoder, loaded.source, "frozen (ImageNet)".to_string())
+        }
     };
     let encoder = encoder.valid();
     let fast = encoder.clone().fold_batchnorm();
@@ -309,7 +321,7 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
         } else {
             pneumoscope::model_file::WeightsDtype::F32
         },
-        weight_source: loaded.source.clone(),
+        weight_source,
         training: serde_json::json!({
             "pairs": cfg.pairs.display().to_string(),
             "train_pairs": train_idx.len(),
@@ -318,7 +330,7 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "augmentation": "mirror image",
             "loss": "binary cross-entropy + soft Dice",
-            "encoder": "frozen (ImageNet)",
+            "encoder": encoder_note,
             "final_loss": state.losses.last(),
             "encode_seconds": encode_s, "train_seconds_this_session": train_s,
         }),
@@ -329,6 +341,63 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
     };
     let held: Vec<&Pair> = test_idx.iter().map(|&i| &pairs[i]).collect();
     write_segmenter(LungsFile::new(header, net)?, &held, run, &device)
+}
+
+/// The backbone of the first EfficientNet-Lite0 network of an exported classifier file (its
+/// weights as stored, batch norms not folded), where it came from (the file's name and
+/// SHA-256), and a note for the segmenter's header.
+/// With `f16`, a network not stored in f16 is refused: its rounded copy would no longer be the
+/// file's backbone.
+fn encoder_from_model(
+    file: &Path,
+    f16: bool,
+    device: &Device,
+) -> Result<(EfficientNetLite, String, String)> {
+    use pneumoscope::model_file::{EnsembleFile, FileKind, ModelFile, classifier_format};
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let named = |e: pneumoscope::error::Error| anyhow!("{}: {e}", file.display());
+    let members = match classifier_format(&bytes).map_err(named)?.kind {
+        FileKind::Ensemble => EnsembleFile::from_bytes(&bytes).map_err(named)?.members,
+        _ => vec![ModelFile::from_bytes(&bytes).map_err(named)?],
+    };
+    let (k, member) = members
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.header.arch == lungs::ENCODER)
+        .with_context(|| format!("{}: no {} network in it", file.display(), lungs::ENCODER))?;
+    let dtype = member.header.weights_dtype;
+    if f16 && dtype != pneumoscope::model_file::WeightsDtype::F16 {
+        bail!(
+            "{}: network {} is stored as {dtype:?}, and --f16 would round the segmenter's copy \
+             of it, which would then differ from the file's backbone (export it with --f16, or \
+             leave --f16 out)",
+            file.display(),
+            k + 1
+        );
+    }
+    let model = member.load_classifier(device).map_err(named)?;
+    let Backbone::EfficientNetLite(encoder) = model.backbone else {
+        bail!(
+            "{}: network {} is not an EfficientNet-Lite",
+            file.display(),
+            k + 1
+        );
+    };
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let source = format!(
+        "network {} of {name} (sha256 {})",
+        k + 1,
+        sha256_hex(&bytes)
+    );
+    let note = format!(
+        "frozen here; the backbone of network {} of {name}, as trained there ({})",
+        k + 1,
+        member.header.weight_source
+    );
+    Ok((encoder, source, note))
 }
 
 /// A new run must not overwrite one; a resumed one keeps its settings (only the number of
