@@ -113,6 +113,13 @@ pub fn has_webgpu() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this build of the library carries the WebGPU backend (the `webgpu` feature):
+/// `pkg/pneumoscope_webgpu.js` does, `pkg/pneumoscope.js` runs on the CPU only.
+#[wasm_bindgen(js_name = hasWebGpuBackend)]
+pub fn has_webgpu_backend() -> bool {
+    cfg!(feature = "webgpu")
+}
+
 /// The version of this library.
 #[wasm_bindgen]
 pub fn version() -> String {
@@ -324,15 +331,31 @@ pub async fn webgpu_device() -> Result<Device, String> {
         return known;
     }
     let result = if has_webgpu() {
-        Device::wgpu_options()
-            .init_async()
-            .await
-            .map_err(|e| format!("WebGPU initialisation failed: {e}"))
+        init_webgpu().await
     } else {
         Err("this browser exposes no WebGPU (navigator.gpu is missing)".into())
     };
     WEBGPU.with(|w| *w.borrow_mut() = Some(result.clone()));
     result
+}
+
+/// Initialises Burn's WebGPU runtime.
+#[cfg(feature = "webgpu")]
+async fn init_webgpu() -> Result<Device, String> {
+    Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| format!("WebGPU initialisation failed: {e}"))
+}
+
+/// This build has no WebGPU backend.
+#[cfg(not(feature = "webgpu"))]
+async fn init_webgpu() -> Result<Device, String> {
+    Err(
+        "this build of the library runs on the CPU only (its WebGPU build is \
+         pkg/pneumoscope_webgpu.js)"
+            .into(),
+    )
 }
 
 #[wasm_bindgen]

@@ -3,7 +3,7 @@
 //! backend and on WebGPU with the same answers, every read is asynchronous, and bad inputs are
 //! refused with readable errors.
 //!
-//! Run by `cargo xtask test` (`cargo test --release --target wasm32-unknown-unknown --test wasm`
+//! Run by `cargo xtask test` (`cargo test --release --target wasm32-unknown-unknown --features webgpu --test wasm`
 //! with chromedriver). The images are compiled in from the shared data beside the workspace.
 #![cfg(target_arch = "wasm32")]
 

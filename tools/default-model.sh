@@ -59,7 +59,8 @@ step() {
     # Lite2, frozen, the paper's head.
     lite2-frozen) run lite2-frozen --arch efficientnet_lite2 --weights "$LITE2" --mode frozen \
         --epochs 40 --batch-size 100 --lr 1e-3 ;;
-    export) export_member lite0-partial4-lpft-bnfrozen; export_member lite2-frozen ;;
+    export-lite0) export_member lite0-partial4-lpft-bnfrozen ;;
+    export-lite2) export_member lite2-frozen ;;
     # The lung segmenter's decoder, retrained on the fine-tuned Lite0's encoder (its last
     # blocks are no longer ImageNet's), so that the ensemble's Lite0 member can lend it.
     lungs)
@@ -88,6 +89,7 @@ COVID-19)" "$OUT/lite0-partial4-lpft-bnfrozen.pneumoscope" "$OUT/lite2-frozen.pn
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(lite0-frozen lite0-partial lite2-frozen export lungs ensemble)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(lite0-frozen lite0-partial export-lite0 lungs lite2-frozen export-lite2
+  ensemble)
 for s in "${STEPS[@]}"; do step "$s"; done
 log "default: done (${STEPS[*]})"

@@ -1,6 +1,6 @@
 // The service worker: after the first visit the page works offline. It keeps the site's own
-// files in the Cache API: the page, the library and the examples when it installs, and each
-// model the visitor loads. An image the visitor chooses never passes through it (the page reads
+// files in the Cache API: the page, the library's CPU module and the examples when it installs,
+// and each model, and the library's WebGPU module, when the visitor first loads them. An image the visitor chooses never passes through it (the page reads
 // it from the file input and sends it nowhere), and it stores nothing else.
 //
 // `cargo xtask dist` writes a checksum of the site's other files into VERSION, so a new
@@ -30,11 +30,17 @@ const SHELL = [
 
 const scope = () => self.registration.scope;
 
+/**
+ * What is kept only once it is first loaded: the models, and the library's WebGPU module (most
+ * visits never need it: no adapter, a software one, or the CPU measured faster).
+ */
+const ON_DEMAND = /^(models\/[^/]+\.pneumoscope|pkg\/pneumoscope_webgpu(_bg\.wasm|\.js))$/;
+
 /** Whether this worker keeps the answer to `url`: the shell, the models and the examples. */
 function kept(url) {
   if (!url.startsWith(scope())) return false;
   const path = url.slice(scope().length).split(/[?#]/)[0];
-  return SHELL.includes(path) || path === "" || /^(models|examples)\/[^/]+$/.test(path);
+  return SHELL.includes(path) || path === "" || /^(models|examples)\/[^/]+$/.test(path) || ON_DEMAND.test(path);
 }
 
 async function install() {
@@ -67,8 +73,8 @@ async function answer(request) {
   const hit = await cache.match(request, { ignoreSearch: true });
   if (hit) return hit;
   const response = await fetch(request);
-  // A model the visitor loaded is kept for the next visit.
-  if (response.ok && /\/models\/[^/]+\.pneumoscope$/.test(new URL(request.url).pathname)) {
+  // A model, or the WebGPU module, the visitor loaded is kept for the next visit.
+  if (response.ok && ON_DEMAND.test(request.url.slice(scope().length).split(/[?#]/)[0])) {
     await cache.put(request, response.clone());
   }
   return response;

@@ -6,10 +6,17 @@
 // worker with the same model. A loaded model's bytes go back with the load result
 // (`modelData`, transferred), for that restart.
 
+//
+// The library comes in two builds: `pkg/pneumoscope.js` (the CPU backend only, a fraction of the
+// size), imported by every visit, and `pkg/pneumoscope_webgpu.js` (with WebGPU), imported only
+// when WebGPU is measured (a hardware adapter), remembered or asked for.
+
 import init, { Classifier, classes, version } from "./pkg/pneumoscope.js";
 
-let ready = null; // Promise of the initialised wasm module
+let ready = null; // Promise of the initialised CPU module
+let webgpuReady = null; // Promise of the WebGPU module: { Classifier, wasm }
 let model = null; // the loaded Classifier
+let modelWasm = null; // the wasm instance's exports that hold it (for its memory)
 let crashed = null; // the message of the fault that ended the wasm instance
 const inFlight = new Set(); // ids of the requests not yet answered
 
@@ -74,12 +81,12 @@ const ops = {
     // A model that fails to load leaves the previous one in place.
     let loaded;
     let choice = null;
+    let fallbackReason = null;
     try {
       if (backend === "cpu" || backend === "webgpu") {
-        const limit = backend === "cpu" ? null : await gpuMaxBuffer();
-        loaded = await Classifier.load(data, backend, limit ?? undefined);
+        loaded = await loadOn(data, backend);
       } else {
-        ({ loaded, choice } = await chooseBackend(data, backend, remembered));
+        ({ loaded, choice, fallbackReason = null } = await chooseBackend(data, backend, remembered));
       }
       // On WebGPU the first image would compile every pipeline of the forward and the
       // Grad-CAM passes: that is done here, on the probe image, while the model loads.
@@ -93,11 +100,12 @@ const ops = {
     }
     model?.free();
     model = loaded;
+    modelWasm = loaded.backend === "webgpu" ? (await webgpuReady).wasm : await ready;
     const t3 = performance.now();
     return {
       modelData: data.buffer,
       backend: model.backend,
-      fallbackReason: model.fallbackReason ?? null,
+      fallbackReason: model.fallbackReason ?? fallbackReason,
       choice,
       info: model.info,
       inputSize: model.inputSize,
@@ -119,10 +127,31 @@ const ops = {
     const r = await model.explain(new Uint8Array(bytes), cls ?? undefined);
     // What the worker holds after this image: the wasm memory, and on WebGPU the device
     // buffers of the backend's allocator (null on the CPU backend).
-    r.memory = { wasmBytes: (await ready).memory.buffer.byteLength, device: model.memory() };
+    r.memory = { wasmBytes: modelWasm.memory.buffer.byteLength, device: model.memory() };
     return r;
   },
 };
+
+/** The WebGPU build of the library, imported and initialised on first use. */
+function webgpuLibrary() {
+  webgpuReady ??= (async () => {
+    const lib = await import("./pkg/pneumoscope_webgpu.js");
+    const wasm = await lib.default();
+    return { Classifier: lib.Classifier, wasm };
+  })();
+  return webgpuReady;
+}
+
+/**
+ * Loads `data` on `backend`: `"cpu"` with the CPU module, `"webgpu"` with the WebGPU module
+ * (told the adapter's largest buffer, so a model too big for it is refused with the reason).
+ */
+async function loadOn(data, backend) {
+  if (backend === "cpu") return await Classifier.load(data, "cpu");
+  const limit = await gpuMaxBuffer();
+  const lib = await webgpuLibrary();
+  return await lib.Classifier.load(data, backend, limit ?? undefined);
+}
 
 // The largest buffer this browser's WebGPU adapter allows (the library refuses WebGPU for a
 // model whose largest tensor is bigger, and says so), or null when there is no adapter.
@@ -190,8 +219,11 @@ async function chooseBackend(data, backend, remembered) {
   const base = { browser, modelSha256, measured: false, reused: false };
   const adapter = await gpuAdapter();
   if (!adapter) {
-    // The library's own fallback says why (no WebGPU in this browser): no choice to report.
-    return { loaded: await Classifier.load(data, "auto"), choice: null };
+    // No WebGPU here: the CPU, with the reason beside it, and no choice to report.
+    const fallbackReason = self.navigator.gpu
+      ? "this browser's WebGPU offers no adapter"
+      : "this browser exposes no WebGPU (navigator.gpu is missing)";
+    return { loaded: await loadOn(data, "cpu"), choice: null, fallbackReason };
   }
   if (
     backend !== "measure" &&
@@ -200,9 +232,8 @@ async function chooseBackend(data, backend, remembered) {
     remembered.browser === browser &&
     (remembered.backend === "cpu" || remembered.backend === "webgpu")
   ) {
-    const limit = remembered.backend === "webgpu" ? await gpuMaxBuffer() : null;
     try {
-      const loaded = await Classifier.load(data, remembered.backend, limit ?? undefined);
+      const loaded = await loadOn(data, remembered.backend);
       const { cpuMs, gpuFirstMs, gpuMs } = remembered;
       return { loaded, choice: { ...base, backend: loaded.backend, cpuMs, gpuFirstMs, gpuMs, reused: true } };
     } catch {
@@ -210,17 +241,18 @@ async function chooseBackend(data, backend, remembered) {
     }
   }
   if (backend !== "measure" && isSoftware(adapter)) {
-    const loaded = await Classifier.load(data, "cpu");
+    const loaded = await loadOn(data, "cpu");
     const reason = `the adapter is a software renderer${adapter.info?.architecture ? ` (${adapter.info.architecture})` : ""}`;
     return { loaded, choice: { ...base, backend: "cpu", reason } };
   }
   const t0 = performance.now();
-  const cpu = await Classifier.load(data, "cpu");
+  const cpu = await loadOn(data, "cpu");
   await timeProbe(cpu); // the first CPU run: allocations, caches
   const cpuMs = await timeProbe(cpu);
   let gpu;
   try {
-    gpu = await Classifier.load(data, "webgpu", (await gpuMaxBuffer()) ?? undefined);
+    // The WebGPU module's download and start count in the probe's time (`probeMs`).
+    gpu = await loadOn(data, "webgpu");
   } catch (e) {
     const choice = { ...base, backend: "cpu", measured: true, cpuMs, reason: messageOf(e), probeMs: performance.now() - t0 };
     return { loaded: cpu, choice };

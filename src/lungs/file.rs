@@ -63,8 +63,10 @@ impl LungsHeader {
 
 /// A lung segmenter carried inside a classifier's model file: the decoder's weights only, after
 /// the classifier's payload; the encoder is the backbone of one of the file's networks, an
-/// EfficientNet-Lite0 whose ImageNet weights were kept frozen in training, so the segmenter
-/// adds about 0.1 MB (f16) and the page still downloads one file.
+/// EfficientNet-Lite0 whose backbone the decoder was trained on (ImageNet's, kept frozen in the
+/// classifier's training, or the classifier's own fine-tuned one with `lungs train
+/// --encoder-model`), so the segmenter adds about 0.1 MB (f16) and the page still downloads one
+/// file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LungsSection {
     /// The network of the file (0-based, in file order) whose backbone is the encoder.

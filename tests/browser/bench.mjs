@@ -237,6 +237,7 @@ const ortDist = ort().dist;
 const sizes = {
   "pneumoscope wasm (pkg/pneumoscope_bg.wasm)": size(join(args.pkg, "pneumoscope_bg.wasm")),
   "pneumoscope JS glue (pkg/pneumoscope.js)": size(join(args.pkg, "pneumoscope.js")),
+  "pneumoscope wasm with WebGPU (pkg/pneumoscope_webgpu_bg.wasm; only where WebGPU is measured or asked for)": size(join(args.pkg, "pneumoscope_webgpu_bg.wasm")),
   [`model file (${args.model.split("/").pop()})`]: size(args.model),
   "onnxruntime-web wasm (ort-wasm-simd-threaded.wasm)": size(join(ortDist, "ort-wasm-simd-threaded.wasm")),
   "onnxruntime-web wasm + WebGPU (ort-wasm-simd-threaded.jsep.wasm)": size(join(ortDist, "ort-wasm-simd-threaded.jsep.wasm")),

@@ -295,11 +295,13 @@ async function backendSuite(browser, backend) {
     });
   }
   await t.test(`${backend}: the library's static constructors ran once, not once per call`, async () => {
-    // The worker imported pkg/pneumoscope.js already: importing it again in the worker's realm
+    // The worker imported the backend's build of the library already (pkg/pneumoscope.js for
+    // the CPU, pkg/pneumoscope_webgpu.js for WebGPU): importing it again in the worker's realm
     // gives the same, initialised module.
     const worker = page.workers()[0];
     check(worker, "the page has no worker");
-    const runs = await worker.evaluate(async () => (await import("./pkg/pneumoscope.js")).constructorRunsForTest());
+    const module = backend === "webgpu" ? "./pkg/pneumoscope_webgpu.js" : "./pkg/pneumoscope.js";
+    const runs = await worker.evaluate(async (m) => (await import(m)).constructorRunsForTest(), module);
     check(runs === 1, `the constructors ran ${runs} times after ${images.length} images: the module is linked command-style`);
   });
   // DICOM decoding is the same Rust code on both backends: tested once, on the CPU backend.
@@ -1115,6 +1117,20 @@ async function storedChoice(page) {
   });
 }
 
+/**
+ * Which builds of the library the page's worker downloaded: the CPU module
+ * (`pkg/pneumoscope_bg.wasm`, every visit) and the WebGPU one (`pkg/pneumoscope_webgpu_bg.wasm`).
+ */
+async function modulesFetched(page) {
+  const worker = page.workers()[0];
+  check(worker, "the page has no worker");
+  const names = await worker.evaluate(() => performance.getEntriesByType("resource").map((e) => e.name));
+  return {
+    cpu: names.some((n) => /\/pkg\/pneumoscope_bg\.wasm/.test(n)),
+    webgpu: names.some((n) => /\/pkg\/pneumoscope_webgpu_bg\.wasm/.test(n)),
+  };
+}
+
 async function readyStatus(page, url) {
   await page.goto(url);
   await page.waitForSelector("body[data-model-ready=true]", { state: "attached", ...WAIT });
@@ -1135,6 +1151,9 @@ async function autoSuite(browser) {
       console.log(`#   ${status}; first image answered in ${Date.now() - t0} ms`);
       const stored = await storedChoice(page);
       check(stored.keys?.length === 0, `nothing was measured, yet a choice was stored: ${JSON.stringify(stored)}`);
+      // Nothing asked for WebGPU, so its build of the library was never downloaded.
+      const fetched = await modulesFetched(page);
+      check(fetched.cpu && !fetched.webgpu, `modules downloaded: ${JSON.stringify(fetched)}`);
     });
     await t.test("measure: both backends timed on the probe, both times in the status line, the faster kept and remembered", async () => {
       const { backend, status } = await readyStatus(page, `${args.url}?backend=measure`);
@@ -1146,6 +1165,9 @@ async function autoSuite(browser) {
       check(stored.value.backend === backend, `stored ${stored.value.backend}, using ${backend}`);
       check((backend === "webgpu") === (gpuMs < 0.9 * cpuMs), `chose ${backend} with CPU ${cpuMs} ms, WebGPU ${gpuMs} ms`);
       check(/^[0-9a-f]{64}$/.test(modelSha256) && ua.includes("Chrome"), JSON.stringify(stored.value));
+      // The probe needed the WebGPU build of the library as well.
+      const fetched = await modulesFetched(page);
+      check(fetched.cpu && fetched.webgpu, `modules downloaded: ${JSON.stringify(fetched)}`);
       console.log(`#   ${status}`);
     });
     await t.test("auto: a stored choice is reused for the same model file and browser, and discarded when the file changes", async () => {

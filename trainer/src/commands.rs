@@ -122,7 +122,7 @@ enum LungsCommand {
     Train(LungsTrainArgs),
     /// Dice and IoU of a segmenter on the pairs its header lists as held out.
     Evaluate {
-        /// Lung-segmenter file.
+        /// Lung-segmenter file, or a classifier's model file that carries one.
         #[arg(long)]
         model: PathBuf,
         /// `pairs.csv` holding its held-out pairs.
@@ -131,8 +131,9 @@ enum LungsCommand {
     },
     /// Put a segmenter into a classifier's model file, so that one file carries both: only its
     /// decoder is stored (f16); its encoder is the backbone of the file's EfficientNet-Lite0
-    /// network, which must compute the segmenter's encoder features (a frozen ImageNet
-    /// backbone; a fine-tuned one is refused).
+    /// network, which must compute the segmenter's encoder features (the backbone it was
+    /// trained on: ImageNet's, or the file's own with `lungs train --encoder-model`; any other
+    /// is refused).
     Embed {
         /// Classifier's model file (single network or ensemble).
         #[arg(long)]

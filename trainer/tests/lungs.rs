@@ -203,8 +203,18 @@ fn the_shipped_classifiers_carry_the_segmenter() {
     let lungs = shipped_lungs();
     let img = sorted_files(&shared.join("data/nih-chestxray14/images"))[5].clone();
     let light = workspace_dir().join("web/models/efficientnet_lite0-adults-v2.pneumoscope");
+    let source = |bytes: &[u8]| header_json(bytes)["weight_source"].clone();
+    let shipped_source = source(&std::fs::read(&lungs).unwrap());
     for (k, model) in [default_model(), light].iter().enumerate() {
-        check_segmenter_inside_and_apart(model, &lungs, &img, &dir.path().join(k.to_string()));
+        let inside = header_json(&std::fs::read(model).unwrap())["lungs"]["segmenter"].clone();
+        if inside["weight_source"] == shipped_source {
+            // The shipped segmenter's decoder on the ImageNet encoder the model kept frozen.
+            let prefix = dir.path().join(k.to_string());
+            check_segmenter_inside_and_apart(model, &lungs, &img, &prefix);
+        } else {
+            // A decoder trained on the model's own (fine-tuned) Lite0 backbone.
+            check_own_backbone_segmenter(&shared, model, &inside, &lungs, dir.path());
+        }
     }
     let with = check_embedding(&shared, &lungs, &img, dir.path());
     check_damaged_lung_section(&with, &img, dir.path());
@@ -251,6 +261,43 @@ fn check_segmenter_inside_and_apart(model: &Path, lungs: &Path, img: &Path, pref
         "{} has no lung section",
         model.display()
     );
+}
+
+/// A classifier whose segmenter was trained on its own fine-tuned Lite0 backbone (`lungs train
+/// --encoder-model`): the header names that network of the file, the ImageNet segmenter
+/// cannot be embedded in it (its backbone computes other features), and the embedded one
+/// meets the shipped segmenter's Dice floors on its held-out pairs.
+fn check_own_backbone_segmenter(
+    shared: &Path,
+    model: &Path,
+    inside: &serde_json::Value,
+    imagenet: &Path,
+    dir: &Path,
+) {
+    let source = inside["weight_source"].as_str().unwrap_or_default();
+    assert!(
+        source.starts_with("network "),
+        "{}: {inside}",
+        model.display()
+    );
+    let out = run(&[
+        "lungs",
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--lungs",
+        imagenet.to_str().unwrap(),
+        "--out",
+        dir.join("imagenet-into-finetuned.pneumoscope")
+            .to_str()
+            .unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not compute the segmenter's encoder"),
+        "{err}"
+    );
+    check_held_out_dice(model, shared);
 }
 
 /// Embedding: into a model file made afresh from the ImageNet Lite0 weights; the file written
@@ -429,8 +476,13 @@ fn masks_of_real_broken_and_tiny_images() {
 #[test]
 fn shipped_segmenter_on_its_held_out_pairs() {
     let Some(shared) = shared() else { return };
-    let model = shipped_lungs();
-    let p = pairs(&shared);
+    check_held_out_dice(&shipped_lungs(), &shared);
+}
+
+/// `lungs evaluate` of a segmenter (its own file, or a classifier's that carries one) on the
+/// pairs its header holds out: the floors under the model card's figures, per source.
+fn check_held_out_dice(model: &Path, shared: &Path) {
+    let p = pairs(shared);
     let m: serde_json::Value = serde_json::from_str(&ok(&[
         "lungs",
         "evaluate",
@@ -821,6 +873,21 @@ fn segmenter_on_a_classifiers_own_backbone_embeds_in_it() {
     let summary: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(summary["encoder_difference"], 0.0, "{summary}");
+    // `lungs evaluate` reads the segmenter inside the classifier's file as from its own file.
+    let evaluate = |m: &Path| -> serde_json::Value {
+        let args = [
+            "lungs",
+            "evaluate",
+            "--model",
+            m.to_str().unwrap(),
+            "--pairs",
+        ];
+        serde_json::from_str(&ok(&[&args[..], &[p.to_str().unwrap()]].concat())).unwrap()
+    };
+    assert_eq!(
+        evaluate(&seg),
+        evaluate(&dir.path().join("own.pneumoscope"))
+    );
     // The segmenter's header says whose backbone it is.
     let bytes = std::fs::read(&seg).unwrap();
     let header = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 16)]);

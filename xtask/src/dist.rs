@@ -99,9 +99,12 @@ pub fn build(root: &Path, pkg: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     if examples.is_dir() {
         site.copy_visible(&examples, Path::new("examples"))?;
     }
-    // The library: its JavaScript glue and its WebAssembly module.
-    for name in ["pneumoscope.js", "pneumoscope_bg.wasm"] {
-        site.copy(&pkg.join(name), &Path::new("pkg").join(name))?;
+    // The library: the JavaScript glue and the WebAssembly module of each build (CPU only, and
+    // with WebGPU).
+    for (module, _) in crate::web::MODULES {
+        for name in [format!("{module}.js"), format!("{module}_bg.wasm")] {
+            site.copy(&pkg.join(&name), &Path::new("pkg").join(&name))?;
+        }
     }
     site.copy(
         &root.join("docs/model-card.md"),
@@ -271,8 +274,10 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("pneumoscope-dist-{}", std::process::id()));
         let pkg = tmp.join("pkg-in");
         std::fs::create_dir_all(&pkg).unwrap();
-        std::fs::write(pkg.join("pneumoscope.js"), "export default 1;").unwrap();
-        std::fs::write(pkg.join("pneumoscope_bg.wasm"), [0, 97, 115, 109]).unwrap();
+        for module in ["pneumoscope", "pneumoscope_webgpu"] {
+            std::fs::write(pkg.join(format!("{module}.js")), "export default 1;").unwrap();
+            std::fs::write(pkg.join(format!("{module}_bg.wasm")), [0, 97, 115, 109]).unwrap();
+        }
         std::fs::write(pkg.join("pneumoscope.d.ts"), "").unwrap();
         let out = tmp.join("site");
         let files = build(&root, &pkg, &out).unwrap();
@@ -283,6 +288,8 @@ mod tests {
             "sw.js",
             "models/index.json",
             "pkg/pneumoscope_bg.wasm",
+            "pkg/pneumoscope_webgpu_bg.wasm",
+            "pkg/pneumoscope_webgpu.js",
             "docs/model-card.md",
             "README.txt",
         ] {

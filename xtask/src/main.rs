@@ -180,7 +180,14 @@ fn test() -> Result<()> {
     run(cargo().args(clippy).arg("--workspace").args(deny))?;
     run(cargo()
         .args(clippy)
-        .args(["--target", web::TARGET, "-p", "pneumoscope"])
+        .args([
+            "--target",
+            web::TARGET,
+            "-p",
+            "pneumoscope",
+            "--features",
+            "webgpu",
+        ])
         .args(deny))?;
     let mut total = (0, 0);
     let mut add = |(p, f): (usize, usize)| {
@@ -198,7 +205,14 @@ fn test() -> Result<()> {
     add(run_counting(
         cargo()
             .args(["test", "--release", "--target", web::TARGET])
-            .args(["-p", "pneumoscope", "--test", "wasm"])
+            .args([
+                "-p",
+                "pneumoscope",
+                "--features",
+                "webgpu",
+                "--test",
+                "wasm",
+            ])
             .env("CHROMEDRIVER", "/usr/bin/chromedriver")
             .env("WASM_BINDGEN_TEST_TIMEOUT", "900"),
     )?);
@@ -259,7 +273,10 @@ fn first_visit(site: &Path) -> Result<()> {
                 if !matches!(rel.to_str(), Some("models" | "docs")) {
                     stack.push(p);
                 }
-            } else if !matches!(rel.to_str(), Some("README.txt")) {
+            } else if !matches!(
+                rel.to_str(),
+                Some("README.txt" | "pkg/pneumoscope_webgpu_bg.wasm" | "pkg/pneumoscope_webgpu.js")
+            ) {
                 let (r, g) = web::sizes(&p)?;
                 page = (page.0 + r, page.1 + g);
             }
@@ -268,10 +285,17 @@ fn first_visit(site: &Path) -> Result<()> {
     let mb = |b: usize| b as f64 / 1e6;
     let (wasm, wasm_gz) = web::sizes(&site.join("pkg/pneumoscope_bg.wasm"))?;
     println!("first visit, bytes downloaded (MB, raw / gzipped):");
+    let (gpu, gpu_gz) = web::sizes(&site.join("pkg/pneumoscope_webgpu_bg.wasm"))?;
     println!(
-        "  wasm module       {:>6.2} / {:>6.2}",
+        "  wasm module       {:>6.2} / {:>6.2} (CPU backend; every visit)",
         mb(wasm),
         mb(wasm_gz)
+    );
+    println!(
+        "  WebGPU module     {:>6.2} / {:>6.2} (only where a hardware WebGPU adapter is measured \
+         or WebGPU is asked for; not in the totals below)",
+        mb(gpu),
+        mb(gpu_gz)
     );
     println!(
         "  site without models {:>4.2} / {:>6.2} (the wasm module included)",

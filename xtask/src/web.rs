@@ -91,32 +91,51 @@ fn release_module() -> PathBuf {
     target_dir().join(TARGET).join("release/pneumoscope.wasm")
 }
 
-/// Builds `pkg/` (release); returns its folder.
+/// The two modules of `pkg/`: the library with the WebGPU backend (`pneumoscope_webgpu.js`,
+/// fetched only where WebGPU is measured or asked for), and without it (`pneumoscope.js`, the
+/// CPU backend only, which every visit loads). The CPU module is built last, so that
+/// [`profiling_pkg`] binds it.
+pub const MODULES: [(&str, &[&str]); 2] = [
+    ("pneumoscope_webgpu", &["--features", "webgpu"]),
+    ("pneumoscope", &[]),
+];
+
+/// Builds `pkg/` (release): both [`MODULES`]; returns its folder.
 pub fn build_pkg() -> Result<PathBuf> {
     ensure_tools()?;
-    run(cargo().args([
-        "rustc",
-        "--lib",
-        "--release",
-        "--target",
-        TARGET,
-        "-p",
-        "pneumoscope",
-        "--crate-type",
-        "cdylib",
-    ]))?;
-    let wasm = release_module();
     let pkg = root().join("pkg");
+    for (name, features) in MODULES {
+        build_module(&pkg, name, features)?;
+    }
+    Ok(pkg)
+}
+
+/// Compiles the crate for the browser with `features`, binds it as `pkg/NAME.js` +
+/// `pkg/NAME_bg.wasm`, optimises the module and prints its sizes.
+fn build_module(pkg: &std::path::Path, name: &str, features: &[&str]) -> Result<()> {
+    run(cargo()
+        .args([
+            "rustc",
+            "--lib",
+            "--release",
+            "--target",
+            TARGET,
+            "-p",
+            "pneumoscope",
+        ])
+        .args(features)
+        .args(["--crate-type", "cdylib"]))?;
+    let wasm = release_module();
     run(Command::new("wasm-bindgen")
-        .args(["--target", "web", "--out-dir"])
-        .arg(&pkg)
+        .args(["--target", "web", "--out-name", name, "--out-dir"])
+        .arg(pkg)
         .arg(&wasm))?;
-    let glue = pkg.join("pneumoscope.js");
+    let glue = pkg.join(format!("{name}.js"));
     let js = std::fs::read_to_string(&glue)
         .with_context(|| format!("cannot read {}", glue.display()))?;
-    unresolved_imports(&js)?;
+    unresolved_imports(&js, name)?;
     // wasm-opt takes a minute on this size: its output is cached.
-    let bound = pkg.join("pneumoscope_bg.wasm");
+    let bound = pkg.join(format!("{name}_bg.wasm"));
     let input =
         std::fs::read(&bound).with_context(|| format!("cannot read {}", bound.display()))?;
     let key = hex_sha256(format!("{} {}", hex_sha256(&input), WASM_OPT.join(" ")).as_bytes());
@@ -133,14 +152,19 @@ pub fn build_pkg() -> Result<PathBuf> {
     }
     std::fs::copy(&cached, &bound)?;
     let (raw, gz) = sizes(&bound)?;
+    let what = if features.is_empty() {
+        "the CPU module: what every visit downloads from a server that compresses; the model \
+         comes on top"
+    } else {
+        "the WebGPU module: fetched only where WebGPU is measured or asked for"
+    };
     println!(
-        "{}: {:.2} MB, {:.2} MB gzipped (what a first visit downloads from a server that \
-         compresses; the model comes on top)",
+        "{}: {:.2} MB, {:.2} MB gzipped ({what})",
         bound.display(),
         raw as f64 / 1e6,
         gz as f64 / 1e6
     );
-    Ok(pkg)
+    Ok(())
 }
 
 /// Raw and gzipped (level 9) sizes of a file, in bytes.
@@ -152,7 +176,7 @@ pub fn sizes(path: &std::path::Path) -> Result<(usize, usize)> {
     Ok((bytes.len(), gz.finish()?.len()))
 }
 
-/// The same module as the last [`build_pkg`], bound again with its function names kept and
+/// The CPU module of the last [`build_pkg`], bound again with its function names kept and
 /// without `wasm-opt` (which drops them), for profiles; returns its folder.
 pub fn profiling_pkg() -> Result<PathBuf> {
     let wasm = release_module();
@@ -167,14 +191,14 @@ pub fn profiling_pkg() -> Result<PathBuf> {
 /// Refuses a module that imports from `env`: functions some dependency declared `extern "C"`
 /// (C's `malloc`, say) that nothing defined. wasm-bindgen leaves them as imports of a module no
 /// browser has, and the page's worker would then fail to start without a message.
-fn unresolved_imports(glue: &str) -> Result<()> {
+fn unresolved_imports(glue: &str, name: &str) -> Result<()> {
     let env = glue
         .lines()
         .filter(|l| l.starts_with("import ") && l.ends_with("from \"env\""))
         .count();
     anyhow::ensure!(
         env == 0,
-        "pkg/pneumoscope_bg.wasm imports {env} function(s) from \"env\" that no crate defines \
+        "pkg/{name}_bg.wasm imports {env} function(s) from \"env\" that no crate defines \
          (a dependency's extern \"C\" functions; see src/wasm_libc.rs): the browser cannot start it"
     );
     Ok(())
@@ -200,9 +224,12 @@ mod tests {
     #[test]
     fn a_module_that_imports_from_env_is_refused() {
         let good = "import { foo } from './snippets/a.js';\nexport class Classifier {}\n";
-        unresolved_imports(good).unwrap();
+        unresolved_imports(good, "pneumoscope").unwrap();
         let bad = format!("import * as import1 from \"env\"\n{good}");
-        let e = unresolved_imports(&bad).unwrap_err().to_string();
+        let e = unresolved_imports(&bad, "pneumoscope_webgpu")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 function(s) from \"env\""), "{e}");
+        assert!(e.contains("pkg/pneumoscope_webgpu_bg.wasm"), "{e}");
     }
 }

@@ -717,13 +717,13 @@ pub fn evaluate(
     Ok((scores, metrics))
 }
 
-/// `lungs evaluate`: Dice and IoU of a segmenter file on the pairs of `pairs` that its header
-/// lists as held out (the pairs it never trained on).
+/// `lungs evaluate`: Dice and IoU of a segmenter (its own file, or a classifier's file that
+/// carries one) on the pairs of `pairs` that its header lists as held out (the pairs it never
+/// trained on).
 pub fn evaluate_file(model: &Path, pairs: &Path) -> Result<serde_json::Value> {
     let device = Device::flex();
-    let bytes = std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
-    let file = LungsFile::from_bytes(&bytes).map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    let held: Vec<String> = serde_json::from_value(file.header.training["held_out"].clone())
+    let lungs = load_with_header(model, &device)?;
+    let held: Vec<String> = serde_json::from_value(lungs.header.training["held_out"].clone())
         .map_err(|_| anyhow!("{}: the header lists no held-out pairs", model.display()))?;
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let held: std::collections::BTreeSet<Option<String>> =
@@ -742,25 +742,31 @@ pub fn evaluate_file(model: &Path, pairs: &Path) -> Result<serde_json::Value> {
             model.display()
         );
     }
-    let net = file
-        .load(&device)
-        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    Ok(evaluate(&net, &chosen, &device)?.1)
+    Ok(evaluate(&lungs.net, &chosen, &device)?.1)
 }
 
 /// Reads and verifies a lung segmenter and loads it for inference: a segmenter's own file, or a
 /// classifier's model file that carries one.
 pub fn load(path: &Path, device: &Device) -> Result<LungNet> {
+    Ok(load_with_header(path, device)?.net)
+}
+
+/// [`load`], with the segmenter's header.
+fn load_with_header(path: &Path, device: &Device) -> Result<lungs::Lungs> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let named = |e: pneumoscope::Error| anyhow!("{}: {e}", path.display());
     let format = pneumoscope::model_file::format_of(&bytes).map_err(named)?;
     if format.kind == pneumoscope::model_file::FileKind::LungSegmenter {
         let file = LungsFile::from_bytes(&bytes).map_err(named)?;
-        return file.load(device).map_err(named);
+        let net = file.load(device).map_err(named)?;
+        return Ok(lungs::Lungs {
+            header: file.header,
+            net,
+        });
     }
     let engine = Engine::load(&bytes, device.clone()).map_err(named)?;
     match engine.lungs {
-        Some(l) => Ok(l.net),
+        Some(l) => Ok(l),
         None => bail!(
             "{}: this model file carries no lung segmenter (add one with `pneumoscope lungs \
              embed`, or give a segmenter's own file)",
@@ -821,7 +827,8 @@ fn shared_encoder(engine: &Engine, seg: &LungNet, x: Tensor<4>) -> Result<(usize
         bail!(
             "network {}'s backbone does not compute the segmenter's encoder features \
              (largest difference {d:.2e} of their scale): it was fine-tuned, or comes from \
-             other weights; the segmenter cannot share it",
+             other weights; the segmenter cannot share it (train a decoder on this file's own \
+             backbone: `lungs train --encoder-model`)",
             k + 1
         );
     }
@@ -830,8 +837,9 @@ fn shared_encoder(engine: &Engine, seg: &LungNet, x: Tensor<4>) -> Result<(usize
 
 /// `lungs embed`: writes `out`, the classifier's model file `model` with the segmenter of
 /// `segmenter` inside it (its decoder in f16; its encoder is the backbone of the file's
-/// EfficientNet-Lite0 network, which must compute the segmenter's encoder features: a frozen
-/// ImageNet backbone does, a fine-tuned one does not and is refused). Returns a summary.
+/// EfficientNet-Lite0 network, which must compute the segmenter's encoder features: the
+/// backbone the decoder was trained on, ImageNet's frozen one or, after `lungs train
+/// --encoder-model`, that file's own; any other is refused). Returns a summary.
 pub fn embed(model: &Path, segmenter: &Path, out: &Path) -> Result<serde_json::Value> {
     let device = Device::flex();
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
