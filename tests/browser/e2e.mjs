@@ -990,6 +990,9 @@ async function offlineSuite(browser) {
     check(entries.length > 0, "nothing is cached");
     check(entries.every((e) => e.name === cacheName), `a cache other than the site's: ${entries.map((e) => e.name)}`);
     check(entries.some((e) => e.url.endsWith(".pneumoscope")), `the model is not cached: ${entries.map((e) => e.url)}`);
+    // A visit on the CPU never needed the WebGPU build of the library, so it is not kept either.
+    check(entries.some((e) => e.url.endsWith("pkg/pneumoscope_bg.wasm")), "the CPU module is not cached");
+    check(!entries.some((e) => e.url.includes("pneumoscope_webgpu")), `the WebGPU module was cached: ${entries.map((e) => e.url)}`);
     console.log(`#   ${entries.length} cached files in ${cacheName}, ${(entries.reduce((s, e) => s + e.bytes, 0) / 1e6).toFixed(1)} MB`);
   });
   await t.test("a new version of the site replaces the old cache", async () => {
