@@ -41,11 +41,13 @@ def main():
         sys.exit("each model is LABEL=FILE")
     examples = json.load(open(os.path.join(a.examples, "examples.json")))["examples"]
     small, big = font(13), font(15)
-    head = 28
+    head = 46
     grid = Image.new("RGB", (170 + PANEL * len(models), head + len(examples) * (PANEL + CAPTION)), "white")
     draw = ImageDraw.Draw(grid)
     for j, (label, _) in enumerate(models):
-        draw.text((170 + j * PANEL + 6, 6), label, fill="black", font=big)
+        # A label "a: b" is drawn on two lines ("a:" above "b").
+        for k, part in enumerate(label.replace(": ", ":\n", 1).split("\n")):
+            draw.text((170 + j * PANEL + 6, 4 + 19 * k), part, fill="black", font=small if k else big)
     rows = []
     # The probabilities, from `predict` (Grad-CAM's own score is the class's logit).
     probs = {}
