@@ -1,7 +1,8 @@
 // The service worker: after the first visit the page works offline. It keeps the site's own
 // files in the Cache API: the page, the library's CPU module and the examples when it installs,
-// and each model, and the library's WebGPU module, when the visitor first loads them. An image the visitor chooses never passes through it (the page reads
-// it from the file input and sends it nowhere), and it stores nothing else.
+// and each model, and the library's WebGPU module, when the visitor first loads them. An image
+// the visitor chooses never passes through it (the page reads it from the file input and sends
+// it nowhere), and it stores nothing else.
 //
 // `cargo xtask dist` writes a checksum of the site's other files into VERSION, so a new
 // version of the site installs a new worker, whose cache replaces the old one.

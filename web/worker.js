@@ -5,7 +5,6 @@
 // answered { id, ok: false, error, crashed: true }, and the client (client.js) starts a new
 // worker with the same model. A loaded model's bytes go back with the load result
 // (`modelData`, transferred), for that restart.
-
 //
 // The library comes in two builds: `pkg/pneumoscope.js` (the CPU backend only, a fraction of the
 // size), imported by every visit, and `pkg/pneumoscope_webgpu.js` (with WebGPU), imported only

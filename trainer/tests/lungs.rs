@@ -892,40 +892,34 @@ fn segmenter_on_a_classifiers_own_backbone_embeds_in_it() {
     let bytes = std::fs::read(&seg).unwrap();
     let header = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 16)]);
     assert!(header.contains("network 1 of efficientnet_lite0-random-f16.pneumoscope"));
-    // Refusals, each naming the file.
-    let f32_model = untrained("efficientnet_lite0", "");
-    let out = run(&strs(&args(&f32_model, &dir.path().join("f32"))));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("stored as F32"),
-        "{err}"
-    );
-    assert!(
-        err.contains("efficientnet_lite0-random.pneumoscope"),
-        "{err}"
-    );
-    let lite1 = untrained("efficientnet_lite1", "-f16");
-    let out = run(&strs(&args(&lite1, &dir.path().join("lite1"))));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no efficientnet_lite0 network"),
-        "{err}"
-    );
-    assert!(
-        err.contains("efficientnet_lite1-random-f16.pneumoscope"),
-        "{err}"
-    );
+    // Refusals, each naming the file and the reason.
     let damaged = dir.path().join("damaged.pneumoscope");
     let mut bytes = std::fs::read(&model).unwrap();
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(&damaged, bytes).unwrap();
-    let out = run(&strs(&args(&damaged, &dir.path().join("damaged"))));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("damaged.pneumoscope"),
-        "{err}"
-    );
+    for (k, (file, why)) in [
+        (untrained("efficientnet_lite0", ""), "stored as F32"),
+        (
+            untrained("efficientnet_lite1", "-f16"),
+            "no efficientnet_lite0 network",
+        ),
+        (damaged, "damaged.pneumoscope"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out_dir = dir.path().join(format!("refused-{k}"));
+        let out = run(&strs(&args(&file, &out_dir)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            !out.status.success() && err.contains(why) && err.contains(name),
+            "{err}"
+        );
+        // Refused before anything is written: no run folder is left behind.
+        assert!(!out_dir.exists(), "{} was created", out_dir.display());
+    }
     let mut both = args(&model, &dir.path().join("both"));
     both.extend(["--weights".into(), weights(&shared).display().to_string()]);
     let out = run(&strs(&both));

@@ -278,9 +278,8 @@ fn loss(logits: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
 /// `lungs train`: trains, evaluates on the held-out pairs and writes `RUN/lungs.pneumoscope`.
 /// With `resume` it continues the run in `run` (the same settings; `epochs` may be raised).
 pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
-    check_run(cfg, run, resume)?;
-    let (pairs, train_idx, test_idx) = select_pairs(cfg)?;
     let device = Device::flex();
+    // The encoder first: a file it cannot come from is refused before the run folder exists.
     let (encoder, weight_source, encoder_note) = match &cfg.encoder_model {
         Some(file) => encoder_from_model(file, cfg.f16, &device)?,
         None => {
@@ -296,6 +295,8 @@ pub fn train(cfg: &LungsConfig, run: &Path, resume: bool) -> Result<PathBuf> {
             (encoder, loaded.source, "frozen (ImageNet)".to_string())
         }
     };
+    check_run(cfg, run, resume)?;
+    let (pairs, train_idx, test_idx) = select_pairs(cfg)?;
     let encoder = encoder.valid();
     let fast = encoder.clone().fold_batchnorm();
     let t0 = Instant::now();
