@@ -755,17 +755,22 @@ pub fn load(path: &Path, device: &Device) -> Result<LungNet> {
 /// [`load`], with the segmenter's header.
 fn load_with_header(path: &Path, device: &Device) -> Result<lungs::Lungs> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    load_bytes(path, &bytes, device)
+}
+
+/// [`load`] from the bytes of the file at `path` (named in errors), already read.
+pub fn load_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<lungs::Lungs> {
     let named = |e: pneumoscope::Error| anyhow!("{}: {e}", path.display());
-    let format = pneumoscope::model_file::format_of(&bytes).map_err(named)?;
+    let format = pneumoscope::model_file::format_of(bytes).map_err(named)?;
     if format.kind == pneumoscope::model_file::FileKind::LungSegmenter {
-        let file = LungsFile::from_bytes(&bytes).map_err(named)?;
+        let file = LungsFile::from_bytes(bytes).map_err(named)?;
         let net = file.load(device).map_err(named)?;
         return Ok(lungs::Lungs {
             header: file.header,
             net,
         });
     }
-    let engine = Engine::load(&bytes, device.clone()).map_err(named)?;
+    let engine = Engine::load(bytes, device.clone()).map_err(named)?;
     match engine.lungs {
         Some(l) => Ok(l),
         None => bail!(

@@ -206,7 +206,7 @@ impl TrainConfig {
                 };
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                let net = crate::lungs::load(path, &Device::flex())?;
+                let net = crate::lungs::load_bytes(path, &bytes, &Device::flex())?.net;
                 Ok(Framing::lungs(net, &bytes))
             }
         }
