@@ -259,9 +259,11 @@ fn site(out: &Path) -> Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
-/// Prints what a first visit downloads: the site's own files (the page, the scripts, the wasm
-/// module, the examples; the model card and the models aside), then each model of the index and
-/// the total with it, raw and gzipped (what a server that compresses sends).
+/// Prints what a first visit downloads: the site's own files (the page, the scripts, the CPU
+/// build of the library, the examples; the model card, the models and the WebGPU build aside),
+/// then each model of the index and the total with it, raw and gzipped (what a server that
+/// compresses sends). The WebGPU build is printed apart: only a visit that measures or forces
+/// WebGPU downloads it.
 fn first_visit(site: &Path) -> Result<()> {
     let mut page = (0usize, 0usize);
     let mut stack = vec![site.to_path_buf()];
@@ -298,7 +300,7 @@ fn first_visit(site: &Path) -> Result<()> {
         mb(gpu_gz)
     );
     println!(
-        "  site without models {:>4.2} / {:>6.2} (the wasm module included)",
+        "  site without models {:>4.2} / {:>6.2} (the CPU module included)",
         mb(page.0),
         mb(page.1)
     );
