@@ -280,18 +280,11 @@ fn check_own_backbone_segmenter(
         "{}: {inside}",
         model.display()
     );
-    let out = run(&[
-        "lungs",
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--lungs",
-        imagenet.to_str().unwrap(),
-        "--out",
-        dir.join("imagenet-into-finetuned.pneumoscope")
-            .to_str()
-            .unwrap(),
-    ]);
+    let out = embed(
+        model,
+        imagenet,
+        &dir.join("imagenet-into-finetuned.pneumoscope"),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("does not compute the segmenter's encoder"),
@@ -369,6 +362,48 @@ fn check_damaged_lung_section(with: &Path, img: &Path, dir: &Path) {
     );
 }
 
+/// `lungs embed --model MODEL --lungs LUNGS --out OUT`.
+fn embed(model: &Path, lungs: &Path, out: &Path) -> std::process::Output {
+    run(&[
+        "lungs",
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--lungs",
+        lungs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+/// An untrained model file of `arch` with random-init weights (no ImageNet weights reachable),
+/// in `dir`, in f16 when `f16`.
+fn untrained_random(dir: &Path, arch: &str, f16: bool) -> PathBuf {
+    let suffix = if f16 { "-f16" } else { "" };
+    let model = dir.join(format!("{arch}-random{suffix}.pneumoscope"));
+    let mut args = vec![
+        "untrained",
+        "--arch",
+        arch,
+        "--out",
+        model.to_str().unwrap(),
+    ];
+    if f16 {
+        args.push("--f16");
+    }
+    let made = bin()
+        .env("PNEUMOSCOPE_WEIGHTS", dir.join("no-weights"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    model
+}
+
 /// Model files made without ImageNet weights: a Lite1 (no Lite0 network to lend its backbone)
 /// and a random-init Lite0 (other features than the segmenter's encoder) are refused.
 fn check_embedding_refusals(lungs: &Path, dir: &Path) {
@@ -379,33 +414,8 @@ fn check_embedding_refusals(lungs: &Path, dir: &Path) {
             "does not compute the segmenter's encoder features",
         ),
     ] {
-        let model = dir.join(format!("{arch}-random.pneumoscope"));
-        let made = bin()
-            .env("PNEUMOSCOPE_WEIGHTS", dir.join("no-weights"))
-            .args([
-                "untrained",
-                "--arch",
-                arch,
-                "--out",
-                model.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let out = run(&[
-            "lungs",
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--lungs",
-            lungs.to_str().unwrap(),
-            "--out",
-            dir.join("refused.pneumoscope").to_str().unwrap(),
-        ]);
+        let model = untrained_random(dir, arch, false);
+        let out = embed(&model, lungs, &dir.join("refused.pneumoscope"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{arch}: {err}");
     }
@@ -795,30 +805,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn segmenter_on_a_classifiers_own_backbone_embeds_in_it() {
     let Some(shared) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let untrained = |arch: &str, f16: &str| {
-        let model = dir.path().join(format!("{arch}-random{f16}.pneumoscope"));
-        let mut args = vec![
-            "untrained",
-            "--arch",
-            arch,
-            "--out",
-            model.to_str().unwrap(),
-        ];
-        if !f16.is_empty() {
-            args.push("--f16");
-        }
-        let made = bin()
-            .env("PNEUMOSCOPE_WEIGHTS", dir.path().join("no-weights"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        model
-    };
+    let untrained = |arch: &str, f16: &str| untrained_random(dir.path(), arch, !f16.is_empty());
     let model = untrained("efficientnet_lite0", "-f16");
     let p = pairs(&shared);
     let args = |encoder: &Path, out: &Path| -> Vec<String> {
@@ -846,25 +833,14 @@ fn segmenter_on_a_classifiers_own_backbone_embeds_in_it() {
     let a = args(&model, &run_dir);
     ok(&strs(&a));
     let seg = run_dir.join("lungs.pneumoscope");
-    let embed = |lungs: &Path, out: &str| {
-        run(&[
-            "lungs",
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--lungs",
-            lungs.to_str().unwrap(),
-            "--out",
-            dir.path().join(out).to_str().unwrap(),
-        ])
-    };
-    let refused = embed(&shipped_lungs(), "imagenet.pneumoscope");
+    let embed_into = |lungs: &Path, out: &str| embed(&model, lungs, &dir.path().join(out));
+    let refused = embed_into(&shipped_lungs(), "imagenet.pneumoscope");
     assert!(
         !refused.status.success()
             && String::from_utf8_lossy(&refused.stderr)
                 .contains("does not compute the segmenter's encoder features")
     );
-    let out = embed(&seg, "own.pneumoscope");
+    let out = embed_into(&seg, "own.pneumoscope");
     assert!(
         out.status.success(),
         "{}",
